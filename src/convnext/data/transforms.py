@@ -1,0 +1,50 @@
+"""Evaluation preprocessing exactly as the paper (PAPER.md §3.4).
+
+At < 384: bicubic resize of the shorter side to size / 0.875, centre crop `size`.
+At >= 384: bicubic warp to size x size (crop ratio 1.0, aspect ratio not kept, as the official code).
+Images of any mode (L, P, RGBA, CMYK...) are converted to RGB first.
+"""
+from __future__ import annotations
+
+from PIL import Image
+from torchvision import transforms as T
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_CROP_PCT", "eval_transform", "to_rgb"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_CROP_PCT = 0.875
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Grayscale, palette (incl. transparency) and CMYK images become 3-channel RGB."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def eval_transform(
+    img_size: int = 224,
+    crop_pct: float | None = None,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+    interpolation: T.InterpolationMode = T.InterpolationMode.BICUBIC,
+) -> T.Compose:
+    """PIL image -> normalised (3, img_size, img_size) tensor, the paper's test-time pipeline.
+
+    Args:
+        img_size: output side.
+        crop_pct: fraction of the resized image kept by the centre crop; default 0.875 below 384
+            and 1.0 (square warp, no crop) at 384 and above.
+    """
+    if crop_pct is None:
+        crop_pct = 1.0 if img_size >= 384 else DEFAULT_CROP_PCT
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+    if crop_pct == 1.0:
+        resize = [T.Resize((img_size, img_size), interpolation=interpolation)]
+    else:
+        resize = [T.Resize(int(img_size / crop_pct), interpolation=interpolation), T.CenterCrop(img_size)]
+    return T.Compose([T.Lambda(to_rgb), *resize, T.ToTensor(), T.Normalize(mean, std)])

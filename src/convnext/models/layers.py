@@ -1,0 +1,111 @@
+"""Building blocks shared by every ConvNeXt-style network (paper §1.2-1.3 of PAPER.md).
+
+One `Block` serves the hierarchical ConvNeXt, the isotropic ConvNeXt and the V2 family
+(which swaps layer scale for Global Response Normalization).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import StochasticDepth
+
+__all__ = ["LayerNorm2d", "GRN", "Block", "init_weights", "drop_path_rates"]
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channel dim of an NCHW tensor ("channels-first" LN in the paper's code).
+
+    Implemented as permute -> `F.layer_norm` -> permute rather than the official hand-written
+    mean/var: `F.layer_norm` accumulates in fp32 (and autocast runs it in fp32), so the
+    variance cannot overflow in fp16, and under `channels_last` memory format the permutes are
+    free views. Parameter names (`weight`, `bias`) match the official checkpoints.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-6):
+        super().__init__(num_channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+        x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class GRN(nn.Module):
+    """Global Response Normalization of ConvNeXt V2, on channels-last input (B, H, W, C).
+
+    Parameters are stored as (1, 1, 1, C) as in the official V2 checkpoints.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+        # Spatial L2 norm per channel computed in fp32 for half-precision safety.
+        gx = torch.linalg.vector_norm(x.float(), ord=2, dim=(1, 2), keepdim=True)  # (B, 1, 1, C)
+        nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
+        return self.gamma * (x * nx.to(x.dtype)) + self.beta + x
+
+
+class Block(nn.Module):
+    """ConvNeXt block: dw 7x7 -> LN -> Linear 4C -> GELU -> [GRN] -> Linear C -> gamma -> DropPath -> +x.
+
+    Args:
+        dim: number of channels C.
+        drop_path: stochastic-depth probability of this block's residual branch.
+        layer_scale_init_value: initial value of the per-channel scale gamma; 0 disables it.
+        kernel_size: depthwise kernel size (7 in the paper).
+        mlp_ratio: hidden width of the inverted bottleneck as a multiple of C (4 in the paper).
+        use_grn: insert ConvNeXt-V2 Global Response Normalization after the GELU.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        drop_path: float = 0.0,
+        layer_scale_init_value: float = 1e-6,
+        kernel_size: int = 7,
+        mlp_ratio: int = 4,
+        use_grn: bool = False,
+    ):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        # The official code runs LN and both 1x1 convs as Linear on NHWC: same maths, faster.
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, mlp_ratio * dim)
+        self.act = nn.GELU()
+        self.grn = GRN(mlp_ratio * dim) if use_grn else nn.Identity()
+        self.pwconv2 = nn.Linear(mlp_ratio * dim, dim)
+        if layer_scale_init_value > 0:
+            self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
+        else:
+            self.gamma = None
+        self.drop_path = StochasticDepth(drop_path, "row") if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+        shortcut = x
+        x = self.dwconv(x)
+        x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        x = self.pwconv2(self.grn(self.act(self.pwconv1(self.norm(x)))))
+        if self.gamma is not None:
+            x = self.gamma * x
+        x = x.permute(0, 3, 1, 2)  # (B, C, H, W)
+        return shortcut + self.drop_path(x)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Paper/official init: every Conv2d and Linear weight ~ N(0, .02) truncated at +-2, bias 0."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.trunc_normal_(module.weight, std=0.02, a=-2.0, b=2.0)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def drop_path_rates(rate: float, num_blocks: int) -> list[float]:
+    """Stochastic depth per block, rising linearly from 0 (first) to `rate` (last), like torch.linspace."""
+    if num_blocks == 1:
+        return [0.0]
+    return [rate * i / (num_blocks - 1) for i in range(num_blocks)]
