@@ -1,0 +1,298 @@
+"""State-dict layouts of the ConvNeXt implementations in the wild, and conversion between them.
+
+The canonical layout is the official FAIR one (`downsample_layers.i`, `stages.i.j.*`, `norm`,
+`head`), which our models use, so official checkpoints need no conversion. Each foreign layout is a
+declarative table of `Rule(ours, theirs, fix)`: two key templates and, where the tensor is stored
+with another shape, a shape fix. The same table converts in both directions.
+
+Template placeholders: `{s}` stage index, `{b}` block index, `{p}` weight|bias, and affine index
+expressions such as `{s*2+1}` (torchvision interleaves downsampling layers and stages in one
+`features` Sequential). Rules are tried in order and the first match wins, so the stem rules (stage
+0, where the official layout puts the stem in `downsample_layers.0`) come before the generic ones.
+
+| layout       | stem                      | block j of stage i                       | head                          |
+|--------------|---------------------------|------------------------------------------|-------------------------------|
+| official/v2  | downsample_layers.0.{0,1} | stages.i.j.{dwconv,norm,pwconv1,pwconv2,gamma,grn.gamma/beta} | norm, head |
+| timm         | stem.{0,1}                | stages.i.blocks.j.{conv_dw,norm,mlp.fc1,mlp.fc2,gamma,mlp.grn.weight/bias} | head.norm, head.fc |
+| torchvision  | features.0.{0,1}          | features.{2i+1}.j.{block.0,block.2,block.3,block.5,layer_scale} | classifier.0, classifier.2 |
+| hf           | [convnext.]embeddings.*   | [convnext.]encoder.stages.i.layers.j.{dwconv,layernorm,pwconv1,pwconv2,layer_scale_parameter,grn.weight/bias} | layernorm, classifier |
+
+Shape differences fixed here: torchvision layer scale (C, 1, 1) vs (C,); timm's small models
+(atto/femto/pico/nano, `conv_mlp=True`) store the MLP as 1x1 convs (out, in, 1, 1) vs Linear
+(out, in); timm's GRN (C,) vs the official V2 (1, 1, 1, C). The isotropic ConvNeXt exists only in
+the official layout.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+import torch
+
+from .io import CheckpointError
+
+__all__ = ["LAYOUTS", "detect_layout", "convert_state_dict", "summarize_keys"]
+
+LAYOUTS = ("official", "timm", "torchvision", "hf", "v2")
+
+# A shape fix: (tensor, to_ours, options) -> tensor.
+Fix = Callable[[torch.Tensor, bool, dict], torch.Tensor]
+
+
+def _fix_layer_scale_chw(t: torch.Tensor, to_ours: bool, opts: dict) -> torch.Tensor:
+    return t.reshape(-1) if to_ours else t.reshape(-1, 1, 1)  # torchvision: (C, 1, 1)
+
+
+def _fix_conv_mlp(t: torch.Tensor, to_ours: bool, opts: dict) -> torch.Tensor:
+    if to_ours:
+        return t.flatten(1) if t.ndim == 4 else t  # (out, in, 1, 1) -> (out, in)
+    return t[:, :, None, None] if opts["conv_mlp"] and t.ndim == 2 else t
+
+
+def _fix_grn_vector(t: torch.Tensor, to_ours: bool, opts: dict) -> torch.Tensor:
+    return t.reshape(1, 1, 1, -1) if to_ours else t.reshape(-1)  # timm: (C,)
+
+
+@dataclass(frozen=True)
+class Rule:
+    ours: str
+    theirs: str
+    fix: Fix | None = None
+
+
+_PLACEHOLDER = re.compile(r"\{(\w)(?:\*(\d+))?(?:\+(\d+))?\}")
+
+
+class _Template:
+    """A key template compiled to a regex; `match` solves its placeholders, `format` fills them."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.slots: list[tuple[str, int, int]] = []  # (variable, mul, add) per regex group
+        pattern, pos = "", 0
+        for m in _PLACEHOLDER.finditer(text):
+            pattern += re.escape(text[pos:m.start()])
+            var, mul, add = m.group(1), int(m.group(2) or 1), int(m.group(3) or 0)
+            pattern += "(weight|bias)" if var == "p" else r"(\d+)"
+            self.slots.append((var, mul, add))
+            pos = m.end()
+        self.regex = re.compile(pattern + re.escape(text[pos:]) + "$")
+
+    def match(self, key: str) -> dict[str, str | int] | None:
+        m = self.regex.match(key)
+        if m is None:
+            return None
+        values: dict[str, str | int] = {}
+        for (var, mul, add), raw in zip(self.slots, m.groups()):
+            if var == "p":
+                value: str | int = raw
+            else:
+                n = int(raw) - add
+                if n < 0 or n % mul:
+                    return None  # e.g. an odd torchvision index cannot be a downsampling layer
+                value = n // mul
+            if values.setdefault(var, value) != value:
+                return None
+            values[var] = value
+        return values
+
+    def format(self, values: Mapping[str, str | int]) -> str:
+        def sub(m: re.Match) -> str:
+            var, mul, add = m.group(1), int(m.group(2) or 1), int(m.group(3) or 0)
+            return str(values[var]) if var == "p" else str(int(values[var]) * mul + add)
+
+        return _PLACEHOLDER.sub(sub, self.text)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    name: str
+    rules: tuple[Rule, ...]
+
+    def __post_init__(self):
+        compiled = tuple((_Template(r.ours), _Template(r.theirs), r.fix) for r in self.rules)
+        object.__setattr__(self, "_compiled", compiled)
+
+    def translate(self, key: str, to_ours: bool) -> tuple[str, Fix | None] | None:
+        for ours, theirs, fix in self._compiled:
+            src, dst = (theirs, ours) if to_ours else (ours, theirs)
+            values = src.match(key)
+            if values is not None:
+                return dst.format(values), fix
+        return None
+
+
+_TIMM = _Layout(
+    "timm",
+    (
+        Rule("downsample_layers.0.0.{p}", "stem.0.{p}"),  # 4x4/4 patchify conv
+        Rule("downsample_layers.0.1.{p}", "stem.1.{p}"),  # its LayerNorm
+        Rule("downsample_layers.{s}.0.{p}", "stages.{s}.downsample.0.{p}"),
+        Rule("downsample_layers.{s}.1.{p}", "stages.{s}.downsample.1.{p}"),
+        Rule("stages.{s}.{b}.gamma", "stages.{s}.blocks.{b}.gamma"),
+        Rule("stages.{s}.{b}.dwconv.{p}", "stages.{s}.blocks.{b}.conv_dw.{p}"),
+        Rule("stages.{s}.{b}.norm.{p}", "stages.{s}.blocks.{b}.norm.{p}"),
+        Rule("stages.{s}.{b}.pwconv1.{p}", "stages.{s}.blocks.{b}.mlp.fc1.{p}", _fix_conv_mlp),
+        Rule("stages.{s}.{b}.grn.gamma", "stages.{s}.blocks.{b}.mlp.grn.weight", _fix_grn_vector),
+        Rule("stages.{s}.{b}.grn.beta", "stages.{s}.blocks.{b}.mlp.grn.bias", _fix_grn_vector),
+        Rule("stages.{s}.{b}.pwconv2.{p}", "stages.{s}.blocks.{b}.mlp.fc2.{p}", _fix_conv_mlp),
+        Rule("norm.{p}", "head.norm.{p}"),
+        Rule("head.{p}", "head.fc.{p}"),
+    ),
+)
+
+_TORCHVISION = _Layout(
+    "torchvision",
+    (
+        Rule("downsample_layers.0.0.{p}", "features.0.0.{p}"),
+        Rule("downsample_layers.0.1.{p}", "features.0.1.{p}"),
+        Rule("downsample_layers.{s}.0.{p}", "features.{s*2}.0.{p}"),
+        Rule("downsample_layers.{s}.1.{p}", "features.{s*2}.1.{p}"),
+        # CNBlock.block = [dwconv, Permute, LayerNorm, Linear, GELU, Linear, Permute]
+        Rule("stages.{s}.{b}.gamma", "features.{s*2+1}.{b}.layer_scale", _fix_layer_scale_chw),
+        Rule("stages.{s}.{b}.dwconv.{p}", "features.{s*2+1}.{b}.block.0.{p}"),
+        Rule("stages.{s}.{b}.norm.{p}", "features.{s*2+1}.{b}.block.2.{p}"),
+        Rule("stages.{s}.{b}.pwconv1.{p}", "features.{s*2+1}.{b}.block.3.{p}"),
+        Rule("stages.{s}.{b}.pwconv2.{p}", "features.{s*2+1}.{b}.block.5.{p}"),
+        Rule("norm.{p}", "classifier.0.{p}"),  # classifier = [LayerNorm2d, Flatten, Linear]
+        Rule("head.{p}", "classifier.2.{p}"),
+    ),
+)
+
+# HF transformers, without the `convnext.` / `convnextv2.` model prefix (added/stripped separately).
+_HF = _Layout(
+    "hf",
+    (
+        Rule("downsample_layers.0.0.{p}", "embeddings.patch_embeddings.{p}"),
+        Rule("downsample_layers.0.1.{p}", "embeddings.layernorm.{p}"),
+        Rule("downsample_layers.{s}.0.{p}", "encoder.stages.{s}.downsampling_layer.0.{p}"),
+        Rule("downsample_layers.{s}.1.{p}", "encoder.stages.{s}.downsampling_layer.1.{p}"),
+        Rule("stages.{s}.{b}.gamma", "encoder.stages.{s}.layers.{b}.layer_scale_parameter"),
+        Rule("stages.{s}.{b}.dwconv.{p}", "encoder.stages.{s}.layers.{b}.dwconv.{p}"),
+        Rule("stages.{s}.{b}.norm.{p}", "encoder.stages.{s}.layers.{b}.layernorm.{p}"),
+        Rule("stages.{s}.{b}.pwconv1.{p}", "encoder.stages.{s}.layers.{b}.pwconv1.{p}"),
+        Rule("stages.{s}.{b}.grn.gamma", "encoder.stages.{s}.layers.{b}.grn.weight"),  # both (1, 1, 1, C)
+        Rule("stages.{s}.{b}.grn.beta", "encoder.stages.{s}.layers.{b}.grn.bias"),
+        Rule("stages.{s}.{b}.pwconv2.{p}", "encoder.stages.{s}.layers.{b}.pwconv2.{p}"),
+        Rule("norm.{p}", "layernorm.{p}"),
+        Rule("head.{p}", "classifier.{p}"),
+    ),
+)
+_HF_PREFIXES = ("convnext.", "convnextv2.")
+
+_FOREIGN = {layout.name: layout for layout in (_TIMM, _TORCHVISION, _HF)}
+
+
+def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
+    """Which implementation a state dict comes from, recognised by sentinel keys.
+
+    Returns one of "official", "v2" (official layout with GRN), "timm", "torchvision", "hf".
+    """
+    keys = set(sd)
+    if "downsample_layers.0.0.weight" in keys or ("stem.weight" in keys and "blocks.0.dwconv.weight" in keys):
+        return "v2" if any(k.endswith(".grn.gamma") for k in keys) else "official"
+    if "stem.0.weight" in keys and any(k.startswith("stages.0.blocks.") for k in keys):
+        return "timm"
+    if "features.0.0.weight" in keys and any(k.startswith("features.1.0.block.") for k in keys):
+        return "torchvision"
+    if any(k.endswith("embeddings.patch_embeddings.weight") for k in keys):
+        return "hf"
+    sample = ", ".join(sorted(keys)[:6])
+    raise CheckpointError(
+        f"unrecognised ConvNeXt state-dict layout (keys start with: {sample}); supported layouts: "
+        f"official FAIR / V2, timm, torchvision, HF transformers"
+    )
+
+
+def summarize_keys(keys: Iterable[str], limit: int = 8) -> str:
+    """Readable summary of many keys: indices folded to `*`, with counts, at most `limit` lines."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for k in keys:
+        groups[re.sub(r"\.\d+(?=\.|$)", ".*", k)].append(k)
+    lines = [f"  {pat}  ({len(ks)} tensors, e.g. {ks[0]})" if len(ks) > 1 else f"  {ks[0]}" for pat, ks in groups.items()]
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"  ... and {len(lines) - limit} more groups"]
+    return "\n".join(lines)
+
+
+def _is_isotropic(sd: Mapping[str, torch.Tensor]) -> bool:
+    return "stem.weight" in sd and any(k.startswith("blocks.") for k in sd)
+
+
+def _to_official(sd: Mapping[str, torch.Tensor], src: str) -> dict[str, torch.Tensor]:
+    if src in ("official", "v2"):
+        # Official V2 GRN parameters are (1, 1, 1, C); accept (C,) copies too.
+        return {k: (v.reshape(1, 1, 1, -1) if k.endswith((".grn.gamma", ".grn.beta")) else v) for k, v in sd.items()}
+    layout = _FOREIGN[src]
+    if src == "hf":
+        sd = {next((k[len(p):] for p in _HF_PREFIXES if k.startswith(p)), k): v for k, v in sd.items()}
+    out, unmatched = {}, []
+    for key, value in sd.items():
+        hit = layout.translate(key, to_ours=True)
+        if hit is None:
+            unmatched.append(key)
+            continue
+        new_key, fix = hit
+        out[new_key] = fix(value, True, {}) if fix else value
+    if unmatched:
+        raise CheckpointError(
+            f"{len(unmatched)} tensor(s) of the {src} layout have no official-layout equivalent:\n"
+            f"{summarize_keys(unmatched)}"
+        )
+    return out
+
+
+def _from_official(sd: Mapping[str, torch.Tensor], dst: str, conv_mlp: bool | None) -> dict[str, torch.Tensor]:
+    if _is_isotropic(sd):
+        raise CheckpointError(f"the isotropic ConvNeXt exists only in the official layout; {dst} has no equivalent")
+    has_grn = any(k.endswith(".grn.gamma") for k in sd)
+    if dst == "torchvision" and (has_grn or not any(k.endswith(".gamma") for k in sd)):
+        raise CheckpointError(
+            "torchvision's ConvNeXt always has layer scale and no GRN; this model "
+            f"({'has GRN (ConvNeXt V2)' if has_grn else 'has no layer scale'}) cannot be expressed in its layout"
+        )
+    if conv_mlp is None:
+        # timm registers its smallest models (atto/femto/pico/nano, stem width < 96) with conv_mlp=True.
+        conv_mlp = sd["downsample_layers.0.0.weight"].shape[0] < 96
+    layout, opts = _FOREIGN[dst], {"conv_mlp": conv_mlp}
+    out, unmatched = {}, []
+    for key, value in sd.items():
+        hit = layout.translate(key, to_ours=False)
+        if hit is None:
+            unmatched.append(key)
+            continue
+        new_key, fix = hit
+        out[new_key] = fix(value, False, opts) if fix else value
+    if unmatched:
+        raise CheckpointError(f"{len(unmatched)} tensor(s) have no {dst} equivalent:\n{summarize_keys(unmatched)}")
+    if dst == "hf":
+        prefix = "convnextv2." if has_grn else "convnext."
+        out = {(k if k.startswith("classifier.") else prefix + k): v for k, v in out.items()}
+    return out
+
+
+def convert_state_dict(
+    sd: Mapping[str, torch.Tensor], *, src: str | None = None, dst: str = "official", conv_mlp: bool | None = None
+) -> dict[str, torch.Tensor]:
+    """Convert a ConvNeXt state dict between layouts (tensors are shared, not copied, where possible).
+
+    Args:
+        sd: the state dict.
+        src: its layout (one of `LAYOUTS`); detected from sentinel keys when None.
+        dst: the layout wanted; "official" (= our models) by default. "v2" is the official
+            layout of ConvNeXt V2 (GRN), so it is the same as "official" for GRN models.
+        conv_mlp: only for dst="timm": store the MLP as 1x1 convs as timm's atto/femto/pico/nano
+            do. None infers it from the stem width (< 96 channels), which matches timm's registry.
+    """
+    for name, value in (("src", src), ("dst", dst)):
+        if value is not None and value not in LAYOUTS:
+            raise ValueError(f"{name}={value!r}: unknown layout; expected one of {', '.join(LAYOUTS)}")
+    src = src or detect_layout(sd)
+    official = _to_official(sd, src)
+    if dst == "v2" and not any(k.endswith(".grn.gamma") for k in official):
+        raise CheckpointError("dst='v2' needs a ConvNeXt V2 model (GRN parameters); this state dict has none")
+    if dst in ("official", "v2"):
+        return official
+    return _from_official(official, dst, conv_mlp)

@@ -1,0 +1,215 @@
+"""Reading and writing weight files safely.
+
+Only two formats are ever read: safetensors, and PyTorch pickles loaded with
+`torch.load(..., weights_only=True)`, whose restricted unpickler refuses any object other than
+tensors and plain containers. A pickle carrying code (a `__reduce__` payload) is therefore refused
+before anything in it runs.
+
+A weight file holds either a bare state dict or a wrapper around one:
+`{"model": sd}` / `{"model_ema": sd}` (official FAIR checkpoints), `{"state_dict": sd}`
+(Lightning and many others), or our own training checkpoints
+(`{"format": "convnext-train-v1", "model": sd, "model_ema": sd?, "model_config": {...},
+"labels": [...], ...}`). `save_state_dict` writes `{"model": sd, **metadata}` (.pt) or a
+safetensors file whose header metadata holds the same entries as JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ..cli import UserError
+
+__all__ = [
+    "CheckpointError",
+    "TRAIN_FORMAT",
+    "read_checkpoint",
+    "unwrap_state_dict",
+    "load_state_dict_file",
+    "save_state_dict",
+    "read_metadata",
+    "read_labels",
+]
+
+TRAIN_FORMAT = "convnext-train-v1"
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # looked up when given a directory (HF layout)
+_WRAPPER_KEYS = ("model", "state_dict", "module")  # nesting used by common training frameworks
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message says why."""
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for name in _WEIGHT_FILES:
+            if (p / name).is_file():
+                return p / name
+        raise FileNotFoundError(f"checkpoint directory {p} contains none of {', '.join(_WEIGHT_FILES)}")
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint file not found: {p}")
+    return p
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw top-level object of a weight file (tensors, dicts, lists, str, numbers only).
+
+    safetensors files come back as `{"model": tensors, **metadata}` so both formats look alike.
+    """
+    p = _resolve(path)
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(p), device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from None
+        return {"model": tensors, **read_metadata(p)}
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message names the offending global ("... GLOBAL posix.system ..."); keep that line only.
+        culprit = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), "")
+        raise CheckpointError(
+            f"{p}: refused to load. Only weights-only checkpoints (tensors, dicts, lists, numbers, strings; "
+            f"torch.load(weights_only=True)) and .safetensors files are accepted, and this file contains "
+            f"other Python objects that could run code when unpickled. Nothing from it was executed."
+            + (f" ({culprit})" if culprit else "")
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({str(e).splitlines()[0] if str(e) else e!r})") from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{p}: expected a state dict or a dict wrapping one, found {type(obj).__name__}")
+    return dict(obj)
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def unwrap_state_dict(ckpt: Mapping[str, Any], *, ema: bool = False, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint object (see the module docstring for the wrappers).
+
+    Args:
+        ckpt: the loaded top-level object.
+        ema: take the EMA weights (`model_ema`); an error if the checkpoint has none.
+        source: name used in error messages (usually the file path).
+    """
+    if ema:
+        if not _is_state_dict(ckpt.get("model_ema")):
+            raise CheckpointError(f"{source}: --ema/ema=True asked for EMA weights but the checkpoint has no 'model_ema' entry")
+        sd = ckpt["model_ema"]
+    elif _is_state_dict(ckpt):
+        sd = ckpt
+    else:
+        sd = None
+        for key in _WRAPPER_KEYS + ("model_ema",):  # a bare EMA-only file is still usable
+            if _is_state_dict(ckpt.get(key)):
+                sd = ckpt[key]
+                break
+        if sd is None:
+            found = ", ".join(f"{k!r}: {type(v).__name__}" for k, v in list(ckpt.items())[:8])
+            raise CheckpointError(
+                f"{source}: no state dict found (expected tensors at the top level or under 'model', "
+                f"'model_ema' or 'state_dict'; found {{{found}}})"
+            )
+    sd = dict(sd)
+    # Checkpoints saved from DistributedDataParallel / torch.compile wrappers carry a prefix.
+    for prefix in ("module.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def load_state_dict_file(path: str | os.PathLike, *, ema: bool = False) -> dict[str, torch.Tensor]:
+    """Load the state dict stored in `path` (.safetensors, or a weights-only PyTorch pickle).
+
+    Args:
+        path: a file, or a directory holding `model.safetensors` / `pytorch_model.bin` (HF style).
+        ema: return the EMA weights of a checkpoint that has them (`model_ema`).
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        CheckpointError: unreadable file, a pickle that is not weights-only, or no state dict inside.
+    """
+    return unwrap_state_dict(read_checkpoint(path), ema=ema, source=str(path))
+
+
+def _json_safe(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        return json.loads(json.dumps(dict(metadata)))
+    except TypeError as e:
+        raise ValueError(f"metadata must be JSON-serialisable (dicts, lists, str, numbers): {e}") from None
+
+
+def save_state_dict(
+    state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, Any] | None = None
+) -> Path:
+    """Write a state dict atomically (temp file in the same folder, then `os.replace`).
+
+    The format follows the extension: `.safetensors` (metadata stored as JSON strings in the header)
+    or anything else as a PyTorch file holding `{"model": state_dict, **metadata}` (a bare state dict
+    when there is no metadata), loadable with `weights_only=True`.
+
+    Args:
+        state_dict: name -> tensor.
+        path: destination file.
+        metadata: optional JSON-serialisable extras, e.g. `{"model_config": ..., "labels": [...]}`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = _json_safe(metadata or {})
+    # Tensors must own contiguous, unshared storage for safetensors; cloning also detaches views.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in meta.items()})
+        else:
+            torch.save({"model": tensors, **meta} if meta else tensors, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Non-tensor entries of a weight file: `model_config`, `labels`, `model_name`, ... (may be empty)."""
+    p = _resolve(path)
+    if p.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            raw = f.metadata() or {}
+        out = {}
+        for k, v in raw.items():
+            try:
+                out[k] = json.loads(v)
+            except json.JSONDecodeError:  # files written by other tools store plain strings
+                out[k] = v
+        return out
+    ckpt = read_checkpoint(p)
+    if _is_state_dict(ckpt):
+        return {}
+    return {k: v for k, v in ckpt.items() if k not in _WRAPPER_KEYS + ("model_ema",) and not _is_state_dict(v)}
+
+
+def read_labels(path: str | os.PathLike) -> list[str] | None:
+    """Class names stored in a checkpoint (our training checkpoints and converted files), else None."""
+    labels = read_metadata(path).get("labels")
+    if labels is None:
+        return None
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise CheckpointError(f"{path}: 'labels' must be a list of strings")
+    return labels

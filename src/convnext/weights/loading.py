@@ -1,0 +1,203 @@
+"""Loading weights into models: strict, layout-aware, with an explicit head re-initialisation.
+
+`load_checkpoint(model, ...)` converts any supported layout to the official one and loads it
+strictly: every tensor must find its parameter with the same shape. The only tolerated difference
+is the classifier, and only when asked (`reinit_head=True`, e.g. ImageNet-22K 21841 classes ->
+CIFAR-10): the checkpoint head is dropped and a fresh one initialised, and the report says so.
+
+`from_checkpoint(path)` rebuilds the model a checkpoint was made from: from the stored
+`model_config` of our own checkpoints, otherwise from the tensor shapes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ..models.convnext import ConvNeXtConfig
+from ..models.isotropic import IsotropicConfig
+from ..models.registry import build_model, config_from_dict, get_spec, list_models
+from .convert import convert_state_dict, detect_layout, summarize_keys
+from .io import CheckpointError, read_checkpoint, unwrap_state_dict
+
+__all__ = ["LoadReport", "load_checkpoint", "from_checkpoint", "infer_config", "match_model_name"]
+
+_HEAD_KEYS = ("head.weight", "head.bias")
+
+
+@dataclass
+class LoadReport:
+    """What `load_checkpoint` did."""
+
+    source: str  # file path, or "<state dict>"
+    layout: str  # layout the weights were stored in (converted to official before loading)
+    num_tensors: int  # tensors copied into the model
+    head_reinitialized: bool = False  # checkpoint head dropped and a fresh head initialised
+    dropped: list[str] = field(default_factory=list)  # checkpoint keys not loaded (only the head)
+
+    def __str__(self) -> str:
+        s = f"loaded {self.num_tensors} tensors from {self.source} ({self.layout} layout)"
+        if self.head_reinitialized:
+            s += f"; checkpoint head ({', '.join(self.dropped)}) dropped and re-initialised"
+        return s
+
+
+def _head_mismatch(sd: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> str | None:
+    """Description of how the checkpoint head differs from the model's, or None if it fits."""
+    theirs = {k: tuple(sd[k].shape) for k in _HEAD_KEYS if k in sd}
+    mine = {k: tuple(own[k].shape) for k in _HEAD_KEYS if k in own}
+    if theirs == mine:
+        return None
+
+    def classes(shapes: dict) -> str:
+        return f"{shapes['head.weight'][0]} classes" if "head.weight" in shapes else "no head"
+
+    return f"checkpoint has {classes(theirs)}, model has {classes(mine)}"
+
+
+def load_checkpoint(
+    model: nn.Module,
+    path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor],
+    *,
+    reinit_head: bool = False,
+    ema: bool = False,
+) -> LoadReport:
+    """Load a checkpoint of any supported layout into `model`, strictly.
+
+    Args:
+        model: a ConvNeXt / isotropic ConvNeXt (official parameter names).
+        path_or_state_dict: a weight file (see `load_state_dict_file`) or an in-memory state dict
+            (or checkpoint dict wrapping one).
+        reinit_head: if the checkpoint's classifier does not fit the model (other number of
+            classes, or none), drop it and initialise a fresh head with `model.reset_classifier`
+            (scaled by the config's `head_init_scale`). Without it such a mismatch is an error.
+        ema: load the EMA weights (`model_ema`) of a checkpoint that has them.
+
+    Raises:
+        CheckpointError: with a grouped list of missing / unexpected / mis-shaped keys.
+    """
+    if isinstance(path_or_state_dict, Mapping):
+        source = "<state dict>"
+        sd = unwrap_state_dict(path_or_state_dict, ema=ema, source=source)
+    else:
+        source = str(path_or_state_dict)
+        sd = unwrap_state_dict(read_checkpoint(path_or_state_dict), ema=ema, source=source)
+    try:
+        layout = detect_layout(sd)
+        sd = convert_state_dict(sd, src=layout, dst="official")
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+
+    own = model.state_dict()
+    # Body first: a head mismatch is only worth mentioning when everything else fits.
+    body = {k for k in set(sd) | set(own) if k not in _HEAD_KEYS}
+    missing = sorted(k for k in body if k not in sd)
+    unexpected = sorted(k for k in body if k not in own)
+    shape = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in sorted(body & set(sd) & set(own)) if sd[k].shape != own[k].shape]
+    if missing or unexpected or shape:
+        parts = [f"{source} ({layout} layout) does not fit this {type(model).__name__}:"]
+        if missing:
+            parts.append(f"missing from the checkpoint ({len(missing)}):\n{summarize_keys(missing)}")
+        if unexpected:
+            parts.append(f"unexpected in the checkpoint ({len(unexpected)}):\n{summarize_keys(unexpected)}")
+        if shape:
+            parts.append(f"shape mismatch ({len(shape)}):\n" + "\n".join(f"  {s}" for s in shape[:8])
+                         + (f"\n  ... and {len(shape) - 8} more" if len(shape) > 8 else ""))
+        parts.append("Check the model name / architecture (`convnext convert SRC DST` reports what a file holds).")
+        raise CheckpointError("\n".join(parts))
+
+    dropped: list[str] = []
+    head_problem = _head_mismatch(sd, own)
+    if head_problem is not None:
+        if not reinit_head:
+            raise CheckpointError(
+                f"{source}: classifier head does not fit ({head_problem}). Pass reinit_head=True "
+                f"(CLI: --reinit-head) to drop the checkpoint head and initialise a new one, e.g. to fine-tune."
+            )
+        dropped = [k for k in _HEAD_KEYS if k in sd]
+        sd = {k: v for k, v in sd.items() if k not in _HEAD_KEYS}
+
+    with torch.no_grad():  # copy_ casts to the model's dtype/device
+        model.load_state_dict(sd, strict=not head_problem)
+    if head_problem:
+        model.reset_classifier(model.num_classes)
+    return LoadReport(source, layout, len(sd), bool(head_problem), dropped)
+
+
+def infer_config(sd: Mapping[str, torch.Tensor]) -> ConvNeXtConfig | IsotropicConfig:
+    """Architecture of an official-layout state dict, read from its tensor shapes."""
+    keys = set(sd)
+    num_classes = sd["head.weight"].shape[0] if "head.weight" in sd else 0
+    if "stem.weight" in keys:  # isotropic: stem (C, in, P, P), blocks.j.*
+        stem = sd["stem.weight"]
+        depth = 1 + max(int(k.split(".")[1]) for k in keys if k.startswith("blocks."))
+        dim = stem.shape[0]
+        return IsotropicConfig(
+            depth=depth, dim=dim, in_chans=stem.shape[1], num_classes=num_classes,
+            layer_scale_init_value=1e-6 if "blocks.0.gamma" in keys else 0.0,
+            kernel_size=sd["blocks.0.dwconv.weight"].shape[-1],
+            mlp_ratio=sd["blocks.0.pwconv1.weight"].shape[0] // dim, patch_size=stem.shape[-1],
+        )
+    stem = sd["downsample_layers.0.0.weight"]  # (C0, in, P, P)
+    num_stages = 1 + max(int(k.split(".")[1]) for k in keys if k.startswith("downsample_layers."))
+    dims = tuple(sd[f"stages.{i}.0.dwconv.weight"].shape[0] for i in range(num_stages))
+    depths = tuple(1 + max(int(k.split(".")[2]) for k in keys if k.startswith(f"stages.{i}."))
+                   for i in range(num_stages))
+    return ConvNeXtConfig(
+        depths=depths, dims=dims, in_chans=stem.shape[1], num_classes=num_classes,
+        layer_scale_init_value=1e-6 if "stages.0.0.gamma" in keys else 0.0,
+        kernel_size=sd["stages.0.0.dwconv.weight"].shape[-1],
+        mlp_ratio=sd["stages.0.0.pwconv1.weight"].shape[0] // dims[0],
+        stem_patch_size=stem.shape[-1], use_grn="stages.0.0.grn.gamma" in keys,
+        stage_norms="stage_norms.0.weight" in keys,
+    )
+
+
+def match_model_name(config: Any) -> str | None:
+    """The registered model whose architecture equals `config` (ignoring head width and training-only fields)."""
+    ignore = dict(num_classes=0, drop_path_rate=0.0, head_init_scale=1.0)
+    want = dataclasses.replace(config, **{k: v for k, v in ignore.items() if hasattr(config, k)})
+    for name in list_models():
+        spec = get_spec(name).config
+        if type(spec) is type(config) and dataclasses.replace(spec, **{k: v for k, v in ignore.items() if hasattr(spec, k)}) == want:
+            return name
+    return None
+
+
+def from_checkpoint(path: str | os.PathLike, *, ema: bool = False) -> nn.Module:
+    """Rebuild and load the model stored in a checkpoint.
+
+    Our checkpoints carry `model_config` and are rebuilt exactly; foreign ones (official, timm,
+    torchvision, HF) are rebuilt from their tensor shapes (depths, dims, classes, GRN, layer scale,
+    isotropic). The model gets `model.checkpoint_info = {"model_name", "labels", "layout"}`
+    (`model_name` is the matching registered name, or None).
+
+    Args:
+        path: weight file or HF-style directory.
+        ema: load the EMA weights of a checkpoint that has them.
+    """
+    ckpt = read_checkpoint(path)
+    sd = unwrap_state_dict(ckpt, ema=ema, source=str(path))
+    layout = detect_layout(sd)
+    if isinstance(ckpt.get("model_config"), Mapping):
+        try:
+            config = config_from_dict(ckpt["model_config"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: invalid model_config ({e})") from None
+    else:
+        official = convert_state_dict(sd, src=layout, dst="official")
+        try:
+            config = infer_config(official)
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"{path}: cannot infer the architecture from the tensor shapes ({e})") from None
+    model = build_model(config)
+    load_checkpoint(model, sd)
+    name = ckpt.get("model_name") if isinstance(ckpt.get("model_name"), str) else match_model_name(config)
+    labels = ckpt.get("labels") if isinstance(ckpt.get("labels"), list) else None
+    model.checkpoint_info = {"model_name": name, "labels": labels, "layout": layout}
+    return model

@@ -1,0 +1,136 @@
+"""Registry of the official pretrained ConvNeXt checkpoints (facebookresearch/ConvNeXt README).
+
+Each entry carries what is needed to use the weights correctly: URL, evaluation resolution, crop
+fraction and interpolation (the paper's test-time preprocessing), classifier width, label set and
+the top-1 accuracy the official README reports for that file. The FAIR site publishes no checksums,
+so `sha256` is None for every entry: the download is then not hash-checked (only `torch.hub`'s
+cache is used), and this is said in the log line. Entries are data; add a sha256 once known.
+
+`load_pretrained` never falls back to random weights: offline, or with `CONVNEXT_NO_DOWNLOAD=1`,
+it raises an error that says how to pass a local file instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .io import CheckpointError
+from .loading import LoadReport, load_checkpoint
+
+__all__ = ["PretrainedWeights", "list_pretrained", "get_pretrained", "load_pretrained", "download_pretrained"]
+
+_BASE_URL = "https://dl.fbaipublicfiles.com/convnext/"
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    model: str  # registered model name
+    tag: str  # in1k | in1k_384 | in22k | in22k_ft_in1k | in22k_ft_in1k_384
+    filename: str  # file under https://dl.fbaipublicfiles.com/convnext/
+    resolution: int  # evaluation (and fine-tuning) resolution
+    num_classes: int  # 1000 (ImageNet-1K) or 21841 (ImageNet-22K)
+    label_set: str  # "imagenet-1k" | "imagenet-22k"
+    top1: float | None  # ImageNet-1K top-1 from the official README (None for 22K-only heads)
+    crop_pct: float = 0.875  # 1.0 (square warp, no crop) at 384
+    interpolation: str = "bicubic"
+    sha256: str | None = None  # FAIR publishes none; None = download not hash-checked
+
+    @property
+    def url(self) -> str:
+        return _BASE_URL + self.filename
+
+
+def _entries() -> list[PretrainedWeights]:
+    out = []
+    # ImageNet-1K trained (the 224 files are the EMA weights, saved under the "model" key).
+    for size, top1, top1_384 in [("tiny", 82.1, None), ("small", 83.1, None), ("base", 83.8, 85.1), ("large", 84.3, 85.5)]:
+        out.append(PretrainedWeights(f"convnext_{size}", "in1k", f"convnext_{size}_1k_224_ema.pth", 224, 1000, "imagenet-1k", top1))
+        if top1_384 is not None:
+            out.append(PretrainedWeights(f"convnext_{size}", "in1k_384", f"convnext_{size}_1k_384.pth", 384, 1000,
+                                         "imagenet-1k", top1_384, crop_pct=1.0))
+    # ImageNet-22K pre-trained (21841-way head), and fine-tuned on ImageNet-1K at 224 and 384.
+    for size, top1, top1_384 in [("tiny", 82.9, 84.1), ("small", 84.6, 85.8), ("base", 85.8, 86.8),
+                                 ("large", 86.6, 87.5), ("xlarge", 87.0, 87.8)]:
+        ema = "_ema" if size == "xlarge" else ""  # only XL's fine-tuned files carry the suffix
+        out += [
+            PretrainedWeights(f"convnext_{size}", "in22k", f"convnext_{size}_22k_224.pth", 224, 21841, "imagenet-22k", None),
+            PretrainedWeights(f"convnext_{size}", "in22k_ft_in1k", f"convnext_{size}_22k_1k_224{ema}.pth", 224, 1000,
+                              "imagenet-1k", top1),
+            PretrainedWeights(f"convnext_{size}", "in22k_ft_in1k_384", f"convnext_{size}_22k_1k_384{ema}.pth", 384, 1000,
+                              "imagenet-1k", top1_384, crop_pct=1.0),
+        ]
+    # Isotropic, ImageNet-1K. The README lists 78.7 for iso-S (the paper's Table 2 says 79.7).
+    for size, top1 in [("small", 78.7), ("base", 82.0), ("large", 82.6)]:
+        out.append(PretrainedWeights(f"convnext_isotropic_{size}", "in1k", f"convnext_iso_{size}_1k_224_ema.pth", 224,
+                                     1000, "imagenet-1k", top1))
+    return out
+
+
+_PRETRAINED: dict[tuple[str, str], PretrainedWeights] = {(w.model, w.tag): w for w in _entries()}
+
+
+def list_pretrained(name: str | None = None) -> list[PretrainedWeights]:
+    """Pretrained checkpoints of model `name` (all of them when None)."""
+    return [w for w in _PRETRAINED.values() if name is None or w.model == name]
+
+
+def get_pretrained(name: str, tag: str | None = None) -> PretrainedWeights:
+    """The registry entry for `name` and `tag` (default: the first listed, IN-1K when there is one)."""
+    options = list_pretrained(name)
+    if not options:
+        have = sorted({w.model for w in _PRETRAINED.values()})
+        raise CheckpointError(f"no official pretrained weights for {name!r}; available for: {', '.join(have)}. "
+                              f"Pass a local file with checkpoint=PATH (CLI: --checkpoint PATH).")
+    if tag is None:  # default: the first 1000-class (ImageNet-1K) checkpoint
+        return next((w for w in options if w.num_classes == 1000), options[0])
+    for w in options:
+        if w.tag == tag:
+            return w
+    raise CheckpointError(f"{name} has no pretrained tag {tag!r}; available: {', '.join(w.tag for w in options)}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download_pretrained(weights: PretrainedWeights) -> Path:
+    """Path of the checkpoint in torch's hub cache (`torch.hub.get_dir()/checkpoints`), downloading it if needed."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / weights.filename
+    how = (f"download {weights.url} yourself and pass it as checkpoint=PATH "
+           f"(CLI: --checkpoint PATH), or place it at {cached}")
+    if not cached.exists():
+        if os.environ.get("CONVNEXT_NO_DOWNLOAD", "") not in ("", "0"):
+            raise CheckpointError(f"{weights.model} ({weights.tag}) is not in the cache and downloads are disabled "
+                                  f"(CONVNEXT_NO_DOWNLOAD is set): {how}")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        if weights.sha256 is None:
+            print(f"downloading {weights.url} (no published sha256: not hash-checked)")
+        try:  # progress bar from torch.hub; the hash prefix is verified when known
+            torch.hub.download_url_to_file(weights.url, str(cached), hash_prefix=weights.sha256, progress=True)
+        except (OSError, RuntimeError) as e:  # URLError is an OSError; hash mismatch is a RuntimeError
+            raise CheckpointError(f"could not download {weights.model} ({weights.tag}): {e}. Offline? Then {how}") from None
+    elif weights.sha256 is not None and _sha256(cached) != weights.sha256:
+        raise CheckpointError(f"{cached}: sha256 does not match the registry; delete the file and retry")
+    return cached
+
+
+def load_pretrained(model: nn.Module, name: str, tag: str | None = None, reinit_head: bool = False) -> LoadReport:
+    """Load the official pretrained weights of `name` into `model` (see `load_checkpoint`).
+
+    Args:
+        model: the model, built with the same architecture as `name`.
+        name: registered model name, e.g. "convnext_tiny".
+        tag: which checkpoint (`list_pretrained(name)`); default IN-1K (XL: 22K fine-tuned on 1K).
+        reinit_head: allow a different number of classes (e.g. 22K weights into a 10-class model).
+    """
+    weights = get_pretrained(name, tag)
+    return load_checkpoint(model, download_pretrained(weights), reinit_head=reinit_head)
