@@ -1,0 +1,162 @@
+"""Safe loading, file formats, checkpoint wrappers, strict loading and head re-initialisation."""
+import os
+import pickle
+
+import pytest
+import torch
+
+from convnext.models import config_to_dict, create_model
+from convnext.weights import (
+    CheckpointError, TRAIN_FORMAT, from_checkpoint, infer_config, load_checkpoint, load_state_dict_file,
+    match_model_name, read_labels, save_state_dict,
+)
+
+from .conftest import randomize_
+
+
+class _Payload:
+    """Unpickling this would run `touch <marker>`: the attack a weights-only loader must refuse."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_malicious_pickle_is_refused_and_never_executed(tmp_path, writer):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    if writer == "torch.save":
+        torch.save({"model": {"head.weight": torch.zeros(1)}, "x": _Payload(marker)}, evil)
+    else:
+        evil.write_bytes(pickle.dumps(_Payload(marker), protocol=2))
+    with pytest.raises(CheckpointError, match=r"evil\.pth: refused to load.*weights-only") as e:
+        load_state_dict_file(evil)
+    assert "posix.system" in str(e.value)  # names the blocked global
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(create_model("convnext_atto"), evil)
+    assert not marker.exists()
+
+
+def test_missing_and_unreadable_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_state_dict_file(tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_state_dict_file(tmp_path / "junk.pt")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(CheckpointError, match="safetensors"):
+        load_state_dict_file(tmp_path / "junk.safetensors")
+    torch.save({"epoch": 3}, tmp_path / "nosd.pt")
+    with pytest.raises(CheckpointError, match="no state dict"):
+        load_state_dict_file(tmp_path / "nosd.pt")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_save_roundtrip_with_metadata(tmp_path, suffix):
+    model = randomize_(create_model("convnext_atto", num_classes=3))
+    labels = ["cat", "dog", "eel"]
+    meta = {"model_config": config_to_dict(model.config), "labels": labels, "model_name": "convnext_atto"}
+    path = save_state_dict(model.state_dict(), tmp_path / f"w{suffix}", metadata=meta)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # atomic: no temp file left behind
+    sd = load_state_dict_file(path)
+    assert sd.keys() == model.state_dict().keys()
+    assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
+    assert read_labels(path) == labels
+    rebuilt = from_checkpoint(path)
+    assert rebuilt.config == model.config and rebuilt.checkpoint_info["labels"] == labels
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), model(x))
+
+
+def test_official_wrappers_and_ema(tmp_path):
+    model = create_model("convnext_atto")
+    ema = randomize_(create_model("convnext_atto"))
+    torch.save({"model": model.state_dict(), "model_ema": ema.state_dict(), "epoch": 299}, tmp_path / "ck.pth")
+    fresh = create_model("convnext_atto")
+    load_checkpoint(fresh, tmp_path / "ck.pth")
+    assert torch.equal(fresh.head.weight, model.head.weight)
+    load_checkpoint(fresh, tmp_path / "ck.pth", ema=True)
+    assert torch.equal(fresh.head.weight, ema.head.weight)
+    torch.save({"model": model.state_dict()}, tmp_path / "noema.pth")
+    with pytest.raises(CheckpointError, match="model_ema"):
+        load_checkpoint(fresh, tmp_path / "noema.pth", ema=True)
+    # Lightning-style {"state_dict": ...} with a DDP "module." prefix.
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ema.state_dict().items()}}, tmp_path / "ddp.ckpt")
+    assert load_checkpoint(create_model("convnext_atto"), tmp_path / "ddp.ckpt").layout == "official"
+
+
+def test_training_checkpoint_rebuilds_without_guessing(tmp_path):
+    # A non-registered architecture (stem patch 2, 3 stages) only the stored config can describe.
+    model = randomize_(create_model("convnext_atto", num_classes=4, stem_patch_size=2, layer_scale_init_value=0.5))
+    ema = randomize_(create_model("convnext_atto", num_classes=4, stem_patch_size=2, layer_scale_init_value=0.5))
+    ckpt = {
+        "format": TRAIN_FORMAT, "model": model.state_dict(), "model_ema": ema.state_dict(),
+        "model_config": config_to_dict(model.config), "labels": list("abcd"), "train_config": {"lr": 4e-3},
+        "epoch": 5, "step": 100, "optimizer": {"state": {}, "param_groups": []}, "metrics": {"acc1": 0.5},
+    }
+    torch.save(ckpt, tmp_path / "last.pt")
+    x = torch.randn(1, 3, 32, 32)
+    for use_ema, ref in [(False, model), (True, ema)]:
+        rebuilt = from_checkpoint(tmp_path / "last.pt", ema=use_ema).eval()
+        assert rebuilt.config.stem_patch_size == 2
+        with torch.no_grad():
+            assert torch.equal(rebuilt(x), ref(x))
+    assert read_labels(tmp_path / "last.pt") == list("abcd")
+
+
+@pytest.mark.parametrize("name", ["convnext_atto", "convnextv2_femto", "convnext_isotropic_small"])
+def test_foreign_checkpoint_architecture_inferred(tmp_path, name):
+    model = create_model(name, num_classes=21841 if name == "convnext_atto" else 1000)
+    torch.save({"model": model.state_dict()}, tmp_path / "x.pth")  # no config stored
+    rebuilt = from_checkpoint(tmp_path / "x.pth")
+    assert rebuilt.checkpoint_info["model_name"] == name
+    assert rebuilt.num_classes == model.num_classes
+    assert infer_config(model.state_dict()) == model.config.__class__(**{**model.config.__dict__})
+    assert match_model_name(infer_config(model.state_dict())) == name
+
+
+def test_22k_head_into_1k_model_needs_reinit_head(tmp_path):
+    src = randomize_(create_model("convnext_atto", num_classes=21841))
+    torch.save({"model": src.state_dict()}, tmp_path / "22k.pth")
+    with pytest.raises(CheckpointError, match="21841 classes, model has 10 classes.*reinit_head"):
+        create_model("convnext_atto", num_classes=10, checkpoint=tmp_path / "22k.pth")
+    head_init_scale = 0.001
+    model = create_model("convnext_atto", num_classes=10, checkpoint=tmp_path / "22k.pth", reinit_head=True,
+                         head_init_scale=head_init_scale)
+    assert model.head.weight.shape == (10, 320)
+    # A fresh head: trunc-normal(std .02) scaled by head_init_scale, zero bias.
+    assert 0.8 < model.head.weight.std().item() / (0.02 * head_init_scale) < 1.2
+    assert not model.head.bias.any()
+    assert torch.equal(model.stages[3][1].pwconv2.weight, src.stages[3][1].pwconv2.weight)
+    # Same width: reinit_head allows a mismatch but does not throw away a head that fits.
+    same = create_model("convnext_atto", num_classes=21841)
+    report = load_checkpoint(same, tmp_path / "22k.pth", reinit_head=True)
+    assert not report.head_reinitialized and torch.equal(same.head.weight, src.head.weight)
+
+
+def test_missing_and_unexpected_keys_are_reported():
+    sd = create_model("convnext_atto").state_dict()
+    del sd["stages.2.5.gamma"]
+    sd["stages.2.6.gamma"] = torch.zeros(160)
+    sd.update({f"extra.{i}.weight": torch.zeros(1) for i in range(20)})
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(create_model("convnext_atto"), sd)
+    msg = str(e.value)
+    assert "missing from the checkpoint (1)" in msg and "stages.2.5.gamma" in msg
+    assert "unexpected in the checkpoint (21)" in msg and "extra.*.weight  (20 tensors" in msg
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_checkpoint(create_model("convnext_femto"), create_model("convnext_atto").state_dict())
+    # Dense-prediction stage norms are not silently left at their initial values.
+    with pytest.raises(CheckpointError, match=r"stage_norms\.\*\.weight"):
+        load_checkpoint(create_model("convnext_atto", stage_norms=True), create_model("convnext_atto").state_dict())
+
+
+def test_hf_style_directory(tmp_path):
+    model = create_model("convnext_atto")
+    save_state_dict(model.state_dict(), tmp_path / "model.safetensors")
+    assert load_checkpoint(create_model("convnext_atto"), tmp_path).num_tensors == len(model.state_dict())

@@ -1,0 +1,52 @@
+"""The pretrained registry is consistent with the model registry and never yields random weights."""
+import dataclasses
+
+import pytest
+import torch
+
+from convnext.models import create_model, get_spec
+from convnext.weights import CheckpointError, get_pretrained, list_pretrained, load_pretrained
+from convnext.weights.pretrained import download_pretrained
+
+
+def test_registry_entries_are_consistent():
+    entries = list_pretrained()
+    assert len(entries) == 4 + 2 + 5 * 3 + 3  # README: 1K-224 T/S/B/L, 1K-384 B/L, 22K/22K->1K(224,384) T..XL, iso S/B/L
+    for w in entries:
+        get_spec(w.model)  # every entry names a registered model
+        assert w.url == f"https://dl.fbaipublicfiles.com/convnext/{w.filename}"
+        assert (w.num_classes, w.label_set) in [(1000, "imagenet-1k"), (21841, "imagenet-22k")]
+        assert w.crop_pct == (1.0 if w.resolution >= 384 else 0.875) and w.interpolation == "bicubic"
+        assert (w.top1 is None) == (w.num_classes == 21841)
+        assert w.sha256 is None  # none published; must not be invented
+    assert get_pretrained("convnext_tiny").filename == "convnext_tiny_1k_224_ema.pth"
+    assert get_pretrained("convnext_xlarge").filename == "convnext_xlarge_22k_1k_224_ema.pth"
+    assert get_pretrained("convnext_base", "in22k_ft_in1k_384").top1 == 86.8
+
+
+def test_offline_fails_with_instructions(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setenv("CONVNEXT_NO_DOWNLOAD", "1")
+    with pytest.raises(CheckpointError, match=r"downloads are disabled.*checkpoint=PATH.*--checkpoint"):
+        create_model("convnext_isotropic_small", pretrained=True)
+    with pytest.raises(CheckpointError, match="available: in1k"):
+        create_model("convnext_tiny", pretrained="nonsense")
+    with pytest.raises(CheckpointError, match="no official pretrained weights for 'convnext_atto'"):
+        create_model("convnext_atto", pretrained=True)
+
+
+def test_cached_checkpoint_is_loaded_and_hash_checked(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setenv("CONVNEXT_NO_DOWNLOAD", "1")
+    weights = get_pretrained("convnext_isotropic_small")
+    src = create_model("convnext_isotropic_small")
+    (tmp_path / "checkpoints").mkdir()
+    # Stored in fp16 to keep the test light; loading casts to the model's dtype.
+    torch.save({"model": {k: v.half() for k, v in src.state_dict().items()}}, tmp_path / "checkpoints" / weights.filename)
+    model = create_model("convnext_isotropic_small", num_classes=10, pretrained=True, reinit_head=True)
+    assert torch.equal(model.blocks[3].pwconv1.weight, src.blocks[3].pwconv1.weight.half().float())
+    report = load_pretrained(create_model("convnext_isotropic_small"), "convnext_isotropic_small")
+    assert report.layout == "official" and not report.head_reinitialized
+    bad = dataclasses.replace(weights, sha256="0" * 64)
+    with pytest.raises(CheckpointError, match="sha256 does not match"):
+        download_pretrained(bad)
