@@ -75,13 +75,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's message names the offending global ("... GLOBAL posix.system ..."); keep that line only.
-        culprit = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), "")
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        # torch names a forbidden global ("... GLOBAL posix.system ..."): a pickle carrying code.
+        culprit = next((line for line in lines if "GLOBAL" in line), None)
+        if culprit is not None:
+            raise CheckpointError(
+                f"{p}: refused to load. Only weights-only checkpoints (tensors, dicts, lists, numbers, strings; "
+                f"torch.load(weights_only=True)) and .safetensors files are accepted, and this file contains "
+                f"other Python objects that could run code when unpickled. Nothing from it was executed. ({culprit})"
+            ) from None
+        detail = next((line for line in lines if line.startswith("Unsupported")), lines[-1] if lines else "")
         raise CheckpointError(
-            f"{p}: refused to load. Only weights-only checkpoints (tensors, dicts, lists, numbers, strings; "
-            f"torch.load(weights_only=True)) and .safetensors files are accepted, and this file contains "
-            f"other Python objects that could run code when unpickled. Nothing from it was executed."
-            + (f" ({culprit})" if culprit else "")
+            f"{p}: not a readable weights-only PyTorch checkpoint ({detail}). Only files that "
+            f"torch.load(weights_only=True) accepts and .safetensors files are read; nothing from it was executed."
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({str(e).splitlines()[0] if str(e) else e!r})") from None

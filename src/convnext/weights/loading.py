@@ -24,7 +24,7 @@ from ..models.registry import build_model, config_from_dict, get_spec, list_mode
 from .convert import convert_state_dict, detect_layout, summarize_keys
 from .io import CheckpointError, read_checkpoint, unwrap_state_dict
 
-__all__ = ["LoadReport", "load_checkpoint", "from_checkpoint", "infer_config", "match_model_name"]
+__all__ = ["LoadReport", "load_checkpoint", "from_checkpoint", "infer_config", "match_model_name", "to_official"]
 
 _HEAD_KEYS = ("head.weight", "head.bias")
 
@@ -46,6 +46,15 @@ class LoadReport:
         return s
 
 
+def to_official(sd: Mapping[str, torch.Tensor], source: str) -> tuple[str, dict[str, torch.Tensor]]:
+    """(detected layout, state dict converted to the official layout); errors name `source`."""
+    try:
+        layout = detect_layout(sd)
+        return layout, convert_state_dict(sd, src=layout, dst="official")
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+
+
 def _head_mismatch(sd: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> str | None:
     """Description of how the checkpoint head differs from the model's, or None if it fits."""
     theirs = {k: tuple(sd[k].shape) for k in _HEAD_KEYS if k in sd}
@@ -65,6 +74,7 @@ def load_checkpoint(
     *,
     reinit_head: bool = False,
     ema: bool = False,
+    source: str | None = None,
 ) -> LoadReport:
     """Load a checkpoint of any supported layout into `model`, strictly.
 
@@ -76,21 +86,18 @@ def load_checkpoint(
             classes, or none), drop it and initialise a fresh head with `model.reset_classifier`
             (scaled by the config's `head_init_scale`). Without it such a mismatch is an error.
         ema: load the EMA weights (`model_ema`) of a checkpoint that has them.
+        source: name for messages when passing an in-memory state dict (default "<state dict>").
 
     Raises:
         CheckpointError: with a grouped list of missing / unexpected / mis-shaped keys.
     """
     if isinstance(path_or_state_dict, Mapping):
-        source = "<state dict>"
+        source = source or "<state dict>"
         sd = unwrap_state_dict(path_or_state_dict, ema=ema, source=source)
     else:
         source = str(path_or_state_dict)
         sd = unwrap_state_dict(read_checkpoint(path_or_state_dict), ema=ema, source=source)
-    try:
-        layout = detect_layout(sd)
-        sd = convert_state_dict(sd, src=layout, dst="official")
-    except CheckpointError as e:
-        raise CheckpointError(f"{source}: {e}") from None
+    layout, sd = to_official(sd, source)
 
     own = model.state_dict()
     # Body first: a head mismatch is only worth mentioning when everything else fits.
@@ -108,7 +115,7 @@ def load_checkpoint(
         if shape:
             parts.append(f"shape mismatch ({len(shape)}):\n" + "\n".join(f"  {s}" for s in shape[:8])
                          + (f"\n  ... and {len(shape) - 8} more" if len(shape) > 8 else ""))
-        parts.append("Check the model name / architecture (`convnext convert SRC DST` reports what a file holds).")
+        parts.append(_describe(sd))
         raise CheckpointError("\n".join(parts))
 
     dropped: list[str] = []
@@ -127,6 +134,18 @@ def load_checkpoint(
     if head_problem:
         model.reset_classifier(model.num_classes)
     return LoadReport(source, layout, len(sd), bool(head_problem), dropped)
+
+
+def _describe(sd: Mapping[str, torch.Tensor]) -> str:
+    """One line saying which architecture an official-layout state dict holds, as a hint in errors."""
+    try:
+        config = infer_config(sd)
+    except (KeyError, ValueError, IndexError):
+        return "Check that the checkpoint is a ConvNeXt of the same architecture."
+    name = match_model_name(config)
+    classes = getattr(config, "num_classes", 0)
+    what = name or f"an unregistered {config.arch} ({config})"
+    return f"The checkpoint holds {what} with {classes} classes."
 
 
 def infer_config(sd: Mapping[str, torch.Tensor]) -> ConvNeXtConfig | IsotropicConfig:
@@ -183,20 +202,19 @@ def from_checkpoint(path: str | os.PathLike, *, ema: bool = False) -> nn.Module:
     """
     ckpt = read_checkpoint(path)
     sd = unwrap_state_dict(ckpt, ema=ema, source=str(path))
-    layout = detect_layout(sd)
+    layout, official = to_official(sd, str(path))
     if isinstance(ckpt.get("model_config"), Mapping):
         try:
             config = config_from_dict(ckpt["model_config"])
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: invalid model_config ({e})") from None
     else:
-        official = convert_state_dict(sd, src=layout, dst="official")
         try:
             config = infer_config(official)
-        except (KeyError, ValueError) as e:
+        except (KeyError, ValueError, IndexError) as e:
             raise CheckpointError(f"{path}: cannot infer the architecture from the tensor shapes ({e})") from None
     model = build_model(config)
-    load_checkpoint(model, sd)
+    load_checkpoint(model, official, source=str(path))
     name = ckpt.get("model_name") if isinstance(ckpt.get("model_name"), str) else match_model_name(config)
     labels = ckpt.get("labels") if isinstance(ckpt.get("labels"), list) else None
     model.checkpoint_info = {"model_name": name, "labels": labels, "layout": layout}
