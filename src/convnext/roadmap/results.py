@@ -1,0 +1,221 @@
+"""The roadmap ladder and its results: table rows, `results.csv`, `results.md` and the Figure-2-style chart.
+
+One row per step (`StepResult`) carries the step's description, the paper's numbers (Tables 10/11)
+and the measured top-1 of every seed; the writers only format it.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..models import build_model, count_flops, count_params
+from ..models.roadmap import RoadmapStep, roadmap_steps
+
+__all__ = ["StepResult", "ladder", "write_csv", "read_csv", "write_markdown", "plot_roadmap", "format_ladder"]
+
+PAPER_FLAT = 0.1  # top-1 points: a smaller paper change between two steps is within its seed std
+
+
+@dataclass
+class StepResult:
+    regime: str
+    step: str
+    change: str
+    adopted: bool
+    builds_on: str | None
+    params_m: float  # registered (ImageNet, 224) model
+    gflops: float  # ours: MACs at 224 of the registered model
+    paper_gflops: float
+    paper_top1: float
+    paper_top1_std: float | None
+    top1: list[float] = field(default_factory=list)  # measured, one value per finished seed
+    run_params_m: float | None = None  # the network as trained (small-input stem, dataset's classes)
+    run_mflops: float | None = None  # its MACs at the training resolution
+
+    @property
+    def top1_mean(self) -> float:
+        return statistics.fmean(self.top1) if self.top1 else math.nan
+
+    @property
+    def top1_std(self) -> float:
+        """Sample standard deviation over seeds (0 for a single seed, NaN without results)."""
+        if len(self.top1) > 1:
+            return statistics.stdev(self.top1)
+        return 0.0 if self.top1 else math.nan
+
+    @classmethod
+    def from_step(cls, regime: str, step: RoadmapStep) -> "StepResult":
+        with torch.device("meta"):  # sizes and MACs only: no weights are allocated
+            model = build_model(step.config)
+        return cls(
+            regime=regime, step=step.name, change=step.change, adopted=step.adopted, builds_on=step.builds_on,
+            params_m=count_params(model) / 1e6, gflops=count_flops(model, 224) / 1e9,
+            paper_gflops=step.paper_gflops, paper_top1=step.paper_top1, paper_top1_std=step.paper_top1_std,
+        )
+
+
+def ladder(regime: str = "r50", steps: list[str] | None = None) -> list[StepResult]:
+    """The steps of a regime (all, or the named ones in ladder order) with params and MACs, no results yet."""
+    return [StepResult.from_step(regime, s) for s in roadmap_steps(regime) if steps is None or s.name in steps]
+
+
+def _pm(mean: float, std: float | None, digits: int = 2) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f}" if std is None or math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def format_ladder(rows: list[StepResult]) -> str:
+    """The plain-text table printed by `convnext roadmap --list`."""
+    header = ("step", "what changed", "adopted", "params (M)", "GFLOPs ours", "GFLOPs paper", "paper top-1")
+    body = [
+        (r.step, r.change, "yes" if r.adopted else "no", f"{r.params_m:.2f}", f"{r.gflops:.3f}",
+         f"{r.paper_gflops:.2f}", _pm(r.paper_top1, r.paper_top1_std))
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in body + [header]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    return "\n".join(lines + [fmt.format(*row) for row in body])
+
+
+_CSV_FIELDS = [
+    "regime", "step", "change", "adopted", "builds_on", "params_m", "gflops", "paper_gflops", "run_params_m",
+    "run_mflops", "top1_mean", "top1_std", "n_seeds", "top1_seeds", "paper_top1", "paper_top1_std",
+]
+
+
+def write_csv(rows: list[StepResult], path: str | Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({
+                "regime": r.regime, "step": r.step, "change": r.change, "adopted": int(r.adopted),
+                "builds_on": r.builds_on or "", "params_m": r.params_m, "gflops": r.gflops,
+                "paper_gflops": r.paper_gflops,
+                "run_params_m": "" if r.run_params_m is None else r.run_params_m,
+                "run_mflops": "" if r.run_mflops is None else r.run_mflops,
+                "top1_mean": r.top1_mean, "top1_std": r.top1_std, "n_seeds": len(r.top1),
+                "top1_seeds": ";".join(repr(t) for t in r.top1), "paper_top1": r.paper_top1,
+                "paper_top1_std": "" if r.paper_top1_std is None else r.paper_top1_std,
+            })
+
+
+def read_csv(path: str | Path) -> list[StepResult]:
+    """Inverse of `write_csv` (to redraw a chart or table from a finished experiment)."""
+    def opt(v: str) -> float | None:
+        return float(v) if v else None
+
+    with open(path, newline="") as f:
+        return [
+            StepResult(
+                regime=d["regime"], step=d["step"], change=d["change"], adopted=d["adopted"] == "1",
+                builds_on=d["builds_on"] or None, params_m=float(d["params_m"]), gflops=float(d["gflops"]),
+                paper_gflops=float(d["paper_gflops"]), paper_top1=float(d["paper_top1"]),
+                paper_top1_std=opt(d["paper_top1_std"]),
+                top1=[float(t) for t in d["top1_seeds"].split(";") if t],
+                run_params_m=opt(d["run_params_m"]), run_mflops=opt(d["run_mflops"]),
+            )
+            for d in csv.DictReader(f)
+        ]
+
+
+def _deltas(rows: list[StepResult]) -> dict[str, tuple[float, float]]:
+    """(ours, paper) top-1 change of each step against the step it builds on, where both were run."""
+    by_name = {r.step: r for r in rows}
+    out = {}
+    for r in rows:
+        parent = by_name.get(r.builds_on or "")
+        if parent is not None and r.top1 and parent.top1:
+            out[r.step] = (r.top1_mean - parent.top1_mean, r.paper_top1 - parent.paper_top1)
+    return out
+
+
+def write_markdown(rows: list[StepResult], path: str | Path, title: str = "Modernization roadmap",
+                   run_desc: str = "") -> None:
+    """`results.md`: the table, then how the measured step-to-step changes compare with the paper's."""
+    deltas = _deltas(rows)
+    lines = [f"# {title}", ""]
+    if run_desc:
+        lines += [run_desc, ""]
+    lines += [
+        "| step | what changed | adopted | params (M) | GFLOPs@224 ours / paper | MFLOPs as trained | top-1 (%) | "
+        "Δ vs builds-on | paper top-1 | paper Δ |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        d = deltas.get(r.step)
+        lines.append(
+            f"| {r.step} | {r.change} | {'yes' if r.adopted else 'no'} | {r.params_m:.2f} | "
+            f"{r.gflops:.2f} / {r.paper_gflops:.2f} | {'-' if r.run_mflops is None else f'{r.run_mflops:.1f}'} | "
+            f"{_pm(r.top1_mean, r.top1_std)} (n={len(r.top1)}) | {'-' if d is None else f'{d[0]:+.2f}'} | "
+            f"{_pm(r.paper_top1, r.paper_top1_std)} | {'-' if d is None else f'{d[1]:+.2f}'} |"
+        )
+    if deltas:
+        # Steps whose paper change is within the paper's own seed noise have no direction to compare.
+        flat = [s for s, (_, paper) in deltas.items() if abs(paper) < PAPER_FLAT]
+        judged = {s: d for s, d in deltas.items() if s not in flat}
+        differ = [s for s, (ours, paper) in judged.items() if (ours > 0) != (paper > 0)]
+        lines += [
+            "",
+            f"Direction of each step's top-1 change against the step it builds on: agrees with the paper for "
+            f"{len(judged) - len(differ)} of {len(judged)} steps"
+            + (f", differs for {', '.join(differ)}" if differ else "")
+            + (f"; flat in the paper (|Δ| < {PAPER_FLAT}): {', '.join(flat)}." if flat else "."),
+        ]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def plot_roadmap(rows: list[StepResult], path: str | Path, title: str = "", dataset: str = "this run") -> None:
+    """Figure-2-style chart: measured top-1 per step (left), the paper's ImageNet top-1 (right), GFLOPs beside.
+
+    Non-adopted steps are hatched, as in the paper; error bars are the std over seeds.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(rows)
+    y = list(range(n))[::-1]  # first step at the top
+    fig, (ax_ours, ax_paper) = plt.subplots(1, 2, figsize=(11, 0.42 * n + 1.6), gridspec_kw=dict(wspace=0.05))
+    panels = [
+        (ax_ours, [r.top1_mean for r in rows], [r.top1_std for r in rows], "tab:blue", f"top-1 (%), {dataset}"),
+        (ax_paper, [r.paper_top1 for r in rows], [r.paper_top1_std or 0.0 for r in rows], "tab:gray",
+         "top-1 (%), paper, ImageNet-1K"),
+    ]
+    for ax, values, errs, color, xlabel in panels:
+        finite = [v for v in values if not math.isnan(v)]
+        lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
+        pad = max(0.5, 0.15 * (hi - lo))
+        left = max(0.0, lo - 2 * pad)
+        for yi, r, v, e in zip(y, rows, values, errs):
+            if math.isnan(v):
+                ax.text(left, yi, "  not run", va="center", fontsize=8, color="0.4")
+                continue
+            ax.barh(yi, v - left, left=left, height=0.7, color=color if r.adopted else "white",
+                    edgecolor=color, hatch=None if r.adopted else "///", xerr=e or None, ecolor="0.3", capsize=2)
+            ax.text(v + (e or 0) + 0.05 * pad, yi, f"{v:.2f}", va="center", fontsize=8)
+        ax.set_xlim(left, hi + 1.5 * pad)
+        ax.set_ylim(-0.6, n - 0.4)
+        ax.set_xlabel(xlabel)
+        ax.grid(axis="x", alpha=0.3)
+    ax_ours.set_yticks(y, [r.step for r in rows])
+    # GFLOPs (ours, at 224) on the right-hand side, as the paper writes them inside its bars.
+    ax_paper.set_yticks(y, [f"{r.gflops:.2f} GFLOPs" for r in rows])
+    ax_paper.yaxis.tick_right()
+    ax_paper.tick_params(axis="y", length=0, labelsize=8)
+    from matplotlib.patches import Patch
+
+    ax_paper.legend(handles=[Patch(facecolor="white", edgecolor="0.3", hatch="///", label="not adopted")],
+                    loc="lower right", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
