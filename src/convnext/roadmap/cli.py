@@ -49,13 +49,13 @@ def _cmd_roadmap(args: argparse.Namespace) -> int:
     for flag in ("epochs", "seeds", "batch_size", "img_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    train_kwargs = dict(epochs=args.epochs, batch_size=args.batch_size, **_parse_sets(args.set))
     try:
         from ..train import TrainConfig  # noqa: F401  (the experiment trains with convnext.train)
     except ImportError as e:
         raise UserError(f"the roadmap experiment needs convnext.train, which is not available here ({e})") from None
     from .experiment import run_experiment
 
-    train_kwargs = dict(epochs=args.epochs, batch_size=args.batch_size, **_parse_sets(args.set))
     if args.train_subset is not None:
         train_kwargs["train_subset"] = args.train_subset
     rows = run_experiment(

@@ -159,7 +159,7 @@ def write_markdown(rows: list[StepResult], path: str | Path, title: str = "Moder
         )
     if deltas:
         # Steps whose paper change is within the paper's own seed noise have no direction to compare.
-        flat = [s for s, (_, paper) in deltas.items() if abs(paper) < PAPER_FLAT]
+        flat = [s for s, (_, paper) in deltas.items() if round(abs(paper), 2) < PAPER_FLAT]  # 2 decimals as printed
         judged = {s: d for s, d in deltas.items() if s not in flat}
         differ = [s for s, (ours, paper) in judged.items() if (ours > 0) != (paper > 0)]
         lines += [
