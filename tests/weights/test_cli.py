@@ -155,3 +155,18 @@ def test_console_script(tmp_path, image, labelled_checkpoint):
     proc = subprocess.run([sys.executable, "-m", "convnext", "convert", str(image), str(tmp_path / "x.pt")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "not a readable weights-only PyTorch checkpoint" in proc.stderr
+
+
+def test_convert_to_hf_directory_opens_with_from_pretrained(tmp_path, capsys, labelled_checkpoint):
+    transformers = pytest.importorskip("transformers")
+    path, model = labelled_checkpoint
+    rc, out, _ = run(capsys, "convert", path, tmp_path / "hf_model", "--to", "hf")
+    assert rc == 0 and (tmp_path / "hf_model" / "config.json").exists()
+    peer = transformers.ConvNextForImageClassification.from_pretrained(tmp_path / "hf_model").eval()
+    assert peer.config.id2label == {0: "cat", 1: "dog", 2: "eel"}
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (peer(pixel_values=x).logits - model.eval()(x)).abs().max() <= 1e-4
+    # ...and the directory converts back.
+    rc, out, _ = run(capsys, "convert", tmp_path / "hf_model", tmp_path / "again.pt", "--model", "convnext_atto")
+    assert rc == 0 and "hf layout" in out

@@ -4,6 +4,7 @@ graphs / predictions out. Each subcommand is a plain function of its parsed argu
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
 from pathlib import Path
 
@@ -12,11 +13,13 @@ from torch import nn
 
 from ..cli import UserError
 from ..models.registry import config_from_dict, config_to_dict, get_spec
-from .convert import LAYOUTS, convert_state_dict
+from .convert import LAYOUTS, convert_state_dict, hf_config
 from .io import CheckpointError, read_checkpoint, save_state_dict, unwrap_state_dict
 from .loading import from_checkpoint, infer_config, load_checkpoint, match_model_name, to_official
 
 __all__ = ["register", "load_model_for_inference"]
+
+_WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
 def _build_named(model_name: str, official: dict[str, torch.Tensor], source: str) -> nn.Module:
@@ -79,6 +82,16 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             metadata["labels"] = ckpt["labels"]
     else:  # foreign layouts get what their own loaders expect: a bare state dict
         metadata = {"format": "pt"} if args.to == "hf" and dst.suffix == ".safetensors" else {}
+    if args.to == "hf" and dst.suffix not in _WEIGHT_SUFFIXES:
+        # A directory `from_pretrained` can open: model.safetensors + config.json.
+        from ..data.imagenet_labels import labels_for
+
+        labels = ckpt.get("labels") if isinstance(ckpt.get("labels"), list) else labels_for(config.num_classes)
+        hf_json = hf_config(config, labels)
+        dst.mkdir(parents=True, exist_ok=True)
+        (dst / "config.json").write_text(json.dumps(hf_json, indent=2))
+        dst = dst / "model.safetensors"
+        metadata = {"format": "pt"}
     save_state_dict(out, dst, metadata=metadata)
     classes = official["head.weight"].shape[0] if "head.weight" in official else 0
     print(f"{src}: {layout} layout, {len(sd)} tensors, {name or 'unregistered architecture'} ({classes} classes)"
@@ -188,7 +201,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Read a ConvNeXt checkpoint in any supported layout (detected from its keys) and "
                                    "write it in another; the format (.pt or .safetensors) follows DST's extension.")
     p.add_argument("src", help="checkpoint file (.pth/.pt/.bin/.safetensors) or HF model directory")
-    p.add_argument("dst", help="output file; .safetensors or .pt")
+    p.add_argument("dst", help="output file (.safetensors, or .pt/.pth/.bin as a PyTorch file); with --to hf "
+                                "a path without such an extension becomes a from_pretrained directory")
     p.add_argument("--to", choices=LAYOUTS, default="official", help="target layout (default: official)")
     p.add_argument("--model", help="registered model name: verify the weights load strictly into it")
     p.add_argument("--ema", action="store_true", help="take the EMA weights (model_ema) of the checkpoint")

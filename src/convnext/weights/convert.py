@@ -33,7 +33,7 @@ import torch
 
 from .io import CheckpointError
 
-__all__ = ["LAYOUTS", "detect_layout", "convert_state_dict", "summarize_keys"]
+__all__ = ["LAYOUTS", "detect_layout", "convert_state_dict", "summarize_keys", "hf_config"]
 
 LAYOUTS = ("official", "timm", "torchvision", "hf", "v2")
 
@@ -296,3 +296,37 @@ def convert_state_dict(
     if dst in ("official", "v2"):
         return official
     return _from_official(official, dst, conv_mlp)
+
+
+def hf_config(config, labels: list[str] | None = None) -> dict:
+    """`config.json` for HF transformers' ConvNext / ConvNextV2 matching a hierarchical ConvNeXtConfig.
+
+    Written without importing transformers; `from_pretrained(dir)` then rebuilds the same network.
+    The final LayerNorm eps is set to the official 1e-6 (HF's default there is 1e-12).
+    """
+    if getattr(config, "arch", None) != "convnext":
+        raise CheckpointError("HF transformers has only the hierarchical ConvNeXt; this model has no HF equivalent")
+    if config.kernel_size != 7 or config.mlp_ratio != 4 or config.stage_norms:
+        raise CheckpointError("HF ConvNext fixes kernel_size=7 and mlp_ratio=4 and has no stage norms")
+    v2 = config.use_grn
+    head = "ForImageClassification" if config.num_classes > 0 else "Model"
+    out = {
+        "model_type": "convnextv2" if v2 else "convnext",
+        "architectures": [f"ConvNext{'V2' if v2 else ''}{head}"],
+        "num_channels": config.in_chans,
+        "patch_size": config.stem_patch_size,
+        "num_stages": len(config.depths),
+        "depths": list(config.depths),
+        "hidden_sizes": list(config.dims),
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-6,
+        "drop_path_rate": 0.0,
+        "image_size": 224,
+    }
+    if not v2:
+        out["layer_scale_init_value"] = config.layer_scale_init_value
+    if config.num_classes > 0:
+        names = labels if labels is not None and len(labels) == config.num_classes else None
+        out["id2label"] = {str(i): (names[i] if names else f"LABEL_{i}") for i in range(config.num_classes)}
+        out["label2id"] = {v: int(k) for k, v in out["id2label"].items()}
+    return out

@@ -124,7 +124,8 @@ def load_checkpoint(
         if not reinit_head:
             raise CheckpointError(
                 f"{source}: classifier head does not fit ({head_problem}). Pass reinit_head=True "
-                f"(CLI: --reinit-head) to drop the checkpoint head and initialise a new one, e.g. to fine-tune."
+                f"(e.g. create_model(..., checkpoint=..., reinit_head=True)) to drop the checkpoint head "
+                f"and initialise a new one, e.g. to fine-tune."
             )
         dropped = [k for k in _HEAD_KEYS if k in sd]
         sd = {k: v for k, v in sd.items() if k not in _HEAD_KEYS}
