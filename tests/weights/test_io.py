@@ -85,6 +85,10 @@ def test_official_wrappers_and_ema(tmp_path):
     torch.save({"model": model.state_dict()}, tmp_path / "noema.pth")
     with pytest.raises(CheckpointError, match="model_ema"):
         load_checkpoint(fresh, tmp_path / "noema.pth", ema=True)
+    # timm's train script: {"state_dict": ..., "state_dict_ema": ...}.
+    torch.save({"state_dict": model.state_dict(), "state_dict_ema": ema.state_dict()}, tmp_path / "timm_train.pth")
+    load_checkpoint(fresh, tmp_path / "timm_train.pth", ema=True)
+    assert torch.equal(fresh.head.weight, ema.head.weight)
     # Lightning-style {"state_dict": ...} with a DDP "module." prefix.
     torch.save({"state_dict": {f"module.{k}": v for k, v in ema.state_dict().items()}}, tmp_path / "ddp.ckpt")
     assert load_checkpoint(create_model("convnext_atto"), tmp_path / "ddp.ckpt").layout == "official"
@@ -160,3 +164,19 @@ def test_hf_style_directory(tmp_path):
     model = create_model("convnext_atto")
     save_state_dict(model.state_dict(), tmp_path / "model.safetensors")
     assert load_checkpoint(create_model("convnext_atto"), tmp_path).num_tensors == len(model.state_dict())
+
+
+def test_unknown_layouts_are_named():
+    from convnext.weights import convert_state_dict, detect_layout
+
+    with pytest.raises(CheckpointError, match="unrecognised ConvNeXt state-dict layout.*fc.weight"):
+        detect_layout({"fc.weight": torch.zeros(2, 2)})
+    with pytest.raises(CheckpointError, match="<state dict>: unrecognised"):
+        load_checkpoint(create_model("convnext_atto"), {"fc.weight": torch.zeros(2, 2)})
+    with pytest.raises(ValueError, match="dst='keras'"):
+        convert_state_dict(create_model("convnext_atto").state_dict(), dst="keras")
+    # A timm file with an extra tensor our layout cannot place is reported, not dropped.
+    sd = convert_state_dict(create_model("convnext_atto").state_dict(), dst="timm")
+    sd["head.pre_logits.fc.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError, match="no official-layout equivalent:\n  head.pre_logits.fc.weight"):
+        convert_state_dict(sd)

@@ -93,9 +93,8 @@ class _Template:
                 if n < 0 or n % mul:
                     return None  # e.g. an odd torchvision index cannot be a downsampling layer
                 value = n // mul
-            if values.setdefault(var, value) != value:
+            if values.setdefault(var, value) != value:  # a variable used twice must agree
                 return None
-            values[var] = value
         return values
 
     def format(self, values: Mapping[str, str | int]) -> str:
@@ -106,16 +105,16 @@ class _Template:
         return _PLACEHOLDER.sub(sub, self.text)
 
 
-@dataclass(frozen=True)
 class _Layout:
-    name: str
-    rules: tuple[Rule, ...]
+    """A foreign layout: its rules compiled once; `translate` maps one key in either direction."""
 
-    def __post_init__(self):
-        compiled = tuple((_Template(r.ours), _Template(r.theirs), r.fix) for r in self.rules)
-        object.__setattr__(self, "_compiled", compiled)
+    def __init__(self, name: str, rules: tuple[Rule, ...]):
+        self.name = name
+        self.rules = rules
+        self._compiled = [(_Template(r.ours), _Template(r.theirs), r.fix) for r in rules]
 
     def translate(self, key: str, to_ours: bool) -> tuple[str, Fix | None] | None:
+        """(translated key, shape fix or None), or None when no rule matches."""
         for ours, theirs, fix in self._compiled:
             src, dst = (theirs, ours) if to_ours else (ours, theirs)
             values = src.match(key)

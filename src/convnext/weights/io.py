@@ -39,6 +39,7 @@ __all__ = [
 TRAIN_FORMAT = "convnext-train-v1"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # looked up when given a directory (HF layout)
 _WRAPPER_KEYS = ("model", "state_dict", "module")  # nesting used by common training frameworks
+_EMA_KEYS = ("model_ema", "state_dict_ema")  # official / ours, timm's train script
 
 
 class CheckpointError(UserError, ValueError):
@@ -105,18 +106,20 @@ def unwrap_state_dict(ckpt: Mapping[str, Any], *, ema: bool = False, source: str
 
     Args:
         ckpt: the loaded top-level object.
-        ema: take the EMA weights (`model_ema`); an error if the checkpoint has none.
+        ema: take the EMA weights (`model_ema`, or timm's `state_dict_ema`); an error if there are none.
         source: name used in error messages (usually the file path).
     """
     if ema:
-        if not _is_state_dict(ckpt.get("model_ema")):
-            raise CheckpointError(f"{source}: --ema/ema=True asked for EMA weights but the checkpoint has no 'model_ema' entry")
-        sd = ckpt["model_ema"]
+        key = next((k for k in _EMA_KEYS if _is_state_dict(ckpt.get(k))), None)
+        if key is None:
+            raise CheckpointError(f"{source}: EMA weights requested (ema=True / --ema) but the checkpoint has "
+                                  f"no {' or '.join(repr(k) for k in _EMA_KEYS)} entry")
+        sd = ckpt[key]
     elif _is_state_dict(ckpt):
         sd = ckpt
     else:
         sd = None
-        for key in _WRAPPER_KEYS + ("model_ema",):  # a bare EMA-only file is still usable
+        for key in _WRAPPER_KEYS + _EMA_KEYS:  # a file holding only EMA weights is still usable
             if _is_state_dict(ckpt.get(key)):
                 sd = ckpt[key]
                 break
@@ -208,7 +211,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     ckpt = read_checkpoint(p)
     if _is_state_dict(ckpt):
         return {}
-    return {k: v for k, v in ckpt.items() if k not in _WRAPPER_KEYS + ("model_ema",) and not _is_state_dict(v)}
+    return {k: v for k, v in ckpt.items() if k not in _WRAPPER_KEYS + _EMA_KEYS and not _is_state_dict(v)}
 
 
 def read_labels(path: str | os.PathLike) -> list[str] | None:
