@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import yaml
 
@@ -46,24 +47,31 @@ def _cmd_roadmap(args: argparse.Namespace) -> int:
         return 0
     if args.data is None or args.output is None:
         raise UserError("give --list, or both --data (a folder, 'digits' or 'cifar10') and --output DIR")
-    for flag in ("epochs", "seeds", "batch_size", "img_size"):
+    for flag in ("epochs", "seeds", "batch_size", "img_size", "train_subset"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    train_kwargs = dict(epochs=args.epochs, batch_size=args.batch_size, **_parse_sets(args.set))
+    overrides = _parse_sets(args.set)
+    for flag in ("epochs", "batch_size", "img_size", "train_subset"):
+        if getattr(args, flag) is not None:
+            overrides[flag] = getattr(args, flag)
     try:
-        from ..train import TrainConfig  # noqa: F401  (the experiment trains with convnext.train)
+        from .. import train  # noqa: F401  (every run is a convnext.train run)
     except ImportError as e:
         raise UserError(f"the roadmap experiment needs convnext.train, which is not available here ({e})") from None
-    from .experiment import run_experiment
+    from ..train import NonFiniteLossError
+    from .experiment import resolve_recipe, run_experiment
 
-    if args.train_subset is not None:
-        train_kwargs["train_subset"] = args.train_subset
-    rows = run_experiment(
-        args.data, args.output, regime=args.regime, steps=steps, seeds=args.seeds, img_size=args.img_size,
-        train_kwargs=train_kwargs,
-    )
+    try:
+        resolve_recipe(args.data, args.recipe, overrides)  # fail on a bad recipe/option before any training
+        rows = run_experiment(args.data, args.output, regime=args.regime, steps=steps, seeds=args.seeds,
+                              recipe=args.recipe, train_overrides=overrides, keep_checkpoints=args.keep_checkpoints)
+    except NonFiniteLossError as e:  # finished runs are kept: rerun the same command to resume after a fix
+        print(f"convnext roadmap: stopped: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError) as e:  # bad recipe, option or dataset (the trainer's DataError is a ValueError)
+        raise UserError(str(e)) from None
     best = max(rows, key=lambda r: r.top1_mean)
-    print(f"wrote {args.output}/results.csv, results.md, roadmap.png; best step: {best.step} "
+    print(f"wrote {args.output}/results.csv, results.md and roadmap.png; best step: {best.step} "
           f"({best.top1_mean:.2f}% top-1)")
     return 0
 
@@ -79,11 +87,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", default=None, help=f"comma-separated subset of: {','.join(STEP_NAMES)}")
     p.add_argument("--data", default=None, help="dataset: an image folder, 'digits' or 'cifar10'")
     p.add_argument("--output", default=None, help="experiment folder (reused runs are skipped: resumable)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--seeds", type=int, default=1, help="seeds per step (the paper: 3 for R50)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--img-size", type=int, default=32, help="resolution; <= 64 selects the small-input stems")
-    p.add_argument("--train-subset", type=int, default=None, help="train on the first N training images only")
+    p.add_argument("--recipe", default=None,
+                   help="training recipe (shipped name or YAML) shared by all runs; default: the one named like --data, "
+                        "if any (e.g. digits)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per step, 0..K-1 (the paper: 3 for R50)")
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    p.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="override the recipe's resolution; <= 64 selects the small-input (stride-1) stems")
+    p.add_argument("--train-subset", type=int, default=None, help="train on N images of the training set only")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="further TrainConfig field for every run (the fixed recipe), e.g. --set lr=1e-3")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep each finished run's checkpoints (default: delete them once its metrics.json is written)")
     p.set_defaults(func=_cmd_roadmap)

@@ -14,14 +14,36 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import yaml
 from tqdm import tqdm
 
 from ..models import build_model, count_flops, count_params, get_spec
 from .results import StepResult, ladder, plot_roadmap, write_csv, write_markdown
 
-__all__ = ["run_experiment", "SMALL_INPUT_MAX_SIZE"]
+__all__ = ["run_experiment", "resolve_recipe", "write_results", "SMALL_INPUT_MAX_SIZE"]
 
 SMALL_INPUT_MAX_SIZE = 64  # images up to this side use the stride-1 stems (`RoadmapConfig.small_input`)
+# Fields every run sets itself: the recipe must not fix the network, its seed or its folder.
+_PER_RUN = ("model", "model_overrides", "seed", "output", "resume", "ema", "progress", "finetune")
+
+
+def resolve_recipe(data: str, recipe: str | None = None, overrides: dict[str, Any] | None = None):
+    """The one training recipe shared by every run: TrainConfig defaults <- recipe <- overrides.
+
+    `recipe` defaults to the shipped recipe named like the dataset (e.g. `digits`) when there is
+    one. The recipe's model and model overrides are dropped: the roadmap sets those per step.
+    """
+    from ..train import TrainConfig, list_recipes, load_recipe
+
+    if recipe is None and data in list_recipes():
+        recipe = data
+    values = {k: v for k, v in (load_recipe(recipe) if recipe else {}).items() if k not in _PER_RUN}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides = dict(overrides or {})
+    bad = sorted(set(overrides) - fields) + sorted(k for k in overrides if k in _PER_RUN)
+    if bad:
+        raise ValueError(f"training option(s) {', '.join(bad)}: unknown, or set per run by the roadmap itself")
+    return TrainConfig(**{**values, **overrides, "data": data, "recipe": recipe, "ema": False})
 
 
 def _run_size(model_name: str, overrides: dict[str, Any], num_classes: int, img_size: int) -> tuple[float, float]:
@@ -32,15 +54,9 @@ def _run_size(model_name: str, overrides: dict[str, Any], num_classes: int, img_
     return count_params(model) / 1e6, count_flops(model, img_size) / 1e6
 
 
-def _train_one(data: str, model_name: str, run_dir: Path, seed: int, overrides: dict[str, Any],
-               train_kwargs: dict[str, Any]) -> dict[str, Any]:
-    from ..train import TrainConfig, run
-
-    cfg = TrainConfig(
-        data=data, model=model_name, model_overrides=dict(overrides), ema=False, seed=seed, output=str(run_dir),
-        resume="auto", progress=False, **train_kwargs,
-    )
-    return run(cfg)
+def _num_classes(run_dir: Path) -> int:
+    """The number of classes the trainer found, from the resolved config it wrote next to the run."""
+    return int(yaml.safe_load((run_dir / "config.yaml").read_text())["resolved"]["num_classes"])
 
 
 def run_experiment(
@@ -50,10 +66,10 @@ def run_experiment(
     regime: str = "r50",
     steps: Sequence[str] | None = None,
     seeds: int = 1,
-    img_size: int = 32,
+    recipe: str | None = None,
+    train_overrides: dict[str, Any] | None = None,
     small_input: bool | None = None,
-    num_classes: int = 10,
-    train_kwargs: dict[str, Any] | None = None,
+    keep_checkpoints: bool = False,
     progress: bool = True,
 ) -> list[StepResult]:
     """Train every roadmap step of `regime` with one recipe and `seeds` seeds; write the results into `output`.
@@ -64,26 +80,35 @@ def run_experiment(
         regime: "r50" (ResNet-50 -> ConvNeXt-T) or "r200" (ResNet-200 -> ConvNeXt-B).
         steps: step names to run (default: all 16), always run in ladder order.
         seeds: number of seeds per step (0..seeds-1).
-        img_size: training/evaluation resolution.
+        recipe: training recipe (name or YAML path), see `resolve_recipe`.
+        train_overrides: `TrainConfig` fields that override the recipe (epochs, batch_size, img_size, lr...).
         small_input: use the stride-1 stems; default: when img_size <= SMALL_INPUT_MAX_SIZE.
-        num_classes: the dataset's classes (only for the params/MACs columns; the trainer sets the head).
-        train_kwargs: the fixed recipe: further `TrainConfig` fields, identical for every run.
+        keep_checkpoints: keep the checkpoints of finished runs (by default they are deleted once
+            metrics.json exists: one R50-size run leaves about 0.6 GB of weights and optimizer state).
+        progress: show a progress bar over the runs.
     Returns:
         one `StepResult` per step, with the top-1 of every seed.
     """
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    template = resolve_recipe(data, recipe, train_overrides)
+    img_size = template.img_size
     if small_input is None:
         small_input = img_size <= SMALL_INPUT_MAX_SIZE
     overrides = {"small_input": True} if small_input else {}
-    train_kwargs = dict(train_kwargs or {}, img_size=img_size)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
     rows = ladder(regime, list(steps) if steps is not None else None)
-    desc = (f"Dataset `{data}`, {img_size}x{img_size} images, small-input stems: {'yes' if small_input else 'no'}, "
-            f"{seeds} seed(s) per step; fixed recipe: " + ", ".join(f"{k}={v}" for k, v in sorted(train_kwargs.items()))
-            + ", ema=False.")
+
+    from ..train.config import config_to_dict
+
+    recipe_dict = {k: v for k, v in config_to_dict(template).items() if k not in _PER_RUN}
     (output / "experiment.json").write_text(json.dumps(
-        dict(data=data, regime=regime, steps=[r.step for r in rows], seeds=seeds, model_overrides=overrides,
-             train=train_kwargs), indent=2))
+        dict(regime=regime, steps=[r.step for r in rows], seeds=seeds, model_overrides=overrides, ema=False,
+             recipe=recipe_dict), indent=2))
+    shown = ("recipe", "epochs", "batch_size", "lr", "warmup_epochs", "weight_decay", "train_subset", "randaug",
+             "mixup", "cutmix", "smoothing")
+    desc = (f"Dataset `{data}` at {img_size}x{img_size}, small-input stems: {'yes' if small_input else 'no'}, "
+            f"{seeds} seed(s) per step, EMA off. Recipe: " + ", ".join(f"{k}={recipe_dict[k]}" for k in shown)
+            + " (all fields: experiment.json).")
 
     runs = [(row, seed) for row in rows for seed in range(seeds)]
     bar = tqdm(runs, desc=f"roadmap {regime}", unit="run", disable=not progress, dynamic_ncols=True)
@@ -92,12 +117,21 @@ def run_experiment(
         model_name = f"roadmap_{regime}_{row.step}"
         run_dir = output / row.step / f"seed{seed}"
         metrics_path = run_dir / "metrics.json"
-        if metrics_path.exists():
+        if metrics_path.exists():  # finished earlier: reuse
             metrics = json.loads(metrics_path.read_text())
-        else:
-            metrics = _train_one(data, model_name, run_dir, seed, overrides, train_kwargs)
+        else:  # new, or partial: the trainer resumes from run_dir/checkpoint-last.pt
+            from ..train import run
+
+            config = dataclasses.replace(template, model=model_name, model_overrides=dict(overrides), seed=seed,
+                                         output=str(run_dir), resume="auto", progress=False)
+            metrics = run(config)
+            if not keep_checkpoints:
+                for ckpt in run_dir.glob("checkpoint-*.pt"):
+                    ckpt.unlink()
+        if metrics.get("top1") is None:
+            raise ValueError(f"{metrics_path}: the run has no final evaluation (top1); delete {run_dir} to rerun it")
         row.top1.append(float(metrics["top1"]))
-        row.run_params_m, row.run_mflops = _run_size(model_name, overrides, num_classes, img_size)
+        row.run_params_m, row.run_mflops = _run_size(model_name, overrides, _num_classes(run_dir), img_size)
         write_results(rows, output, regime, desc, data)
     return rows
 

@@ -1,0 +1,85 @@
+"""The roadmap experiment runner: one recipe for all runs, resumable per step/seed, outputs written."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from convnext.cli import main
+from convnext.roadmap.experiment import resolve_recipe, run_experiment
+from convnext.roadmap.results import read_csv
+
+pytest.importorskip("convnext.train", reason="the experiment trains with convnext.train")
+
+
+class FakeTrainer:
+    """Stands in for `convnext.train.run`: records the configs and leaves a run folder like the trainer's."""
+
+    def __init__(self):
+        self.configs = []
+
+    def __call__(self, config):
+        self.configs.append(config)
+        out = Path(config.output)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump({"resolved": {"num_classes": 10}}))
+        (out / "checkpoint-last.pt").write_bytes(b"weights")
+        top1 = 50.0 + 10 * config.seed + len(config.model)  # deterministic, differs per step and seed
+        metrics = {"top1": top1, "top5": 100.0}
+        (out / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+
+def test_one_recipe_resumable_runs(tmp_path, monkeypatch):
+    fake = FakeTrainer()
+    monkeypatch.setattr("convnext.train.run", fake)
+    steps = ["baseline", "kernel9"]
+    rows = run_experiment("digits", tmp_path, steps=steps, seeds=2, train_overrides={"epochs": 2}, progress=False)
+
+    assert [(c.model, c.seed) for c in fake.configs] == [
+        ("roadmap_r50_baseline", 0), ("roadmap_r50_baseline", 1), ("roadmap_r50_kernel9", 0), ("roadmap_r50_kernel9", 1)]
+    for c in fake.configs:  # the fixed recipe: digits recipe + override, EMA off, small-input stems, auto-resume
+        assert (c.epochs, c.lr, c.img_size, c.ema, c.resume) == (2, 2e-3, 8, False, "auto")
+        assert c.model_overrides == {"small_input": True}
+        assert c.output == str(tmp_path / c.model.removeprefix("roadmap_r50_") / f"seed{c.seed}")
+    assert not list(tmp_path.glob("*/*/checkpoint-*.pt"))  # finished runs' checkpoints are removed
+
+    expected = {"baseline": [70.0, 80.0], "kernel9": [69.0, 79.0]}
+    assert {r.step: r.top1 for r in rows} == expected
+    assert {r.step: r.top1 for r in read_csv(tmp_path / "results.csv")} == expected
+    assert "75.00 ± 7.07 (n=2)" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "roadmap.png").stat().st_size > 10_000
+
+    # Rerun with one more step: finished runs are reused, only the new step trains.
+    fake.configs.clear()
+    rows = run_experiment("digits", tmp_path, steps=steps + ["gelu"], seeds=2, train_overrides={"epochs": 2},
+                          progress=False)
+    assert [c.model for c in fake.configs] == ["roadmap_r50_gelu"] * 2
+    assert [r.step for r in rows] == ["baseline", "kernel9", "gelu"]
+
+
+def test_recipe_resolution():
+    cfg = resolve_recipe("digits", overrides={"img_size": 32})
+    assert cfg.recipe == "digits" and cfg.img_size == 32 and cfg.ema is False
+    assert cfg.model_overrides == {}  # the recipe's network (atto widths) is dropped: each step sets its own
+    with pytest.raises(ValueError, match="seed"):
+        resolve_recipe("digits", overrides={"seed": 3})
+    with pytest.raises(ValueError, match="no_such_option"):
+        resolve_recipe("digits", overrides={"no_such_option": 1})
+
+
+def test_cli_bad_recipe_option(tmp_path, capsys):
+    assert main(["roadmap", "--data", "digits", "--output", str(tmp_path), "--set", "warmup=1"]) == 2
+    assert "warmup" in capsys.readouterr().err
+    assert not (tmp_path / "results.csv").exists()
+
+
+def test_tiny_real_experiment(tmp_path):
+    # One step, a few optimizer steps of the real trainer on the built-in digits.
+    argv = ["roadmap", "--data", "digits", "--steps", "depthwise", "--epochs", "1", "--train-subset", "64",
+            "--output", str(tmp_path)]
+    assert main(argv) == 0
+    metrics = json.loads((tmp_path / "depthwise" / "seed0" / "metrics.json").read_text())
+    assert 0.0 <= metrics["top1"] <= 100.0 and metrics["evaluated"] == "model"  # EMA off
+    (row,) = read_csv(tmp_path / "results.csv")
+    assert row.step == "depthwise" and row.top1 == [metrics["top1"]] and row.run_mflops > 0
