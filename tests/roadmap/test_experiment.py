@@ -83,3 +83,14 @@ def test_tiny_real_experiment(tmp_path):
     assert 0.0 <= metrics["top1"] <= 100.0 and metrics["evaluated"] == "model"  # EMA off
     (row,) = read_csv(tmp_path / "results.csv")
     assert row.step == "depthwise" and row.top1 == [metrics["top1"]] and row.run_mflops > 0
+
+
+def test_resume_refuses_other_settings(tmp_path, monkeypatch):
+    fake = FakeTrainer()
+    monkeypatch.setattr("convnext.train.run", fake)
+    run_experiment("digits", tmp_path, steps=["depthwise"], width_div=4, progress=False)
+    assert fake.configs[0].model_overrides == {"small_input": True, "widths": [16, 32, 64, 128]}
+    with pytest.raises(ValueError, match=r"other settings \(recipe, width_div, recipe.lr\)"):
+        run_experiment("digits", tmp_path, steps=["depthwise"], train_overrides={"lr": 1e-3}, progress=False)
+    with pytest.raises(ValueError, match="width_div must divide"):
+        run_experiment("digits", tmp_path / "new", width_div=5, progress=False)

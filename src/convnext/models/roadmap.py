@@ -99,6 +99,8 @@ class RoadmapConfig:
     arch = "roadmap"
 
     def __post_init__(self):
+        for name in ("depths", "widths"):  # lists from YAML / model_overrides -> tuples, so configs compare and hash
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         if len(self.depths) != len(self.widths) or not self.depths:
             raise ValueError(f"depths {self.depths} and widths {self.widths} must be non-empty and of equal length")
         if self.block not in _BLOCKS:

@@ -64,7 +64,8 @@ def _cmd_roadmap(args: argparse.Namespace) -> int:
     try:
         resolve_recipe(args.data, args.recipe, overrides)  # fail on a bad recipe/option before any training
         rows = run_experiment(args.data, args.output, regime=args.regime, steps=steps, seeds=args.seeds,
-                              recipe=args.recipe, train_overrides=overrides, keep_checkpoints=args.keep_checkpoints)
+                              recipe=args.recipe, train_overrides=overrides, width_div=args.width_div,
+                              keep_checkpoints=args.keep_checkpoints)
     except NonFiniteLossError as e:  # finished runs are kept: rerun the same command to resume after a fix
         print(f"convnext roadmap: stopped: {e}", file=sys.stderr)
         return 1
@@ -98,6 +99,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-subset", type=int, default=None, help="train on N images of the training set only")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="further TrainConfig field for every run (the fixed recipe), e.g. --set lr=1e-3")
+    p.add_argument("--width-div", type=int, default=1,
+                   help="train every step at its widths divided by N (same factor for all steps; 1 = the registered "
+                        "networks): a cheaper ladder for CPU-scale reruns")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep each finished run's checkpoints (default: delete them once its metrics.json is written)")
     p.set_defaults(func=_cmd_roadmap)

@@ -18,6 +18,7 @@ import yaml
 from tqdm import tqdm
 
 from ..models import build_model, count_flops, count_params, get_spec
+from ..models.roadmap import roadmap_steps
 from .results import StepResult, ladder, plot_roadmap, write_csv, write_markdown
 
 __all__ = ["run_experiment", "resolve_recipe", "write_results", "SMALL_INPUT_MAX_SIZE"]
@@ -46,6 +47,20 @@ def resolve_recipe(data: str, recipe: str | None = None, overrides: dict[str, An
     return TrainConfig(**{**values, **overrides, "data": data, "recipe": recipe, "ema": False})
 
 
+def _check_same_experiment(path: Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume into a folder whose finished runs used another recipe or other networks."""
+    if not path.exists():
+        return
+    before = json.loads(path.read_text())
+    now = json.loads(json.dumps(settings, default=str))  # the same JSON normalisation as the stored file
+    differ = sorted(k for k in now if before.get(k) != now[k])
+    differ += sorted(f"recipe.{k}" for k in now["recipe"] if "recipe" in differ and
+                     before.get("recipe", {}).get(k) != now["recipe"][k])
+    if differ:
+        raise ValueError(f"{path.parent} holds an experiment with other settings ({', '.join(differ)}); "
+                         "use a new --output, or the same settings to resume it")
+
+
 def _run_size(model_name: str, overrides: dict[str, Any], num_classes: int, img_size: int) -> tuple[float, float]:
     """Params (M) and MACs (M) of the network as trained."""
     config = dataclasses.replace(get_spec(model_name).config, num_classes=num_classes, **overrides)
@@ -69,6 +84,7 @@ def run_experiment(
     recipe: str | None = None,
     train_overrides: dict[str, Any] | None = None,
     small_input: bool | None = None,
+    width_div: int = 1,
     keep_checkpoints: bool = False,
     progress: bool = True,
 ) -> list[StepResult]:
@@ -83,6 +99,9 @@ def run_experiment(
         recipe: training recipe (name or YAML path), see `resolve_recipe`.
         train_overrides: `TrainConfig` fields that override the recipe (epochs, batch_size, img_size, lr...).
         small_input: use the stride-1 stems; default: when img_size <= SMALL_INPUT_MAX_SIZE.
+        width_div: train every step at its widths divided by this (1 = the registered networks). The
+            same division at every step keeps each step's change (64 -> 96 becomes 16 -> 24 at 4);
+            depths, kernels and layouts are untouched. For small-compute reruns.
         keep_checkpoints: keep the checkpoints of finished runs (by default they are deleted once
             metrics.json exists: one R50-size run leaves about 0.6 GB of weights and optimizer state).
         progress: show a progress bar over the runs.
@@ -93,6 +112,8 @@ def run_experiment(
     img_size = template.img_size
     if small_input is None:
         small_input = img_size <= SMALL_INPUT_MAX_SIZE
+    if width_div < 1 or any(w % width_div for r in roadmap_steps(regime) for w in r.config.widths):
+        raise ValueError(f"width_div must divide every step's widths (e.g. 1, 2, 4), got {width_div}")
     overrides = {"small_input": True} if small_input else {}
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -101,13 +122,15 @@ def run_experiment(
     from ..train.config import config_to_dict
 
     recipe_dict = {k: v for k, v in config_to_dict(template).items() if k not in _PER_RUN}
+    settings = dict(regime=regime, model_overrides=overrides, width_div=width_div, ema=False, recipe=recipe_dict)
+    _check_same_experiment(output / "experiment.json", settings)
     (output / "experiment.json").write_text(json.dumps(
-        dict(regime=regime, steps=[r.step for r in rows], seeds=seeds, model_overrides=overrides, ema=False,
-             recipe=recipe_dict), indent=2))
+        dict(settings, steps=[r.step for r in rows], seeds=seeds), indent=2, default=str))
     shown = ("recipe", "epochs", "batch_size", "lr", "warmup_epochs", "weight_decay", "train_subset", "randaug",
              "mixup", "cutmix", "smoothing")
     desc = (f"Dataset `{data}` at {img_size}x{img_size}, small-input stems: {'yes' if small_input else 'no'}, "
-            f"{seeds} seed(s) per step, EMA off. Recipe: " + ", ".join(f"{k}={recipe_dict[k]}" for k in shown)
+            + (f"widths divided by {width_div}, " if width_div > 1 else "")
+            + f"{seeds} seed(s) per step, EMA off. Recipe: " + ", ".join(f"{k}={recipe_dict[k]}" for k in shown)
             + " (all fields: experiment.json).")
 
     runs = [(row, seed) for row in rows for seed in range(seeds)]
@@ -115,6 +138,9 @@ def run_experiment(
     for row, seed in bar:
         bar.set_postfix_str(f"{row.step} seed {seed}")
         model_name = f"roadmap_{regime}_{row.step}"
+        step_overrides = dict(overrides)
+        if width_div > 1:  # a list, as it is stored in the run's YAML config
+            step_overrides["widths"] = [w // width_div for w in get_spec(model_name).config.widths]
         run_dir = output / row.step / f"seed{seed}"
         metrics_path = run_dir / "metrics.json"
         if metrics_path.exists():  # finished earlier: reuse
@@ -122,7 +148,7 @@ def run_experiment(
         else:  # new, or partial: the trainer resumes from run_dir/checkpoint-last.pt
             from ..train import run
 
-            config = dataclasses.replace(template, model=model_name, model_overrides=dict(overrides), seed=seed,
+            config = dataclasses.replace(template, model=model_name, model_overrides=step_overrides, seed=seed,
                                          output=str(run_dir), resume="auto", progress=False)
             metrics = run(config)
             if not keep_checkpoints:
@@ -131,7 +157,7 @@ def run_experiment(
         if metrics.get("top1") is None:
             raise ValueError(f"{metrics_path}: the run has no final evaluation (top1); delete {run_dir} to rerun it")
         row.top1.append(float(metrics["top1"]))
-        row.run_params_m, row.run_mflops = _run_size(model_name, overrides, _num_classes(run_dir), img_size)
+        row.run_params_m, row.run_mflops = _run_size(model_name, step_overrides, _num_classes(run_dir), img_size)
         write_results(rows, output, regime, desc, data)
     return rows
 
