@@ -12,45 +12,22 @@ import torch
 from torch import nn
 
 from ..cli import UserError
-from ..models.registry import config_from_dict, config_to_dict, get_spec
+from ..models.registry import build_model, config_to_dict
 from .convert import LAYOUTS, convert_state_dict, hf_config
 from .io import CheckpointError, read_checkpoint, save_state_dict, unwrap_state_dict
-from .loading import from_checkpoint, infer_config, load_checkpoint, match_model_name, to_official
+from .loading import checkpoint_config, from_checkpoint, load_checkpoint, to_official
 
 __all__ = ["register", "load_model_for_inference"]
 
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
-def _build_named(model_name: str, official: dict[str, torch.Tensor], source: str) -> nn.Module:
-    """The registered model `model_name`, head sized from the checkpoint, loaded strictly."""
-    from ..models import create_model
-
-    try:
-        get_spec(model_name)
-    except KeyError as e:
-        raise UserError(f"--model: {e.args[0]}") from None
-    num_classes = official["head.weight"].shape[0] if "head.weight" in official else 0
-    model = create_model(model_name, num_classes=num_classes)
-    load_checkpoint(model, official, source=source)
-    return model
-
-
 def load_model_for_inference(checkpoint: str | Path, model_name: str | None = None, ema: bool = False) -> nn.Module:
-    """Model + weights from a checkpoint of any layout, in eval mode, with `checkpoint_info` set.
-
-    With `model_name` the registered architecture is built (its head sized from the checkpoint) and
-    the weights must fit it strictly; without it the architecture comes from the checkpoint.
-    """
-    if model_name is None:
-        return from_checkpoint(checkpoint, ema=ema).eval()
-    ckpt = read_checkpoint(checkpoint)
-    sd = unwrap_state_dict(ckpt, ema=ema, source=str(checkpoint))
-    layout, official = to_official(sd, str(checkpoint))
-    model = _build_named(model_name, official, str(checkpoint))
-    labels = ckpt.get("labels") if isinstance(ckpt.get("labels"), list) else None
-    model.checkpoint_info = {"model_name": model_name, "labels": labels, "layout": layout}
-    return model.eval()
+    """`from_checkpoint` in eval mode, with an unknown `--model` reported as a user error."""
+    try:
+        return from_checkpoint(checkpoint, ema=ema, model_name=model_name).eval()
+    except KeyError as e:  # unknown registered name, with suggestions
+        raise UserError(f"--model: {e.args[0]}") from None
 
 
 # ------------------------------------------------------------------------------------ convert
@@ -60,15 +37,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     sd = unwrap_state_dict(ckpt, ema=args.ema, source=str(src))
     layout, official = to_official(sd, str(src))
 
+    try:
+        config, name = checkpoint_config(ckpt, official, args.model, source=str(src))
+    except KeyError as e:
+        raise UserError(f"--model: {e.args[0]}") from None
     if args.model is not None:  # verify: the weights must load strictly into the named model
-        config, name = _build_named(args.model, official, str(src)).config, args.model
-    else:
-        try:
-            stored = ckpt.get("model_config")
-            config = config_from_dict(stored) if isinstance(stored, dict) else infer_config(official)
-        except (KeyError, ValueError, IndexError, TypeError) as e:
-            raise CheckpointError(f"{src}: cannot tell the architecture ({e})") from None
-        name = ckpt.get("model_name") if isinstance(ckpt.get("model_name"), str) else match_model_name(config)
+        load_checkpoint(build_model(config), official, source=str(src))
     conv_mlp = args.conv_mlp
     if args.to == "timm" and conv_mlp is None and name is not None:
         conv_mlp = name.split("_")[-1] in ("atto", "femto", "pico", "nano")  # timm's conv_mlp=True models

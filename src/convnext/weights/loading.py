@@ -24,7 +24,10 @@ from ..models.registry import build_model, config_from_dict, get_spec, list_mode
 from .convert import convert_state_dict, detect_layout, summarize_keys
 from .io import CheckpointError, read_checkpoint, unwrap_state_dict
 
-__all__ = ["LoadReport", "load_checkpoint", "from_checkpoint", "infer_config", "match_model_name", "to_official"]
+__all__ = [
+    "LoadReport", "load_checkpoint", "from_checkpoint", "checkpoint_config", "infer_config", "match_model_name",
+    "to_official",
+]
 
 _HEAD_KEYS = ("head.weight", "head.bias")
 
@@ -189,7 +192,31 @@ def match_model_name(config: Any) -> str | None:
     return None
 
 
-def from_checkpoint(path: str | os.PathLike, *, ema: bool = False) -> nn.Module:
+def checkpoint_config(
+    ckpt: Mapping[str, Any], official: Mapping[str, torch.Tensor], model_name: str | None = None, source: str = "checkpoint"
+) -> tuple[Any, str | None]:
+    """(model config, registered name or None) for a checkpoint, in this order of authority:
+    `model_name` (a registered architecture, head width taken from the weights), the stored
+    `model_config` of our checkpoints, the architecture read from the tensor shapes."""
+    if model_name is not None:
+        spec = get_spec(model_name)  # KeyError with close-match suggestions for unknown names
+        num_classes = official["head.weight"].shape[0] if "head.weight" in official else 0
+        return dataclasses.replace(spec.config, num_classes=num_classes), model_name
+    if isinstance(ckpt.get("model_config"), Mapping):
+        try:
+            config = config_from_dict(ckpt["model_config"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{source}: invalid model_config ({e})") from None
+    else:
+        try:
+            config = infer_config(official)
+        except (KeyError, ValueError, IndexError) as e:
+            raise CheckpointError(f"{source}: cannot infer the architecture from the tensor shapes ({e})") from None
+    name = ckpt.get("model_name") if isinstance(ckpt.get("model_name"), str) else match_model_name(config)
+    return config, name
+
+
+def from_checkpoint(path: str | os.PathLike, *, ema: bool = False, model_name: str | None = None) -> nn.Module:
     """Rebuild and load the model stored in a checkpoint.
 
     Our checkpoints carry `model_config` and are rebuilt exactly; foreign ones (official, timm,
@@ -200,23 +227,15 @@ def from_checkpoint(path: str | os.PathLike, *, ema: bool = False) -> nn.Module:
     Args:
         path: weight file or HF-style directory.
         ema: load the EMA weights of a checkpoint that has them.
+        model_name: build this registered model instead (head sized from the checkpoint); the
+            weights must fit it strictly.
     """
     ckpt = read_checkpoint(path)
     sd = unwrap_state_dict(ckpt, ema=ema, source=str(path))
     layout, official = to_official(sd, str(path))
-    if isinstance(ckpt.get("model_config"), Mapping):
-        try:
-            config = config_from_dict(ckpt["model_config"])
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: invalid model_config ({e})") from None
-    else:
-        try:
-            config = infer_config(official)
-        except (KeyError, ValueError, IndexError) as e:
-            raise CheckpointError(f"{path}: cannot infer the architecture from the tensor shapes ({e})") from None
+    config, name = checkpoint_config(ckpt, official, model_name, source=str(path))
     model = build_model(config)
     load_checkpoint(model, official, source=str(path))
-    name = ckpt.get("model_name") if isinstance(ckpt.get("model_name"), str) else match_model_name(config)
     labels = ckpt.get("labels") if isinstance(ckpt.get("labels"), list) else None
     model.checkpoint_info = {"model_name": name, "labels": labels, "layout": layout}
     return model
