@@ -79,7 +79,8 @@ _EXPANSION = 4  # bottleneck: residual = 4 * w; inverted blocks: hidden = 4 * C
 @dataclass(frozen=True)
 class RoadmapConfig:
     depths: tuple[int, ...] = (3, 4, 6, 3)  # blocks per stage (ResNet-50)
-    widths: tuple[int, ...] = (64, 128, 256, 512)  # narrow width per stage: w of a bottleneck, C of an inverted block; stem = widths[0]
+    # Narrow width per stage: w of a bottleneck, C of an inverted block. The stem has widths[0].
+    widths: tuple[int, ...] = (64, 128, 256, 512)
     block: str = "bottleneck"  # conv order: "bottleneck" | "inverted" | "dw_first" (see module docstring)
     patchify_stem: bool = False  # False: 7x7/2 conv + norm + act + 3x3/2 max-pool; True: one 4x4/4 conv
     depthwise: bool = False  # the spatial kxk conv has groups = channels
@@ -106,7 +107,8 @@ class RoadmapConfig:
         if self.block not in _BLOCKS:
             raise ValueError(f"block must be one of {_BLOCKS}, got {self.block!r}")
         if self.act not in _ACTS or self.norm not in _NORMS:
-            raise ValueError(f"act must be in {tuple(_ACTS)} and norm in {tuple(_NORMS)}; got {self.act!r}, {self.norm!r}")
+            raise ValueError(f"act must be in {tuple(_ACTS)} and norm in {tuple(_NORMS)}; "
+                             f"got {self.act!r}, {self.norm!r}")
         if self.kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
         if self.sep_downsample and not self.is_convnext_block:
@@ -155,15 +157,17 @@ class ResidualBlock(nn.Module):
     def __init__(self, cfg: RoadmapConfig, c_in: int, width: int, stride: int = 1, drop_path: float = 0.0):
         super().__init__()
         k, wide = cfg.kernel_size, _EXPANSION * width
+
+        def spatial(c: int) -> tuple[int, int, int, int, int]:  # the kxk conv on c channels, strided
+            return (c, c, k, stride, c if cfg.depthwise else 1)
+
+        # (in, out, kernel, stride, groups) of conv1, conv2, conv3
         if cfg.block == "bottleneck":  # 1x1 Cin->w, kxk w->w, 1x1 w->4w
-            specs = [(c_in, width, 1, 1, 1), (width, width, k, stride, width if cfg.depthwise else 1), (width, wide, 1, 1, 1)]
-            c_out = wide
+            specs, c_out = [(c_in, width, 1, 1, 1), spatial(width), (width, wide, 1, 1, 1)], wide
         elif cfg.block == "inverted":  # 1x1 Cin->4C, dw kxk 4C->4C, 1x1 4C->C
-            specs = [(c_in, wide, 1, 1, 1), (wide, wide, k, stride, wide if cfg.depthwise else 1), (wide, width, 1, 1, 1)]
-            c_out = width
+            specs, c_out = [(c_in, wide, 1, 1, 1), spatial(wide), (wide, width, 1, 1, 1)], width
         else:  # dw_first: dw kxk Cin->Cin, 1x1 Cin->4C, 1x1 4C->C
-            specs = [(c_in, c_in, k, stride, c_in if cfg.depthwise else 1), (c_in, wide, 1, 1, 1), (wide, width, 1, 1, 1)]
-            c_out = width
+            specs, c_out = [spatial(c_in), (c_in, wide, 1, 1, 1), (wide, width, 1, 1, 1)], width
         for i, (ci, co, kk, s, g) in enumerate(specs, start=1):
             conv, norm = _conv_norm(cfg, ci, co, kk, s, g, norm=not cfg.fewer_norms or i == 1)
             self.add_module(f"conv{i}", conv)
@@ -356,7 +360,8 @@ def _ladder(regime: str) -> list[RoadmapStep]:
     rows = [
         ("baseline", None, {}, f"ResNet-{regime[1:]} (torchvision bottleneck layout)", True),
         ("stage_ratio", "baseline", *ratio, True),
-        ("patchify", "stage_ratio", dict(patchify_stem=True), "stem 7x7/2 conv + BN + ReLU + max-pool -> 4x4/4 conv", True),
+        ("patchify", "stage_ratio", dict(patchify_stem=True),
+         "stem 7x7/2 conv + BN + ReLU + max-pool -> 4x4/4 conv", True),
         ("depthwise", "patchify", dict(depthwise=True), "3x3 conv -> depthwise 3x3 (groups = width)", True),
         ("widen", "depthwise", *widen, True),
         ("inverted", "widen", dict(block="inverted"), "inverted bottleneck: 1x1 C->4C, dw 3x3 on 4C, 1x1 4C->C", True),

@@ -89,8 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="dataset: an image folder, 'digits' or 'cifar10'")
     p.add_argument("--output", default=None, help="experiment folder (reused runs are skipped: resumable)")
     p.add_argument("--recipe", default=None,
-                   help="training recipe (shipped name or YAML) shared by all runs; default: the one named like --data, "
-                        "if any (e.g. digits)")
+                   help="training recipe (shipped name or YAML) shared by all runs; default: the one named like "
+                        "--data, if any (e.g. digits)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per step, 0..K-1 (the paper: 3 for R50)")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     p.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
