@@ -11,7 +11,8 @@ from convnext.weights.pretrained import download_pretrained
 
 def test_registry_entries_are_consistent():
     entries = list_pretrained()
-    assert len(entries) == 4 + 2 + 5 * 3 + 3  # README: 1K-224 T/S/B/L, 1K-384 B/L, 22K/22K->1K(224,384) T..XL, iso S/B/L
+    # Official README: 1K-224 T/S/B/L, 1K-384 B/L, 22K + 22K->1K at 224/384 for T..XL, isotropic S/B/L.
+    assert len(entries) == 4 + 2 + 5 * 3 + 3
     for w in entries:
         get_spec(w.model)  # every entry names a registered model
         assert w.url == f"https://dl.fbaipublicfiles.com/convnext/{w.filename}"
@@ -42,7 +43,8 @@ def test_cached_checkpoint_is_loaded_and_hash_checked(tmp_path, monkeypatch):
     src = create_model("convnext_isotropic_small")
     (tmp_path / "checkpoints").mkdir()
     # Stored in fp16 to keep the test light; loading casts to the model's dtype.
-    torch.save({"model": {k: v.half() for k, v in src.state_dict().items()}}, tmp_path / "checkpoints" / weights.filename)
+    half = {k: v.half() for k, v in src.state_dict().items()}
+    torch.save({"model": half}, tmp_path / "checkpoints" / weights.filename)
     model = create_model("convnext_isotropic_small", num_classes=10, pretrained=True, reinit_head=True)
     assert torch.equal(model.blocks[3].pwconv1.weight, src.blocks[3].pwconv1.weight.half().float())
     report = load_pretrained(create_model("convnext_isotropic_small"), "convnext_isotropic_small")

@@ -16,7 +16,7 @@ def imagenet_1k_labels() -> list[str]:
 
 
 def labels_for(num_classes: int, label_set: str | None = None) -> list[str] | None:
-    """Names for a `num_classes`-way head: ImageNet-1K names for 1000 classes (or label_set "imagenet-1k"), else None."""
+    """Class names for a `num_classes`-way head of `label_set`: the ImageNet-1K names, or None if unknown."""
     if label_set in (None, "imagenet-1k") and num_classes == 1000:
         return imagenet_1k_labels()
     return None

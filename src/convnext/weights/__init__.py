@@ -12,7 +12,8 @@ from .loading import LoadReport, checkpoint_config, from_checkpoint, infer_confi
 from .pretrained import PretrainedWeights, get_pretrained, list_pretrained, load_pretrained
 
 __all__ = [
-    "CheckpointError", "LAYOUTS", "LoadReport", "PretrainedWeights", "TRAIN_FORMAT", "checkpoint_config", "convert_state_dict",
+    "CheckpointError", "LAYOUTS", "LoadReport", "PretrainedWeights", "TRAIN_FORMAT", "checkpoint_config",
+    "convert_state_dict",
     "detect_layout", "from_checkpoint", "get_pretrained", "infer_config", "list_pretrained", "load_checkpoint",
     "load_pretrained", "load_state_dict_file", "match_model_name", "read_labels", "read_metadata", "save_state_dict",
 ]

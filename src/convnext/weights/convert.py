@@ -10,12 +10,15 @@ expressions such as `{s*2+1}` (torchvision interleaves downsampling layers and s
 `features` Sequential). Rules are tried in order and the first match wins, so the stem rules (stage
 0, where the official layout puts the stem in `downsample_layers.0`) come before the generic ones.
 
-| layout       | stem                      | block j of stage i                       | head                          |
-|--------------|---------------------------|------------------------------------------|-------------------------------|
-| official/v2  | downsample_layers.0.{0,1} | stages.i.j.{dwconv,norm,pwconv1,pwconv2,gamma,grn.gamma/beta} | norm, head |
-| timm         | stem.{0,1}                | stages.i.blocks.j.{conv_dw,norm,mlp.fc1,mlp.fc2,gamma,mlp.grn.weight/bias} | head.norm, head.fc |
-| torchvision  | features.0.{0,1}          | features.{2i+1}.j.{block.0,block.2,block.3,block.5,layer_scale} | classifier.0, classifier.2 |
-| hf           | [convnext.]embeddings.*   | [convnext.]encoder.stages.i.layers.j.{dwconv,layernorm,pwconv1,pwconv2,layer_scale_parameter,grn.weight/bias} | layernorm, classifier |
+Block j of stage i (dwconv, norm, pwconv1, pwconv2, gamma, GRN) in each layout:
+    official/v2  stages.i.j.{dwconv, norm, pwconv1, pwconv2, gamma, grn.gamma/beta}
+    timm         stages.i.blocks.j.{conv_dw, norm, mlp.fc1, mlp.fc2, gamma, mlp.grn.weight/bias}
+    torchvision  features.{2i+1}.j.{block.0, block.2, block.3, block.5, layer_scale}
+    hf           [convnext.]encoder.stages.i.layers.j.{dwconv, layernorm, pwconv1, pwconv2,
+                 layer_scale_parameter, grn.weight/bias}
+Stem / final norm / classifier: official `downsample_layers.0`, `norm`, `head`; timm `stem`,
+`head.norm`, `head.fc`; torchvision `features.0`, `classifier.0`, `classifier.2`; hf
+`embeddings`, `layernorm`, `classifier`.
 
 Shape differences fixed here: torchvision layer scale (C, 1, 1) vs (C,); timm's small models
 (atto/femto/pico/nano, `conv_mlp=True`) store the MLP as 1x1 convs (out, in, 1, 1) vs Linear
@@ -210,7 +213,8 @@ def summarize_keys(keys: Iterable[str], limit: int = 8) -> str:
     groups: dict[str, list[str]] = defaultdict(list)
     for k in keys:
         groups[re.sub(r"\.\d+(?=\.|$)", ".*", k)].append(k)
-    lines = [f"  {pat}  ({len(ks)} tensors, e.g. {ks[0]})" if len(ks) > 1 else f"  {ks[0]}" for pat, ks in groups.items()]
+    lines = [f"  {pat}  ({len(ks)} tensors, e.g. {ks[0]})" if len(ks) > 1 else f"  {ks[0]}"
+             for pat, ks in groups.items()]
     if len(lines) > limit:
         lines = lines[:limit] + [f"  ... and {len(lines) - limit} more groups"]
     return "\n".join(lines)

@@ -91,7 +91,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"torch.load(weights_only=True) accepts and .safetensors files are read; nothing from it was executed."
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({str(e).splitlines()[0] if str(e) else e!r})") from None
+        reason = str(e).splitlines()[0] if str(e) else repr(e)
+        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({reason})") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{p}: expected a state dict or a dict wrapping one, found {type(obj).__name__}")
     return dict(obj)
@@ -101,7 +102,9 @@ def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def unwrap_state_dict(ckpt: Mapping[str, Any], *, ema: bool = False, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+def unwrap_state_dict(
+    ckpt: Mapping[str, Any], *, ema: bool = False, source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
     """The state dict inside a checkpoint object (see the module docstring for the wrappers).
 
     Args:

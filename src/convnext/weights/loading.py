@@ -183,17 +183,23 @@ def infer_config(sd: Mapping[str, torch.Tensor]) -> ConvNeXtConfig | IsotropicCo
 
 def match_model_name(config: Any) -> str | None:
     """The registered model whose architecture equals `config` (ignoring head width and training-only fields)."""
-    ignore = dict(num_classes=0, drop_path_rate=0.0, head_init_scale=1.0)
-    want = dataclasses.replace(config, **{k: v for k, v in ignore.items() if hasattr(config, k)})
+    def architecture(cfg: Any) -> Any:
+        ignore = dict(num_classes=0, drop_path_rate=0.0, head_init_scale=1.0)
+        return dataclasses.replace(cfg, **{k: v for k, v in ignore.items() if hasattr(cfg, k)})
+
+    want = architecture(config)
     for name in list_models():
         spec = get_spec(name).config
-        if type(spec) is type(config) and dataclasses.replace(spec, **{k: v for k, v in ignore.items() if hasattr(spec, k)}) == want:
+        if type(spec) is type(config) and architecture(spec) == want:
             return name
     return None
 
 
 def checkpoint_config(
-    ckpt: Mapping[str, Any], official: Mapping[str, torch.Tensor], model_name: str | None = None, source: str = "checkpoint"
+    ckpt: Mapping[str, Any],
+    official: Mapping[str, torch.Tensor],
+    model_name: str | None = None,
+    source: str = "checkpoint",
 ) -> tuple[Any, str | None]:
     """(model config, registered name or None) for a checkpoint, in this order of authority:
     `model_name` (a registered architecture, head width taken from the weights), the stored

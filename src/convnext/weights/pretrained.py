@@ -48,8 +48,10 @@ class PretrainedWeights:
 def _entries() -> list[PretrainedWeights]:
     out = []
     # ImageNet-1K trained (the 224 files are the EMA weights, saved under the "model" key).
-    for size, top1, top1_384 in [("tiny", 82.1, None), ("small", 83.1, None), ("base", 83.8, 85.1), ("large", 84.3, 85.5)]:
-        out.append(PretrainedWeights(f"convnext_{size}", "in1k", f"convnext_{size}_1k_224_ema.pth", 224, 1000, "imagenet-1k", top1))
+    for size, top1, top1_384 in [("tiny", 82.1, None), ("small", 83.1, None), ("base", 83.8, 85.1),
+                                 ("large", 84.3, 85.5)]:
+        out.append(PretrainedWeights(f"convnext_{size}", "in1k", f"convnext_{size}_1k_224_ema.pth", 224, 1000,
+                                     "imagenet-1k", top1))
         if top1_384 is not None:
             out.append(PretrainedWeights(f"convnext_{size}", "in1k_384", f"convnext_{size}_1k_384.pth", 384, 1000,
                                          "imagenet-1k", top1_384, crop_pct=1.0))
@@ -58,11 +60,12 @@ def _entries() -> list[PretrainedWeights]:
                                  ("large", 86.6, 87.5), ("xlarge", 87.0, 87.8)]:
         ema = "_ema" if size == "xlarge" else ""  # only XL's fine-tuned files carry the suffix
         out += [
-            PretrainedWeights(f"convnext_{size}", "in22k", f"convnext_{size}_22k_224.pth", 224, 21841, "imagenet-22k", None),
+            PretrainedWeights(f"convnext_{size}", "in22k", f"convnext_{size}_22k_224.pth", 224, 21841,
+                              "imagenet-22k", None),
             PretrainedWeights(f"convnext_{size}", "in22k_ft_in1k", f"convnext_{size}_22k_1k_224{ema}.pth", 224, 1000,
                               "imagenet-1k", top1),
-            PretrainedWeights(f"convnext_{size}", "in22k_ft_in1k_384", f"convnext_{size}_22k_1k_384{ema}.pth", 384, 1000,
-                              "imagenet-1k", top1_384, crop_pct=1.0),
+            PretrainedWeights(f"convnext_{size}", "in22k_ft_in1k_384", f"convnext_{size}_22k_1k_384{ema}.pth", 384,
+                              1000, "imagenet-1k", top1_384, crop_pct=1.0),
         ]
     # Isotropic, ImageNet-1K. The README lists 78.7 for iso-S (the paper's Table 2 says 79.7).
     for size, top1 in [("small", 78.7), ("base", 82.0), ("large", 82.6)]:
@@ -117,7 +120,9 @@ def download_pretrained(weights: PretrainedWeights) -> Path:
         try:  # progress bar from torch.hub; the hash prefix is verified when known
             torch.hub.download_url_to_file(weights.url, str(cached), hash_prefix=weights.sha256, progress=True)
         except (OSError, RuntimeError) as e:  # URLError is an OSError; hash mismatch is a RuntimeError
-            raise CheckpointError(f"could not download {weights.model} ({weights.tag}): {e}. Offline? Then {how}") from None
+            raise CheckpointError(
+                f"could not download {weights.model} ({weights.tag}): {e}. Offline? Then {how}"
+            ) from None
     elif weights.sha256 is not None and _sha256(cached) != weights.sha256:
         raise CheckpointError(f"{cached}: sha256 does not match the registry; delete the file and retry")
     return cached
