@@ -77,12 +77,14 @@ def test_cli_bad_recipe_option(tmp_path, capsys):
 def test_tiny_real_experiment(tmp_path):
     # One step, a few optimizer steps of the real trainer on the built-in digits.
     argv = ["roadmap", "--data", "digits", "--steps", "depthwise", "--epochs", "1", "--train-subset", "64",
-            "--output", str(tmp_path)]
+            "--width-div", "4", "--output", str(tmp_path)]
     assert main(argv) == 0
     metrics = json.loads((tmp_path / "depthwise" / "seed0" / "metrics.json").read_text())
     assert 0.0 <= metrics["top1"] <= 100.0 and metrics["evaluated"] == "model"  # EMA off
     (row,) = read_csv(tmp_path / "results.csv")
-    assert row.step == "depthwise" and row.top1 == [metrics["top1"]] and row.run_mflops > 0
+    assert row.step == "depthwise" and row.top1 == [metrics["top1"]]
+    assert row.run_params_m * 1e6 == pytest.approx(metrics["params"]) and row.run_params_m < row.params_m / 10  # widths / 4
+    assert (tmp_path / "results.md").exists() and (tmp_path / "roadmap.png").exists()
 
 
 def test_resume_refuses_other_settings(tmp_path, monkeypatch):
