@@ -191,3 +191,17 @@ def test_config_roundtrip():
 
     cfg = get_spec("roadmap_r200_fewer_norm").config
     assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_model_contract():
+    cfg = dataclasses.replace(get_spec("roadmap_r50_inverted").config, depths=(1, 1, 1, 1), widths=(8, 16, 32, 64))
+    model = build_model(cfg).eval()
+    x = torch.randn(2, 3, 64, 64)
+    feats = model.forward_intermediates(x)
+    assert [f.shape[1:] for f in feats] == [(i["num_chs"], 64 // i["reduction"], 64 // i["reduction"])
+                                            for i in model.feature_info] == [(8, 16, 16), (16, 8, 8), (32, 4, 4), (64, 2, 2)]
+    torch.testing.assert_close(model.forward_intermediates(x, norm=False)[-1], model.forward_features(x))
+    model.reset_classifier(5)
+    assert model(x).shape == (2, 5)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(torch.randn(1, 3, 40, 40))

@@ -54,7 +54,7 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from .convnext import ClassifierMixin, ConvNeXt, ConvNeXtConfig
+from .convnext import ClassifierMixin, ConvNeXt, ConvNeXtConfig, _channel_norm
 from .layers import Block, LayerNorm2d, drop_path_rates, init_weights
 from .registry import ModelSpec, register_arch, register_model
 
@@ -265,6 +265,16 @@ class RoadmapNet(ClassifierMixin, nn.Module):
         for stage in self.stages:
             x = self._run_blocks(stage, x)
         return x
+
+    def forward_intermediates(self, x: torch.Tensor, norm: bool = True) -> list[torch.Tensor]:
+        """Outputs of every stage, (B, C_i, H/s_i, W/s_i), channel-LayerNormed (weight 1, bias 0) if `norm`,
+        as `ConvNeXt.forward_intermediates` without learnable stage norms."""
+        self._check_input(x)
+        x, outs = self.stem(x), []
+        for stage in self.stages:
+            x = self._run_blocks(stage, x)
+            outs.append(_channel_norm(x, None) if norm else x)
+        return outs
 
 
 def build_roadmap(config: RoadmapConfig) -> nn.Module:
