@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .fast import to_channels_last
 from .layers import Block, LayerNorm2d, drop_path_rates, init_weights
 
 __all__ = ["ConvNeXtConfig", "ConvNeXt", "ClassifierMixin"]
@@ -159,6 +160,7 @@ class ConvNeXt(ClassifierMixin, nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, C4, H/32, W/32)
         self._check_input(x)
+        x = to_channels_last(x)  # whole network in NHWC memory: the blocks' permutes become free views
         for down, stage in zip(self.downsample_layers, self.stages):
             x = self._run_blocks(stage, down(x))
         return x
@@ -171,6 +173,7 @@ class ConvNeXt(ClassifierMixin, nn.Module):
         with `stage_norms=True`, otherwise their freshly initialised equivalent (weight 1, bias 0).
         """
         self._check_input(x)
+        x = to_channels_last(x)
         outs = []
         for i, (down, stage) in enumerate(zip(self.downsample_layers, self.stages)):
             x = self._run_blocks(stage, down(x))

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .convnext import ClassifierMixin, _channel_norm
+from .fast import to_channels_last
 from .layers import Block, drop_path_rates, init_weights
 
 __all__ = ["IsotropicConfig", "IsotropicConvNeXt"]
@@ -78,12 +79,13 @@ class IsotropicConvNeXt(ClassifierMixin, nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, C, H/16, W/16)
         self._check_input(x)
+        x = to_channels_last(x)  # NHWC memory: the blocks' permutes become free views
         return self._run_blocks(self.blocks, self.stem(x))
 
     def forward_intermediates(self, x: torch.Tensor, norm: bool = True) -> list[torch.Tensor]:
         """Outputs after each of `num_intermediates` equal groups of blocks, (B, C, H/16, W/16), channel-LayerNormed if `norm`."""
         self._check_input(x)
-        x = self.stem(x)
+        x = self.stem(to_channels_last(x))
         outs, start = [], 0
         for end in self._ends:
             x = self._run_blocks(self.blocks[start:end], x)

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import StochasticDepth
 
+from .fast import add_residual_, layer_scaled_linear, linear_gelu
+
 __all__ = ["LayerNorm2d", "GRN", "Block", "init_weights", "drop_path_rates"]
 
 
@@ -85,15 +87,18 @@ class Block(nn.Module):
             self.gamma = None
         self.drop_path = StochasticDepth(drop_path, "row") if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-        shortcut = x
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W), fastest in channels_last format
+        # shortcut + drop_path(gamma * pwconv2(grn(gelu(pwconv1(norm(dwconv(x))))))), computed with
+        # the fused helpers of `fast.py` (gamma folded into pwconv2, in-place / oneDNN-fused ops).
+        shortcut = x.permute(0, 2, 3, 1)  # (B, H, W, C)
         x = self.dwconv(x)
-        x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
-        x = self.pwconv2(self.grn(self.act(self.pwconv1(self.norm(x)))))
-        if self.gamma is not None:
-            x = self.gamma * x
-        x = x.permute(0, 3, 1, 2)  # (B, C, H, W)
-        return shortcut + self.drop_path(x)
+        x = x.permute(0, 2, 3, 1)  # (B, H, W, C): a free view when x is channels_last
+        x = self.grn(linear_gelu(self.norm(x), self.pwconv1))  # exact GELU, the maths of self.act
+        if self.training and not isinstance(self.drop_path, nn.Identity):
+            x = add_residual_(self.drop_path(layer_scaled_linear(x, self.pwconv2, self.gamma)), shortcut)
+        else:
+            x = layer_scaled_linear(x, self.pwconv2, self.gamma, residual=shortcut)
+        return x.permute(0, 3, 1, 2)  # (B, C, H, W)
 
 
 def init_weights(module: nn.Module) -> None:

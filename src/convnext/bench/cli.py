@@ -1,0 +1,122 @@
+"""`convnext bench`: speed of our ConvNeXt vs timm / torchvision, and of the training input pipeline."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..cli import UserError
+from .peers import PEERS
+from .runner import DTYPES, BenchConfig, OutputMismatch, format_report, run_benchmark
+
+__all__ = ["register"]
+
+
+def _parse_compare(text: str) -> tuple[str, ...]:
+    if text.strip().lower() in ("", "none"):
+        return ()
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in PEERS]
+    if unknown:
+        raise UserError(f"--compare: unknown implementation(s) {unknown}; choose from {', '.join(PEERS)} or 'none'")
+    return names
+
+
+def _write_json(path: str | None, report: dict) -> None:
+    if path:
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+        print(f"wrote {out}")
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from ..data.pipeline import train_transform
+    from .data import bench_transform, read_jpegs, upscaled_jpegs
+    from .runner import machine_info
+
+    if not args.data:
+        raise UserError("--mode data needs --data PATH: a .tar(.gz) of JPEGs, e.g. cifar10-train-jpeg.tar.gz")
+    if not Path(args.data).is_file():
+        raise UserError(f"--data {args.data}: no such file (expected a .tar(.gz) of JPEG images)")
+    try:
+        jpegs = read_jpegs(args.data, args.images)
+    except (ValueError, OSError) as e:  # not a tarball, or no JPEGs inside
+        raise UserError(f"--data {args.data}: {e}") from None
+    transform = train_transform(args.img_size)
+    report = {"machine": machine_info("cpu"), "transform": repr(transform), "data": str(args.data), "results": {}}
+    for label, images in (("as stored", jpegs), ("upscaled to 500x375, re-encoded q90", upscaled_jpegs(jpegs))):
+        r = bench_transform(images, transform, repeats=args.repeats)
+        report["results"][label] = r
+        print(f"{label:<38} {r['source_size'][0]}x{r['source_size'][1]} ({r['mean_jpeg_kib']:.1f} KiB): "
+              f"{r['img_per_s_per_worker']:.1f} img/s per worker "
+              f"(range {r['img_per_s_min']:.1f}..{r['img_per_s_max']:.1f} over {r['repeats']} passes of {r['images']})")
+    _write_json(args.json, report)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.mode == "data":
+        return _cmd_data(args)
+    from ..models import get_spec
+
+    try:
+        get_spec(args.model)
+    except KeyError as e:
+        raise UserError(f"--model: {e.args[0]}") from None
+    settings = dict(
+        model=args.model, batch_size=args.batch_size, img_size=args.img_size, mode=args.mode, dtype=args.dtype,
+        channels_last=args.channels_last, compile=args.compile, compare=_parse_compare(args.compare),
+        device=args.device, warmup=args.warmup, repeats=args.repeats, iters=args.iters, tf32=args.tf32,
+        tolerance=args.tolerance,
+    )
+    if args.preset == "paper":
+        # Table 1 / App. E protocol: batch 64, fp32, 224; on GPU the A100 setting adds TF32 + channels_last.
+        settings.update(batch_size=64, img_size=224, dtype="fp32")
+        if args.device.startswith("cuda"):
+            settings.update(tf32=True, channels_last=True)
+        print("preset paper: batch 64, 224px, fp32" + (", TF32, channels_last" if settings["tf32"] else ""))
+    try:
+        cfg = BenchConfig(**settings)
+        report = run_benchmark(cfg, progress=not args.no_progress)
+    except ValueError as e:  # bad combination of flags, CUDA missing
+        raise UserError(str(e)) from None
+    except OutputMismatch as e:
+        print(f"convnext bench: FAILED: {e}")
+        return 1
+    print(format_report(report))
+    _write_json(args.json, report)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time our ConvNeXt against timm / torchvision with identical weights (or the input pipeline)",
+        description="Runs ours and the peers' implementation of the same variant in one process with identical "
+        "weights, checks their outputs agree, then times interleaved rounds and reports median img/s, latency, "
+        "peak memory and the speed-up ours/peer. --mode data times the training transform per CPU worker.",
+    )
+    p.add_argument("--model", default="convnext_tiny", help="registered model name (default convnext_tiny)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--mode", choices=("infer", "train", "data"), default="infer",
+                   help="infer: forward; train: forward+backward+AdamW step; data: train transform img/s per worker")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="fp32, or bf16/fp16 autocast")
+    p.add_argument("--channels-last", action="store_true", help="models and input in channels_last memory format")
+    p.add_argument("--compile", action="store_true", help="torch.compile every implementation")
+    p.add_argument("--compare", default="timm,torchvision",
+                   help="comma-separated peers among: timm, torchvision; 'none' for ours alone")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA")
+    p.add_argument("--preset", choices=("paper",), default=None,
+                   help="paper: batch 64, fp32, 224 (+ TF32 and channels_last on CUDA), prints the paper's img/s")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per implementation")
+    p.add_argument("--repeats", type=int, default=10, help="timed rounds")
+    p.add_argument("--iters", type=int, default=1, help="steps per implementation per round")
+    p.add_argument("--tolerance", type=float, default=None, help="max |logit diff| allowed (default by dtype)")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the full report as JSON")
+    p.add_argument("--data", default=None, help="--mode data: .tar(.gz) of JPEGs (e.g. cifar10-train-jpeg.tar.gz)")
+    p.add_argument("--images", type=int, default=500, help="--mode data: number of images per pass")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_bench)

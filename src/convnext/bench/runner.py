@@ -1,0 +1,411 @@
+"""Side-by-side speed benchmark: ours vs timm / torchvision on identical weights, in one process.
+
+Protocol (the numbers in docs/benchmarks.md come from it):
+1. build every implementation with the same weights (`peers.build_implementations`) and check that
+   their outputs agree within a dtype-dependent tolerance; a mismatch aborts (`OutputMismatch`);
+2. warm up each implementation (the first call includes `torch.compile` time, reported apart);
+3. time `repeats` rounds; in each round every implementation runs `iters` steps, in an order that
+   rotates from round to round, so that load from other processes hits all of them alike;
+4. report per implementation the median latency and img/s with the spread, the peak memory of one
+   step, and per peer the speed ratio ours/peer: from the medians, and the median (min, max) of
+   the per-round ratios, which is the figure robust to a shared, noisy machine.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .paper import paper_throughput
+from .peers import Implementation, build_implementations
+
+__all__ = ["BenchConfig", "OutputMismatch", "run_benchmark", "check_outputs_agree", "machine_info", "DTYPES"]
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MODES = ("infer", "train")
+
+# Default max |logit difference| between implementations. fp32 on CPU: the issue's 1e-4. CUDA
+# convolutions may use TF32 even in "fp32", and autocast rounds to 8 (bf16) or 11 (fp16) bits.
+_TOLERANCE = {("cpu", "fp32"): 1e-4, ("cuda", "fp32"): 5e-3, "bf16": 1e-1, "fp16": 2e-2}
+
+
+class OutputMismatch(RuntimeError):
+    """Two implementations given identical weights computed different outputs."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str = "convnext_tiny"
+    batch_size: int = 16
+    img_size: int = 224
+    mode: str = "infer"  # "infer": forward only; "train": forward + backward + AdamW step
+    dtype: str = "fp32"  # fp32, or bf16 / fp16 autocast
+    channels_last: bool = False  # convert every model and the input (ours is channels-last inside anyway)
+    compile: bool = False  # torch.compile every implementation (default inductor backend)
+    compare: tuple[str, ...] = ("timm", "torchvision")
+    device: str = "cpu"
+    warmup: int = 2  # untimed steps per implementation (the first includes compilation)
+    repeats: int = 10  # timed rounds
+    iters: int = 1  # steps per implementation per round
+    tf32: bool = False  # allow TF32 matmuls/convs on CUDA (the paper's A100 setting)
+    tolerance: float | None = None  # max |diff| of logits; None: the dtype's default
+    num_classes: int = 1000
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if min(self.batch_size, self.img_size, self.repeats, self.iters) < 1 or self.warmup < 0:
+            raise ValueError("batch_size, img_size, repeats and iters must be >= 1, warmup >= 0")
+
+    @property
+    def default_tolerance(self) -> float:
+        if self.dtype == "fp32":
+            return _TOLERANCE[("cuda" if self.device.startswith("cuda") else "cpu", "fp32")]
+        return _TOLERANCE[self.dtype]
+
+
+# ----------------------------------------------------------------------------------- machine
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(device: str = "cpu") -> dict:
+    """What the figures were measured on: CPU, threads, load, GPU, library versions."""
+    import torchvision
+
+    info = {
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_avg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+    }
+    try:
+        import timm
+
+        info["timm"] = timm.__version__
+    except ImportError:
+        info["timm"] = None
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+# ------------------------------------------------------------------------------------ memory
+class _PeakRSS:
+    """Peak growth of the process's resident set size while the context is open (CPU memory).
+
+    Sampled every `interval` seconds from /proc/self/statm by a background thread (the ops run
+    outside the GIL), so short spikes can be missed; `peak_mib` is None where /proc is absent.
+    """
+
+    def __init__(self, interval: float = 0.002):
+        self.interval = interval
+        self.peak_mib: float | None = None
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page
+
+    def __enter__(self):
+        try:
+            self._base = self._rss()
+        except OSError:
+            self._base = None
+            return self
+        self._peak, self._stop = self._base, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self._peak = max(self._peak, self._rss())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        if self._base is not None:
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, self._rss())
+            self.peak_mib = (self._peak - self._base) / 2**20
+
+
+def _peak_memory(step: Callable[[], None], device: torch.device) -> tuple[float | None, str]:
+    """Peak memory of one step, in MiB, and what that number is."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2**20, "CUDA max_memory_allocated (weights, optimizer state and activations)"
+    with _PeakRSS() as rss:
+        step()
+    return rss.peak_mib, "CPU peak RSS growth during one step (sampled every 2 ms; excludes weights already resident)"
+
+
+# ------------------------------------------------------------------------------------- steps
+def _autocast(cfg: BenchConfig, device: torch.device):
+    if cfg.dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[cfg.dtype])
+
+
+def _make_step(model: nn.Module, cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor, device: torch.device):
+    """(step, forward): one benchmark step of `model`, a forward (infer) or forward + backward +
+    AdamW (train), and the forward it calls (compiled with `cfg.compile`)."""
+    forward = torch.compile(model) if cfg.compile else model
+    if cfg.mode == "infer":
+        model.eval()
+
+        def step() -> None:
+            with torch.inference_mode(), _autocast(cfg, device):
+                forward(x)
+
+        return step, forward
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "fp16")
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(cfg, device):
+            loss = F.cross_entropy(forward(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step, forward
+
+
+def _timed(step: Callable[[], None], iters: int, device: torch.device) -> float:
+    """Seconds per step, averaged over `iters` back-to-back steps."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / iters
+
+
+# -------------------------------------------------------------------------------- agreement
+@torch.inference_mode()
+def check_outputs_agree(
+    impls: list[Implementation],
+    x: torch.Tensor,
+    tolerance: float,
+    autocast: Callable = contextlib.nullcontext,
+    forwards: dict[str, Callable] | None = None,
+) -> dict[str, dict]:
+    """Max |logit difference| of every peer against ours (the first implementation), in eval mode.
+
+    `forwards` replaces a model's own forward (e.g. by its compiled version). Raises
+    `OutputMismatch` naming the offending implementations when any exceeds `tolerance`.
+    """
+    outputs = {}
+    for impl in impls:
+        impl.model.eval()
+        forward = (forwards or {}).get(impl.name, impl.model)
+        with autocast():
+            outputs[impl.name] = forward(x).float()
+    ours = outputs[impls[0].name]
+    report = {}
+    for impl in impls[1:]:
+        diff = (outputs[impl.name] - ours).abs().max().item()
+        report[impl.name] = {
+            "max_abs_diff": diff,
+            "max_abs_logit": ours.abs().max().item(),
+            "tolerance": tolerance,
+            "ok": diff <= tolerance,
+        }
+    bad = {k: v["max_abs_diff"] for k, v in report.items() if not v["ok"]}
+    if bad:
+        detail = ", ".join(f"{k}: max|diff| = {d:.3g}" for k, d in bad.items())
+        raise OutputMismatch(
+            f"outputs of ours and {', '.join(bad)} disagree with identical weights ({detail}; tolerance {tolerance:g})"
+        )
+    return report
+
+
+# ------------------------------------------------------------------------------------- runner
+def _summary(seconds: list[float], batch_size: int) -> dict:
+    ms = sorted(s * 1e3 for s in seconds)
+    median = statistics.median(ms)
+    q1, _, q3 = statistics.quantiles(ms, n=4) if len(ms) > 1 else (ms[0], None, ms[0])
+    return {
+        "img_per_s": batch_size / (median / 1e3),
+        "latency_ms": median,
+        "latency_ms_min": ms[0],
+        "latency_ms_max": ms[-1],
+        "latency_ms_iqr": [q1, q3],
+        "samples_ms": [s * 1e3 for s in seconds],
+    }
+
+
+def _resolve_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine "
+                         f"(torch {torch.__version__}, torch.cuda.is_available() is False); use cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda[:N], got {name!r}")
+    return device
+
+
+def run_benchmark(cfg: BenchConfig, *, progress: bool = True, implementations: list[Implementation] | None = None) -> dict:
+    """Run the benchmark described by `cfg` and return a JSON-serialisable report.
+
+    Args:
+        cfg: what to measure.
+        progress: show a tqdm bar over all warm-up and timed steps.
+        implementations: use these (ours first) instead of building `cfg.model` and its peers;
+            tests pass a deliberately perturbed model here.
+    """
+    device = _resolve_device(cfg.device)
+    skipped: dict[str, str] = {}
+    if implementations is None:
+        implementations, skipped = build_implementations(
+            cfg.model, list(cfg.compare), num_classes=cfg.num_classes, seed=cfg.seed
+        )
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    for impl in implementations:
+        impl.model.to(device=device, memory_format=memory_format)
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, generator=generator)
+    x = x.to(device).contiguous(memory_format=memory_format)
+    y = torch.randint(0, max(cfg.num_classes, 1), (cfg.batch_size,), generator=generator).to(device)
+
+    tf32_before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
+    try:
+        tolerance = cfg.tolerance if cfg.tolerance is not None else cfg.default_tolerance
+        agreement = check_outputs_agree(implementations, x, tolerance, lambda: _autocast(cfg, device))
+        load_before = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+        names = [impl.name for impl in implementations]
+        steps, forwards = {}, {}
+        for impl in implementations:
+            steps[impl.name], forwards[impl.name] = _make_step(impl.model, cfg, x, y, device)
+        total = len(names) * (cfg.warmup + cfg.repeats * cfg.iters)
+        bar = tqdm(total=total, desc=f"bench {cfg.model} {cfg.mode}", unit="step", disable=not progress)
+        first_call_s = {}
+        for name in names:  # warm-up; the first call includes compilation
+            for i in range(cfg.warmup):
+                seconds = _timed(steps[name], 1, device)
+                if i == 0:
+                    first_call_s[name] = seconds
+                bar.update(1)
+        if cfg.compile and cfg.mode == "infer":  # the compiled graphs must agree too
+            agreement_compiled = check_outputs_agree(
+                implementations, x, tolerance, lambda: _autocast(cfg, device), forwards
+            )
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        for r in range(cfg.repeats):
+            for name in names[r % len(names):] + names[: r % len(names)]:  # rotate the order
+                samples[name].append(_timed(steps[name], cfg.iters, device))
+                bar.update(cfg.iters)
+        bar.close()
+        memory = {name: _peak_memory(steps[name], device) for name in names}
+        load_after = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    finally:
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_before
+
+    results = {}
+    for impl in implementations:
+        results[impl.name] = {
+            "source": impl.source,
+            **_summary(samples[impl.name], cfg.batch_size),
+            "first_call_s": first_call_s.get(impl.name),
+            "peak_memory_mib": memory[impl.name][0],
+        }
+    ours = names[0]
+    ratios = {}
+    for name in names[1:]:
+        per_round = [p / o for p, o in zip(samples[name], samples[ours])]
+        ratios[name] = {
+            "speedup_from_medians": results[name]["latency_ms"] / results[ours]["latency_ms"],
+            "speedup_per_round_median": statistics.median(per_round),
+            "speedup_per_round_min": min(per_round),
+            "speedup_per_round_max": max(per_round),
+        }
+    report = {
+        "config": asdict(cfg),
+        "machine": machine_info(cfg.device),
+        "load_avg_before_after": [load_before, load_after],
+        "memory_measure": memory[ours][1],
+        "agreement": agreement,
+        **({"agreement_compiled": agreement_compiled} if cfg.compile and cfg.mode == "infer" else {}),
+        "results": results,
+        "ratios": ratios,
+        "skipped": skipped,
+    }
+    reference = paper_throughput(cfg.model, cfg.img_size)
+    if reference:
+        report["paper_reference_img_per_s"] = {
+            **reference,
+            "note": "published by the paper's authors on their GPUs (batch size not stated); not measured here",
+        }
+    return report
+
+
+def format_report(report: dict) -> str:
+    """Human-readable table of a `run_benchmark` report."""
+    cfg = report["config"]
+    lines = [
+        f"{cfg['model']} | {cfg['mode']} | batch {cfg['batch_size']} | {cfg['img_size']}px | {cfg['dtype']}"
+        f"{' | channels_last' if cfg['channels_last'] else ''}{' | compiled' if cfg['compile'] else ' | eager'}"
+        f" | {cfg['device']} ({report['machine'].get('gpu') or report['machine']['cpu']},"
+        f" {report['machine']['torch_threads']} threads)",
+        f"load average before/after (1, 5, 15 min): {report['load_avg_before_after']}",
+    ]
+    for name, a in report["agreement"].items():
+        lines.append(f"outputs agree: ours vs {name}: max|diff| = {a['max_abs_diff']:.2e} "
+                     f"(tolerance {a['tolerance']:g}, max|logit| {a['max_abs_logit']:.2f})")
+    header = f"{'impl':<12} {'img/s':>9} {'latency ms':>11} {'min..max ms':>19} {'peak MiB':>9} {'1st call s':>10}"
+    lines += ["", header, "-" * len(header)]
+    for name, r in report["results"].items():
+        mem = f"{r['peak_memory_mib']:.0f}" if r["peak_memory_mib"] is not None else "-"
+        first = f"{r['first_call_s']:.2f}" if r["first_call_s"] is not None else "-"
+        lines.append(f"{name:<12} {r['img_per_s']:>9.2f} {r['latency_ms']:>11.1f} "
+                     f"{r['latency_ms_min']:>9.1f}..{r['latency_ms_max']:<9.1f} {mem:>9} {first:>10}")
+    lines.append(f"peak memory: {report['memory_measure']}")
+    for name, r in report["ratios"].items():
+        lines.append(f"speed-up ours / {name}: {r['speedup_per_round_median']:.3f}x (median of per-round ratios; "
+                     f"range {r['speedup_per_round_min']:.3f}..{r['speedup_per_round_max']:.3f}), "
+                     f"{r['speedup_from_medians']:.3f}x from median latencies")
+    for name, why in report["skipped"].items():
+        lines.append(f"skipped {name}: {why}")
+    ref = report.get("paper_reference_img_per_s")
+    if ref:
+        gpus = ", ".join(f"{k} {v} img/s" for k, v in ref.items() if k != "note")
+        lines.append(f"paper (different machine, for reference only): {gpus} - {ref['note']}")
+    return "\n".join(lines)

@@ -1,0 +1,137 @@
+"""Speed tricks used by the default ConvNeXt forward pass, kept here so `layers.py` stays readable.
+
+Every helper computes what the textbook block computes (paper §1.2 of PAPER.md) up to fp32
+rounding; `tests/models/test_fast.py` checks each one against the plain formulation, and
+`docs/benchmarks.md` has the measurements. On CPU a ConvNeXt forward is two big GEMMs per block
+(pwconv1, pwconv2) surrounded by memory-bound passes; every pass we avoid is time saved:
+
+- `to_channels_last`: run the whole network in `channels_last` memory format, so the block's
+  NCHW <-> NHWC permutes (for LayerNorm and the Linears) are free views instead of copies, and
+  oneDNN runs the depthwise conv in its native NHWC layout.
+- `linear_gelu`: pwconv1 + exact (erf) GELU. For CPU fp32 inference this is one oneDNN matmul
+  with GELU as a post-op (no separate bias and GELU passes over the 4C-wide activation);
+  otherwise GELU runs in place when autograd does not need its input.
+- `layer_scaled_linear`: gamma * pwconv2(x) [+ residual]. The layer scale gamma is folded into the
+  (C, 4C) weight on the fly instead of multiplying the (B, H, W, C) output; gradients still reach
+  gamma. For CPU fp32 inference the residual add is a oneDNN post-op of the same matmul.
+- `add_residual_`: the residual add written into the fresh branch output (training path).
+
+The oneDNN ops (`torch.ops.mkldnn._linear_pointwise`, the kernels `torch.compile`'s CPU backend
+emits for the same fusions) have no autograd formula, so they are used only when no gradient is
+being recorded, and never inside `torch.compile` (inductor makes its own fusions there). Half
+precision and autocast take the textbook order of operations, so mixed-precision numerics are
+unchanged (gamma * W could underflow fp16: gamma starts at 1e-6).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["to_channels_last", "linear_gelu", "layer_scaled_linear", "add_residual_", "onednn_fusion_enabled"]
+
+# Switch for the oneDNN-fused inference path (benchmarks and tests flip it to compare).
+_ONEDNN_FUSION = True
+
+
+def onednn_fusion_enabled(enabled: bool | None = None) -> bool:
+    """Get, or set with `enabled`, whether CPU fp32 inference may use oneDNN-fused Linears."""
+    global _ONEDNN_FUSION
+    if enabled is not None:
+        _ONEDNN_FUSION = bool(enabled)
+    return _ONEDNN_FUSION
+
+
+def _has_onednn_linear() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+_ONEDNN_LINEAR = _has_onednn_linear()
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) in `channels_last` memory format; a no-op when it already is.
+
+    The logical shape is unchanged, so every module sees the same tensor; only the strides differ.
+    Channels-last propagates through conv, LayerNorm-over-permute and elementwise ops, so
+    converting the network input once is enough.
+    """
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _plain_fp32(x: torch.Tensor) -> bool:
+    """True when `x` is fp32 and no autocast region would change the dtype of the next op."""
+    device = x.device.type  # "meta" (used by the MAC counter) has no autocast at all
+    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    return x.dtype == torch.float32 and not autocast
+
+
+def _needs_grad(x: torch.Tensor, linear: nn.Linear) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or linear.weight.requires_grad)
+
+
+def _use_onednn(x: torch.Tensor, linear: nn.Linear) -> bool:
+    """CPU fp32 inference outside torch.compile, with oneDNN available and the switch on."""
+    return (
+        _ONEDNN_FUSION
+        and _ONEDNN_LINEAR
+        and x.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and _plain_fp32(x)
+        and linear.weight.dtype == torch.float32
+        and not _needs_grad(x, linear)
+    )
+
+
+def linear_gelu(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """Exact (erf) GELU of `linear(x)`, (..., C_in) -> (..., C_out)."""
+    if _use_onednn(x, linear):
+        # One oneDNN matmul with bias and exact GELU ("none" = no tanh approximation) as post-ops.
+        return torch.ops.mkldnn._linear_pointwise(x, linear.weight, linear.bias, "gelu", [], "none")
+    x = linear(x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.gelu(x)  # GELU's backward needs its input: no in-place here
+    return torch._C._nn.gelu_(x)  # in place: one 4C-wide buffer fewer (on CPU, fewer page faults)
+
+
+def layer_scaled_linear(
+    x: torch.Tensor,
+    linear: nn.Linear,
+    gamma: torch.Tensor | None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`residual + gamma * linear(x)` on channels-last tensors, (..., C_in) -> (..., C_out).
+
+    `gamma` (C_out,) may be None (no layer scale), `residual` (..., C_out) may be None (no add).
+    In fp32, gamma * (x W^T + b) is computed as x (gamma W)^T + gamma b whenever the weight is the
+    smaller tensor (rows of x >= C_in, i.e. all but the last stages at tiny batch sizes): a
+    (C_out, C_in) multiply instead of a (rows, C_out) one, and autograd still reaches gamma.
+    """
+    rows = x.numel() // x.shape[-1]
+    if gamma is not None and (not _plain_fp32(x) or rows < linear.in_features):
+        # Textbook order: gamma scales the output. Under autocast / half precision this is also
+        # the safe order: gamma * W could underflow fp16 (gamma starts at 1e-6).
+        out = gamma * linear(x)
+        return out if residual is None else add_residual_(out, residual)
+    weight, bias = linear.weight, linear.bias
+    if gamma is not None:
+        weight = weight * gamma[:, None]
+        bias = bias * gamma if bias is not None else None
+    if residual is not None and _use_onednn(x, linear) and residual.dtype == torch.float32:
+        # residual + x W^T + b in one oneDNN matmul (the add is a "sum" post-op).
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
+    out = F.linear(x, weight, bias)
+    return out if residual is None else add_residual_(out, residual)
+
+
+def add_residual_(branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """`shortcut + branch`, written into `branch` when both have the same dtype.
+
+    `branch` must be a fresh tensor the caller owns (the output of a Linear, a multiply or drop
+    path): none of those needs its own output for the backward pass, so the in-place add is legal
+    under autograd too. When dtypes differ (mixed precision) we allocate as the textbook sum does,
+    so type promotion is unchanged.
+    """
+    if branch.dtype != shortcut.dtype:
+        return shortcut + branch
+    return branch.add_(shortcut)
