@@ -198,8 +198,8 @@ def test_model_contract():
     model = build_model(cfg).eval()
     x = torch.randn(2, 3, 64, 64)
     feats = model.forward_intermediates(x)
-    assert [f.shape[1:] for f in feats] == [(i["num_chs"], 64 // i["reduction"], 64 // i["reduction"])
-                                            for i in model.feature_info] == [(8, 16, 16), (16, 8, 8), (32, 4, 4), (64, 2, 2)]
+    expected = [(i["num_chs"], 64 // i["reduction"], 64 // i["reduction"]) for i in model.feature_info]
+    assert [f.shape[1:] for f in feats] == expected == [(8, 16, 16), (16, 8, 8), (32, 4, 4), (64, 2, 2)]
     torch.testing.assert_close(model.forward_intermediates(x, norm=False)[-1], model.forward_features(x))
     model.reset_classifier(5)
     assert model(x).shape == (2, 5)
