@@ -68,7 +68,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         model=args.model, batch_size=args.batch_size, img_size=args.img_size, mode=args.mode, dtype=args.dtype,
         channels_last=args.channels_last, compile=args.compile, compare=_parse_compare(args.compare),
         device=args.device, warmup=args.warmup, repeats=args.repeats, iters=args.iters, tf32=args.tf32,
-        tolerance=args.tolerance,
+        tolerance=args.tolerance, optimize_ours=args.optimize_ours,
     )
     if args.preset == "paper":
         # Table 1 / App. E protocol: batch 64, fp32, 224; on GPU the A100 setting adds TF32 + channels_last.
@@ -114,6 +114,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per implementation")
     p.add_argument("--repeats", type=int, default=10, help="timed rounds")
     p.add_argument("--iters", type=int, default=1, help="steps per implementation per round")
+    p.add_argument("--optimize-ours", action="store_true",
+                   help="infer: apply convnext.models.inference.optimize_for_inference to ours (layer scale folded once)")
     p.add_argument("--tolerance", type=float, default=None, help="max |logit diff| allowed (default by dtype)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the full report as JSON")
     p.add_argument("--data", default=None, help="--mode data: .tar(.gz) of JPEGs (e.g. cifar10-train-jpeg.tar.gz)")

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..models.inference import optimize_for_inference
 from .paper import paper_throughput
 from .peers import Implementation, build_implementations
 
@@ -59,6 +60,7 @@ class BenchConfig:
     iters: int = 1  # steps per implementation per round
     tf32: bool = False  # allow TF32 matmuls/convs on CUDA (the paper's A100 setting)
     tolerance: float | None = None  # max |diff| of logits; None: the dtype's default
+    optimize_ours: bool = False  # infer mode: apply `optimize_for_inference` to ours (layer scale folded once)
     num_classes: int = 1000
     seed: int = 0
 
@@ -67,6 +69,8 @@ class BenchConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if self.optimize_ours and self.mode != "infer":
+            raise ValueError("optimize_for_inference (--optimize-ours) applies to --mode infer only")
         if min(self.batch_size, self.img_size, self.repeats, self.iters) < 1 or self.warmup < 0:
             raise ValueError("batch_size, img_size, repeats and iters must be >= 1, warmup >= 0")
 
@@ -293,6 +297,10 @@ def run_benchmark(cfg: BenchConfig, *, progress: bool = True, implementations: l
         implementations, skipped = build_implementations(
             cfg.model, list(cfg.compare), num_classes=cfg.num_classes, seed=cfg.seed
         )
+    if cfg.optimize_ours:
+        ours = implementations[0]
+        optimize_for_inference(ours.model)
+        ours.source += " + optimize_for_inference()"
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     for impl in implementations:
         impl.model.to(device=device, memory_format=memory_format)

@@ -1,0 +1,115 @@
+"""`convnext bench` end to end on a tiny model and batch (no timing is asserted, only the plumbing)."""
+import json
+
+import pytest
+import torch
+
+from convnext.bench import BenchConfig, OutputMismatch, run_benchmark
+from convnext.bench.peers import build_implementations
+from convnext.cli import main
+
+TINY = dict(model="convnext_atto", batch_size=2, img_size=32, warmup=1, repeats=2)
+
+
+def test_run_benchmark_report_fields():
+    report = run_benchmark(BenchConfig(**TINY, compare=("timm", "torchvision")), progress=False)
+    assert set(report["results"]) == {"ours", "timm"}
+    assert report["skipped"] == {"torchvision": "torchvision has no implementation of convnext_atto"}
+    for r in report["results"].values():
+        assert r["img_per_s"] > 0 and len(r["samples_ms"]) == 2
+        assert r["latency_ms_min"] <= r["latency_ms"] <= r["latency_ms_max"]
+        assert "peak_memory_mib" in r and r["first_call_s"] > 0
+    agree = report["agreement"]["timm"]
+    assert agree["ok"] and agree["max_abs_diff"] <= 1e-4 and agree["max_abs_logit"] > 0
+    ratio = report["ratios"]["timm"]
+    assert ratio["speedup_per_round_min"] <= ratio["speedup_per_round_median"] <= ratio["speedup_per_round_max"]
+    assert report["machine"]["torch"] == torch.__version__ and report["config"]["model"] == "convnext_atto"
+    json.dumps(report)  # serialisable
+
+
+def test_identical_weights_across_three_implementations():
+    impls, skipped = build_implementations("convnext_tiny", ["timm", "torchvision"], num_classes=10)
+    assert [i.name for i in impls] == ["ours", "timm", "torchvision"] and not skipped
+    gamma = impls[0].model.stages[0][0].gamma
+    assert gamma.min() >= 0.1  # layer scale spread away from 1e-6 so that blocks matter
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        outs = [i.model(x) for i in impls]
+    assert torch.allclose(outs[0], outs[1], atol=1e-4) and torch.allclose(outs[0], outs[2], atol=1e-4)
+
+
+def test_perturbed_model_fails_the_agreement_check():
+    impls, _ = build_implementations("convnext_atto", ["timm"], num_classes=10)
+    with torch.no_grad():
+        impls[0].model.stages[2][1].pwconv2.weight.mul_(1.01)  # a 1% error in one block
+    with pytest.raises(OutputMismatch, match="timm"):
+        run_benchmark(BenchConfig(**TINY, num_classes=10), implementations=impls, progress=False)
+
+
+def test_train_mode_and_ours_alone(tmp_path):
+    report = run_benchmark(BenchConfig(**TINY, mode="train", compare=()), progress=False)
+    assert list(report["results"]) == ["ours"] and report["ratios"] == {}
+
+
+def test_cli_writes_json_and_prints_ratio(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    rc = main(["bench", "--model", "convnext_atto", "--batch-size", "2", "--img-size", "32", "--repeats", "2",
+               "--warmup", "1", "--compare", "timm", "--json", str(out), "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "speed-up ours / timm" in text and "outputs agree" in text
+    assert json.loads(out.read_text())["results"]["ours"]["img_per_s"] > 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--device", "cuda"], "CUDA is not available"),
+        (["--compare", "keras"], "--compare: unknown implementation"),
+        (["--model", "convnext_tinyy"], "--model: unknown model"),
+        (["--mode", "data"], "--mode data needs --data"),
+        (["--mode", "data", "--data", "/nonexistent.tar.gz"], "no such file"),
+    ],
+)
+def test_cli_user_errors(argv, message, capsys):
+    if argv[:2] == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    rc = main(["bench", "--model", "convnext_atto", "--img-size", "32", "--no-progress", *argv] if "--model" not in argv
+              else ["bench", "--no-progress", *argv])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_peer_library_is_skipped(monkeypatch):
+    import importlib
+
+    real_import_module = importlib.import_module
+
+    def import_module(name, *args):
+        if name == "torchvision":
+            raise ImportError("No module named 'torchvision'")
+        return real_import_module(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", import_module)
+    impls, skipped = build_implementations("convnext_tiny", ["torchvision"], num_classes=10)
+    assert [i.name for i in impls] == ["ours"]
+    assert "not installed" in skipped["torchvision"]
+
+
+def test_data_mode_on_real_jpegs(shared_data, tmp_path, capsys):
+    out = tmp_path / "data.json"
+    rc = main(["bench", "--mode", "data", "--data", str(shared_data / "cifar10-test-jpeg.tar.gz"),
+               "--images", "8", "--repeats", "1", "--json", str(out), "--no-progress"])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    stored, upscaled = report["results"].values()
+    assert stored["source_size"] == [32, 32] and upscaled["source_size"] == [500, 375]
+    assert stored["img_per_s_per_worker"] > 0 and "RandomResizedCrop" in report["transform"]
+
+
+def test_optimized_ours_still_agrees():
+    report = run_benchmark(BenchConfig(**TINY, compare=("timm",), optimize_ours=True), progress=False)
+    assert "optimize_for_inference" in report["results"]["ours"]["source"]
+    assert report["agreement"]["timm"]["max_abs_diff"] <= 1e-4
+    with pytest.raises(ValueError, match="infer only"):
+        BenchConfig(**TINY, mode="train", optimize_ours=True)
