@@ -126,14 +126,18 @@ def read_csv(path: str | Path) -> list[StepResult]:
         ]
 
 
-def _deltas(rows: list[StepResult]) -> dict[str, tuple[float, float]]:
-    """(ours, paper) top-1 change of each step against the step it builds on, where both were run."""
+def _deltas(rows: list[StepResult]) -> dict[str, tuple[float, float, float]]:
+    """(ours, paper, our seed noise) top-1 change of each step against the step it builds on, where both ran.
+
+    The noise is the larger seed std of the two steps (0 with single seeds).
+    """
     by_name = {r.step: r for r in rows}
     out = {}
     for r in rows:
         parent = by_name.get(r.builds_on or "")
         if parent is not None and r.top1 and parent.top1:
-            out[r.step] = (r.top1_mean - parent.top1_mean, r.paper_top1 - parent.paper_top1)
+            out[r.step] = (r.top1_mean - parent.top1_mean, r.paper_top1 - parent.paper_top1,
+                           max(r.top1_std, parent.top1_std))
     return out
 
 
@@ -145,23 +149,25 @@ def write_markdown(rows: list[StepResult], path: str | Path, title: str = "Moder
     if run_desc:
         lines += [run_desc, ""]
     lines += [
-        "| step | what changed | adopted | params (M) | GFLOPs@224 ours / paper | MFLOPs as trained | top-1 (%) | "
-        "Δ vs builds-on | paper top-1 | paper Δ |",
+        "| step | what changed | adopted | params (M) at 224 / as trained | GFLOPs@224 ours / paper | "
+        "MFLOPs as trained | top-1 (%) | Δ vs builds-on | paper top-1 | paper Δ |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         d = deltas.get(r.step)
         lines.append(
-            f"| {r.step} | {r.change} | {'yes' if r.adopted else 'no'} | {r.params_m:.2f} | "
+            f"| {r.step} | {r.change} | {'yes' if r.adopted else 'no'} | {r.params_m:.2f} / "
+            f"{'-' if r.run_params_m is None else f'{r.run_params_m:.2f}'} | "
             f"{r.gflops:.2f} / {r.paper_gflops:.2f} | {'-' if r.run_mflops is None else f'{r.run_mflops:.1f}'} | "
             f"{_pm(r.top1_mean, r.top1_std)} (n={len(r.top1)}) | {'-' if d is None else f'{d[0]:+.2f}'} | "
             f"{_pm(r.paper_top1, r.paper_top1_std)} | {'-' if d is None else f'{d[1]:+.2f}'} |"
         )
     if deltas:
         # Steps whose paper change is within the paper's own seed noise have no direction to compare.
-        flat = [s for s, (_, paper) in deltas.items() if round(abs(paper), 2) < PAPER_FLAT]  # 2 decimals as printed
+        flat = [s for s, (_, paper, _) in deltas.items() if round(abs(paper), 2) < PAPER_FLAT]  # 2 decimals, as printed
         judged = {s: d for s, d in deltas.items() if s not in flat}
-        differ = [s for s, (ours, paper) in judged.items() if (ours > 0) != (paper > 0)]
+        differ = [s for s, (ours, paper, _) in judged.items() if (ours > 0) != (paper > 0)]
+        noisy = [s for s, (ours, _, noise) in deltas.items() if abs(ours) < noise]
         lines += [
             "",
             f"Direction of each step's top-1 change against the step it builds on: agrees with the paper for "
@@ -169,6 +175,9 @@ def write_markdown(rows: list[StepResult], path: str | Path, title: str = "Moder
             + (f", differs for {', '.join(differ)}" if differ else "")
             + (f"; flat in the paper (|Δ| < {PAPER_FLAT}): {', '.join(flat)}." if flat else "."),
         ]
+        if noisy:
+            lines.append(f"Measured changes smaller than the seed std of the two steps (not resolved by this run): "
+                         f"{', '.join(noisy)}.")
     Path(path).write_text("\n".join(lines) + "\n")
 
 
