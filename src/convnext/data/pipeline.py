@@ -1,0 +1,58 @@
+"""The paper's training augmentation, built from timm's data utilities (PAPER.md §3.3).
+
+RandomResizedCrop (bicubic) + horizontal flip + RandAugment `rand-m9-mstd0.5-inc1` + Random
+Erasing 0.25 in pixel mode, then per-batch Mixup 0.8 / CutMix 1.0 (switch 0.5) with label
+smoothing 0.1 folded into the soft targets, trained with soft-target cross-entropy.
+The colour-jitter argument of the official command is inert under RandAugment, so it is off here.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["train_transform", "mixup_and_criterion"]
+
+
+def train_transform(
+    img_size: int,
+    *,
+    scale: tuple[float, float] = (0.08, 1.0),
+    hflip: float = 0.5,
+    randaug: str | None = "rand-m9-mstd0.5-inc1",
+    reprob: float = 0.25,
+    interpolation: str = "bicubic",
+) -> Callable:
+    """RGB PIL image -> augmented, normalised (3, img_size, img_size) tensor."""
+    from timm.data import create_transform
+
+    return create_transform(
+        input_size=img_size,
+        is_training=True,
+        scale=scale,
+        hflip=hflip,
+        color_jitter=None,
+        auto_augment=randaug or None,
+        interpolation=interpolation,
+        re_prob=reprob,
+        re_mode="pixel",
+        re_count=1,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )
+
+
+def mixup_and_criterion(
+    num_classes: int, *, mixup: float = 0.8, cutmix: float = 1.0, switch_prob: float = 0.5, smoothing: float = 0.1
+) -> tuple[Callable | None, nn.Module]:
+    """(timm Mixup or None, loss). With Mixup/CutMix on, smoothing lives in the soft targets."""
+    if mixup > 0 or cutmix > 0:
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
+        mix = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=1.0, switch_prob=switch_prob, mode="batch",
+                    label_smoothing=smoothing, num_classes=num_classes)
+        return mix, SoftTargetCrossEntropy()
+    return None, nn.CrossEntropyLoss(label_smoothing=smoothing)

@@ -1,0 +1,125 @@
+"""`convnext train` and `convnext eval`. Every `TrainConfig` field is a `--flag` (litgpt style)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+import yaml
+
+from .config import TrainConfig, cli_type
+
+__all__ = ["register"]
+
+# Flags listed first in --help, in the order of the issue's CLI contract; the rest follow.
+_FIRST = ("data", "model", "recipe", "epochs", "batch_size", "img_size", "accum_steps", "lr", "output", "resume",
+          "finetune", "amp", "seed")
+
+
+def _mapping(text: str) -> dict:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise argparse.ArgumentTypeError(f"not YAML: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a mapping like '{{stem_patch_size: 1}}', got {text!r}")
+    return value
+
+
+def _optional(tp):
+    def parse(text: str):
+        return None if text.lower() in ("none", "null") else tp(text)
+
+    parse.__name__ = tp.__name__
+    return parse
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for name in list(_FIRST) + [n for n in fields if n not in _FIRST]:
+        f = fields[name]
+        flag = "--" + name.replace("_", "-")
+        tp, optional = cli_type(name)
+        kw = dict(default=None, help=f.metadata["help"], dest=name)  # None = keep the recipe's value
+        if tp is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif tp is dict:
+            p.add_argument(flag, type=_mapping, metavar="YAML", **kw)
+        elif tp is tuple:
+            p.add_argument(flag, type=float, nargs=2, metavar=("A", "B"), **kw)
+        elif name == "amp":
+            p.add_argument(flag, choices=("bf16", "fp16", "off"), **kw)
+        else:
+            p.add_argument(flag, type=_optional(tp) if optional else tp, metavar=name.split("_")[-1].upper(), **kw)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ..cli import UserError
+    from . import list_recipes, load_config, run
+    from .engine import NonFiniteLossError
+
+    if args.list_recipes:
+        print("\n".join(list_recipes()))
+        return 0
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    recipe = overrides.pop("recipe")
+    if recipe is None and overrides["data"] in (None, "digits"):
+        recipe = "digits"  # `convnext train` with no arguments: the built-in small-data recipe
+    try:
+        config = load_config(recipe, **overrides)
+    except (ValueError, TypeError) as e:
+        raise UserError(str(e)) from None
+    try:
+        metrics = run(config)
+    except NonFiniteLossError as e:
+        print(f"convnext train: stopped: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:  # DataError, bad model/override, unusable checkpoint
+        raise UserError(str(e)) from None
+    return 0 if metrics is not None else 1
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from ..cli import UserError
+    from .evaluate import evaluate_checkpoint
+
+    try:
+        res = evaluate_checkpoint(
+            args.checkpoint, args.data, img_size=args.img_size, crop_pct=args.crop_pct, batch_size=args.batch_size,
+            weights=args.weights, model_name=args.model, num_workers=args.num_workers, amp=args.amp,
+            device=args.device, data_dir=args.data_dir, strict_images=args.strict_images, progress=args.progress,
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    print(f"{res['checkpoint']} ({res['weights']} weights) on {res['data']} at {res['img_size']}px, "
+          f"{res['images']} images: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train with the paper's recipe (no arguments: built-in digits, about a minute on a CPU)",
+        description="Train a ConvNeXt. Defaults are the paper's ImageNet-1K recipe; --recipe NAME applies a "
+                    "shipped recipe (see --list-recipes) and any flag overrides it. With no --data, the built-in "
+                    "digits dataset and its `digits` recipe are used. Run under torchrun for multi-GPU/multi-node.",
+    )
+    p.add_argument("--list-recipes", action="store_true", help="print the shipped recipe names and exit")
+    _add_config_flags(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5 of a checkpoint with the paper's evaluation preprocessing")
+    p.add_argument("--checkpoint", required=True, help="a `convnext train` checkpoint (or any layout with --model)")
+    p.add_argument("--data", required=True, help="folder with val/ (or test/) class folders, or digits | cifar10 | cifar100")
+    p.add_argument("--img-size", type=int, default=None, help="evaluation resolution (default: the training one)")
+    p.add_argument("--crop-pct", type=float, default=None, help="centre-crop fraction (default 0.875 below 384, 1.0 from 384)")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
+                   help="which weights of a training checkpoint: auto = EMA when present")
+    p.add_argument("--model", default=None, help="model name, needed for checkpoints without a model config")
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--amp", choices=("bf16", "fp16", "off"), default="off")
+    p.add_argument("--device", default=None)
+    p.add_argument("--data-dir", default=None, help="where cifar10/cifar100 are downloaded")
+    p.add_argument("--strict-images", action="store_true", help="fail on unreadable images instead of skipping them")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.set_defaults(func=_cmd_eval)

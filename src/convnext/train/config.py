@@ -1,0 +1,212 @@
+"""Typed training configuration and YAML recipes (STYLE.md principle 7).
+
+The defaults of `TrainConfig` *are* the paper's ImageNet-1K recipe (Table 5; PAPER.md §3.1, §3.3).
+A recipe in `convnext/recipes/NAME.yaml` holds only its differences from these defaults, and
+command-line flags override the recipe. The resolved config is written to the run folder
+(`config.yaml`) and stored in every checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["TrainConfig", "list_recipes", "load_recipe", "load_config", "config_to_dict", "save_config_yaml"]
+
+
+def _f(default: Any, help: str) -> Any:
+    """A dataclass field whose help text doubles as its documentation and its `--flag` help."""
+    if isinstance(default, (dict, list, tuple)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    # --- data --------------------------------------------------------------------------------
+    data: str = _f("digits", "dataset: a folder with train/ and val/ (or test/), or digits | cifar10 | cifar100")
+    data_dir: str | None = _f(None, "where cifar10/cifar100 are downloaded (default ~/.cache/convnext/data)")
+    strict_images: bool = _f(False, "fail on an unreadable image instead of skipping it (skips are counted)")
+    train_subset: int | None = _f(None, "use only the first N images of a fixed shuffle of the training set")
+    num_workers: int = _f(4, "data-loading worker processes per device (0 = load in the main process)")
+    # --- model -------------------------------------------------------------------------------
+    model: str = _f("convnext_tiny", "registered model name (see `convnext models`)")
+    model_overrides: dict = _f({}, "extra config fields for create_model, e.g. {stem_patch_size: 1}")
+    drop_path: float | None = _f(None, "stochastic depth of the last block (None = the paper's value for the model)")
+    layer_scale: float | None = _f(None, "layer-scale init value (None = the model's default, 1e-6; 0 = off)")
+    head_init_scale: float | None = _f(None, "scale of the freshly initialised head (paper: 0.001 when fine-tuning)")
+    grad_checkpointing: bool = _f(False, "recompute block activations in the backward pass to save memory")
+    # --- optimisation: AdamW, linear warm-up + cosine, per iteration (paper Table 5) ---------
+    epochs: int = _f(300, "training epochs")
+    batch_size: int = _f(128, "images per device per forward pass")
+    accum_steps: int = _f(1, "gradient-accumulation steps; effective batch = batch_size x devices x accum_steps")
+    lr: float | None = _f(None, "absolute peak learning rate; None = base_lr x effective_batch / lr_base_batch")
+    base_lr: float = _f(4e-3, "peak learning rate at an effective batch of lr_base_batch")
+    lr_base_batch: int = _f(4096, "effective batch at which base_lr is given (4096 for training, 512 for fine-tuning)")
+    min_lr: float = _f(1e-6, "final learning rate of the cosine schedule")
+    warmup_epochs: float = _f(20, "linear warm-up from 0, in epochs")
+    weight_decay: float = _f(0.05, "AdamW weight decay (never on biases, norms and layer scale)")
+    betas: tuple = _f((0.9, 0.999), "AdamW betas")
+    eps: float = _f(1e-8, "AdamW epsilon")
+    layer_decay: float | None = _f(None, "layer-wise lr decay factor (paper: 0.8 for 22K->1K, 0.7 for 1K->384)")
+    clip_grad: float | None = _f(None, "clip the gradient norm to this value (None = no clipping)")
+    ema: bool = _f(True, "keep an exponential moving average of the weights and evaluate it")
+    ema_decay: float = _f(0.9999, "EMA decay per optimizer step")
+    amp: str = _f("off", "mixed precision: bf16 | fp16 (with loss scaling) | off")
+    fsdp: bool = _f(False, "shard parameters, gradients and optimizer state with FSDP (multi-device, large models)")
+    # --- augmentation and regularisation (timm data utilities, paper Table 5) ----------------
+    img_size: int = _f(224, "training and evaluation resolution")
+    crop_pct: float | None = _f(None, "evaluation centre-crop fraction (None = 0.875 below 384, 1.0 from 384)")
+    scale: tuple = _f((0.08, 1.0), "RandomResizedCrop area range")
+    hflip: float = _f(0.5, "horizontal-flip probability")
+    randaug: str | None = _f("rand-m9-mstd0.5-inc1", "timm RandAugment policy (None = off)")
+    reprob: float = _f(0.25, "random-erasing probability (pixel mode, one box)")
+    mixup: float = _f(0.8, "Mixup alpha (0 = off)")
+    cutmix: float = _f(1.0, "CutMix alpha (0 = off)")
+    mixup_switch_prob: float = _f(0.5, "probability of CutMix instead of Mixup when both are on")
+    smoothing: float = _f(0.1, "label smoothing (folded into the soft targets under Mixup/CutMix)")
+    # --- run ---------------------------------------------------------------------------------
+    recipe: str | None = _f(None, "name of the recipe this config was resolved from (informational)")
+    finetune: str | None = _f(None, "checkpoint to fine-tune from (any layout); the head is re-initialised")
+    resume: str | None = _f(None, "checkpoint to resume, or 'auto' for OUTPUT/checkpoint-last.pt if present")
+    output: str | None = _f(None, "run folder (None = runs/<recipe or data>-<model>)")
+    seed: int = _f(0, "random seed (each rank adds its rank)")
+    eval_every: int = _f(1, "evaluate every N epochs (0 = only after the last epoch)")
+    device: str | None = _f(None, "cuda | cpu | cuda:N (None = cuda if available, else cpu)")
+    threads: int | None = _f(None, "CPU threads for torch ops (None = torch's default; 1 is fastest for tiny models on a busy CPU)")
+    deterministic: bool = _f(False, "deterministic algorithms (slower; for exact reproducibility tests)")
+    progress: bool = _f(True, "show a tqdm progress bar")
+
+    def __post_init__(self):
+        self._coerce_types()
+        if self.amp not in ("bf16", "fp16", "off"):
+            raise ValueError(f"amp must be bf16, fp16 or off, got {self.amp!r}")
+        for name in ("epochs", "batch_size", "accum_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.mixup > 0 or self.cutmix > 0:
+            if self.batch_size % 2:
+                raise ValueError(f"Mixup/CutMix need an even batch_size, got {self.batch_size}")
+
+    def _coerce_types(self) -> None:
+        """Check every value against its annotation; YAML's "1e-6" (a string in YAML 1.1) becomes a float."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            tp, optional = cli_type(f.name)
+            if value is None:
+                if not optional:
+                    raise ValueError(f"{f.name} must not be null")
+                continue
+            try:
+                if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+                    value = float(value)
+                elif tp is int and isinstance(value, str):
+                    value = int(value)
+                elif tp is tuple and isinstance(value, (list, tuple)):
+                    value = tuple(float(v) for v in value)
+            except ValueError:
+                raise ValueError(f"{f.name}: expected a {tp.__name__}, got {value!r}") from None
+            if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+                raise ValueError(f"{f.name}: expected a {tp.__name__}, got {value!r} ({type(value).__name__})")
+            setattr(self, f.name, value)
+
+    @classmethod
+    def from_recipe(cls, recipe: str | None = None, **overrides: Any) -> "TrainConfig":
+        """The paper's defaults, then the recipe's differences, then `overrides` (e.g. CLI flags)."""
+        return load_config(recipe, **overrides)
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _check_keys(d: dict, where: str) -> None:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        import difflib
+
+        hints = [f"{k} (did you mean {difflib.get_close_matches(k, names, 1)[0]}?)"
+                 if difflib.get_close_matches(k, names, 1) else k for k in unknown]
+        raise ValueError(f"{where}: unknown training option(s): {', '.join(hints)}")
+
+
+def _recipe_dir():
+    return resources.files("convnext") / "recipes"
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped in `convnext/recipes/`."""
+    return sorted(p.name[:-5] for p in _recipe_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(name_or_path: str) -> dict:
+    """The differences a recipe makes to the defaults, from a shipped name or a YAML file path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        text, where = path.read_text(), str(path)
+    else:
+        res = _recipe_dir() / f"{name_or_path}.yaml"
+        if not res.is_file():
+            import difflib
+
+            close = difflib.get_close_matches(name_or_path, list_recipes(), n=3)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ValueError(f"unknown recipe {name_or_path!r}.{hint} Shipped recipes: `convnext train --list-recipes`")
+        text, where = res.read_text(), f"recipe {name_or_path}"
+    d = yaml.safe_load(text) or {}
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: expected a mapping of training options, got {type(d).__name__}")
+    _check_keys(d, where)
+    return d
+
+
+def load_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
+    """Resolve defaults <- recipe <- overrides into a `TrainConfig` (overrides equal to None are ignored)."""
+    values: dict[str, Any] = {}
+    if recipe is not None:
+        values.update(load_recipe(recipe))
+        values["recipe"] = Path(recipe).stem if recipe.endswith((".yaml", ".yml")) else recipe
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    _check_keys(overrides, "overrides")
+    if "model_overrides" in overrides:  # merge with the recipe's stem adaptation etc.
+        overrides["model_overrides"] = {**values.get("model_overrides", {}), **overrides["model_overrides"]}
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def config_to_dict(config: TrainConfig) -> dict:
+    """Plain YAML/checkpoint-safe dict (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def save_config_yaml(config: TrainConfig, path: str | Path, extra: dict | None = None) -> None:
+    d = config_to_dict(config)
+    if extra:
+        d = {**d, "resolved": extra}
+    Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    d = {k: v for k, v in d.items() if k != "resolved"}
+    _check_keys(d, "train config")
+    return TrainConfig(**d)
+
+
+def cli_type(name: str) -> tuple[type, bool]:
+    """(scalar type, optional) of a TrainConfig field, for building `--flags`."""
+    tp = _field_types()[name]
+    optional = False
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        tp = args[0]
+    return tp, optional

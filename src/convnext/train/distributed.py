@@ -1,0 +1,134 @@
+"""One entry point on one CPU, one GPU or many nodes: torchrun's environment decides.
+
+`torchrun --nproc_per_node=G [--nnodes=N --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT] -m convnext train ...`
+sets RANK / WORLD_SIZE / LOCAL_RANK; without them the run is a single process. NCCL on GPUs, gloo
+on CPU. Only rank 0 writes files; metrics are summed across ranks before they are reported.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset, Sampler
+
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "wrap_model", "all_reduce_sum", "TrainSampler", "ShardSampler"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None) -> DistInfo:
+    """Join the process group described by torchrun's environment variables (if any)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False) -> nn.Module:
+    """DDP (or FSDP, sharding every Block) across the process group; identity on one process."""
+    if not info.enabled:
+        return model
+    if fsdp:
+        from functools import partial
+
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+        from ..models.layers import Block
+
+        policy = partial(transformer_auto_wrap_policy, transformer_layer_cls={Block})
+        return FSDP(model, auto_wrap_policy=policy, device_id=info.device if info.device.type == "cuda" else None,
+                    use_orig_params=True)
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a list of numbers over all ranks (no-op on one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+class TrainSampler(Sampler[int]):
+    """Shuffled, rank-sharded indices for one epoch, reproducible from (seed, epoch).
+
+    Each rank takes every world_size-th index of one global permutation, so a global batch of
+    B = world_size x b images holds exactly the images of a single-process batch of B: the same
+    run gives the same weights on 1 or N processes. The tail that does not fill a whole global
+    batch is dropped. `start_batch` skips batches already trained before a mid-epoch interrupt.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0):
+        self.n = len(dataset)
+        self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
+        self.epoch, self.start_batch = 0, 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.n // (self.batch_size * self.world_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(self.n, generator=g)[: self.batches_per_epoch * self.batch_size * self.world_size]
+        mine = perm[self.rank :: self.world_size]  # (batches_per_epoch * batch_size,)
+        return iter(mine[self.start_batch * self.batch_size :].tolist())
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation: rank r takes indices r, r + W, ... (no padding, so every image counts once)."""
+
+    def __init__(self, dataset: Dataset, rank: int = 0, world_size: int = 1):
+        self.indices = list(range(rank, len(dataset), world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

@@ -1,0 +1,173 @@
+"""The training loop: one epoch of training, one pass of evaluation (STYLE.md principle 6).
+
+Gradient accumulation, mixed precision, clipping and EMA are written out inline in
+`train_one_epoch` rather than hidden behind callbacks.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .distributed import all_reduce_sum
+
+__all__ = ["ModelEMA", "NonFiniteLossError", "StepContext", "train_one_epoch", "evaluate", "autocast"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf: training stops and the last good checkpoint is kept."""
+
+
+class ModelEMA:
+    """Exponential moving average of a model's weights, updated after every optimizer step.
+
+    ema = decay * ema + (1 - decay) * weights (buffers are copied). The EMA copy lives on the
+    same device and is evaluated in place of the model when the paper's recipe says so.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        ema_p = [p for p in self.module.parameters()]
+        model_p = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_p, [p.to(e.dtype) for p, e in zip(model_p, ema_p)], 1.0 - self.decay)
+        for e, b in zip(self.module.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+def autocast(device: torch.device, amp: str):
+    """torch.autocast for "bf16"/"fp16", a null context for "off"."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@dataclass
+class StepContext:
+    """Everything `train_one_epoch` needs besides the model and the data."""
+
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    lr_at: Callable[[int], float]  # optimizer step -> peak-relative lr (times each group's lr_scale)
+    device: torch.device
+    amp: str = "off"
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
+    accum_steps: int = 1
+    clip_grad: float | None = None
+    mixup: Callable | None = None  # timm Mixup: (images, targets) -> (mixed images, soft targets)
+    ema: ModelEMA | None = None
+    unwrapped: nn.Module | None = None  # the model under DDP, for the EMA update
+    on_step: Callable[[dict], None] | None = None  # called after every optimizer step with its stats
+
+
+def train_one_epoch(model: nn.Module, batches: Iterable, ctx: StepContext, step: int) -> dict:
+    """Train on `batches` (already positioned at the first batch to run); return epoch stats.
+
+    Args:
+        model: the (possibly DDP-wrapped) model, in train mode.
+        batches: yields (images, targets, num_skipped_images).
+        ctx: optimizer, loss, schedule, precision and EMA settings.
+        step: optimizer steps taken before this epoch (indexes the lr schedule).
+    """
+    model.train()
+    opt = ctx.optimizer
+    loss_sum, n_images, n_skipped, micro = 0.0, 0, 0, 0
+    t0 = time.perf_counter()
+    opt.zero_grad(set_to_none=True)
+    for images, targets, skipped in batches:
+        n_skipped += skipped
+        if images.numel() == 0:
+            continue
+        images = images.to(ctx.device, non_blocking=True)
+        targets = targets.to(ctx.device, non_blocking=True)
+        if ctx.mixup is not None:
+            images, targets = ctx.mixup(images, targets)  # soft targets (B, num_classes)
+
+        micro += 1
+        last_micro = micro % ctx.accum_steps == 0
+        # Under DDP, gradients are all-reduced only on the micro-step that ends the accumulation window.
+        sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(ctx.device, ctx.amp):
+                loss = ctx.criterion(model(images), targets)
+            # Every rank must agree to stop, or the others would wait forever in the gradient all-reduce.
+            if all_reduce_sum([0.0 if math.isfinite(loss.item()) else 1.0], ctx.device)[0] > 0:
+                raise NonFiniteLossError(f"loss is {loss.item()} at optimizer step {step}")
+            scaled = loss / ctx.accum_steps  # mean over the whole effective batch
+            (ctx.scaler.scale(scaled) if ctx.scaler is not None else scaled).backward()
+        loss_sum += loss.item() * images.shape[0]
+        n_images += images.shape[0]
+        if not last_micro:
+            continue
+
+        lr = ctx.lr_at(step)
+        for group in opt.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        grad_norm = None
+        if ctx.clip_grad is not None:
+            if ctx.scaler is not None:
+                ctx.scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), ctx.clip_grad).item()
+        if ctx.scaler is not None:
+            ctx.scaler.step(opt)  # skipped when the scaled gradients overflowed
+            ctx.scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        if ctx.ema is not None:
+            ctx.ema.update(ctx.unwrapped if ctx.unwrapped is not None else model)
+        step += 1
+        if ctx.on_step is not None:
+            elapsed = time.perf_counter() - t0
+            ctx.on_step({"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm,
+                         "images_per_sec": n_images / max(elapsed, 1e-9)})
+
+    elapsed = time.perf_counter() - t0
+    loss_total, images_total, skipped_total = all_reduce_sum([loss_sum, n_images, n_skipped], ctx.device)
+    return {
+        "loss": loss_total / max(images_total, 1),
+        "images": int(images_total),
+        "skipped_images": int(skipped_total),
+        "images_per_sec": images_total / max(elapsed, 1e-9),
+        "seconds": elapsed,
+        "step": step,
+    }
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp: str = "off") -> dict:
+    """Top-1 / top-5 accuracy (percent) and cross-entropy over `batches`, summed across ranks."""
+    model.eval()
+    correct1 = correct5 = loss_sum = n = skipped = 0.0
+    for images, targets, bad in batches:
+        skipped += bad
+        if images.numel() == 0:
+            continue
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(images)
+        logits = logits.float()
+        loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices  # (B, k)
+        hit = top == targets[:, None]
+        correct1 += hit[:, 0].sum().item()
+        correct5 += hit.any(dim=1).sum().item()
+        n += targets.shape[0]
+    correct1, correct5, loss_sum, n, skipped = all_reduce_sum([correct1, correct5, loss_sum, n, skipped], device)
+    return {
+        "top1": 100.0 * correct1 / max(n, 1),
+        "top5": 100.0 * correct5 / max(n, 1),
+        "loss": loss_sum / max(n, 1),
+        "images": int(n),
+        "skipped_images": int(skipped),
+    }
