@@ -23,6 +23,9 @@ def _mapping(text: str) -> dict:
         raise argparse.ArgumentTypeError(f"not YAML: {e}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a mapping like '{{stem_patch_size: 1}}', got {text!r}")
+    bad = [k for k, v in value.items() if v is None]
+    if bad:  # '{stem_patch_size:2}' is YAML for the key 'stem_patch_size:2' with no value
+        raise argparse.ArgumentTypeError(f"no value for {', '.join(map(repr, bad))}; write 'key: value' (with a space)")
     return value
 
 

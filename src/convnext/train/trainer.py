@@ -98,7 +98,6 @@ def run(config: TrainConfig) -> dict:
 def _run(config: TrainConfig, info: DistInfo) -> dict:
     t_start = time.perf_counter()
     device = info.device
-    _seed_everything(config.seed + info.rank)
     if config.threads:
         torch.set_num_threads(config.threads)
     if config.deterministic:
@@ -143,7 +142,9 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
         )
 
     # ---- model, EMA, optimizer ---------------------------------------------------------------
+    _seed_everything(config.seed)  # identical initial weights on every rank (and for the EMA copy)
     model = build_model_for(config, len(classes))
+    _seed_everything(config.seed + info.rank)  # then per-rank streams for augmentation and drop path
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
@@ -170,8 +171,11 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
     lr_at = functools.partial(lr_at_step, peak_lr=peak_lr, min_lr=config.min_lr, warmup_steps=warmup_steps,
                               total_steps=total_steps)
 
+    # The loader draws its worker base seed from this generator, not from the global RNG, and it is
+    # re-seeded from (seed, rank, epoch) every epoch: resuming never shifts the global random stream.
+    loader_rng = torch.Generator()
     train_loader = DataLoader(
-        train_ds, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
+        train_ds, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers, generator=loader_rng,
         collate_fn=functools.partial(collate_skip_bad, even=mixup is not None),
         pin_memory=device.type == "cuda", drop_last=True, persistent_workers=config.num_workers > 0,
     )
@@ -275,6 +279,7 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
         for epoch in range(start_epoch, config.epochs):
             bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
             sampler.set_epoch(epoch, start_batch)
+            loader_rng.manual_seed(config.seed * 100_003 + info.rank * 1009 + epoch)
             epoch_start_step = step
             try:
                 stats = train_one_epoch(wrapped, train_loader, ctx, step)

@@ -1,0 +1,144 @@
+"""End-to-end training runs on the built-in digits with a tiny ConvNeXt (a few seconds each on a CPU)."""
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+import convnext.train.trainer as trainer
+from convnext.cli import main
+from convnext.train import NonFiniteLossError, TrainConfig, load_config, run
+from convnext.train.checkpoint import FORMAT
+
+TINY = {"stem_patch_size": 1, "depths": [1, 1], "dims": [8, 16]}
+
+
+def tiny_config(tmp_path, name="run", **kw) -> TrainConfig:
+    base = dict(model_overrides=TINY, train_subset=96, batch_size=16, epochs=2, num_workers=0, threads=1,
+                progress=False, output=str(tmp_path / name), seed=3)
+    return load_config("digits", **{**base, **kw})
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def test_run_folder_checkpoint_and_metrics(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, ema=True, ema_decay=0.9)
+    metrics = run(cfg)
+    out = tmp_path / "run"
+    for f in ("config.yaml", "metrics.json", "checkpoint-last.pt", "checkpoint-best.pt", "curves.png"):
+        assert (out / f).is_file(), f
+    assert any((out / "tensorboard").iterdir())
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["top1"] == metrics["top1"] and 0 <= saved["top1"] <= 100 and saved["top5"] >= saved["top1"]
+    assert saved["epochs"] == 2 and saved["world_size"] == 1 and saved["train_images_per_sec"] > 0
+    assert saved["best_top1"] >= saved["top1"] and saved["evaluated"] == "ema"
+    assert yaml.safe_load((out / "config.yaml").read_text())["model_overrides"] == TINY
+
+    ckpt = torch.load(out / "checkpoint-last.pt", map_location="cpu", weights_only=True)  # safe loading
+    assert ckpt["format"] == FORMAT and ckpt["model_name"] == "convnext_atto"
+    assert ckpt["labels"] == [str(d) for d in range(10)]
+    assert ckpt["model_config"]["dims"] == [8, 16] and ckpt["model_config"]["num_classes"] == 10
+    assert ckpt["train_config"]["epochs"] == 2 and ckpt["epoch"] == 2 and ckpt["step"] == 2 * (96 // 16)
+    assert set(ckpt["rng"]) == {"torch", "cuda", "numpy", "python"}
+    assert "model_ema" in ckpt and not torch.equal(ckpt["model_ema"]["head.weight"], ckpt["model"]["head.weight"])
+    assert "top-1" in capsys.readouterr().out
+
+    # `convnext eval` reproduces the final evaluation (same preprocessing, EMA weights by default).
+    assert main(["eval", "--checkpoint", str(out / "checkpoint-last.pt"), "--data", "digits", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"top-1 {metrics['top1']:.2f}%" in printed and "(ema weights)" in printed
+    assert main(["eval", "--checkpoint", str(out / "checkpoint-last.pt"), "--data", "digits", "--weights", "model",
+                 "--no-progress"]) == 0
+    assert "(model weights)" in capsys.readouterr().out
+
+
+def _interrupt_after(monkeypatch, n_steps):
+    """Make the run raise KeyboardInterrupt (as Ctrl-C would) right after optimizer step `n_steps`."""
+    real = trainer.train_one_epoch
+
+    def patched(model, batches, ctx, step):
+        on_step = ctx.on_step
+
+        def hook(s):
+            on_step(s)
+            if s["step"] == n_steps:
+                raise KeyboardInterrupt
+
+        ctx.on_step = hook
+        try:
+            return real(model, batches, ctx, step)
+        finally:
+            ctx.on_step = on_step
+
+    monkeypatch.setattr(trainer, "train_one_epoch", patched)
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
+    # The paper's stochastic pieces stay on (RandAugment, erasing, Mixup/CutMix, drop path): every RNG is restored.
+    kw = dict(epochs=3, randaug="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0, drop_path=0.1,
+              ema=True, ema_decay=0.9, deterministic=True)
+    run(tiny_config(tmp_path, "full", **kw))
+
+    _interrupt_after(monkeypatch, 8)  # mid-epoch 2 (6 steps per epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_config(tmp_path, "cut", **kw))
+    ckpt = torch.load(tmp_path / "cut" / "checkpoint-last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]) == (1, 2, 8)
+    monkeypatch.undo()
+
+    metrics = run(tiny_config(tmp_path, "cut", resume="auto", **kw))
+    assert metrics["epochs"] == 3
+    full, resumed = _weights(tmp_path / "full" / "checkpoint-last.pt"), _weights(tmp_path / "cut" / "checkpoint-last.pt")
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+    full_ema = torch.load(tmp_path / "full" / "checkpoint-last.pt", weights_only=True)["model_ema"]
+    resumed_ema = torch.load(tmp_path / "cut" / "checkpoint-last.pt", weights_only=True)["model_ema"]
+    assert all(torch.equal(full_ema[k], resumed_ema[k]) for k in full_ema)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real = trainer.train_one_epoch
+    calls = []
+
+    def patched(model, batches, ctx, step):
+        calls.append(step)
+        if len(calls) == 2:  # second epoch: the loss turns NaN
+            criterion = ctx.criterion
+            ctx.criterion = lambda logits, targets: criterion(logits, targets) * float("nan")
+        return real(model, batches, ctx, step)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", patched)
+    with pytest.raises(NonFiniteLossError, match="loss is nan.*last good checkpoint"):
+        run(tiny_config(tmp_path))
+    ckpt = torch.load(tmp_path / "run" / "checkpoint-last.pt", weights_only=True)
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_cli_train_errors_are_clear(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nope"), "--recipe", "digits", "--no-progress"]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["train", "--model", "convnext_tinyy", "--epochs", "1", "--output", str(tmp_path / "x")]) == 2
+    assert "convnext_tiny" in capsys.readouterr().err  # did-you-mean
+    assert main(["train", "--model-overrides", "{bogus: 1}", "--epochs", "1", "--output", str(tmp_path / "y")]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "z")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    assert main(["train", "--list-recipes"]) == 0
+    assert "in1k_convnext_tiny" in capsys.readouterr().out
+
+
+def test_cli_train_flags_reach_the_config(tmp_path):
+    # The same code path as `convnext train`: flags override the digits recipe.
+    out = tmp_path / "cli"
+    code = main(["train", "--epochs", "1", "--batch-size", "16", "--train-subset", "32", "--threads", "1",
+                 "--num-workers", "0", "--model-overrides", "{depths: [1, 1], dims: [8, 16]}", "--lr", "1e-3",
+                 "--no-progress", "--output", str(out)])
+    assert code == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["recipe"] == "digits" and saved["epochs"] == 1 and saved["lr"] == 1e-3
+    assert saved["model_overrides"] == {"stem_patch_size": 1, "depths": [1, 1], "dims": [8, 16]}
+    assert saved["resolved"]["effective_batch"] == 16
