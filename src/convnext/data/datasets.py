@@ -81,8 +81,9 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int):
         path, target = self.samples[index]
         try:
-            with Image.open(path) as img:
-                img = to_rgb(img)  # grayscale / palette / CMYK -> RGB; forces the decode
+            with Image.open(path) as f:
+                f.load()  # decode now: a truncated/corrupt file fails here, inside the try
+                img = to_rgb(f)  # grayscale / palette / CMYK -> RGB
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             if self.strict:
                 raise DataError(f"unreadable image {path}: {e} (drop --strict-images to skip such files)") from None
