@@ -93,7 +93,7 @@ def test_resume_refuses_other_settings(tmp_path, monkeypatch):
     monkeypatch.setattr("convnext.train.run", fake)
     run_experiment("digits", tmp_path, steps=["depthwise"], width_div=4, progress=False)
     assert fake.configs[0].model_overrides == {"small_input": True, "widths": [16, 32, 64, 128]}
-    with pytest.raises(ValueError, match=r"other settings \(recipe, width_div, recipe.lr\)"):
+    with pytest.raises(ValueError, match=r"other settings \(width_div, recipe.lr\)"):
         run_experiment("digits", tmp_path, steps=["depthwise"], train_overrides={"lr": 1e-3}, progress=False)
     with pytest.raises(ValueError, match="width_div must divide"):
         run_experiment("digits", tmp_path / "new", width_div=5, progress=False)

@@ -53,9 +53,10 @@ def _check_same_experiment(path: Path, settings: dict[str, Any]) -> None:
         return
     before = json.loads(path.read_text())
     now = json.loads(json.dumps(settings, default=str))  # the same JSON normalisation as the stored file
-    differ = sorted(k for k in now if before.get(k) != now[k])
-    differ += sorted(f"recipe.{k}" for k in now["recipe"] if "recipe" in differ and
-                     before.get("recipe", {}).get(k) != now["recipe"][k])
+    # Recipe fields are compared where both versions have them: a TrainConfig field added later is no conflict.
+    old_recipe = before.get("recipe", {})
+    differ = sorted(k for k in now if k != "recipe" and before.get(k) != now[k])
+    differ += [f"recipe.{k}" for k in sorted(now["recipe"]) if k in old_recipe and old_recipe[k] != now["recipe"][k]]
     if differ:
         raise ValueError(f"{path.parent} holds an experiment with other settings ({', '.join(differ)}); "
                          "use a new --output, or the same settings to resume it")

@@ -193,7 +193,7 @@ def plot_roadmap(rows: list[StepResult], path: str | Path, title: str = "", data
 
     n = len(rows)
     y = list(range(n))[::-1]  # first step at the top
-    fig, (ax_ours, ax_paper) = plt.subplots(1, 2, figsize=(11, 0.42 * n + 1.6), gridspec_kw=dict(wspace=0.05))
+    fig, (ax_ours, ax_paper) = plt.subplots(1, 2, figsize=(11, 0.42 * n + 1.6), layout="constrained")
     panels = [
         (ax_ours, [r.top1_mean for r in rows], [r.top1_std for r in rows], "tab:blue", f"top-1 (%), {dataset}"),
         (ax_paper, [r.paper_top1 for r in rows], [r.paper_top1_std or 0.0 for r in rows], "tab:gray",
@@ -222,8 +222,8 @@ def plot_roadmap(rows: list[StepResult], path: str | Path, title: str = "", data
     ax_paper.tick_params(axis="y", length=0, labelsize=8)
     from matplotlib.patches import Patch
 
-    ax_paper.legend(handles=[Patch(facecolor="white", edgecolor="0.3", hatch="///", label="not adopted")],
-                    loc="lower right", fontsize=8)
+    fig.legend(handles=[Patch(facecolor="white", edgecolor="0.3", hatch="///", label="not adopted")],
+               loc="outside lower right", fontsize=8)
     if title:
         fig.suptitle(title)
     fig.savefig(path, dpi=120, bbox_inches="tight")
