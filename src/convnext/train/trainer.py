@@ -148,12 +148,17 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
+    if ckpt is not None:  # weights go in before DDP/FSDP wrapping (FSDP then shards them)
+        model.load_state_dict(ckpt["model"])
     ema = ModelEMA(model, config.ema_decay) if config.ema else None
-    if ema is not None and config.fsdp and info.enabled:
+    if ema is not None and ckpt is not None and "model_ema" in ckpt:
+        ema.module.load_state_dict(ckpt["model_ema"])
+    fsdp = config.fsdp and info.enabled
+    if ema is not None and fsdp:
         raise ValueError("--ema with --fsdp is not supported: the EMA would need the full weights on every rank")
     groups = param_groups(model, config.weight_decay, config.layer_decay)
     wrapped = wrap_model(model, info, fsdp=config.fsdp)
-    if wrapped is not model and config.fsdp:  # FSDP re-creates parameters: regroup them by name
+    if fsdp:  # FSDP re-creates parameters: regroup them by name
         by_name = {n.replace("_fsdp_wrapped_module.", ""): p for n, p in wrapped.named_parameters()}
         for g in groups:
             g["params"] = [by_name[n] for n in g["names"]]
@@ -186,10 +191,12 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
     history: list[dict] = []
     best = {"top1": None, "epoch": None}
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        if ema is not None and "model_ema" in ckpt:
-            ema.module.load_state_dict(ckpt["model_ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(wrapped, optimizer, ckpt["optimizer"], options=StateDictOptions(full_state_dict=True))
+        else:
+            optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch, start_batch, step = ckpt["epoch"], ckpt.get("batch_in_epoch", 0), ckpt["step"]
@@ -221,8 +228,19 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
          f"device {device}, run folder {out}")
 
     def state_dict(epoch: int, batch_in_epoch: int, metrics: dict) -> dict:
+        """The checkpoint content. Under FSDP every rank must call it (the full state is gathered)."""
+        if fsdp:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model_sd, optim_sd = get_model_state_dict(wrapped, options=opts), get_optimizer_state_dict(
+                wrapped, optimizer, options=opts)
+        else:
+            model_sd, optim_sd = unwrap_model(model).state_dict(), optimizer.state_dict()
         return {
-            "model": unwrap_model(model).state_dict(),
+            "model": model_sd,
             **({"model_ema": ema.module.state_dict()} if ema is not None else {}),
             "model_config": model_config_to_dict(unwrap_model(model).config),
             "model_name": config.model,
@@ -231,7 +249,7 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
             "epoch": epoch,
             "batch_in_epoch": batch_in_epoch,
             "step": step,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optim_sd,
             "scaler": scaler.state_dict() if scaler is not None else {},
             "rng": rng_state(),
             "metrics": metrics,
@@ -287,7 +305,7 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
                 # Save where we are: a mid-epoch checkpoint resumes at the next unfinished batch.
                 done = start_batch + (progress["step"] - epoch_start_step) * config.accum_steps
                 step = progress["step"]
-                if info.is_main:
+                if info.is_main and not fsdp:  # (FSDP would need every rank in a collective here)
                     save_checkpoint(state_dict(epoch, done, summary(last_eval)), out / "checkpoint-last.pt")
                     _log(info, f"\ninterrupted: saved {out / 'checkpoint-last.pt'} (epoch {epoch + 1}, batch {done}); "
                          f"continue with --resume auto --output {out}")
@@ -323,8 +341,8 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
                 if ema is not None:
                     msg += f"  (model {record['top1_model']:.2f}%)"
             _log(info, msg)
+            state = state_dict(epoch + 1, 0, summary(last_eval)) if info.is_main or fsdp else None
             if info.is_main:
-                state = state_dict(epoch + 1, 0, summary(last_eval))
                 save_checkpoint(state, out / "checkpoint-last.pt")
                 if improved or not (out / "checkpoint-best.pt").exists():
                     save_checkpoint(state, out / "checkpoint-best.pt")
