@@ -83,7 +83,7 @@ def test_paper_recipes_match_tables():
 def test_overrides_and_unknown_keys():
     cfg = load_config("digits", epochs=3, model_overrides={"kernel_size": 5})
     assert cfg.epochs == 3
-    assert cfg.model_overrides["kernel_size"] == 5 and cfg.model_overrides["stem_patch_size"] == 1  # merged
+    assert cfg.model_overrides == {**load_recipe("digits")["model_overrides"], "kernel_size": 5}  # merged
     with pytest.raises(ValueError, match="epoch.*did you mean epochs"):
         load_config("digits", epoch=3)
     with pytest.raises(ValueError, match="unknown recipe"):

@@ -140,5 +140,5 @@ def test_cli_train_flags_reach_the_config(tmp_path):
     assert code == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["recipe"] == "digits" and saved["epochs"] == 1 and saved["lr"] == 1e-3
-    assert saved["model_overrides"] == {"stem_patch_size": 1, "depths": [1, 1], "dims": [8, 16]}
+    assert saved["model_overrides"] == {"stem_patch_size": 2, "depths": [1, 1], "dims": [8, 16]}  # merged with the recipe
     assert saved["resolved"]["effective_batch"] == 16
