@@ -118,3 +118,18 @@ def test_shared_cifar10_jpeg_folder(shared_data, tmp_path):
     ds = build_dataset(str(tmp_path), "val", eval_transform(32, crop_pct=1.0))
     assert len(ds.classes) == 10 and "airplane" in ds.classes and len(ds) == 20
     assert ds[0][0].shape == (3, 32, 32)
+
+
+def test_randaugment_posterize_survives_zero_bits():
+    # mstd0.5 can push PosterizeIncreasing to 0 kept bits; current Pillow raises there, the paper's Pillow gave black.
+    from convnext.data.pipeline import _posterize
+
+    img = Image.fromarray(np.full((6, 6, 3), 200, dtype=np.uint8))
+    assert np.asarray(_posterize(img, 0)).max() == 0
+    assert np.asarray(_posterize(img, 1)).max() == 128 and _posterize(img, 8) is img
+    ops = [op for t in train_transform(32).transforms for op in getattr(t, "ops", [])]
+    assert any(op.aug_fn is _posterize for op in ops)
+    for op in ops:
+        if op.aug_fn is _posterize:
+            op.magnitude, op.magnitude_std, op.prob = 10, 0, 1.0  # the level that used to raise
+            assert np.asarray(op(img)).max() == 0

@@ -136,9 +136,12 @@ def test_cli_train_flags_reach_the_config(tmp_path):
     out = tmp_path / "cli"
     code = main(["train", "--epochs", "1", "--batch-size", "16", "--train-subset", "32", "--threads", "1",
                  "--num-workers", "0", "--model-overrides", "{depths: [1, 1], dims: [8, 16]}", "--lr", "1e-3",
+                 "--drop-path", "none",
                  "--no-progress", "--output", str(out)])
     assert code == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["recipe"] == "digits" and saved["epochs"] == 1 and saved["lr"] == 1e-3
     assert saved["model_overrides"] == {"stem_patch_size": 2, "depths": [1, 1], "dims": [8, 16]}  # merged with the recipe
+    assert saved["drop_path"] is None  # "none" sets a field to None (the recipe says 0.0)
+    assert saved["hflip"] == 0.0 and saved["threads"] == 1  # recipe values not given as flags survive
     assert saved["resolved"]["effective_batch"] == 16

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from PIL import Image, ImageOps
 from torch import nn
 
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -28,7 +29,7 @@ def train_transform(
     """RGB PIL image -> augmented, normalised (3, img_size, img_size) tensor."""
     from timm.data import create_transform
 
-    return create_transform(
+    transform = create_transform(
         input_size=img_size,
         is_training=True,
         scale=scale,
@@ -42,6 +43,25 @@ def train_transform(
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
     )
+    for t in transform.transforms:  # RandAugment: make its posterize safe with current Pillow
+        for op in getattr(t, "ops", []):
+            if getattr(op.aug_fn, "__name__", "") == "posterize":
+                op.aug_fn = _posterize
+    return transform
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """timm's posterize, defined for every level it draws.
+
+    With `mstd0.5` the magnitude can reach 10, where `PosterizeIncreasing` keeps 0 bits. Pillow of
+    the paper's era returned a black image for that; current Pillow raises ValueError and the epoch
+    would crash. Keep the old result: 0 bits -> all channels 0.
+    """
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)  # every bit masked off: black
+    return ImageOps.posterize(img, bits_to_keep)
 
 
 def mixup_and_criterion(

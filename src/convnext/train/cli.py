@@ -43,7 +43,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         f = fields[name]
         flag = "--" + name.replace("_", "-")
         tp, optional = cli_type(name)
-        kw = dict(default=None, help=f.metadata["help"], dest=name)  # None = keep the recipe's value
+        kw = dict(default=argparse.SUPPRESS, help=f.metadata["help"], dest=name)  # absent = keep the recipe's value
         if tp is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif tp is dict:
@@ -64,9 +64,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.list_recipes:
         print("\n".join(list_recipes()))
         return 0
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    recipe = overrides.pop("recipe")
-    if recipe is None and overrides["data"] in (None, "digits"):
+    # Only the flags given on the command line override the recipe ("none" sets a field to None).
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    recipe = overrides.pop("recipe", None)
+    if recipe is None and overrides.get("data", "digits") == "digits":
         recipe = "digits"  # `convnext train` with no arguments: the built-in small-data recipe
     try:
         config = load_config(recipe, **overrides)

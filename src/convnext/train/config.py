@@ -170,12 +170,11 @@ def load_recipe(name_or_path: str) -> dict:
 
 
 def load_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
-    """Resolve defaults <- recipe <- overrides into a `TrainConfig` (overrides equal to None are ignored)."""
+    """Resolve defaults <- recipe <- overrides into a `TrainConfig` (an override of None sets None)."""
     values: dict[str, Any] = {}
     if recipe is not None:
         values.update(load_recipe(recipe))
         values["recipe"] = Path(recipe).stem if recipe.endswith((".yaml", ".yml")) else recipe
-    overrides = {k: v for k, v in overrides.items() if v is not None}
     _check_keys(overrides, "overrides")
     if "model_overrides" in overrides:  # merge with the recipe's stem adaptation etc.
         overrides["model_overrides"] = {**values.get("model_overrides", {}), **overrides["model_overrides"]}
