@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from convnext.train import load_config, run
@@ -15,21 +16,30 @@ COMMON = dict(model_overrides={"stem_patch_size": 1, "depths": [1, 1], "dims": [
               num_workers=0, threads=1, progress=False, seed=0)
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
-    single = run(load_config("digits", batch_size=16, output=str(tmp_path / "single"), **COMMON))
+@pytest.fixture(scope="module")
+def single_process_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    return out, run(load_config("digits", batch_size=16, output=str(out), **COMMON))
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_gloo_processes_match_one_process(tmp_path, single_process_run, mode):
+    single_dir, single = single_process_run
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "convnext", "train",
            "--recipe", "digits", "--batch-size", "8", "--output", str(tmp_path / "ddp"),
            "--model-overrides", json.dumps(COMMON["model_overrides"]), "--train-subset", "64", "--epochs", "1",
            "--randaug", "none", "--reprob", "0", "--mixup", "0", "--cutmix", "0", "--drop-path", "0", "--hflip", "0",
            "--scale", "1", "1", "--num-workers", "0", "--threads", "1", "--no-progress", "--seed", "0"]
+    if mode == "fsdp":
+        cmd.append("--fsdp")  # FSDP2 shards every Block; the checkpoint holds the gathered full weights
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     dist = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert dist["world_size"] == 2 and dist["effective_batch"] == 16 and single["effective_batch"] == 16
-    a = torch.load(tmp_path / "single" / "checkpoint-last.pt", weights_only=True)
+    a = torch.load(single_dir / "checkpoint-last.pt", weights_only=True)
     b = torch.load(tmp_path / "ddp" / "checkpoint-last.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
     for k, v in a["model"].items():

@@ -58,20 +58,24 @@ def cleanup_distributed() -> None:
 
 
 def wrap_model(model: nn.Module, info: DistInfo, fsdp: bool = False) -> nn.Module:
-    """DDP (or FSDP, sharding every Block) across the process group; identity on one process."""
+    """DDP (or FSDP, sharding every Block) across the process group; identity on one process.
+
+    FSDP shards `model` in place (and returns it); DDP returns a wrapper around it.
+    """
     if not info.enabled:
         return model
     if fsdp:
-        from functools import partial
-
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-        from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+        # FSDP2 (`fully_shard`): one shard group per Block, then the rest of the model. Parameters
+        # become DTensors under their original names; works with NCCL and with gloo on CPU.
+        from torch.distributed.fsdp import fully_shard
 
         from ..models.layers import Block
 
-        policy = partial(transformer_auto_wrap_policy, transformer_layer_cls={Block})
-        return FSDP(model, auto_wrap_policy=policy, device_id=info.device if info.device.type == "cuda" else None,
-                    use_orig_params=True)
+        for module in model.modules():
+            if isinstance(module, Block):
+                fully_shard(module)
+        fully_shard(model)
+        return model
     device_ids = [info.device.index] if info.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 

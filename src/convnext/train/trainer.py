@@ -159,7 +159,7 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
     groups = param_groups(model, config.weight_decay, config.layer_decay)
     wrapped = wrap_model(model, info, fsdp=config.fsdp)
     if fsdp:  # FSDP re-creates parameters: regroup them by name
-        by_name = {n.replace("_fsdp_wrapped_module.", ""): p for n, p in wrapped.named_parameters()}
+        by_name = dict(wrapped.named_parameters())
         for g in groups:
             g["params"] = [by_name[n] for n in g["names"]]
 
