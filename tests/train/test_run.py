@@ -145,3 +145,15 @@ def test_cli_train_flags_reach_the_config(tmp_path):
     assert saved["drop_path"] is None  # "none" sets a field to None (the recipe says 0.0)
     assert saved["hflip"] == 0.0 and saved["threads"] == 1  # recipe values not given as flags survive
     assert saved["resolved"]["effective_batch"] == 16
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_accumulation_clipping_and_grad_checkpointing(tmp_path, amp):
+    cfg = tiny_config(tmp_path, amp=amp, accum_steps=2, clip_grad=1.0, grad_checkpointing=True, epochs=1,
+                      layer_decay=0.8)
+    metrics = run(cfg)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint-last.pt", weights_only=True)
+    assert ckpt["step"] == 96 // 16 // 2 and metrics["effective_batch"] == 32
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert bool(ckpt["scaler"]) == (amp == "fp16")  # loss scaling only for fp16
+    assert len({g["lr_scale"] for g in ckpt["optimizer"]["param_groups"]}) == 4  # stem, 2 stages, head
