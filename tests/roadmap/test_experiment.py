@@ -8,8 +8,7 @@ import yaml
 from convnext.cli import main
 from convnext.roadmap.experiment import resolve_recipe, run_experiment
 from convnext.roadmap.results import read_csv
-
-pytest.importorskip("convnext.train", reason="the experiment trains with convnext.train")
+from convnext.train import load_recipe
 
 
 class FakeTrainer:
@@ -38,8 +37,9 @@ def test_one_recipe_resumable_runs(tmp_path, monkeypatch):
 
     assert [(c.model.removeprefix("roadmap_r50_"), c.seed) for c in fake.configs] == [
         ("baseline", 0), ("baseline", 1), ("kernel9", 0), ("kernel9", 1)]
+    shipped = load_recipe("digits")
     for c in fake.configs:  # the fixed recipe: digits recipe + override, EMA off, small-input stems, auto-resume
-        assert (c.epochs, c.lr, c.img_size, c.ema, c.resume) == (2, 2e-3, 8, False, "auto")
+        assert (c.epochs, c.lr, c.img_size, c.ema, c.resume) == (2, shipped["lr"], shipped["img_size"], False, "auto")
         assert c.model_overrides == {"small_input": True}
         assert c.output == str(tmp_path / c.model.removeprefix("roadmap_r50_") / f"seed{c.seed}")
     assert not list(tmp_path.glob("*/*/checkpoint-*.pt"))  # finished runs' checkpoints are removed

@@ -26,6 +26,8 @@ __all__ = ["run_experiment", "resolve_recipe", "write_results", "SMALL_INPUT_MAX
 SMALL_INPUT_MAX_SIZE = 64  # images up to this side use the stride-1 stems (`RoadmapConfig.small_input`)
 # Fields every run sets itself: the recipe must not fix the network, its seed or its folder.
 _PER_RUN = ("model", "model_overrides", "seed", "output", "resume", "ema", "progress", "finetune")
+# Runtime settings that do not change what is trained: they may differ when an experiment is resumed.
+_RUNTIME = ("threads", "num_workers", "device", "data_dir")
 
 
 def resolve_recipe(data: str, recipe: str | None = None, overrides: dict[str, Any] | None = None):
@@ -56,7 +58,8 @@ def _check_same_experiment(path: Path, settings: dict[str, Any]) -> None:
     # Recipe fields are compared where both versions have them: a TrainConfig field added later is no conflict.
     old_recipe = before.get("recipe", {})
     differ = sorted(k for k in now if k != "recipe" and before.get(k) != now[k])
-    differ += [f"recipe.{k}" for k in sorted(now["recipe"]) if k in old_recipe and old_recipe[k] != now["recipe"][k]]
+    differ += [f"recipe.{k}" for k in sorted(now["recipe"])
+               if k in old_recipe and k not in _RUNTIME and old_recipe[k] != now["recipe"][k]]
     if differ:
         raise ValueError(f"{path.parent} holds an experiment with other settings ({', '.join(differ)}); "
                          "use a new --output, or the same settings to resume it")

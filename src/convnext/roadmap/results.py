@@ -193,15 +193,15 @@ def plot_roadmap(rows: list[StepResult], path: str | Path, title: str = "", data
 
     n = len(rows)
     y = list(range(n))[::-1]  # first step at the top
-    fig, (ax_ours, ax_paper) = plt.subplots(1, 2, figsize=(11, 0.42 * n + 1.6), layout="constrained")
+    fig, (ax_ours, ax_paper) = plt.subplots(1, 2, figsize=(11, max(3.5, 0.42 * n + 1.6)), layout="constrained")
     panels = [
         (ax_ours, [r.top1_mean for r in rows], [r.top1_std for r in rows], "tab:blue", f"top-1 (%), {dataset}"),
         (ax_paper, [r.paper_top1 for r in rows], [r.paper_top1_std or 0.0 for r in rows], "tab:gray",
          "top-1 (%), paper, ImageNet-1K"),
     ]
     for ax, values, errs, color, xlabel in panels:
-        finite = [v for v in values if not math.isnan(v)]
-        lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
+        finite = [(v - (e or 0), v + (e or 0)) for v, e in zip(values, errs) if not math.isnan(v)]
+        lo, hi = (min(a for a, _ in finite), max(b for _, b in finite)) if finite else (0.0, 1.0)  # incl. error bars
         pad = max(0.5, 0.15 * (hi - lo))
         left = max(0.0, lo - 2 * pad)
         for yi, r, v, e in zip(y, rows, values, errs):
@@ -211,7 +211,7 @@ def plot_roadmap(rows: list[StepResult], path: str | Path, title: str = "", data
             ax.barh(yi, v - left, left=left, height=0.7, color=color if r.adopted else "white",
                     edgecolor=color, hatch=None if r.adopted else "///", xerr=e or None, ecolor="0.3", capsize=2)
             ax.text(v + (e or 0) + 0.05 * pad, yi, f"{v:.2f}", va="center", fontsize=8)
-        ax.set_xlim(left, hi + 1.5 * pad)
+        ax.set_xlim(left, hi + 2.0 * pad)  # room for the value labels
         ax.set_ylim(-0.6, n - 0.4)
         ax.set_xlabel(xlabel)
         ax.grid(axis="x", alpha=0.3)
