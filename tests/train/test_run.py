@@ -157,3 +157,9 @@ def test_amp_accumulation_clipping_and_grad_checkpointing(tmp_path, amp):
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
     assert bool(ckpt["scaler"]) == (amp == "fp16")  # loss scaling only for fp16
     assert len({g["lr_scale"] for g in ckpt["optimizer"]["param_groups"]}) == 4  # stem, 2 stages, head
+
+
+def test_resume_auto_of_a_finished_run_keeps_its_result(tmp_path):
+    first = run(tiny_config(tmp_path, epochs=1))
+    again = run(tiny_config(tmp_path, epochs=1, resume="auto"))
+    assert again["top1"] == first["top1"] and again["epochs"] == 1

@@ -16,6 +16,12 @@ _FIRST = ("data", "model", "recipe", "epochs", "batch_size", "img_size", "accum_
           "finetune", "amp", "seed")
 
 
+_CLI_HELP = {
+    "recipe": "shipped recipe name (--list-recipes) or a YAML file, applied before the other flags "
+              "(default: `digits` for the built-in digits, otherwise the paper's ImageNet-1K defaults)",
+}
+
+
 def _mapping(text: str) -> dict:
     try:
         value = yaml.safe_load(text)
@@ -43,7 +49,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         f = fields[name]
         flag = "--" + name.replace("_", "-")
         tp, optional = cli_type(name)
-        kw = dict(default=argparse.SUPPRESS, help=f.metadata["help"], dest=name)  # absent = keep the recipe's value
+        help_text = _CLI_HELP.get(name, f.metadata["help"])
+        kw = dict(default=argparse.SUPPRESS, help=help_text, dest=name)  # absent = keep the recipe's value
         if tp is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif tp is dict:
@@ -53,7 +60,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         elif name == "amp":
             p.add_argument(flag, choices=("bf16", "fp16", "off"), **kw)
         else:
-            p.add_argument(flag, type=_optional(tp) if optional else tp, metavar=name.split("_")[-1].upper(), **kw)
+            metavar = {int: "N", float: "X"}.get(tp, name.upper())
+            p.add_argument(flag, type=_optional(tp) if optional else tp, metavar=metavar, **kw)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -178,11 +178,12 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
 
     # The loader draws its worker base seed from this generator, not from the global RNG, and it is
     # re-seeded from (seed, rank, epoch) every epoch: resuming never shifts the global random stream.
+    # Workers are not persistent, so each epoch's workers start from that seed (exact resume).
     loader_rng = torch.Generator()
     train_loader = DataLoader(
         train_ds, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers, generator=loader_rng,
         collate_fn=functools.partial(collate_skip_bad, even=mixup is not None),
-        pin_memory=device.type == "cuda", drop_last=True, persistent_workers=config.num_workers > 0,
+        pin_memory=device.type == "cuda", drop_last=True,
     )
     val_loader = make_eval_loader(val_ds, config.batch_size, config.num_workers, info) if val_ds is not None else None
 
@@ -190,6 +191,7 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
     start_epoch, start_batch, step = 0, 0, 0
     history: list[dict] = []
     best = {"top1": None, "epoch": None}
+    last_eval: dict | None = None
     if ckpt is not None:
         if fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
@@ -202,6 +204,8 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
         start_epoch, start_batch, step = ckpt["epoch"], ckpt.get("batch_in_epoch", 0), ckpt["step"]
         history = list(ckpt["metrics"].get("history", []))
         best = {"top1": ckpt["metrics"].get("best_top1"), "epoch": ckpt["metrics"].get("best_epoch")}
+        if ckpt["metrics"].get("top1") is not None:  # resuming a finished run reports its final evaluation
+            last_eval = {"top1": ckpt["metrics"]["top1"], "top5": ckpt["metrics"]["top5"]}
         if info.rank == 0:
             set_rng_state(ckpt["rng"])
         else:
@@ -279,7 +283,6 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
 
     bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stdout,
                disable=not (config.progress and info.is_main))
-    last_eval: dict | None = None
     progress = {"step": step}  # optimizer steps taken so far, also when interrupted mid-epoch
 
     def on_step(s: dict) -> None:
