@@ -111,7 +111,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
         return real(model, batches, ctx, step)
 
     monkeypatch.setattr(trainer, "train_one_epoch", patched)
-    with pytest.raises(NonFiniteLossError, match="loss is nan.*last good checkpoint"):
+    with pytest.raises(NonFiniteLossError, match="loss is nan.*the last good checkpoint is"):
         run(tiny_config(tmp_path))
     ckpt = torch.load(tmp_path / "run" / "checkpoint-last.pt", weights_only=True)
     assert ckpt["epoch"] == 1

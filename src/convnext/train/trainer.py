@@ -351,10 +351,10 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
                     save_checkpoint(state, out / "checkpoint-best.pt")
             barrier()
     except NonFiniteLossError as e:
-        bar.close()
+        last = out / "checkpoint-last.pt"
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint had been written yet"
         raise NonFiniteLossError(
-            f"{e}; stopping. The last good checkpoint is {out / 'checkpoint-last.pt'} "
-            "(try a lower --lr, --clip-grad 1.0, or --amp bf16 instead of fp16)"
+            f"{e}; stopping, {kept} (try a lower --lr, --clip-grad 1.0, or --amp bf16 instead of fp16)"
         ) from None
     finally:
         bar.close()
