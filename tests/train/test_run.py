@@ -163,3 +163,27 @@ def test_resume_auto_of_a_finished_run_keeps_its_result(tmp_path):
     first = run(tiny_config(tmp_path, epochs=1))
     again = run(tiny_config(tmp_path, epochs=1, resume="auto"))
     assert again["top1"] == first["top1"] and again["epochs"] == 1
+
+
+def test_finetune_from_a_training_checkpoint_reinitialises_the_head(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    run(tiny_config(tmp_path, "pre", epochs=1))
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("val", 4)):
+        for cls in ("a", "b", "c"):
+            (tmp_path / "folder" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8), mode="L").save(
+                    tmp_path / "folder" / split / cls / f"{i}.png")
+    # lr 0: the body must come out exactly as pre-trained, the 3-way head freshly initialised x0.001.
+    run(tiny_config(tmp_path, "ft", data=str(tmp_path / "folder"), finetune=str(tmp_path / "pre" / "checkpoint-last.pt"),
+                    head_init_scale=0.001, layer_decay=0.8, lr=0.0, min_lr=0.0, epochs=1, train_subset=None))
+    pre, ft = _weights(tmp_path / "pre" / "checkpoint-last.pt"), _weights(tmp_path / "ft" / "checkpoint-last.pt")
+    for k in pre:
+        if not k.startswith("head."):
+            assert torch.equal(pre[k], ft[k]), k
+    assert ft["head.weight"].shape[0] == 3 and ft["head.weight"].abs().max() < 0.001
+    ckpt = torch.load(tmp_path / "ft" / "checkpoint-last.pt", weights_only=True)
+    assert ckpt["labels"] == ["a", "b", "c"] and ckpt["model_config"]["num_classes"] == 3
