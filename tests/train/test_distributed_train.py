@@ -46,3 +46,13 @@ def test_two_gloo_processes_match_one_process(tmp_path, single_process_run, mode
         torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-6, msg=k)
     # Metrics are reduced over both ranks' shards of the 360 test images.
     assert abs(dist["top1"] - single["top1"]) < 0.3
+
+
+def test_gradient_accumulation_matches_the_large_batch(tmp_path, single_process_run):
+    single_dir, single = single_process_run
+    accum = run(load_config("digits", batch_size=8, accum_steps=2, output=str(tmp_path / "accum"), **COMMON))
+    assert accum["effective_batch"] == single["effective_batch"] == 16
+    a = torch.load(single_dir / "checkpoint-last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "accum" / "checkpoint-last.pt", weights_only=True)["model"]
+    for k, v in a.items():
+        torch.testing.assert_close(b[k], v, rtol=1e-4, atol=1e-6, msg=k)
