@@ -57,7 +57,7 @@ class StepContext:
 
     optimizer: torch.optim.Optimizer
     criterion: nn.Module
-    lr_at: Callable[[int], float]  # optimizer step -> peak-relative lr (times each group's lr_scale)
+    lr_at: Callable[[int], float]  # optimizer step -> lr (each param group multiplies it by its lr_scale)
     device: torch.device
     amp: str = "off"
     scaler: torch.amp.GradScaler | None = None  # fp16 only
@@ -94,7 +94,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable, ctx: StepContext, step:
 
         micro += 1
         last_micro = micro % ctx.accum_steps == 0
-        # Under DDP, gradients are all-reduced only on the micro-step that ends the accumulation window.
+        # Under DDP, gradients are all-reduced only on the micro-step that ends the accumulation window
+        # (FSDP has no no_sync: it reduce-scatters on every micro-step, which is correct, just slower).
         sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast(ctx.device, ctx.amp):
