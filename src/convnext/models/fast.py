@@ -70,8 +70,8 @@ def _needs_grad(x: torch.Tensor, linear: nn.Linear) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or linear.weight.requires_grad)
 
 
-def _use_onednn(x: torch.Tensor, linear: nn.Linear) -> bool:
-    """CPU fp32 inference outside torch.compile, with oneDNN available and the switch on."""
+def _onednn_applies(x: torch.Tensor, linear: nn.Linear) -> bool:
+    """CPU fp32 outside torch.compile and autocast, with oneDNN available and the switch on."""
     return (
         _ONEDNN_FUSION
         and _ONEDNN_LINEAR
@@ -79,8 +79,53 @@ def _use_onednn(x: torch.Tensor, linear: nn.Linear) -> bool:
         and not torch.compiler.is_compiling()
         and _plain_fp32(x)
         and linear.weight.dtype == torch.float32
-        and not _needs_grad(x, linear)
     )
+
+
+def _use_onednn(x: torch.Tensor, linear: nn.Linear) -> bool:
+    """The fused inference ops apply: `_onednn_applies` and no gradient is being recorded."""
+    return _onednn_applies(x, linear) and not _needs_grad(x, linear)
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """y = x W^T + b [+ residual] for training on CPU, with each GEMM on its faster library.
+
+    Measured on this project's CPU (docs/benchmarks.md): oneDNN is faster than MKL's sgemm for the
+    forward (with the residual add as a post-op) and for grad_x = grad_y W; MKL is faster for
+    grad_W = grad_y^T x (a long reduction over B*H*W rows). Same maths as F.linear + add.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual):  # x (..., C_in), weight (C_out, C_in), residual (..., C_out)
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias, ctx.has_residual = bias is not None, residual is not None
+        if residual is None:
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        grad_y2 = grad_y.reshape(-1, grad_y.shape[-1])  # (rows, C_out)
+        grad_x = grad_w = grad_b = grad_res = None
+        if ctx.needs_input_grad[0]:  # (rows, C_out) @ (C_out, C_in) as oneDNN's x @ W^T form
+            grad_x = torch.ops.mkldnn._linear_pointwise(grad_y2, weight.t().contiguous(), None, "none", [], "")
+            grad_x = grad_x.view(x.shape)
+        if ctx.needs_input_grad[1]:
+            grad_w = grad_y2.t().mm(x.reshape(-1, x.shape[-1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_y2.sum(0)
+        if ctx.has_residual and ctx.needs_input_grad[3]:
+            grad_res = grad_y
+        return grad_x, grad_w, grad_b, grad_res
+
+
+def _linear(x, linear, weight, bias, residual=None):
+    """x W^T + b [+ residual], through `_OneDNNLinear` where it applies, else F.linear."""
+    if _onednn_applies(x, linear):
+        return _OneDNNLinear.apply(x, weight, bias, residual)
+    out = F.linear(x, weight, bias)
+    return out if residual is None else add_residual_(out, residual)
 
 
 def linear_gelu(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
@@ -88,10 +133,9 @@ def linear_gelu(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     if _use_onednn(x, linear):
         # One oneDNN matmul with bias and exact GELU ("none" = no tanh approximation) as post-ops.
         return torch.ops.mkldnn._linear_pointwise(x, linear.weight, linear.bias, "gelu", [], "none")
-    x = linear(x)
-    if torch.is_grad_enabled() and x.requires_grad:
-        return F.gelu(x)  # GELU's backward needs its input: no in-place here
-    return torch._C._nn.gelu_(x)  # in place: one 4C-wide buffer fewer (on CPU, fewer page faults)
+    if _needs_grad(x, linear):
+        return F.gelu(_linear(x, linear, linear.weight, linear.bias))  # GELU's backward needs its input
+    return torch._C._nn.gelu_(linear(x))  # in place: one 4C-wide buffer fewer (on CPU, fewer page faults)
 
 
 def layer_scaled_linear(
@@ -120,8 +164,7 @@ def layer_scaled_linear(
     if residual is not None and _use_onednn(x, linear) and residual.dtype == torch.float32:
         # residual + x W^T + b in one oneDNN matmul (the add is a "sum" post-op).
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
-    out = F.linear(x, weight, bias)
-    return out if residual is None else add_residual_(out, residual)
+    return _linear(x, linear, weight, bias, residual)
 
 
 def add_residual_(branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
