@@ -26,7 +26,8 @@ def single_process_run(tmp_path_factory):
 def test_two_gloo_processes_match_one_process(tmp_path, single_process_run, mode):
     single_dir, single = single_process_run
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "convnext", "train",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "convnext", "train",
            "--recipe", "digits", "--batch-size", "8", "--output", str(tmp_path / "ddp"),
            "--model-overrides", json.dumps(COMMON["model_overrides"]), "--train-subset", "64", "--epochs", "1",
            "--randaug", "none", "--reprob", "0", "--mixup", "0", "--cutmix", "0", "--drop-path", "0", "--hflip", "0",

@@ -1,6 +1,5 @@
 """End-to-end training runs on the built-in digits with a tiny ConvNeXt (a few seconds each on a CPU)."""
 import json
-import os
 
 import pytest
 import torch
@@ -91,7 +90,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch)
 
     metrics = run(tiny_config(tmp_path, "cut", resume="auto", **kw))
     assert metrics["epochs"] == 3
-    full, resumed = _weights(tmp_path / "full" / "checkpoint-last.pt"), _weights(tmp_path / "cut" / "checkpoint-last.pt")
+    full = _weights(tmp_path / "full" / "checkpoint-last.pt")
+    resumed = _weights(tmp_path / "cut" / "checkpoint-last.pt")
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
     full_ema = torch.load(tmp_path / "full" / "checkpoint-last.pt", weights_only=True)["model_ema"]
@@ -141,7 +141,8 @@ def test_cli_train_flags_reach_the_config(tmp_path):
     assert code == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["recipe"] == "digits" and saved["epochs"] == 1 and saved["lr"] == 1e-3
-    assert saved["model_overrides"] == {"stem_patch_size": 2, "depths": [1, 1], "dims": [8, 16]}  # merged with the recipe
+    # merged with the recipe's overrides:
+    assert saved["model_overrides"] == {"stem_patch_size": 2, "depths": [1, 1], "dims": [8, 16]}
     assert saved["drop_path"] is None  # "none" sets a field to None (the recipe says 0.0)
     assert saved["hflip"] == 0.0 and saved["threads"] == 1  # recipe values not given as flags survive
     assert saved["resolved"]["effective_batch"] == 16
@@ -178,8 +179,10 @@ def test_finetune_from_a_training_checkpoint_reinitialises_the_head(tmp_path):
                 Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8), mode="L").save(
                     tmp_path / "folder" / split / cls / f"{i}.png")
     # lr 0: the body must come out exactly as pre-trained, the 3-way head freshly initialised x0.001.
-    run(tiny_config(tmp_path, "ft", data=str(tmp_path / "folder"), finetune=str(tmp_path / "pre" / "checkpoint-last.pt"),
-                    head_init_scale=0.001, layer_decay=0.8, lr=0.0, min_lr=0.0, epochs=1, train_subset=None))
+    pre_ckpt = str(tmp_path / "pre" / "checkpoint-last.pt")
+    run(tiny_config(tmp_path, "ft", data=str(tmp_path / "folder"), finetune=pre_ckpt,
+                    head_init_scale=0.001, layer_decay=0.8, lr=0.0, min_lr=0.0, epochs=1,
+                    train_subset=None))
     pre, ft = _weights(tmp_path / "pre" / "checkpoint-last.pt"), _weights(tmp_path / "ft" / "checkpoint-last.pt")
     for k in pre:
         if not k.startswith("head."):

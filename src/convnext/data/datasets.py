@@ -13,8 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Subset
-from torch.utils.data import default_collate
+from torch.utils.data import Dataset, Subset, default_collate
 
 from .transforms import to_rgb
 

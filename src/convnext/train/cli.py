@@ -121,9 +121,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("eval", help="top-1/top-5 of a checkpoint with the paper's evaluation preprocessing")
     p.add_argument("--checkpoint", required=True, help="a `convnext train` checkpoint (or any layout with --model)")
-    p.add_argument("--data", required=True, help="folder with val/ (or test/) class folders, or digits | cifar10 | cifar100")
+    p.add_argument("--data", required=True,
+                   help="folder with val/ (or test/) class folders, or digits | cifar10 | cifar100")
     p.add_argument("--img-size", type=int, default=None, help="evaluation resolution (default: the training one)")
-    p.add_argument("--crop-pct", type=float, default=None, help="centre-crop fraction (default 0.875 below 384, 1.0 from 384)")
+    p.add_argument("--crop-pct", type=float, default=None,
+                   help="centre-crop fraction (default 0.875 below 384, 1.0 from 384)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
                    help="which weights of a training checkpoint: auto = EMA when present")

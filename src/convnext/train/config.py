@@ -80,7 +80,7 @@ class TrainConfig:
     seed: int = _f(0, "random seed (each rank adds its rank)")
     eval_every: int = _f(1, "evaluate every N epochs (0 = only after the last epoch)")
     device: str | None = _f(None, "cuda | cpu | cuda:N (None = cuda if available, else cpu)")
-    threads: int | None = _f(None, "CPU threads for torch ops (None = torch's default; 1 is fastest for tiny models on a busy CPU)")
+    threads: int | None = _f(None, "CPU threads for torch ops (None = torch's default; 1 suits tiny models, busy CPUs)")
     deterministic: bool = _f(False, "deterministic algorithms (slower; for exact reproducibility tests)")
     progress: bool = _f(True, "show a tqdm progress bar")
 

@@ -15,7 +15,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "wrap_model", "all_reduce_sum", "TrainSampler", "ShardSampler"]
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "wrap_model", "all_reduce_sum", "barrier",
+           "TrainSampler", "ShardSampler"]
 
 
 @dataclass(frozen=True)

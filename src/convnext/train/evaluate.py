@@ -16,7 +16,9 @@ from .trainer import make_eval_loader
 __all__ = ["evaluate_checkpoint", "load_trained_model"]
 
 
-def load_trained_model(path: str | Path, weights: str = "auto", model_name: str | None = None) -> tuple[nn.Module, dict]:
+def load_trained_model(
+    path: str | Path, weights: str = "auto", model_name: str | None = None
+) -> tuple[nn.Module, dict]:
     """(model, info) from a `convnext train` checkpoint, or from any layout the model library reads.
 
     `weights`: "ema" | "model" | "auto" (EMA when the checkpoint has it). `info` holds `labels`

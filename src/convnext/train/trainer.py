@@ -130,7 +130,8 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
     for name, ds in (("train", train_ds), ("val", val_ds)):
         empty = getattr(ds, "empty_classes", [])
         if empty:
-            _log(info, f"warning: {len(empty)} class folder(s) of the {name} split hold no images: {', '.join(empty[:10])}")
+            _log(info, f"warning: {len(empty)} class folder(s) of the {name} split hold no images: "
+                 f"{', '.join(empty[:10])}")
     train_ds = subset(train_ds, config.train_subset, seed=config.seed)
 
     sampler = TrainSampler(train_ds, config.batch_size, info.rank, info.world_size, seed=config.seed)
@@ -196,7 +197,8 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
         if fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-            set_optimizer_state_dict(wrapped, optimizer, ckpt["optimizer"], options=StateDictOptions(full_state_dict=True))
+            set_optimizer_state_dict(wrapped, optimizer, ckpt["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
         else:
             optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
@@ -235,7 +237,9 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
         """The checkpoint content. Under FSDP every rank must call it (the full state is gathered)."""
         if fsdp:
             from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
             )
 
             opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -317,7 +321,8 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
             record = {"epoch": epoch + 1, "step": step, "train_loss": stats["loss"], "lr": lr_at(step - 1),
                       "train_images_per_sec": stats["images_per_sec"], "epoch_seconds": stats["seconds"]}
             if stats["skipped_images"]:
-                _log(info, f"warning: skipped {stats['skipped_images']} unreadable training image(s) in epoch {epoch + 1}")
+                _log(info, f"warning: skipped {stats['skipped_images']} unreadable training image(s) "
+                     f"in epoch {epoch + 1}")
             is_last = epoch + 1 == config.epochs
             if val_loader is not None and (is_last or (config.eval_every > 0 and (epoch + 1) % config.eval_every == 0)):
                 res = evaluate(wrapped, val_loader, device, config.amp)
