@@ -190,3 +190,41 @@ def test_finetune_from_a_training_checkpoint_reinitialises_the_head(tmp_path):
     assert ft["head.weight"].shape[0] == 3 and ft["head.weight"].abs().max() < 0.001
     ckpt = torch.load(tmp_path / "ft" / "checkpoint-last.pt", weights_only=True)
     assert ckpt["labels"] == ["a", "b", "c"] and ckpt["model_config"]["num_classes"] == 3
+
+
+def test_eval_maps_class_names_to_the_checkpoint_labels(tmp_path, capsys):
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for split in ("train", "val"):
+        for cls in ("a", "b", "c"):
+            (tmp_path / "folder" / split / cls).mkdir(parents=True)
+            for i in range(8):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+                    tmp_path / "folder" / split / cls / f"{i}.png")
+    run(tiny_config(tmp_path, data=str(tmp_path / "folder"), train_subset=None, epochs=1))
+    ckpt = str(tmp_path / "run" / "checkpoint-last.pt")
+    # An eval folder holding only classes b and c: its label 0 ("b") must be scored as the model's class 1.
+    shutil.copytree(tmp_path / "folder" / "val" / "b", tmp_path / "bc" / "val" / "b")
+    shutil.copytree(tmp_path / "folder" / "val" / "c", tmp_path / "bc" / "val" / "c")
+    from convnext.data import build_dataset, eval_transform
+    from convnext.train.evaluate import evaluate_checkpoint, load_trained_model
+
+    full = evaluate_checkpoint(ckpt, str(tmp_path / "folder"), num_workers=0, progress=False)
+    part = evaluate_checkpoint(ckpt, str(tmp_path / "bc"), num_workers=0, progress=False)
+    model, _ = load_trained_model(ckpt)
+    ds = build_dataset(str(tmp_path / "folder"), "val", eval_transform(16, crop_pct=1.0))
+    with torch.no_grad():
+        preds = model.eval()(torch.stack([ds[i][0] for i in range(len(ds))])).argmax(1)
+    targets = torch.tensor([t for _, t in ds.samples])
+    assert full["top1"] == pytest.approx(100 * (preds == targets).float().mean().item())
+    keep = targets > 0
+    assert part["images"] == 16
+    assert part["top1"] == pytest.approx(100 * (preds[keep] == targets[keep]).float().mean().item())
+    (tmp_path / "bad" / "val" / "zebra").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "bad" / "val" / "zebra" / "0.png")
+    assert main(["eval", "--checkpoint", ckpt, "--data", str(tmp_path / "bad"), "--no-progress"]) == 2
+    assert "zebra" in capsys.readouterr().err
