@@ -180,3 +180,19 @@ def test_unknown_layouts_are_named():
     sd["head.pre_logits.fc.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match="no official-layout equivalent:\n  head.pre_logits.fc.weight"):
         convert_state_dict(sd)
+
+
+def test_roadmap_training_checkpoint_roundtrip(tmp_path):
+    # Roadmap networks (BatchNorm ResNet steps) have only our own layout: stored config + native keys.
+    model = create_model("roadmap_r50_depthwise", num_classes=3, small_input=True).eval()
+    torch.save({"format": TRAIN_FORMAT, "model": model.state_dict(), "model_config": config_to_dict(model.config),
+                "model_name": "roadmap_r50_depthwise", "labels": list("abc")}, tmp_path / "rm.pt")
+    rebuilt = from_checkpoint(tmp_path / "rm.pt").eval()
+    assert rebuilt.checkpoint_info["layout"] == "native"
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+    fresh = create_model("roadmap_r50_depthwise", num_classes=3, small_input=True)
+    assert load_checkpoint(fresh, tmp_path / "rm.pt").layout == "native"
+    with pytest.raises(CheckpointError, match="classifier head"):
+        load_checkpoint(create_model("roadmap_r50_depthwise", num_classes=5, small_input=True), tmp_path / "rm.pt")

@@ -100,7 +100,10 @@ def load_checkpoint(
     else:
         source = str(path_or_state_dict)
         sd = unwrap_state_dict(read_checkpoint(path_or_state_dict), ema=ema, source=source)
-    layout, sd = to_official(sd, source)
+    if _has_official_layout(getattr(getattr(model, "config", None), "arch", "convnext")):
+        layout, sd = to_official(sd, source)
+    else:  # e.g. roadmap networks: only our own layout exists, load it as stored
+        layout = "native"
 
     own = model.state_dict()
     # Body first: a head mismatch is only worth mentioning when everything else fits.
@@ -138,6 +141,11 @@ def load_checkpoint(
     if head_problem:
         model.reset_classifier(model.num_classes)
     return LoadReport(source, layout, len(sd), bool(head_problem), dropped)
+
+
+def _has_official_layout(arch: str) -> bool:
+    """Architectures whose weights exist in foreign layouts (timm, torchvision, HF) to convert from."""
+    return arch in ("convnext", "isotropic")
 
 
 def _describe(sd: Mapping[str, torch.Tensor]) -> str:
@@ -238,7 +246,11 @@ def from_checkpoint(path: str | os.PathLike, *, ema: bool = False, model_name: s
     """
     ckpt = read_checkpoint(path)
     sd = unwrap_state_dict(ckpt, ema=ema, source=str(path))
-    layout, official = to_official(sd, str(path))
+    stored = ckpt.get("model_config")
+    if model_name is None and isinstance(stored, Mapping) and not _has_official_layout(stored.get("arch", "convnext")):
+        layout, official = "native", sd  # e.g. a roadmap network: our own layout only
+    else:
+        layout, official = to_official(sd, str(path))
     config, name = checkpoint_config(ckpt, official, model_name, source=str(path))
     model = build_model(config)
     load_checkpoint(model, official, source=str(path))
