@@ -1,7 +1,7 @@
 """Speed tricks used by the default ConvNeXt forward pass, kept here so `layers.py` stays readable.
 
 Every helper computes what the textbook block computes (paper §1.2 of PAPER.md) up to fp32
-rounding; `tests/models/test_fast.py` checks each one against the plain formulation, and
+rounding; `tests/bench/test_fast.py` checks each one against the plain formulation, and
 `docs/benchmarks.md` has the measurements. On CPU a ConvNeXt forward is two big GEMMs per block
 (pwconv1, pwconv2) surrounded by memory-bound passes; every pass we avoid is time saved:
 
@@ -14,13 +14,18 @@ rounding; `tests/models/test_fast.py` checks each one against the plain formulat
 - `layer_scaled_linear`: gamma * pwconv2(x) [+ residual]. The layer scale gamma is folded into the
   (C, 4C) weight on the fly instead of multiplying the (B, H, W, C) output; gradients still reach
   gamma. For CPU fp32 inference the residual add is a oneDNN post-op of the same matmul.
-- `add_residual_`: the residual add written into the fresh branch output (training path).
+- `add_residual_`: the residual add written into the fresh branch output.
+- `_OneDNNLinear` (training on CPU, fp32): the same Linear (+ residual) as an autograd function
+  whose forward and grad-input GEMMs run on oneDNN and whose grad-weight GEMM runs on MKL,
+  whichever library measured faster for that shape.
 
-The oneDNN ops (`torch.ops.mkldnn._linear_pointwise`, the kernels `torch.compile`'s CPU backend
-emits for the same fusions) have no autograd formula, so they are used only when no gradient is
-being recorded, and never inside `torch.compile` (inductor makes its own fusions there). Half
-precision and autocast take the textbook order of operations, so mixed-precision numerics are
-unchanged (gamma * W could underflow fp16: gamma starts at 1e-6).
+The oneDNN ops are `torch.ops.mkldnn._linear_pointwise` (the kernels `torch.compile`'s CPU
+backend emits for the same fusions). They have no autograd formula of their own, so the fused
+post-op forms are used only when no gradient is being recorded, and training goes through
+`_OneDNNLinear`; none of this runs inside `torch.compile` (inductor makes its own fusions there),
+on other devices, under autocast or in half precision: those take the textbook order of
+operations, so mixed-precision numerics are unchanged (gamma * W could underflow fp16: gamma
+starts at 1e-6). `onednn_fusion_enabled(False)` switches the oneDNN paths off.
 """
 from __future__ import annotations
 
@@ -30,12 +35,12 @@ from torch import nn
 
 __all__ = ["to_channels_last", "linear_gelu", "layer_scaled_linear", "add_residual_", "onednn_fusion_enabled"]
 
-# Switch for the oneDNN-fused inference path (benchmarks and tests flip it to compare).
+# Switch for every oneDNN path below (benchmarks and tests flip it to compare).
 _ONEDNN_FUSION = True
 
 
 def onednn_fusion_enabled(enabled: bool | None = None) -> bool:
-    """Get, or set with `enabled`, whether CPU fp32 inference may use oneDNN-fused Linears."""
+    """Get, or set with `enabled`, whether CPU fp32 inference and training may use the oneDNN paths."""
     global _ONEDNN_FUSION
     if enabled is not None:
         _ONEDNN_FUSION = bool(enabled)
@@ -147,14 +152,16 @@ def layer_scaled_linear(
     """`residual + gamma * linear(x)` on channels-last tensors, (..., C_in) -> (..., C_out).
 
     `gamma` (C_out,) may be None (no layer scale), `residual` (..., C_out) may be None (no add).
-    In fp32, gamma * (x W^T + b) is computed as x (gamma W)^T + gamma b whenever the weight is the
-    smaller tensor (rows of x >= C_in, i.e. all but the last stages at tiny batch sizes): a
+    In eager fp32, gamma * (x W^T + b) is computed as x (gamma W)^T + gamma b whenever the weight
+    is the smaller tensor (rows of x >= C_in, i.e. all but the last stages at tiny batch sizes): a
     (C_out, C_in) multiply instead of a (rows, C_out) one, and autograd still reaches gamma.
     """
     rows = x.numel() // x.shape[-1]
-    if gamma is not None and (not _plain_fp32(x) or rows < linear.in_features):
+    fold = _plain_fp32(x) and rows >= linear.in_features and not torch.compiler.is_compiling()
+    if gamma is not None and not fold:
         # Textbook order: gamma scales the output. Under autocast / half precision this is also
-        # the safe order: gamma * W could underflow fp16 (gamma starts at 1e-6).
+        # the safe order (gamma * W could underflow fp16: gamma starts at 1e-6), and under
+        # torch.compile the cheap one (inductor fuses the multiply into the GEMM's epilogue).
         out = gamma * linear(x)
         return out if residual is None else add_residual_(out, residual)
     weight, bias = linear.weight, linear.bias
