@@ -174,3 +174,14 @@ def test_optimize_for_inference_folds_layer_scale():
     assert not any(p.requires_grad for p in model.parameters())
     assert all(blk.gamma is None for blk in model.modules() if isinstance(blk, Block))
     assert torch.allclose(model(x), ref, atol=1e-5)  # no no_grad needed once frozen
+
+
+@pytest.mark.filterwarnings("ignore")  # torch.jit.trace deprecation and shape-as-constant warnings
+def test_traced_graph_uses_standard_ops():
+    """TorchScript tracing / ONNX export must not capture the private oneDNN ops."""
+    model = convnext.create_model("convnext_atto").eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x)
+        assert "mkldnn::_linear_pointwise" not in str(traced.inlined_graph)
+        assert torch.allclose(traced(x), model(x), atol=1e-5)

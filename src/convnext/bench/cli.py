@@ -115,7 +115,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed rounds")
     p.add_argument("--iters", type=int, default=1, help="steps per implementation per round")
     p.add_argument("--optimize-ours", action="store_true",
-                   help="infer: apply convnext.models.inference.optimize_for_inference to ours (layer scale folded once)")
+                   help="infer: apply convnext.models.inference.optimize_for_inference to ours "
+                   "(layer scale folded once)")
     p.add_argument("--tolerance", type=float, default=None, help="max |logit diff| allowed (default by dtype)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the full report as JSON")
     p.add_argument("--data", default=None, help="--mode data: .tar(.gz) of JPEGs (e.g. cifar10-train-jpeg.tar.gz)")

@@ -19,7 +19,7 @@ import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -165,7 +165,8 @@ def _peak_memory(step: Callable[[], None], device: torch.device) -> tuple[float 
         torch.cuda.reset_peak_memory_stats(device)
         step()
         torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) / 2**20, "CUDA max_memory_allocated (weights, optimizer state and activations)"
+        what = "CUDA max_memory_allocated (weights, optimizer state and activations)"
+        return torch.cuda.max_memory_allocated(device) / 2**20, what
     with _PeakRSS() as rss:
         step()
     return rss.peak_mib, "CPU peak RSS growth during one step (sampled every 2 ms; excludes weights already resident)"
@@ -282,7 +283,9 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
-def run_benchmark(cfg: BenchConfig, *, progress: bool = True, implementations: list[Implementation] | None = None) -> dict:
+def run_benchmark(
+    cfg: BenchConfig, *, progress: bool = True, implementations: list[Implementation] | None = None
+) -> dict:
     """Run the benchmark described by `cfg` and return a JSON-serialisable report.
 
     Args:
@@ -388,11 +391,14 @@ def run_benchmark(cfg: BenchConfig, *, progress: bool = True, implementations: l
 def format_report(report: dict) -> str:
     """Human-readable table of a `run_benchmark` report."""
     cfg = report["config"]
-    lines = [
+    title = (
         f"{cfg['model']} | {cfg['mode']} | batch {cfg['batch_size']} | {cfg['img_size']}px | {cfg['dtype']}"
         f"{' | channels_last' if cfg['channels_last'] else ''}{' | compiled' if cfg['compile'] else ' | eager'}"
         f" | {cfg['device']} ({report['machine'].get('gpu') or report['machine']['cpu']},"
-        f" {report['machine']['torch_threads']} threads)",
+        f" {report['machine']['torch_threads']} threads)"
+    )
+    lines = [
+        title,
         f"load average before/after (1, 5, 15 min): {report['load_avg_before_after']}",
     ]
     for name, a in report["agreement"].items():

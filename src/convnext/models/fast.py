@@ -22,10 +22,11 @@ rounding; `tests/bench/test_fast.py` checks each one against the plain formulati
 The oneDNN ops are `torch.ops.mkldnn._linear_pointwise` (the kernels `torch.compile`'s CPU
 backend emits for the same fusions). They have no autograd formula of their own, so the fused
 post-op forms are used only when no gradient is being recorded, and training goes through
-`_OneDNNLinear`; none of this runs inside `torch.compile` (inductor makes its own fusions there),
-on other devices, under autocast or in half precision: those take the textbook order of
-operations, so mixed-precision numerics are unchanged (gamma * W could underflow fp16: gamma
-starts at 1e-6). `onednn_fusion_enabled(False)` switches the oneDNN paths off.
+`_OneDNNLinear`. None of this runs inside `torch.compile` (inductor makes its own fusions there),
+`torch.export`, TorchScript or ONNX export, on other devices, under autocast or in half
+precision: those take the textbook order of operations, so exported graphs hold standard ops and
+mixed-precision numerics are unchanged (gamma * W could underflow fp16: gamma starts at 1e-6).
+`onednn_fusion_enabled(False)` switches the oneDNN paths off.
 """
 from __future__ import annotations
 
@@ -75,13 +76,24 @@ def _needs_grad(x: torch.Tensor, linear: nn.Linear) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or linear.weight.requires_grad)
 
 
+def _tracing() -> bool:
+    """Inside torch.compile / torch.export, TorchScript or ONNX export: graph capture that must see
+    standard ops (the private oneDNN ops have no fake-tensor, TorchScript or ONNX support)."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
 def _onednn_applies(x: torch.Tensor, linear: nn.Linear) -> bool:
-    """CPU fp32 outside torch.compile and autocast, with oneDNN available and the switch on."""
+    """CPU fp32 outside graph capture and autocast, with oneDNN available and the switch on."""
     return (
         _ONEDNN_FUSION
         and _ONEDNN_LINEAR
         and x.device.type == "cpu"
-        and not torch.compiler.is_compiling()
+        and not _tracing()
         and _plain_fp32(x)
         and linear.weight.dtype == torch.float32
     )
