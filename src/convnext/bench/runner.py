@@ -18,8 +18,8 @@ import platform
 import statistics
 import threading
 import time
-from dataclasses import asdict, dataclass
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
