@@ -133,7 +133,7 @@ def test_predict_errors_are_clear(tmp_path, capsys, image, labelled_checkpoint):
         (["predict", "--checkpoint", path, tmp_path / "missing.jpg"], "image not found: .*missing.jpg"),
         (["predict", "--checkpoint", path, tmp_path / "broken.jpg"], "broken.jpg: not a readable image"),
         (["predict", "--checkpoint", tmp_path / "none.pt", image], "checkpoint file not found: .*none.pt"),
-        (["predict", "--checkpoint", image, image], "photo.jpg: not a readable weights-only PyTorch checkpoint"),
+        (["predict", "--checkpoint", image, image], "photo.jpg: not a PyTorch checkpoint or a safetensors file"),
         (["predict", "--checkpoint", path, "--model", "convnext_tiny", image], "does not fit"),
         (["predict", "--checkpoint", path, "--model", "convnext_tinyy", image], "Did you mean: convnext_tiny"),
         (["export", "convnext_atto", "--checkpoint", path, "--format", "onnx", tmp_path / "m.onnx",
@@ -154,7 +154,7 @@ def test_console_script(tmp_path, image, labelled_checkpoint):
     assert re.search(r"100\.00%\s+eel \(2\)", proc.stdout)
     proc = subprocess.run([sys.executable, "-m", "convnext", "convert", str(image), str(tmp_path / "x.pt")],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "not a readable weights-only PyTorch checkpoint" in proc.stderr
+    assert proc.returncode == 2 and "not a PyTorch checkpoint or a safetensors file" in proc.stderr
 
 
 def test_convert_to_hf_directory_opens_with_from_pretrained(tmp_path, capsys, labelled_checkpoint):

@@ -196,3 +196,14 @@ def test_roadmap_training_checkpoint_roundtrip(tmp_path):
     assert load_checkpoint(fresh, tmp_path / "rm.pt").layout == "native"
     with pytest.raises(CheckpointError, match="classifier head"):
         load_checkpoint(create_model("roadmap_r50_depthwise", num_classes=5, small_input=True), tmp_path / "rm.pt")
+
+
+def test_file_kind_sniffed_from_content(tmp_path):
+    # A safetensors file without its extension is still read as safetensors; a text file is named as such.
+    model = create_model("convnext_atto")
+    save_state_dict(model.state_dict(), tmp_path / "w.safetensors")
+    (tmp_path / "w.bin").write_bytes((tmp_path / "w.safetensors").read_bytes())
+    assert torch.equal(load_state_dict_file(tmp_path / "w.bin")["head.weight"], model.head.weight)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint or a safetensors file"):
+        load_state_dict_file(tmp_path / "notes.txt")
