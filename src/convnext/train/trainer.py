@@ -285,8 +285,10 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
     # ---- training ------------------------------------------------------------------------------
     from tqdm import tqdm
 
-    bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stdout,
-               disable=not (config.progress and info.is_main))
+    # The bar goes to stderr, the epoch lines and the final result to stdout, so `> log` keeps a clean
+    # record; redirected to a file, the bar refreshes every 30 s instead of flooding it.
+    bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0, disable=not (config.progress and info.is_main))
     progress = {"step": step}  # optimizer steps taken so far, also when interrupted mid-epoch
 
     def on_step(s: dict) -> None:
