@@ -9,11 +9,12 @@ from .models import (
     create_model,
     get_spec,
     list_models,
+    optimize_for_inference,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConvNeXt", "ConvNeXtConfig", "IsotropicConfig", "IsotropicConvNeXt", "count_flops", "count_params",
-    "create_model", "get_spec", "list_models", "__version__",
+    "create_model", "get_spec", "list_models", "optimize_for_inference", "__version__",
 ]
