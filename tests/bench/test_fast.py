@@ -185,3 +185,14 @@ def test_traced_graph_uses_standard_ops():
         traced = torch.jit.trace(model, x)
         assert "mkldnn::_linear_pointwise" not in str(traced.inlined_graph)
         assert torch.allclose(traced(x), model(x), atol=1e-5)
+
+
+def test_onednn_probe_falls_back_when_disabled():
+    # The private oneDNN ops are only used when a start-up probe proves them right; the env switch turns them off.
+    import subprocess
+    import sys
+
+    code = "import convnext.models.fast as f; print(f._ONEDNN_LINEAR)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**__import__("os").environ, "CONVNEXT_NO_ONEDNN": "1"}, check=True)
+    assert out.stdout.strip() == "False"

@@ -30,6 +30,8 @@ mixed-precision numerics are unchanged (gamma * W could underflow fp16: gamma st
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,7 +51,28 @@ def onednn_fusion_enabled(enabled: bool | None = None) -> bool:
 
 
 def _has_onednn_linear() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """Whether the private oneDNN fused-Linear ops exist here *and* compute the right thing.
+
+    They are private PyTorch ops, so instead of trusting their presence we run each form once on
+    a small input against the textbook ops; any error or mismatch (another PyTorch build, a CPU
+    oneDNN does not support) falls back to plain PyTorch. `CONVNEXT_NO_ONEDNN=1` disables them.
+    """
+    if os.environ.get("CONVNEXT_NO_ONEDNN") or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        ops = torch.ops.mkldnn._linear_pointwise
+        g = torch.Generator().manual_seed(0)
+        x, r = torch.randn(2, 3, 4, 8, generator=g), torch.randn(2, 3, 4, 16, generator=g)
+        w, b = torch.randn(16, 8, generator=g), torch.randn(16, generator=g)
+        with torch.no_grad():
+            checks = [
+                (ops(x, w, b, "gelu", [], "none"), F.gelu(F.linear(x, w, b))),
+                (ops(x, w, b, "none", [], ""), F.linear(x, w, b)),
+                (ops.binary(x, r, w, b, "add"), F.linear(x, w, b) + r),
+            ]
+        return all(torch.allclose(out, ref, atol=1e-4, rtol=1e-4) for out, ref in checks)
+    except Exception:  # noqa: BLE001 - any failure of a private op means: do not use it
+        return False
 
 
 _ONEDNN_LINEAR = _has_onednn_linear()
