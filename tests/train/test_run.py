@@ -228,3 +228,18 @@ def test_eval_maps_class_names_to_the_checkpoint_labels(tmp_path, capsys):
     Image.new("RGB", (8, 8)).save(tmp_path / "bad" / "val" / "zebra" / "0.png")
     assert main(["eval", "--checkpoint", ckpt, "--data", str(tmp_path / "bad"), "--no-progress"]) == 2
     assert "zebra" in capsys.readouterr().err
+
+
+def test_compiled_training_matches_eager(tmp_path):
+    # --compile trains the same model: same steps, (nearly) the same weights; checkpoints keep plain keys.
+    from torch._dynamo.utils import counters
+
+    eager = run(tiny_config(tmp_path, name="eager", epochs=1, drop_path=0.0))
+    counters.clear()
+    compiled = run(tiny_config(tmp_path, name="compiled", epochs=1, drop_path=0.0, compile=True))
+    assert counters["stats"]["unique_graphs"] > 0  # dynamo really compiled the training step
+    a, b = _weights(tmp_path / "eager" / "checkpoint-last.pt"), _weights(tmp_path / "compiled" / "checkpoint-last.pt")
+    assert a.keys() == b.keys() and not any("_orig_mod" in k for k in b)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-3), k
+    assert compiled["top1"] == pytest.approx(eager["top1"], abs=2.0)

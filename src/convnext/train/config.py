@@ -43,6 +43,7 @@ class TrainConfig:
     layer_scale: float | None = _f(None, "layer-scale init value (None = the model's default, 1e-6; 0 = off)")
     head_init_scale: float | None = _f(None, "scale of the freshly initialised head (paper: 0.001 when fine-tuning)")
     grad_checkpointing: bool = _f(False, "recompute block activations in the backward pass to save memory")
+    compile: bool = _f(False, "torch.compile the training forward/backward (inductor); the first steps compile")
     # --- optimisation: AdamW, linear warm-up + cosine, per iteration (paper Table 5) ---------
     epochs: int = _f(300, "training epochs")
     batch_size: int = _f(128, "images per device per forward pass")

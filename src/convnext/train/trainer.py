@@ -164,6 +164,9 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
         for g in groups:
             g["params"] = [by_name[n] for n in g["names"]]
 
+    # Compiled training steps; checkpoints and evaluation keep using the uncompiled module (same parameters).
+    train_model = torch.compile(wrapped) if config.compile else wrapped
+
     effective_batch = config.batch_size * info.world_size * config.accum_steps
     peak_lr = config.lr if config.lr is not None else scaled_lr(config.base_lr, effective_batch, config.lr_base_batch)
     optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=config.betas, eps=config.eps)
@@ -309,7 +312,7 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
             loader_rng.manual_seed(config.seed * 100_003 + info.rank * 1009 + epoch)
             epoch_start_step = step
             try:
-                stats = train_one_epoch(wrapped, train_loader, ctx, step)
+                stats = train_one_epoch(train_model, train_loader, ctx, step)
             except KeyboardInterrupt:
                 # Save where we are: a mid-epoch checkpoint resumes at the next unfinished batch.
                 done = start_batch + (progress["step"] - epoch_start_step) * config.accum_steps
