@@ -231,19 +231,23 @@ def _to_official(sd: Mapping[str, torch.Tensor], src: str) -> dict[str, torch.Te
     layout = _FOREIGN[src]
     if src == "hf":
         sd = {next((k[len(p):] for p in _HF_PREFIXES if k.startswith(p)), k): v for k, v in sd.items()}
+    return _translate(sd, layout, to_ours=True, opts={},
+                      what=f"tensor(s) of the {src} layout have no official-layout equivalent")
+
+
+def _translate(sd: Mapping[str, torch.Tensor], layout: _Layout, *, to_ours: bool, opts: dict,
+               what: str) -> dict[str, torch.Tensor]:
+    """Every key through `layout`'s rules (with their shape fixes); keys no rule matches are an error."""
     out, unmatched = {}, []
     for key, value in sd.items():
-        hit = layout.translate(key, to_ours=True)
+        hit = layout.translate(key, to_ours=to_ours)
         if hit is None:
             unmatched.append(key)
             continue
         new_key, fix = hit
-        out[new_key] = fix(value, True, {}) if fix else value
+        out[new_key] = fix(value, to_ours, opts) if fix else value
     if unmatched:
-        raise CheckpointError(
-            f"{len(unmatched)} tensor(s) of the {src} layout have no official-layout equivalent:\n"
-            f"{summarize_keys(unmatched)}"
-        )
+        raise CheckpointError(f"{len(unmatched)} {what}:\n{summarize_keys(unmatched)}")
     return out
 
 
@@ -260,16 +264,7 @@ def _from_official(sd: Mapping[str, torch.Tensor], dst: str, conv_mlp: bool | No
         # timm registers its smallest models (atto/femto/pico/nano, stem width < 96) with conv_mlp=True.
         conv_mlp = sd["downsample_layers.0.0.weight"].shape[0] < 96
     layout, opts = _FOREIGN[dst], {"conv_mlp": conv_mlp}
-    out, unmatched = {}, []
-    for key, value in sd.items():
-        hit = layout.translate(key, to_ours=False)
-        if hit is None:
-            unmatched.append(key)
-            continue
-        new_key, fix = hit
-        out[new_key] = fix(value, False, opts) if fix else value
-    if unmatched:
-        raise CheckpointError(f"{len(unmatched)} tensor(s) have no {dst} equivalent:\n{summarize_keys(unmatched)}")
+    out = _translate(sd, layout, to_ours=False, opts=opts, what=f"tensor(s) have no {dst} equivalent")
     if dst == "hf":
         prefix = "convnextv2." if has_grn else "convnext."
         out = {(k if k.startswith("classifier.") else prefix + k): v for k, v in out.items()}

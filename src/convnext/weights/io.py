@@ -64,13 +64,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     safetensors files come back as `{"model": tensors, **metadata}` so both formats look alike.
     """
     p = _resolve(path)
-    kind = _sniff(p)
-    if kind is None:
-        raise CheckpointError(
-            f"{p}: not a PyTorch checkpoint or a safetensors file (expected a torch.save zip archive, a pickle, "
-            f"or a safetensors header; the file starts with {p.read_bytes()[:8]!r})"
-        )
-    if kind == "safetensors":
+    if _file_kind(p) == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -104,15 +98,18 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return dict(obj)
 
 
-def _sniff(p: Path) -> str | None:
-    """"safetensors", "torch" (zip archive or legacy pickle) or None, from the file's first bytes."""
+def _file_kind(p: Path) -> str:
+    """"safetensors" or "torch" (zip archive or legacy pickle), from the file's first bytes."""
     with open(p, "rb") as f:
         head = f.read(9)
     if p.suffix == ".safetensors" or (len(head) == 9 and head[8:9] == b"{"):  # u64 header length, then JSON
         return "safetensors"
     if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):  # torch.save zip / pickle protocol >= 2
         return "torch"
-    return None
+    raise CheckpointError(
+        f"{p}: not a PyTorch checkpoint or a safetensors file (expected a torch.save zip archive, a pickle, "
+        f"or a safetensors header; the file starts with {head[:8]!r})"
+    )
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -216,13 +213,7 @@ def save_state_dict(
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """Non-tensor entries of a weight file: `model_config`, `labels`, `model_name`, ... (may be empty)."""
     p = _resolve(path)
-    kind = _sniff(p)
-    if kind is None:
-        raise CheckpointError(
-            f"{p}: not a PyTorch checkpoint or a safetensors file (expected a torch.save zip archive, a pickle, "
-            f"or a safetensors header; the file starts with {p.read_bytes()[:8]!r})"
-        )
-    if kind == "safetensors":
+    if _file_kind(p) == "safetensors":
         from safetensors import safe_open
 
         with safe_open(str(p), framework="pt") as f:
