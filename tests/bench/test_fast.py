@@ -146,11 +146,17 @@ def test_block_drop_path_in_training_matches_textbook():
     assert torch.allclose(out, textbook_block(blk, x), **TOL)
 
 
-def test_whole_model_fused_vs_plain_and_channels_last_output():
+def spread_atto():
+    """convnext_atto in eval mode with every block's layer scale and biases spread (see `spread`)."""
     model = convnext.create_model("convnext_atto").eval()
     for blk in model.modules():
         if isinstance(blk, Block):
             spread(blk)
+    return model
+
+
+def test_whole_model_fused_vs_plain_and_channels_last_output():
+    model = spread_atto()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         with onednn(False):
@@ -162,10 +168,7 @@ def test_whole_model_fused_vs_plain_and_channels_last_output():
 
 
 def test_optimize_for_inference_folds_layer_scale():
-    model = convnext.create_model("convnext_atto").eval()
-    for blk in model.modules():
-        if isinstance(blk, Block):
-            spread(blk)
+    model = spread_atto()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ref = model(x)

@@ -78,7 +78,6 @@ class Block(nn.Module):
         # The official code runs LN and both 1x1 convs as Linear on NHWC: same maths, faster.
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.pwconv1 = nn.Linear(dim, mlp_ratio * dim)
-        self.act = nn.GELU()
         self.grn = GRN(mlp_ratio * dim) if use_grn else nn.Identity()
         self.pwconv2 = nn.Linear(mlp_ratio * dim, dim)
         if layer_scale_init_value > 0:
@@ -93,7 +92,7 @@ class Block(nn.Module):
         shortcut = x.permute(0, 2, 3, 1)  # (B, H, W, C)
         x = self.dwconv(x)
         x = x.permute(0, 2, 3, 1)  # (B, H, W, C): a free view when x is channels_last
-        x = self.grn(linear_gelu(self.norm(x), self.pwconv1))  # exact GELU, the maths of self.act
+        x = self.grn(linear_gelu(self.norm(x), self.pwconv1))  # exact (erf) GELU fused with pwconv1
         if self.training and not isinstance(self.drop_path, nn.Identity):
             x = add_residual_(self.drop_path(layer_scaled_linear(x, self.pwconv2, self.gamma)), shortcut)
         else:
