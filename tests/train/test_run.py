@@ -243,3 +243,30 @@ def test_compiled_training_matches_eager(tmp_path):
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-3), k
     assert compiled["top1"] == pytest.approx(eager["top1"], abs=2.0)
+
+
+class _Payload:
+    """Unpickling this would create `marker` (a stand-in for arbitrary code)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_resume_and_eval_refuse_code_carrying_or_foreign_files(tmp_path, capsys):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"model": _Payload(marker)}, protocol=2))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a checkpoint")
+    for argv in (["train", "--resume", str(evil), "--output", str(tmp_path / "r")],
+                 ["eval", "--checkpoint", str(evil), "--data", "digits"]):
+        assert main(argv) == 2
+        assert "refused to load" in capsys.readouterr().err
+    assert not marker.exists()
+    assert main(["eval", "--checkpoint", str(notes), "--data", "digits"]) == 2
+    assert "not a PyTorch checkpoint or a safetensors file" in capsys.readouterr().err

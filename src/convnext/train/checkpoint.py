@@ -83,15 +83,14 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 
 def load_training_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint written by `save_checkpoint` (safe: weights_only=True)."""
+    """Read a checkpoint written by `save_checkpoint` (safe: the weights library's weights-only reader)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, not a torch file, pickled code...
-        raise ValueError(f"{path}: cannot be read as a training checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    from ..weights.io import read_checkpoint
+
+    ckpt = read_checkpoint(path)  # weights-only / safetensors; a CheckpointError (ValueError) says why not
+    if ckpt.get("format") != FORMAT:
         raise ValueError(
             f"{path}: not a `convnext train` checkpoint (expected format {FORMAT!r}); "
             "use --finetune to start from other weights"

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..data import build_dataset, eval_transform
 from ..models import build_model, config_from_dict
+from ..weights.io import read_checkpoint
 from .checkpoint import FORMAT
 from .distributed import DistInfo
 from .engine import evaluate
@@ -27,13 +28,8 @@ def load_trained_model(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--checkpoint {path} does not exist")
-    ckpt = None
-    if path.suffix not in (".safetensors",):
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"--checkpoint {path}: cannot be read safely ({type(e).__name__}: {e})") from None
-    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+    ckpt = read_checkpoint(path)  # weights-only / safetensors; a CheckpointError (ValueError) says why not
+    if ckpt.get("format") == FORMAT:
         if weights == "ema" and "model_ema" not in ckpt:
             raise ValueError(f"--checkpoint {path} has no EMA weights (trained without --ema); use --weights model")
         use_ema = weights == "ema" or (weights == "auto" and "model_ema" in ckpt)
