@@ -137,6 +137,53 @@ def test_block_training_step_matches_textbook():
         assert torch.allclose(g, r, atol=1e-4, rtol=1e-4), name
 
 
+@pytest.mark.parametrize(
+    "shape, kernel, bias, channels_last",
+    [
+        ((3, 8, 9, 13), 7, True, True),  # non-square, odd sizes
+        ((64, 24, 10, 10), 7, True, False),  # batch split into several cache-sized chunks
+        ((2, 16, 1, 1), 7, False, True),  # 1x1 map (a 32px image's last stage)
+        ((4, 12, 6, 5), 3, True, True),
+    ],
+)
+def test_depthwise_conv_gradients_match_conv2d(shape, kernel, bias, channels_last):
+    b, c, h, w = shape
+    conv = nn.Conv2d(c, c, kernel, padding=kernel // 2, groups=c, bias=bias)
+    x = torch.randn(shape)
+    if channels_last:
+        x = fast.to_channels_last(x)
+    x.requires_grad_(True)
+    before = fast.fast_depthwise_grad_enabled()
+    try:
+        fast.fast_depthwise_grad_enabled(True)
+        out = fast.depthwise_conv(x, conv)
+        assert type(out.grad_fn).__name__ == "_DepthwiseConvBackward"  # the fast path really ran
+        fast.fast_depthwise_grad_enabled(False)
+        ref = fast.depthwise_conv(x, conv)
+        assert type(ref.grad_fn).__name__ != "_DepthwiseConvBackward"
+    finally:
+        fast.fast_depthwise_grad_enabled(before)
+    assert torch.allclose(out, ref, **TOL)
+    upstream = torch.randn(shape)
+    params = [x, conv.weight] + ([conv.bias] if bias else [])
+    grads = torch.autograd.grad(out, params, upstream)
+    ref_grads = torch.autograd.grad(ref, params, upstream)
+    for name, g, r in zip(["x", "weight", "bias"], grads, ref_grads):
+        assert g.shape == r.shape, name
+        assert torch.allclose(g, r, atol=1e-4, rtol=1e-4), name
+
+
+def test_depthwise_conv_plain_outside_cpu_fp32_training():
+    conv = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+    x = torch.randn(2, 8, 7, 7)
+    with torch.no_grad():
+        assert fast.depthwise_conv(x, conv).grad_fn is None
+    conv.double()
+    assert type(fast.depthwise_conv(x.double(), conv).grad_fn).__name__ != "_DepthwiseConvBackward"
+    strided = nn.Conv2d(8, 8, 7, stride=2, padding=3, groups=8)
+    assert torch.allclose(fast.depthwise_conv(x, strided), strided(x))
+
+
 def test_block_drop_path_in_training_matches_textbook():
     blk = spread(Block(32, drop_path=0.5)).train()
     x = torch.randn(8, 32, 7, 7)

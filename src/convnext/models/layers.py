@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from .fast import add_residual_, layer_scaled_linear, linear_gelu
+from .fast import add_residual_, depthwise_conv, layer_scaled_linear, linear_gelu
 
 __all__ = ["LayerNorm2d", "GRN", "Block", "init_weights", "drop_path_rates"]
 
@@ -90,7 +90,7 @@ class Block(nn.Module):
         # shortcut + drop_path(gamma * pwconv2(grn(gelu(pwconv1(norm(dwconv(x))))))), computed with
         # the fused helpers of `fast.py` (gamma folded into pwconv2, in-place / oneDNN-fused ops).
         shortcut = x.permute(0, 2, 3, 1)  # (B, H, W, C)
-        x = self.dwconv(x)
+        x = depthwise_conv(x, self.dwconv)  # fast weight gradient when training on CPU
         x = x.permute(0, 2, 3, 1)  # (B, H, W, C): a free view when x is channels_last
         x = self.grn(linear_gelu(self.norm(x), self.pwconv1))  # exact (erf) GELU fused with pwconv1
         if self.training and not isinstance(self.drop_path, nn.Identity):
