@@ -126,6 +126,22 @@ def test_predict_imagenet_names_for_1000_classes(tmp_path, capsys, image):
     assert rc == 0 and out.count("tabby (281)") == 2
 
 
+def test_predict_takes_the_resolution_of_an_official_file_name(tmp_path, capsys, image):
+    # An official 384px fine-tuned file (recognised by its name in the pretrained registry) is
+    # evaluated at 384 with no crop, as the paper does, unless --img-size says otherwise.
+    model = create_model("convnext_atto").eval()
+    path = tmp_path / "convnext_base_22k_1k_384.pth"
+    torch.save({"model": model.state_dict()}, path)
+    rc, out, err = run(capsys, "predict", "--checkpoint", path, image, "--topk", 1)
+    assert rc == 0 and "resolution 384px (from the pretrained registry" in err
+    pct = float(re.search(r"([\d.]+)%", out).group(1))
+    with torch.no_grad():
+        expected = model(eval_transform(384, crop_pct=1.0)(Image.open(image)).unsqueeze(0)).softmax(-1).max().item()
+    assert abs(pct / 100 - expected) < 6e-5
+    rc, _, err = run(capsys, "predict", "--checkpoint", path, image, "--img-size", 224)
+    assert rc == 0 and "resolution" not in err
+
+
 def test_predict_errors_are_clear(tmp_path, capsys, image, labelled_checkpoint):
     path, _ = labelled_checkpoint
     (tmp_path / "broken.jpg").write_text("not an image")

@@ -9,6 +9,7 @@ from torch import nn
 from ..data import build_dataset, eval_transform
 from ..models import build_model, config_from_dict
 from ..weights.io import read_checkpoint
+from ..weights.pretrained import eval_resolution
 from .checkpoint import FORMAT
 from .distributed import DistInfo
 from .engine import evaluate
@@ -72,9 +73,10 @@ def evaluate_checkpoint(
     """Top-1/top-5 (percent) of `checkpoint` on the validation split of `data`."""
     model, meta = load_trained_model(checkpoint, weights, model_name)
     tc = meta["train_config"]
-    img_size = img_size or tc.get("img_size") or 224
+    default_size, default_crop, _ = eval_resolution(checkpoint, tc)
+    img_size = img_size or default_size
     if crop_pct is None:
-        crop_pct = tc.get("crop_pct") if img_size == tc.get("img_size") else None
+        crop_pct = default_crop if img_size == default_size else None
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -150,13 +151,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if model.num_classes <= 0:
         raise UserError(f"{args.checkpoint}: the model has no classifier head; nothing to predict")
     stride = getattr(model, "stride", 32)
+    info = model.checkpoint_info
+    crop_pct = None
+    if args.img_size is None:
+        from .pretrained import eval_resolution
+
+        args.img_size, crop_pct, source = eval_resolution(args.checkpoint, info.get("train_config"))
+        print(f"resolution {args.img_size}px (from {source}; --img-size overrides)", file=sys.stderr)
     if args.img_size % stride:
         raise UserError(f"--img-size {args.img_size}: must be a multiple of {stride}")
-    info = model.checkpoint_info
     labels = info["labels"] or labels_for(model.num_classes)
     if labels is not None and len(labels) != model.num_classes:
         raise CheckpointError(f"{args.checkpoint}: {len(labels)} labels stored for a {model.num_classes}-class head")
-    transform = eval_transform(args.img_size)
+    transform = eval_transform(args.img_size, crop_pct=crop_pct)
     batch = torch.stack([transform(img) for img in images])  # (N, 3, S, S)
     with torch.no_grad():
         probs = model(batch).softmax(dim=-1)
@@ -199,7 +206,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--checkpoint", required=True, help="weights in any supported layout")
     p.add_argument("--model", help="registered model name (default: rebuilt from the checkpoint)")
-    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--img-size", type=int, default=None,
+                   help="evaluation resolution (default: the checkpoint's training resolution, the pretrained "
+                        "registry's for an official file name, else 224)")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--ema", action="store_true", help="use the EMA weights of the checkpoint")
     p.set_defaults(func=_cmd_predict)

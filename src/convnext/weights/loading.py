@@ -235,7 +235,8 @@ def from_checkpoint(path: str | os.PathLike, *, ema: bool = False, model_name: s
 
     Our checkpoints carry `model_config` and are rebuilt exactly; foreign ones (official, timm,
     torchvision, HF) are rebuilt from their tensor shapes (depths, dims, classes, GRN, layer scale,
-    isotropic). The model gets `model.checkpoint_info = {"model_name", "labels", "layout"}`
+    isotropic). The model gets `model.checkpoint_info = {"model_name", "labels", "layout",
+    "train_config"}`
     (`model_name` is the matching registered name, or None).
 
     Args:
@@ -255,5 +256,6 @@ def from_checkpoint(path: str | os.PathLike, *, ema: bool = False, model_name: s
     model = build_model(config)
     load_checkpoint(model, official, source=str(path))
     labels = ckpt.get("labels") if isinstance(ckpt.get("labels"), list) else None
-    model.checkpoint_info = {"model_name": name, "labels": labels, "layout": layout}
+    train_config = ckpt.get("train_config") if isinstance(ckpt.get("train_config"), Mapping) else None
+    model.checkpoint_info = {"model_name": name, "labels": labels, "layout": layout, "train_config": train_config}
     return model

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from torch import nn
 from .io import CheckpointError
 from .loading import LoadReport, load_checkpoint
 
-__all__ = ["PretrainedWeights", "list_pretrained", "get_pretrained", "load_pretrained", "download_pretrained"]
+__all__ = ["PretrainedWeights", "list_pretrained", "get_pretrained", "load_pretrained", "download_pretrained",
+           "pretrained_for_file", "eval_resolution"]
 
 _BASE_URL = "https://dl.fbaipublicfiles.com/convnext/"
 
@@ -80,6 +82,29 @@ _PRETRAINED: dict[tuple[str, str], PretrainedWeights] = {(w.model, w.tag): w for
 def list_pretrained(name: str | None = None) -> list[PretrainedWeights]:
     """Pretrained checkpoints of model `name` (all of them when None)."""
     return [w for w in _PRETRAINED.values() if name is None or w.model == name]
+
+
+def pretrained_for_file(path: str | os.PathLike) -> PretrainedWeights | None:
+    """The registry entry whose official file name `path` has (e.g. `convnext_base_22k_1k_384.pth`),
+    so a downloaded official checkpoint is evaluated at its own resolution and crop; else None."""
+    name = Path(path).name
+    return next((w for w in _PRETRAINED.values() if w.filename == name), None)
+
+
+def eval_resolution(path: str | os.PathLike, train_config: Mapping | None = None) -> tuple[int, float | None, str]:
+    """(img_size, crop_pct, where it came from) to evaluate checkpoint `path` at when none is given.
+
+    Our training checkpoints record the resolution they were trained at; official files are
+    recognised by name in the pretrained registry (e.g. the 384px fine-tuned ones); anything else
+    is evaluated at 224. crop_pct None means the paper's rule (0.875 below 384, no crop from 384).
+    """
+    tc = train_config if isinstance(train_config, Mapping) else {}
+    if tc.get("img_size"):
+        return int(tc["img_size"]), tc.get("crop_pct"), "the checkpoint's training config"
+    entry = pretrained_for_file(path)
+    if entry is not None:
+        return entry.resolution, entry.crop_pct, f"the pretrained registry ({entry.model}, {entry.tag})"
+    return 224, None, "the default"
 
 
 def get_pretrained(name: str, tag: str | None = None) -> PretrainedWeights:
