@@ -207,3 +207,37 @@ def test_file_kind_sniffed_from_content(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(CheckpointError, match="not a PyTorch checkpoint or a safetensors file"):
         load_state_dict_file(tmp_path / "notes.txt")
+
+
+def dense_task_checkpoint(model) -> dict:
+    """What the official detection / segmentation code saves (mmdet / mmseg): the backbone under
+    `backbone.` with per-stage output norms `norm{i}`, no head norm or classifier, task heads beside."""
+    sd = {"backbone." + k.replace("stage_norms.", "norm"): v for k, v in model.state_dict().items()
+          if not k.startswith(("norm.", "head."))}
+    sd["decode_head.conv_seg.weight"] = torch.randn(150, 512, 1, 1)
+    sd["auxiliary_head.conv_seg.weight"] = torch.randn(150, 256, 1, 1)
+    return {"meta": {"CLASSES": ("wall", "building"), "iter": 160000}, "state_dict": sd}
+
+
+def test_dense_task_backbone_checkpoint(tmp_path):
+    ref = randomize_(create_model("convnext_atto", stage_norms=True))
+    path = tmp_path / "upernet_convnext_atto.pth"
+    torch.save(dense_task_checkpoint(ref), path)
+    x = torch.randn(1, 3, 64, 64)
+    expected = ref.forward_intermediates(x)
+
+    model = create_model("convnext_atto", checkpoint=path, stage_norms=True, reinit_head=True, num_classes=10)
+    for a, b in zip(model.forward_intermediates(x), expected):
+        torch.testing.assert_close(a, b)
+    assert torch.equal(model.norm.weight, torch.ones(320)) and model.head.weight.shape == (10, 320)
+
+    rebuilt = from_checkpoint(path)  # architecture, stage norms and "no classes" read from the tensors
+    assert rebuilt.config.stage_norms and rebuilt.num_classes == 0
+    assert rebuilt.checkpoint_info["model_name"] == "convnext_atto" and rebuilt.checkpoint_info["layout"] == "dense"
+    for a, b in zip(rebuilt.forward_intermediates(x), expected):
+        torch.testing.assert_close(a, b)
+
+    with pytest.raises(CheckpointError, match="backbone without the head's LayerNorm"):
+        create_model("convnext_atto", checkpoint=path, stage_norms=True)  # never a silent fresh head
+    with pytest.raises(CheckpointError, match="build the model with stage_norms=True"):
+        create_model("convnext_atto", checkpoint=path, reinit_head=True)

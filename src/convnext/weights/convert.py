@@ -24,6 +24,11 @@ Shape differences fixed here: torchvision layer scale (C, 1, 1) vs (C,); timm's 
 (atto/femto/pico/nano, `conv_mlp=True`) store the MLP as 1x1 convs (out, in, 1, 1) vs Linear
 (out, in); timm's GRN (C,) vs the official V2 (1, 1, 1, C). The isotropic ConvNeXt exists only in
 the official layout.
+
+Read-only layout "dense": the official detection / segmentation checkpoints (mmdet, mmseg UperNet)
+hold the backbone under `backbone.` with one LayerNorm per stage output (`backbone.norm{i}`, our
+`stage_norms.{i}`) and no final `norm` / `head`; the task heads (`decode_head.`, `neck.`,
+`roi_head.`, ...) are dropped when converting.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ from .io import CheckpointError
 __all__ = ["LAYOUTS", "detect_layout", "convert_state_dict", "summarize_keys", "hf_config"]
 
 LAYOUTS = ("official", "timm", "torchvision", "hf", "v2")
+_SOURCE_LAYOUTS = LAYOUTS + ("dense",)  # "dense" is read, never written
 
 # A shape fix: (tensor, to_ours, options) -> tensor.
 Fix = Callable[[torch.Tensor, bool, dict], torch.Tensor]
@@ -190,9 +196,12 @@ _FOREIGN = {layout.name: layout for layout in (_TIMM, _TORCHVISION, _HF)}
 def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
     """Which implementation a state dict comes from, recognised by sentinel keys.
 
-    Returns one of "official", "v2" (official layout with GRN), "timm", "torchvision", "hf".
+    Returns one of "official", "v2" (official layout with GRN), "timm", "torchvision", "hf", or
+    "dense" (an official detection / segmentation checkpoint: backbone under `backbone.`).
     """
     keys = set(sd)
+    if "backbone.downsample_layers.0.0.weight" in keys:
+        return "dense"
     if "downsample_layers.0.0.weight" in keys or ("stem.weight" in keys and "blocks.0.dwconv.weight" in keys):
         return "v2" if any(k.endswith(".grn.gamma") for k in keys) else "official"
     if "stem.0.weight" in keys and any(k.startswith("stages.0.blocks.") for k in keys):
@@ -225,6 +234,10 @@ def _is_isotropic(sd: Mapping[str, torch.Tensor]) -> bool:
 
 
 def _to_official(sd: Mapping[str, torch.Tensor], src: str) -> dict[str, torch.Tensor]:
+    if src == "dense":  # the backbone only; its per-stage output norms become our stage_norms
+        backbone = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+        sd = {re.sub(r"^norm(\d+)\.", r"stage_norms.\1.", k): v for k, v in backbone.items()}
+        src = "v2" if any(k.endswith(".grn.gamma") for k in sd) else "official"
     if src in ("official", "v2"):
         # Official V2 GRN parameters are (1, 1, 1, C); accept (C,) copies too.
         return {k: (v.reshape(1, 1, 1, -1) if k.endswith((".grn.gamma", ".grn.beta")) else v) for k, v in sd.items()}
@@ -278,15 +291,16 @@ def convert_state_dict(
 
     Args:
         sd: the state dict.
-        src: its layout (one of `LAYOUTS`); detected from sentinel keys when None.
+        src: its layout (one of `LAYOUTS`, or "dense"); detected from sentinel keys when None.
         dst: the layout wanted; "official" (= our models) by default. "v2" is the official
             layout of ConvNeXt V2 (GRN), so it is the same as "official" for GRN models.
         conv_mlp: only for dst="timm": store the MLP as 1x1 convs as timm's atto/femto/pico/nano
             do. None infers it from the stem width (< 96 channels), which matches timm's registry.
     """
     for name, value in (("src", src), ("dst", dst)):
-        if value is not None and value not in LAYOUTS:
-            raise ValueError(f"{name}={value!r}: unknown layout; expected one of {', '.join(LAYOUTS)}")
+        allowed = _SOURCE_LAYOUTS if name == "src" else LAYOUTS
+        if value is not None and value not in allowed:
+            raise ValueError(f"{name}={value!r}: unknown layout; expected one of {', '.join(allowed)}")
     src = src or detect_layout(sd)
     official = _to_official(sd, src)
     if dst == "v2" and not any(k.endswith(".grn.gamma") for k in official):

@@ -30,6 +30,14 @@ __all__ = [
 ]
 
 _HEAD_KEYS = ("head.weight", "head.bias")
+# The paper's head is GAP -> LayerNorm -> Linear: a backbone-only checkpoint (e.g. a detection or
+# segmentation one) has neither the Linear nor this LayerNorm, which then counts as part of the head.
+_HEAD_NORM_KEYS = ("norm.weight", "norm.bias")
+
+
+def _headless(sd: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> bool:
+    """The checkpoint has no head LayerNorm where the model has one (a backbone-only checkpoint)."""
+    return not any(k in sd for k in _HEAD_NORM_KEYS) and all(k in own for k in _HEAD_NORM_KEYS)
 
 
 @dataclass
@@ -62,6 +70,9 @@ def _head_mismatch(sd: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tenso
     """Description of how the checkpoint head differs from the model's, or None if it fits."""
     theirs = {k: tuple(sd[k].shape) for k in _HEAD_KEYS if k in sd}
     mine = {k: tuple(own[k].shape) for k in _HEAD_KEYS if k in own}
+    if _headless(sd, own):
+        return "the checkpoint is a backbone without the head's LayerNorm and classifier" + (
+            "" if not mine else f"; the model has {mine['head.weight'][0]} classes")
     if theirs == mine:
         return None
 
@@ -107,7 +118,8 @@ def load_checkpoint(
 
     own = model.state_dict()
     # Body first: a head mismatch is only worth mentioning when everything else fits.
-    body = {k for k in set(sd) | set(own) if k not in _HEAD_KEYS}
+    headless = _headless(sd, own)
+    body = {k for k in set(sd) | set(own) if k not in _HEAD_KEYS and not (headless and k in _HEAD_NORM_KEYS)}
     missing = sorted(k for k in body if k not in sd)
     unexpected = sorted(k for k in body if k not in own)
     shape = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
@@ -121,6 +133,10 @@ def load_checkpoint(
         if shape:
             parts.append(f"shape mismatch ({len(shape)}):\n" + "\n".join(f"  {s}" for s in shape[:8])
                          + (f"\n  ... and {len(shape) - 8} more" if len(shape) > 8 else ""))
+        if any(k.startswith("stage_norms.") for k in unexpected):
+            parts.append("The checkpoint has per-stage output LayerNorms (a detection / segmentation backbone): "
+                         "build the model with stage_norms=True, e.g. create_model(NAME, checkpoint=..., "
+                         "stage_norms=True, reinit_head=True).")
         parts.append(_describe(sd))
         raise CheckpointError("\n".join(parts))
 
@@ -138,6 +154,8 @@ def load_checkpoint(
 
     with torch.no_grad():  # copy_ casts to the model's dtype/device
         model.load_state_dict(sd, strict=not head_problem)
+        if headless:  # the head LayerNorm starts as at construction (identity affine)
+            model.norm.reset_parameters()
     if head_problem:
         model.reset_classifier(model.num_classes)
     return LoadReport(source, layout, len(sd), bool(head_problem), dropped)
@@ -192,7 +210,7 @@ def infer_config(sd: Mapping[str, torch.Tensor]) -> ConvNeXtConfig | IsotropicCo
 def match_model_name(config: Any) -> str | None:
     """The registered model whose architecture equals `config` (ignoring head width and training-only fields)."""
     def architecture(cfg: Any) -> Any:
-        ignore = dict(num_classes=0, drop_path_rate=0.0, head_init_scale=1.0)
+        ignore = dict(num_classes=0, drop_path_rate=0.0, head_init_scale=1.0, stage_norms=False)  # not the body
         return dataclasses.replace(cfg, **{k: v for k, v in ignore.items() if hasattr(cfg, k)})
 
     want = architecture(config)
@@ -254,7 +272,9 @@ def from_checkpoint(path: str | os.PathLike, *, ema: bool = False, model_name: s
         layout, official = to_official(sd, str(path))
     config, name = checkpoint_config(ckpt, official, model_name, source=str(path))
     model = build_model(config)
-    load_checkpoint(model, official, source=str(path))
+    # A backbone-only checkpoint (detection / segmentation) has no head LayerNorm to restore: the
+    # rebuilt model (0 classes) keeps a freshly initialised one, i.e. pooled features come out.
+    load_checkpoint(model, official, source=str(path), reinit_head=_headless(official, model.state_dict()))
     labels = ckpt.get("labels") if isinstance(ckpt.get("labels"), list) else None
     train_config = ckpt.get("train_config") if isinstance(ckpt.get("train_config"), Mapping) else None
     model.checkpoint_info = {"model_name": name, "labels": labels, "layout": layout, "train_config": train_config}
