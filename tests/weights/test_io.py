@@ -241,3 +241,51 @@ def test_dense_task_backbone_checkpoint(tmp_path):
         create_model("convnext_atto", checkpoint=path, stage_norms=True)  # never a silent fresh head
     with pytest.raises(CheckpointError, match="build the model with stage_norms=True"):
         create_model("convnext_atto", checkpoint=path, reinit_head=True)
+
+
+def fcmae_checkpoint(model) -> dict:
+    """A ConvNeXt-V2 FCMAE pre-training checkpoint as the official code saves it: the sparse
+    (MinkowskiEngine) encoder under `encoder.`, plus decoder / mask token / projection."""
+    sd = {}
+    for k, v in model.state_dict().items():
+        if k.startswith(("norm.", "head.")):
+            continue  # the encoder has no head
+        if v.dim() == 4 and k.endswith("dwconv.weight"):  # (C, 1, k, k) -> (k*k, C), taps (w, h)
+            k, v = k[: -len("weight")] + "kernel", v.transpose(2, 3).reshape(v.shape[0], -1).t()
+        elif v.dim() == 4 and k.startswith("downsample_layers.") and not k.startswith("downsample_layers.0."):
+            k, v = k[: -len("weight")] + "kernel", v.transpose(2, 3).reshape(v.shape[0], v.shape[1], -1).permute(2, 1, 0)
+        elif ".grn." in k:
+            v = v.reshape(1, -1)
+        elif k.startswith("downsample_layers.") and not k.startswith("downsample_layers.0."):
+            if k.split(".")[2] == "0":  # the LayerNorm before the strided conv
+                k = k.replace(".0.", ".0.ln.", 1)
+            else:
+                v = v.reshape(1, -1)  # the strided conv's bias
+        elif ".norm." in k:
+            k = k.replace(".norm.", ".norm.ln.")
+        elif ".pwconv" in k:
+            k = k.replace(".weight", ".linear.weight").replace(".bias", ".linear.bias")
+        elif k.endswith("dwconv.bias"):
+            v = v.reshape(1, -1)
+        sd["encoder." + k] = v.contiguous()
+    sd.update({"mask_token": torch.zeros(1, 512, 1, 1), "proj.weight": torch.randn(512, 320, 1, 1),
+               "decoder.0.dwconv.weight": torch.randn(512, 1, 7, 7), "pred.weight": torch.randn(3072, 512, 1, 1)})
+    return {"model": sd}
+
+
+def test_fcmae_pretraining_checkpoint(tmp_path):
+    ref = randomize_(create_model("convnextv2_atto"))
+    ckpt = fcmae_checkpoint(ref)
+    assert any(k == "encoder.downsample_layers.1.0.ln.weight" for k in ckpt["model"])
+    assert ckpt["model"]["encoder.stages.0.0.dwconv.kernel"].shape == (49, 40)
+    assert ckpt["model"]["encoder.downsample_layers.1.1.kernel"].shape == (4, 40, 80)
+    path = tmp_path / "convnextv2_atto_1k_224_fcmae.pt"
+    torch.save(ckpt, path)
+
+    model = create_model("convnextv2_atto", checkpoint=path, reinit_head=True, num_classes=10)
+    x = torch.randn(1, 3, 64, 64)
+    for a, b in zip(model.forward_intermediates(x, norm=False), ref.forward_intermediates(x, norm=False)):
+        torch.testing.assert_close(a, b)
+    rebuilt = from_checkpoint(path)
+    assert rebuilt.checkpoint_info == {"model_name": "convnextv2_atto", "labels": None, "layout": "fcmae",
+                                       "train_config": None}

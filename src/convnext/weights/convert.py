@@ -29,9 +29,17 @@ Read-only layout "dense": the official detection / segmentation checkpoints (mmd
 hold the backbone under `backbone.` with one LayerNorm per stage output (`backbone.norm{i}`, our
 `stage_norms.{i}`) and no final `norm` / `head`; the task heads (`decode_head.`, `neck.`,
 `roi_head.`, ...) are dropped when converting.
+
+Read-only layout "fcmae": ConvNeXt-V2 FCMAE pre-training checkpoints. Their encoder is a sparse
+(MinkowskiEngine) ConvNeXt-V2 under `encoder.`: conv kernels stored as `*.kernel` of shape
+(k*k, C) (depthwise) or (k*k, C_in, C_out), LayerNorms / Linears wrapped as `*.ln.*` /
+`*.linear.*`, biases and GRN parameters as (1, C). They are mapped to the dense V2 layout as the
+official fine-tuning code does; decoder, mask token and projection are pre-training only and
+dropped, and there is no head LayerNorm or classifier.
 """
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -44,7 +52,7 @@ from .io import CheckpointError
 __all__ = ["LAYOUTS", "detect_layout", "convert_state_dict", "summarize_keys", "hf_config"]
 
 LAYOUTS = ("official", "timm", "torchvision", "hf", "v2")
-_SOURCE_LAYOUTS = LAYOUTS + ("dense",)  # "dense" is read, never written
+_SOURCE_LAYOUTS = LAYOUTS + ("dense", "fcmae")  # read, never written
 
 # A shape fix: (tensor, to_ours, options) -> tensor.
 Fix = Callable[[torch.Tensor, bool, dict], torch.Tensor]
@@ -197,11 +205,14 @@ def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
     """Which implementation a state dict comes from, recognised by sentinel keys.
 
     Returns one of "official", "v2" (official layout with GRN), "timm", "torchvision", "hf", or
-    "dense" (an official detection / segmentation checkpoint: backbone under `backbone.`).
+    "dense" (an official detection / segmentation checkpoint: backbone under `backbone.`) or
+    "fcmae" (a ConvNeXt-V2 FCMAE pre-training checkpoint: sparse encoder under `encoder.`).
     """
     keys = set(sd)
     if "backbone.downsample_layers.0.0.weight" in keys:
         return "dense"
+    if any(k.startswith("encoder.stages.") and k.endswith(".dwconv.kernel") for k in keys):
+        return "fcmae"
     if "downsample_layers.0.0.weight" in keys or ("stem.weight" in keys and "blocks.0.dwconv.weight" in keys):
         return "v2" if any(k.endswith(".grn.gamma") for k in keys) else "official"
     if "stem.0.weight" in keys and any(k.startswith("stages.0.blocks.") for k in keys):
@@ -233,7 +244,34 @@ def _is_isotropic(sd: Mapping[str, torch.Tensor]) -> bool:
     return "stem.weight" in sd and any(k.startswith("blocks.") for k in sd)
 
 
+def _fcmae_encoder(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The sparse FCMAE encoder as a dense ConvNeXt-V2 state dict (official V2 layout, no head)."""
+    out = {}
+    for key, value in sd.items():
+        if not key.startswith("encoder."):  # decoder, mask_token, proj, pred: pre-training only
+            continue
+        key = key[len("encoder."):]
+        if key.endswith(".kernel"):  # MinkowskiEngine kernel: one row per tap, taps in (w, h) order
+            key = key[: -len("kernel")] + "weight"
+            side = math.isqrt(value.shape[0])
+            if value.dim() == 3:  # (k*k, C_in, C_out) -> (C_out, C_in, k, k)
+                value = value.permute(2, 1, 0).reshape(value.shape[2], value.shape[1], side, side)
+            else:  # depthwise (k*k, C) -> (C, 1, k, k)
+                value = value.t().reshape(value.shape[1], 1, side, side)
+            value = value.transpose(2, 3)
+        else:
+            key = re.sub(r"\.(?:ln|linear)\.(weight|bias)$", r".\1", key)
+            if ".grn." in key:
+                value = value.reshape(1, 1, 1, -1)
+            elif key.endswith(".bias"):
+                value = value.reshape(-1)  # sparse conv biases are (1, C)
+        out[key] = value.contiguous()
+    return out
+
+
 def _to_official(sd: Mapping[str, torch.Tensor], src: str) -> dict[str, torch.Tensor]:
+    if src == "fcmae":
+        sd, src = _fcmae_encoder(sd), "v2"
     if src == "dense":  # the backbone only; its per-stage output norms become our stage_norms
         backbone = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
         sd = {re.sub(r"^norm(\d+)\.", r"stage_norms.\1.", k): v for k, v in backbone.items()}
@@ -291,7 +329,7 @@ def convert_state_dict(
 
     Args:
         sd: the state dict.
-        src: its layout (one of `LAYOUTS`, or "dense"); detected from sentinel keys when None.
+        src: its layout (one of `LAYOUTS`, "dense" or "fcmae"); detected from sentinel keys when None.
         dst: the layout wanted; "official" (= our models) by default. "v2" is the official
             layout of ConvNeXt V2 (GRN), so it is the same as "official" for GRN models.
         conv_mlp: only for dst="timm": store the MLP as 1x1 convs as timm's atto/femto/pico/nano
