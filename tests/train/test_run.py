@@ -75,10 +75,13 @@ def _interrupt_after(monkeypatch, n_steps):
     monkeypatch.setattr(trainer, "train_one_epoch", patched)
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, workers):
     # The paper's stochastic pieces stay on (RandAugment, erasing, Mixup/CutMix, drop path): every RNG is restored.
+    # With worker processes the resumed epoch's batches land on other workers than before; the
+    # per-image seeding of the augmentation must make that irrelevant.
     kw = dict(epochs=3, randaug="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0, drop_path=0.1,
-              ema=True, ema_decay=0.9, deterministic=True)
+              ema=True, ema_decay=0.9, deterministic=True, num_workers=workers)
     run(tiny_config(tmp_path, "full", **kw))
 
     _interrupt_after(monkeypatch, 8)  # mid-epoch 2 (6 steps per epoch)

@@ -7,19 +7,22 @@ on CPU. Only rank 0 writes files; metrics are summed across ranks before they ar
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
+import random
 import sys
 import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 __all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "wrap_model", "all_reduce_sum", "barrier",
-           "TrainSampler", "ShardSampler"]
+           "TrainSampler", "ShardSampler", "SeededSamples"]
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,37 @@ class TrainSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+class SeededSamples(Dataset):
+    """`dataset` whose random augmentation of sample i in epoch e depends on (seed, e, i) only.
+
+    In DataLoader worker processes every item reseeds Python's, NumPy's and torch's generators
+    from that triple before the transform runs. Which worker loads an image then no longer matters,
+    so a run resumed mid-epoch (whose batches land on other workers than before) augments every
+    image exactly as the uninterrupted run did. In the main process (`num_workers=0`) nothing is
+    reseeded: the global stream, saved in every checkpoint, already makes that case exact. Each
+    index occurs once per epoch and rank (`TrainSampler`), so the streams never repeat.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+        self.classes = getattr(dataset, "classes", None)
+
+    def set_epoch(self, epoch: int) -> None:  # before the epoch's workers start (they copy self)
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        if torch.utils.data.get_worker_info() is not None:
+            key = (self.seed * 1_000_003 + self.epoch) * 2_147_483_659 + int(index)
+            seed = int.from_bytes(hashlib.blake2b(str(key).encode(), digest_size=8).digest(), "little")
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed)
+        return self.dataset[index]
 
 
 class ShardSampler(Sampler[int]):

@@ -24,7 +24,7 @@ from ..models import config_to_dict as model_config_to_dict
 from ..models import count_params, create_model, get_spec
 from .checkpoint import load_training_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap_model
 from .config import TrainConfig, config_to_dict, save_config_yaml
-from .distributed import DistInfo, ShardSampler, TrainSampler, barrier, init_distributed, wrap_model
+from .distributed import DistInfo, SeededSamples, ShardSampler, TrainSampler, barrier, init_distributed, wrap_model
 from .engine import ModelEMA, NonFiniteLossError, StepContext, evaluate, train_one_epoch
 from .param_groups import param_groups
 from .schedule import lr_at_step, scaled_lr, steps_per_epoch
@@ -132,7 +132,8 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
         if empty:
             _log(info, f"warning: {len(empty)} class folder(s) of the {name} split hold no images: "
                  f"{', '.join(empty[:10])}")
-    train_ds = subset(train_ds, config.train_subset, seed=config.seed)
+    # Augmentation in workers seeded per (seed, epoch, image): exact mid-epoch resume with workers too.
+    train_ds = SeededSamples(subset(train_ds, config.train_subset, seed=config.seed), config.seed)
 
     sampler = TrainSampler(train_ds, config.batch_size, info.rank, info.world_size, seed=config.seed)
     if sampler.batches_per_epoch < config.accum_steps:
@@ -182,7 +183,7 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
 
     # The loader draws its worker base seed from this generator, not from the global RNG, and it is
     # re-seeded from (seed, rank, epoch) every epoch: resuming never shifts the global random stream.
-    # Workers are not persistent, so each epoch's workers start from that seed (exact resume).
+    # Inside workers, `SeededSamples` then reseeds per image, so batches may change workers on resume.
     loader_rng = torch.Generator()
     train_loader = DataLoader(
         train_ds, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers, generator=loader_rng,
@@ -309,6 +310,7 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
         for epoch in range(start_epoch, config.epochs):
             bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
             sampler.set_epoch(epoch, start_batch)
+            train_ds.set_epoch(epoch)
             loader_rng.manual_seed(config.seed * 100_003 + info.rank * 1009 + epoch)
             epoch_start_step = step
             try:
