@@ -66,11 +66,11 @@ def to_official(sd: Mapping[str, torch.Tensor], source: str) -> tuple[str, dict[
         raise CheckpointError(f"{source}: {e}") from None
 
 
-def _head_mismatch(sd: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> str | None:
+def _head_mismatch(sd: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], headless: bool) -> str | None:
     """Description of how the checkpoint head differs from the model's, or None if it fits."""
     theirs = {k: tuple(sd[k].shape) for k in _HEAD_KEYS if k in sd}
     mine = {k: tuple(own[k].shape) for k in _HEAD_KEYS if k in own}
-    if _headless(sd, own):
+    if headless:
         return "the checkpoint is a backbone without the head's LayerNorm and classifier" + (
             "" if not mine else f"; the model has {mine['head.weight'][0]} classes")
     if theirs == mine:
@@ -141,7 +141,7 @@ def load_checkpoint(
         raise CheckpointError("\n".join(parts))
 
     dropped: list[str] = []
-    head_problem = _head_mismatch(sd, own)
+    head_problem = _head_mismatch(sd, own, headless)
     if head_problem is not None:
         if not reinit_head:
             raise CheckpointError(
