@@ -187,7 +187,6 @@ class SeededSamples(Dataset):
 
     def __init__(self, dataset: Dataset, seed: int):
         self.dataset, self.seed, self.epoch = dataset, seed, 0
-        self.classes = getattr(dataset, "classes", None)
 
     def set_epoch(self, epoch: int) -> None:  # before the epoch's workers start (they copy self)
         self.epoch = epoch

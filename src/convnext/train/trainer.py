@@ -382,8 +382,8 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
             _log(info, f"final: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
                  f"(best {metrics['best_top1']:.2f}% at epoch {metrics['best_epoch']}, {metrics['evaluated']} weights)")
         _log(info, f"run folder: {out}")
-    # Leave together: a rank that tears down its process group while another still works (rank 0
-    # writing metrics and plots) can abort inside gloo's worker threads.
+    # Leave together: no rank tears down its process group while another (rank 0, writing metrics
+    # and plots) is still inside the run.
     barrier()
     return metrics
 
