@@ -275,7 +275,7 @@ def _to_official(sd: Mapping[str, torch.Tensor], src: str) -> dict[str, torch.Te
     if src == "dense":  # the backbone only; its per-stage output norms become our stage_norms
         backbone = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
         sd = {re.sub(r"^norm(\d+)\.", r"stage_norms.\1.", k): v for k, v in backbone.items()}
-        src = "v2" if any(k.endswith(".grn.gamma") for k in sd) else "official"
+        src = "official"  # (V2 backbones too: the official branch below treats both alike)
     if src in ("official", "v2"):
         # Official V2 GRN parameters are (1, 1, 1, C); accept (C,) copies too.
         return {k: (v.reshape(1, 1, 1, -1) if k.endswith((".grn.gamma", ".grn.beta")) else v) for k, v in sd.items()}
