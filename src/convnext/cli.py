@@ -11,9 +11,7 @@ import sys
 __all__ = ["main", "UserError"]
 
 
-class UserError(Exception):
-    """An error caused by the user's input (bad path, flag, file): printed without a traceback."""
-
+from .errors import UserError
 
 # Modules that define `register(subparsers)`; each adds one or more subcommands.
 _COMMAND_MODULES = (

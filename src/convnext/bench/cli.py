@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..cli import UserError
+from ..errors import UserError
 from .peers import PEERS
 from .runner import DTYPES, BenchConfig, OutputMismatch, format_report, run_benchmark
 

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset, default_collate
 
+from ..errors import DataError
 from .transforms import to_rgb
 
 __all__ = [
@@ -25,10 +26,6 @@ __all__ = [
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 BUILTIN_DATASETS = ("digits", "cifar10", "cifar100")
 VAL_SPLIT_NAMES = ("val", "test")  # `test/` is accepted as the validation split (CIFAR JPEG folders)
-
-
-class DataError(ValueError):
-    """A dataset that cannot be used as given (missing folder, no images...): a user-facing message."""
 
 
 def _is_image(name: str) -> bool:

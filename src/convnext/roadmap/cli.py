@@ -6,7 +6,7 @@ import sys
 
 import yaml
 
-from ..cli import UserError
+from ..errors import UserError
 from ..models.roadmap import REGIMES, STEP_NAMES
 
 __all__ = ["register"]

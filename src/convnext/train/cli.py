@@ -65,7 +65,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ..cli import UserError
+    from ..errors import UserError
     from . import list_recipes, load_config, run
     from .engine import NonFiniteLossError
 
@@ -92,7 +92,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from ..cli import UserError
+    from ..errors import UserError
     from .evaluate import evaluate_checkpoint
 
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..cli import UserError
+from ..errors import UserError
 from ..models.registry import build_model, config_to_dict
 from .convert import LAYOUTS, convert_state_dict, hf_config
 from .io import CheckpointError, read_checkpoint, save_state_dict, unwrap_state_dict

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..cli import UserError
+from ..errors import CheckpointError, UserError  # noqa: F401  (re-exported)
 
 __all__ = [
     "CheckpointError",
@@ -40,10 +40,6 @@ TRAIN_FORMAT = "convnext-train-v1"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # looked up when given a directory (HF layout)
 _WRAPPER_KEYS = ("model", "state_dict", "module")  # nesting used by common training frameworks
 _EMA_KEYS = ("model_ema", "state_dict_ema")  # official / ours, timm's train script
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that cannot be read or does not fit the model; the message says why."""
 
 
 def _resolve(path: str | os.PathLike) -> Path:
