@@ -38,6 +38,9 @@ class ModelSpec:
     train_drop_path: float = 0.0  # stochastic depth of the paper's IN-1K recipe for this model
     source: str = "paper"  # where the reference numbers come from
     description: str = ""
+    task: str = "classification"  # classification | detection | segmentation
+    flops_size: tuple[int, int] = (224, 224)  # (H, W) at which `convnext models` counts MACs (paper convention)
+    ref_gmacs: float | None = None  # reference GFLOPs (MACs) at flops_size, for dense models
 
 
 _ARCHS: dict[str, tuple[type, Callable[..., nn.Module]]] = {}
@@ -107,7 +110,7 @@ def config_from_dict(d: dict) -> Any:
     return config_cls(**kwargs)
 
 
-_PLUGINS = ("convnext.models.roadmap",)  # modules that register more architectures on import
+_PLUGINS = ("convnext.models.roadmap", "convnext.dense.detection", "convnext.dense.segmentation")  # modules that register more architectures on import
 _plugins_loaded = False
 
 
