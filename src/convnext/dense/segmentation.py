@@ -1,0 +1,203 @@
+"""UperNet semantic segmentation on a ConvNeXt backbone (paper §4 ADE20K, PAPER.md §4.2).
+
+`upernet_convnext_<size>` is registered for every hierarchical ConvNeXt (atto..xlarge):
+
+    model = convnext.create_model("upernet_convnext_tiny", num_classes=150)
+
+The backbone is our `ConvNeXt` (stage_norms=True: a LayerNorm on each stage output, no classifier),
+read through `forward_intermediates`; the heads live in `convnext.dense.upernet`. Settings follow
+the official `semantic_segmentation/configs/convnext/*.py`: layer scale initialised to 1.0,
+stochastic depth T 0.4, S 0.3, B/L/XL 0.4, UperHead 512 channels, auxiliary FCN head on stage 3
+(256 channels, loss weight 0.4).
+
+Model contract:
+    model(images)                 -> logits (B, num_classes, H, W) at input resolution
+    model(images, labels)         -> {"loss_seg", "loss_aux"} in train mode (labels (B, H, W)
+                                     int64, 255 = ignore); logits in eval mode
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.convnext import ConvNeXt, ConvNeXtConfig
+from ..models.registry import ModelSpec, get_spec, register_arch, register_model
+from .upernet import FCNHead, UperNetHead, resize
+
+__all__ = ["UperNetConfig", "UperNet", "BackboneLoadReport", "load_backbone"]
+
+
+@dataclass(frozen=True)
+class UperNetConfig:
+    depths: tuple[int, ...] = (3, 3, 9, 3)  # backbone blocks per stage (ConvNeXt-T)
+    dims: tuple[int, ...] = (96, 192, 384, 768)  # backbone channels per stage
+    num_classes: int = 150  # ADE20K
+    drop_path_rate: float = 0.4  # backbone stochastic depth (official ADE20K config of T)
+    layer_scale_init_value: float = 1.0  # as the official dense configs (overwritten by pre-trained gamma)
+    channels: int = 512  # UperHead width
+    pool_scales: tuple[int, ...] = (1, 2, 3, 6)  # PPM output sizes
+    dropout: float = 0.1  # Dropout2d before both classifiers
+    aux_channels: int = 256  # auxiliary FCN head width; 0 removes the head
+    aux_stage: int = 2  # stage (0-based) the auxiliary head reads: stage 3 of the paper
+    aux_weight: float = 0.4  # auxiliary loss weight
+    ignore_index: int = 255  # label value excluded from the loss
+
+    arch = "upernet"
+
+    def backbone_config(self) -> ConvNeXtConfig:
+        return ConvNeXtConfig(depths=self.depths, dims=self.dims, num_classes=0, drop_path_rate=self.drop_path_rate,
+                              layer_scale_init_value=self.layer_scale_init_value, stage_norms=True)
+
+
+class UperNet(nn.Module):
+    """ConvNeXt backbone + UperNet head (+ auxiliary FCN head).
+
+    Args:
+        config: see `UperNetConfig`.
+    """
+
+    def __init__(self, config: UperNetConfig = UperNetConfig()):
+        super().__init__()
+        self.config = config
+        self.num_classes = config.num_classes
+        self.in_chans = 3
+        self.backbone = ConvNeXt(config.backbone_config())
+        # The classifier's final LayerNorm is unused by a dense backbone (the official one has none):
+        # removing it keeps the state dict equal to the official layout and DDP free of unused parameters.
+        self.backbone.norm = nn.Identity()
+        self.stride = self.backbone.stride  # 32: inputs are padded to a multiple of it
+        self.decode_head = UperNetHead(config.dims, config.num_classes, config.channels, config.pool_scales,
+                                       config.dropout)
+        self.aux_head = (FCNHead(config.dims[config.aux_stage], config.num_classes, config.aux_channels,
+                                 config.dropout) if config.aux_channels else None)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None):
+        h, w = images.shape[-2:]
+        # The stem and downsampling convs have no padding: pad right/bottom to a multiple of 32 and
+        # crop the logits back, so any image size works (e.g. a ratio-preserving validation resize).
+        pad_h, pad_w = -h % self.stride, -w % self.stride
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h))
+        feats = self.backbone.forward_intermediates(images)  # 4 x (B, C_i, H/4/2^i, W/4/2^i)
+        logits = self.decode_head(feats)  # (B, K, H/4, W/4)
+        if self.training and labels is not None:
+            if pad_h or pad_w:
+                labels = F.pad(labels, (0, pad_w, 0, pad_h), value=self.config.ignore_index)
+            losses = {"loss_seg": self._loss(logits, labels)}
+            if self.aux_head is not None:
+                losses["loss_aux"] = self.config.aux_weight * self._loss(self.aux_head(feats[self.config.aux_stage]),
+                                                                         labels)
+            return losses
+        return resize(logits, images.shape[-2:])[..., :h, :w]  # (B, K, H, W)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Pixel cross-entropy at label resolution, averaged over non-ignored pixels (0 if none)."""
+        logits = resize(logits, labels.shape[-2:])  # (B, K, H, W)
+        total = F.cross_entropy(logits.float(), labels, ignore_index=self.config.ignore_index, reduction="sum")
+        return total / (labels != self.config.ignore_index).sum().clamp(min=1)
+
+
+@dataclass
+class BackboneLoadReport:
+    """What `load_backbone` did."""
+
+    source: str
+    layout: str  # layout the checkpoint was stored in (converted to the official one)
+    num_tensors: int  # tensors copied into the backbone
+    new: list[str] = field(default_factory=list)  # backbone tensors the checkpoint lacks (freshly initialised)
+    dropped: list[str] = field(default_factory=list)  # checkpoint tensors without use here (classifier)
+
+    def __str__(self) -> str:
+        s = f"backbone: loaded {self.num_tensors} tensors from {self.source} ({self.layout} layout)"
+        if self.dropped:
+            s += f"; dropped {', '.join(self.dropped)}"
+        if self.new:
+            s += f"; new (initialised): {', '.join(self.new)}"
+        return s
+
+
+_CLASSIFIER_PREFIXES = ("head.", "norm.")  # the classification head: final LayerNorm + Linear
+
+
+def load_backbone(model: UperNet, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor], *,
+                  ema: bool = False) -> BackboneLoadReport:
+    """Start `model.backbone` from any ConvNeXt checkpoint `convnext.weights` reads (official,
+    timm, torchvision, HF, or an official detection / segmentation file's `backbone.*`).
+
+    The classifier (final LayerNorm and head) is dropped; the per-stage output LayerNorms, which a
+    classification checkpoint lacks, keep their fresh initialisation and are named in the report.
+    Every other tensor must match (CheckpointError otherwise). The heads are untouched.
+    """
+    from ..errors import CheckpointError
+    from ..weights.convert import summarize_keys
+    from ..weights.io import read_checkpoint, unwrap_state_dict
+    from ..weights.loading import to_official
+
+    if isinstance(checkpoint, Mapping):
+        source = "<state dict>"
+        sd = unwrap_state_dict(checkpoint, ema=ema, source=source)
+    else:
+        source = str(checkpoint)
+        sd = unwrap_state_dict(read_checkpoint(checkpoint), ema=ema, source=source)
+    layout, sd = to_official(sd, source)
+    dropped = sorted(k for k in sd if k.startswith(_CLASSIFIER_PREFIXES))
+    sd = {k: v for k, v in sd.items() if k not in dropped}
+    own = model.backbone.state_dict()
+    missing = sorted(k for k in own if k not in sd)
+    new = [k for k in missing if k.startswith("stage_norms.")]
+    problems = []
+    if len(new) != len(missing):
+        problems.append(f"missing ({len(missing) - len(new)}):\n"
+                        + summarize_keys(k for k in missing if k not in new))
+    unexpected = sorted(k for k in sd if k not in own)
+    if unexpected:
+        problems.append(f"unexpected ({len(unexpected)}):\n{summarize_keys(unexpected)}")
+    shape = [f"  {k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+             for k, v in sd.items() if k in own and v.shape != own[k].shape]
+    if shape:
+        problems.append(f"shape mismatch ({len(shape)}):\n" + "\n".join(shape[:8]))
+    if problems:
+        raise CheckpointError(f"{source} ({layout} layout) does not fit the backbone of this UperNet "
+                              f"(depths {model.config.depths}, dims {model.config.dims}):\n" + "\n".join(problems))
+    with torch.no_grad():
+        model.backbone.load_state_dict(sd, strict=False)
+    return BackboneLoadReport(source, layout, len(sd), new, dropped)
+
+
+# --------------------------------------------------------------------------------------------
+# Registry. References: the official semantic_segmentation README / paper Table 4 (PAPER.md §4.2):
+# params of the whole model (aux head included) and MACs of the inference model (no aux head) at
+# (2048, 512) for IN-1K backbones; L and XL exist only as IN-22K models at 640 crops, whose FLOPs
+# the paper gives at (2560, 640).
+# --------------------------------------------------------------------------------------------
+register_arch("upernet", UperNetConfig, UperNet)
+
+_DROP_PATH = {"tiny": 0.4, "small": 0.3, "base": 0.4, "large": 0.4, "xlarge": 0.4}  # official configs
+_REFERENCE = {  # size: (params M, GMACs, (H, W) of the GMACs)
+    "tiny": (60.0, 939.0, (512, 2048)),
+    "small": (82.0, 1027.0, (512, 2048)),
+    "base": (122.0, 1170.0, (512, 2048)),
+    "large": (235.0, 2458.0, (640, 2560)),
+    "xlarge": (391.0, 3335.0, (640, 2560)),
+}
+
+for _size in ("atto", "femto", "pico", "nano", "tiny", "small", "base", "large", "xlarge"):
+    _bb = get_spec(f"convnext_{_size}").config
+    _params, _gmacs, _at = _REFERENCE.get(_size, (None, None, (512, 2048)))
+    register_model(
+        ModelSpec(
+            f"upernet_convnext_{_size}",
+            UperNetConfig(depths=_bb.depths, dims=_bb.dims, drop_path_rate=_DROP_PATH.get(_size, 0.1)),
+            params_m=_params, task="segmentation", flops_size=_at, ref_gmacs=_gmacs,
+            source="paper" if _params else "ours",
+            description=f"UperNet, ConvNeXt-{_size} backbone (ADE20K)",
+        )
+    )
