@@ -20,7 +20,7 @@ from .transforms import to_rgb
 
 __all__ = [
     "IMG_EXTENSIONS", "BUILTIN_DATASETS", "DataError", "ImageFolderDataset", "DigitsDataset",
-    "build_dataset", "find_split", "collate_skip_bad", "subset",
+    "build_dataset", "find_split", "collate_skip_bad", "subset", "list_images", "error_line",
 ]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -30,6 +30,44 @@ VAL_SPLIT_NAMES = ("val", "test")  # `test/` is accepted as the validation split
 
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
+
+
+def list_images(folder: str | Path) -> list[str]:
+    """Every image file under `folder`, sorted, following symlinks but each real folder only once.
+
+    Symlinked folders are followed (datasets are often assembled from links), so a link back to an
+    ancestor would be walked again and again (`os.walk` stops only at the OS's path-length limit):
+    a class folder of 5 images was counted as 205. Folders already seen, by (st_dev, st_ino), are
+    pruned from the walk.
+    """
+    seen: set[tuple[int, int]] = set()
+    files = []
+    for dirpath, dirnames, names in os.walk(folder, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []  # a cycle (or a second link to a folder already listed): skip its subtree
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        files.extend(os.path.join(dirpath, f) for f in names if _is_image(f))
+    return sorted(files)
+
+
+def error_line(e: BaseException) -> str:
+    """The one-line message of `e`, also when a DataLoader worker re-raised it.
+
+    torch re-raises a worker's exception in the main process with the type kept but the message
+    replaced by "Caught X in DataLoader worker process N. Original Traceback ...": the original
+    message is the last line, after "module.X: ".
+    """
+    text = str(e)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    prefix = f"{type(e).__module__}.{type(e).__qualname__}: "
+    for p in (prefix, f"{type(e).__qualname__}: "):
+        if last.startswith(p):
+            return last[len(p):]
+    return last
 
 
 class ImageFolderDataset(Dataset):
@@ -61,10 +99,7 @@ class ImageFolderDataset(Dataset):
         self.empty_classes: list[str] = []
         for idx, name in enumerate(self.classes):
             folder = self.root / name
-            files = sorted(
-                os.path.join(dirpath, f)
-                for dirpath, _, names in os.walk(folder, followlinks=True) for f in names if _is_image(f)
-            ) if folder.is_dir() else []
+            files = list_images(folder) if folder.is_dir() else []
             if not files:
                 self.empty_classes.append(name)
             self.samples.extend((f, idx) for f in files)

@@ -2,10 +2,11 @@
 
 At < 384: bicubic resize of the shorter side to size / 0.875, centre crop `size`.
 At >= 384: bicubic warp to size x size (crop ratio 1.0, aspect ratio not kept, as the official code).
-Images of any mode (L, P, RGBA, CMYK...) are converted to RGB first.
+Images of any mode (L, P, RGBA, CMYK, 16-bit...) are converted to RGB first.
 """
 from __future__ import annotations
 
+import numpy as np
 from PIL import Image
 from torchvision import transforms as T
 
@@ -16,10 +17,25 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_CROP_PCT = 0.875
 
 
+# Single-channel modes wider than 8 bits. Pillow's own convert("RGB") clips them at 255, so a 16-bit
+# grayscale PNG (mode "I;16", values 0..65535) came out nearly white.
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Grayscale, palette (incl. transparency) and CMYK images become 3-channel RGB."""
+    """Grayscale (8/16-bit), palette (incl. transparency) and CMYK images become 3-channel RGB.
+
+    16-bit grayscale ("I;16*") is scaled by 255/65535. "I" (32-bit int) and "F" are what Pillow makes
+    of 16-bit data too, but may also hold 8-bit values: they are scaled the same way only when some
+    value exceeds 255. (16-bit RGB PNGs already open as 8-bit "RGB": Pillow keeps the high byte.)
+    """
     if img.mode == "RGB":
         return img
+    if img.mode in _WIDE_MODES:
+        arr = np.asarray(img, dtype=np.float32)  # (H, W)
+        if img.mode.startswith("I;16") or arr.max(initial=0) > 255:
+            arr = arr / 257.0  # 65535 -> 255
+        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
     if img.mode == "P":
         img = img.convert("RGBA")
     return img.convert("RGB")

@@ -1,0 +1,37 @@
+"""One parser for `--device` flags (train, eval, predict, export, the Python API).
+
+`resolve_device(text)` turns the user's text into a `torch.device` that exists on this machine,
+or raises `ConfigError` naming the flag: an unknown kind ("tpu"), CUDA without a GPU, or a GPU
+index past the last one would otherwise surface as a torch traceback deep inside the first `.to()`.
+"""
+from __future__ import annotations
+
+from .errors import ConfigError
+
+__all__ = ["resolve_device"]
+
+
+def resolve_device(text: str | None, flag: str = "--device"):
+    """`torch.device` for `text`: "auto"/None (CUDA when available, else CPU), "cpu", "cuda", "cuda:N", "mps"."""
+    import torch
+
+    if text is None or str(text).strip().lower() in ("", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(str(text).strip())
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{flag} {text}: unknown device; expected auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"{flag} {text}: no CUDA GPU is available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"{flag} {text}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+        return dev
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"{flag} {text}: Apple MPS is not available on this machine; use --device cpu")
+        return dev
+    raise ConfigError(f"{flag} {text}: unsupported device type {dev.type!r}; expected auto, cpu, cuda, cuda:N or mps")
