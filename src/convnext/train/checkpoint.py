@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["FORMAT", "save_checkpoint", "load_training_checkpoint", "unwrap_model", "rng_state", "set_rng_state"]
+from ..errors import CheckpointError
+
+__all__ = ["FORMAT", "save_checkpoint", "remove_stale_temporaries", "load_training_checkpoint", "unwrap_model", "rng_state", "set_rng_state"]
 
 FORMAT = "convnext-train-v1"
 
@@ -63,10 +65,18 @@ def set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it: set and restore at once
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write `state` to `path` atomically: a temporary file in the same folder, then os.replace.
 
-    A crash mid-write leaves the previous checkpoint intact.
+    A crash mid-write leaves the previous checkpoint intact (and a `.NAME.*.tmp` file, removed by
+    `remove_stale_temporaries` when the next run starts). The file gets the permissions any new
+    file would get under the user's umask (mkstemp alone would make it 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,23 +86,41 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
             torch.save({"format": FORMAT, **state}, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the `.checkpoint-*.tmp` files a killed save left in `folder` (call with the run lock held)."""
+    removed = []
+    for tmp in Path(folder).glob(".checkpoint-*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
 def load_training_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint written by `save_checkpoint` (safe: the weights library's weights-only reader)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"--resume {path}: no such checkpoint file")
     from ..weights.io import read_checkpoint
 
     ckpt = read_checkpoint(path)  # weights-only / safetensors; a CheckpointError (ValueError) says why not
     if ckpt.get("format") != FORMAT:
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: not a `convnext train` checkpoint (expected format {FORMAT!r}); "
             "use --finetune to start from other weights"
         )
+    missing = [k for k in _REQUIRED if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: training checkpoint lacks {', '.join(missing)}; it cannot be resumed "
+                              "(use it with --finetune to start a new run from its weights)")
     return ckpt
+
+
+# What resuming needs; other keys (model_ema, scaler, batch_in_epoch...) are optional.
+_REQUIRED = ("model", "model_config", "model_name", "train_config", "epoch", "step", "optimizer", "rng", "metrics")

@@ -16,6 +16,8 @@ _FIRST = ("data", "model", "recipe", "epochs", "batch_size", "img_size", "accum_
           "finetune", "amp", "seed")
 
 
+_CHOICES = {"task": ("classification", "detection", "segmentation"), "schedule": ("cosine", "step", "poly")}
+
 _CLI_HELP = {
     "recipe": "shipped recipe name (--list-recipes) or a YAML file, applied before the other flags "
               "(default: `digits` for the built-in digits, otherwise the paper's ImageNet-1K defaults)",
@@ -55,8 +57,12 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif tp is dict:
             p.add_argument(flag, type=_mapping, metavar="YAML", **kw)
+        elif tp is tuple and name == "lr_milestones":
+            p.add_argument(flag, type=float, nargs="*", metavar="EPOCH", **kw)
         elif tp is tuple:
             p.add_argument(flag, type=float, nargs=2, metavar=("A", "B"), **kw)
+        elif name in ("task", "schedule"):
+            p.add_argument(flag, choices=_CHOICES[name], **kw)
         elif name == "amp":
             p.add_argument(flag, choices=("bf16", "fp16", "off"), **kw)
         else:
@@ -70,7 +76,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .engine import NonFiniteLossError
 
     if args.list_recipes:
-        print("\n".join(list_recipes()))
+        from .config import recipe_description
+
+        names = list_recipes()
+        width = max(len(n) for n in names)
+        for name in names:
+            print(f"{name:<{width}}  {recipe_description(name)}")
         return 0
     # Only the flags given on the command line override the recipe ("none" sets a field to None).
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
@@ -81,8 +92,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = load_config(recipe, **overrides)
     except (ValueError, TypeError) as e:
         raise UserError(str(e)) from None
+    # The flags given on the command line: only the others may be adapted to the data or taken
+    # from a resumed run's checkpoint.
+    explicit = set(overrides) | ({"recipe"} if recipe is not None else set())
     try:
-        metrics = run(config)
+        metrics = run(config, explicit=explicit)
     except NonFiniteLossError as e:
         print(f"convnext train: stopped: {e}", file=sys.stderr)
         return 1
@@ -93,6 +107,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from ..errors import UserError
+
+    if args.benchmark is not None:  # robustness benchmarks (Table 8): convnext.train.robustness
+        from .robustness import cmd_benchmark
+
+        return cmd_benchmark(args)
+    if args.json or args.partial:
+        raise UserError("--json and --partial apply to --benchmark runs only")
+
     from .evaluate import evaluate_checkpoint
 
     try:
@@ -136,4 +158,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default=None, help="where cifar10/cifar100 are downloaded")
     p.add_argument("--strict-images", action="store_true", help="fail on unreadable images instead of skipping them")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--benchmark", default=None, metavar="NAME",
+                   help="robustness benchmark of the paper's Table 8, --data being its folder: "
+                        "imagenet-c | imagenet-a | imagenet-r | imagenet-sketch")
+    p.add_argument("--json", default=None, metavar="FILE", help="with --benchmark: also write the result as JSON")
+    p.add_argument("--partial", action="store_true",
+                   help="with --benchmark: score the corruptions/severities/classes present instead of failing "
+                        "on missing ones (the result is marked partial and lists them)")
     p.set_defaults(func=_cmd_eval)

@@ -14,11 +14,13 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
-__all__ = ["TrainConfig", "list_recipes", "load_recipe", "load_config", "config_to_dict", "save_config_yaml"]
+from ..errors import ConfigError
+
+__all__ = ["TrainConfig", "list_recipes", "recipe_description", "load_recipe", "load_config", "config_to_dict", "save_config_yaml"]
 
 
 def _f(default: Any, help: str) -> Any:
@@ -30,12 +32,16 @@ def _f(default: Any, help: str) -> Any:
 
 @dataclass
 class TrainConfig:
-    # --- data --------------------------------------------------------------------------------
+    # --- task and data -----------------------------------------------------------------------
+    task: str | None = _f(None, "classification | detection | segmentation (None = implied by --model)")
     data: str = _f("digits", "dataset: a folder with train/ and val/ (or test/), or digits | cifar10 | cifar100")
     data_dir: str | None = _f(None, "where cifar10/cifar100 are downloaded (default ~/.cache/convnext/data)")
     strict_images: bool = _f(False, "fail on an unreadable image instead of skipping it (skips are counted)")
     train_subset: int | None = _f(None, "use only the first N images of a fixed shuffle of the training set")
-    num_workers: int = _f(4, "data-loading worker processes per device (0 = load in the main process)")
+    num_workers: int = _f(4, "data-loading worker processes per device (0 = load in the main process; "
+                          "capped by the CPUs available)")
+    drop_last: bool = _f(True, "leave out the images that do not fill the last batch of an epoch (the official "
+                         "recipe; a different set each epoch); --no-drop-last trains on a short last batch")
     # --- model -------------------------------------------------------------------------------
     model: str = _f("convnext_tiny", "registered model name (see `convnext models`)")
     model_overrides: dict = _f({}, "extra config fields for create_model, e.g. {stem_patch_size: 1}")
@@ -44,6 +50,8 @@ class TrainConfig:
     head_init_scale: float | None = _f(None, "scale of the freshly initialised head (paper: 0.001 when fine-tuning)")
     grad_checkpointing: bool = _f(False, "recompute block activations in the backward pass to save memory")
     compile: bool = _f(False, "torch.compile the training forward/backward (inductor); the first steps compile")
+    pretrained: bool = _f(False, "start from the official weights of --model (pretrained registry, downloaded once; "
+                          "the head is re-initialised for this data set)")
     # --- optimisation: AdamW, linear warm-up + cosine, per iteration (paper Table 5) ---------
     epochs: int = _f(300, "training epochs")
     batch_size: int = _f(128, "images per device per forward pass")
@@ -53,6 +61,11 @@ class TrainConfig:
     lr_base_batch: int = _f(4096, "effective batch at which base_lr is given (4096 for training, 512 for fine-tuning)")
     min_lr: float = _f(1e-6, "final learning rate of the cosine schedule")
     warmup_epochs: float = _f(20, "linear warm-up from 0, in epochs")
+    warmup_steps: int | None = _f(None, "linear warm-up in optimizer steps, instead of warmup_epochs "
+                                  "(detection 500 / segmentation 1500 as mmdet/mmseg)")
+    warmup_ratio: float = _f(0.0, "lr at the start of warm-up, as a fraction of the peak (step/poly schedules)")
+    schedule: str = _f("cosine", "lr schedule: cosine (classification) | step (x0.1 at lr_milestones) | poly")
+    lr_milestones: tuple = _f((), "epochs at which the step schedule multiplies the lr by 0.1 (3x detection: 27 33)")
     weight_decay: float = _f(0.05, "AdamW weight decay (never on biases, norms and layer scale)")
     betas: tuple = _f((0.9, 0.999), "AdamW betas")
     eps: float = _f(1e-8, "AdamW epsilon")
@@ -77,6 +90,11 @@ class TrainConfig:
     recipe: str | None = _f(None, "name of the recipe this config was resolved from (informational)")
     finetune: str | None = _f(None, "checkpoint to fine-tune from (any layout); the head is re-initialised")
     resume: str | None = _f(None, "checkpoint to resume, or 'auto' for OUTPUT/checkpoint-last.pt if present")
+    overwrite: bool = _f(False, "start afresh in a run folder that already holds a run (its checkpoints, metrics "
+                         "and logs are deleted); without it such a folder is refused")
+    adapt: bool = _f(True, "adapt defaults that cannot make sense for this run (warm-up longer than the run, an EMA "
+                     "horizon beyond it, a batch larger than the data...); each change is printed and recorded in "
+                     "config.yaml. --no-adapt keeps every value as resolved")
     output: str | None = _f(None, "run folder (None = runs/<recipe or data>-<model>)")
     seed: int = _f(0, "random seed (each rank adds its rank)")
     eval_every: int = _f(1, "evaluate every N epochs (0 = only after the last epoch)")
@@ -87,14 +105,35 @@ class TrainConfig:
 
     def __post_init__(self):
         self._coerce_types()
+        self._validate()
+
+    def _validate(self) -> None:
+        """Every value against its allowed range, before any work (one ConfigError naming the flag)."""
+        for name, ok, allowed in _RULES:
+            value = getattr(self, name)
+            if value is not None and not ok(value):
+                raise ConfigError(f"{_flag(name)} must be {allowed}, got {_show(value)}")
         if self.amp not in ("bf16", "fp16", "off"):
-            raise ValueError(f"amp must be bf16, fp16 or off, got {self.amp!r}")
-        for name in ("epochs", "batch_size", "accum_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.mixup > 0 or self.cutmix > 0:
-            if self.batch_size % 2:
-                raise ValueError(f"Mixup/CutMix need an even batch_size, got {self.batch_size}")
+            raise ConfigError(f"--amp must be bf16, fp16 or off, got {self.amp!r}")
+        if self.schedule not in ("cosine", "step", "poly"):
+            raise ConfigError(f"--schedule must be cosine, step or poly, got {self.schedule!r}")
+        if self.task not in (None, "classification", "detection", "segmentation"):
+            raise ConfigError(f"--task must be classification, detection or segmentation, got {self.task!r}")
+        if any(m <= 0 or m > self.epochs for m in self.lr_milestones):
+            raise ConfigError(f"--lr-milestones must lie in (0, --epochs {self.epochs}], got {list(self.lr_milestones)}")
+        if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
+            raise ConfigError(f"--batch-size must be even with Mixup/CutMix (they pair images), got {self.batch_size}")
+        if self.pretrained and self.finetune:
+            raise ConfigError("--pretrained and --finetune both choose the starting weights: give only one")
+        for key, value in self.model_overrides.items():
+            if key in ("depths", "dims") and not (
+                isinstance(value, (list, tuple)) and value and all(isinstance(v, int) and v >= 1 for v in value)
+            ):
+                raise ConfigError(f"--model-overrides: {key} must be a list of integers >= 1, got {_show(value)}")
+            if key in ("depth", "dim", "kernel_size", "stem_patch_size", "in_chans") and not (
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            ):
+                raise ConfigError(f"--model-overrides: {key} must be an integer >= 1, got {_show(value)}")
 
     def _coerce_types(self) -> None:
         """Check every value against its annotation; YAML's "1e-6" (a string in YAML 1.1) becomes a float."""
@@ -103,7 +142,7 @@ class TrainConfig:
             tp, optional = cli_type(f.name)
             if value is None:
                 if not optional:
-                    raise ValueError(f"{f.name} must not be null")
+                    raise ConfigError(f"{_flag(f.name)} must not be null")
                 continue
             try:
                 if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
@@ -113,15 +152,66 @@ class TrainConfig:
                 elif tp is tuple and isinstance(value, (list, tuple)):
                     value = tuple(float(v) for v in value)
             except ValueError:
-                raise ValueError(f"{f.name}: expected a {tp.__name__}, got {value!r}") from None
+                raise ConfigError(f"{_flag(f.name)}: expected a {tp.__name__}, got {value!r}") from None
             if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-                raise ValueError(f"{f.name}: expected a {tp.__name__}, got {value!r} ({type(value).__name__})")
+                raise ConfigError(f"{_flag(f.name)}: expected a {tp.__name__}, got {value!r} ({type(value).__name__})")
             setattr(self, f.name, value)
 
     @classmethod
     def from_recipe(cls, recipe: str | None = None, **overrides: Any) -> "TrainConfig":
         """The paper's defaults, then the recipe's differences, then `overrides` (e.g. CLI flags)."""
         return load_config(recipe, **overrides)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _show(value: Any) -> str:
+    return repr(list(value)) if isinstance(value, tuple) else repr(value)
+
+
+def _prob(v: float) -> bool:
+    return 0.0 <= v <= 1.0
+
+
+# (field, check, what is allowed): the allowed ranges of every numeric option, checked once in
+# `TrainConfig._validate`. None always passes (it means "off" or "the default" for optional fields).
+_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("epochs", lambda v: v >= 1, ">= 1"),
+    ("batch_size", lambda v: v >= 1, ">= 1"),
+    ("accum_steps", lambda v: v >= 1, ">= 1"),
+    ("num_workers", lambda v: v >= 0, ">= 0"),
+    ("train_subset", lambda v: v >= 1, ">= 1 (or none for the whole set)"),
+    ("drop_path", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("layer_scale", lambda v: v >= 0.0, ">= 0 (0 = off)"),
+    ("head_init_scale", lambda v: v > 0.0, "> 0"),
+    ("lr", lambda v: v >= 0.0, ">= 0 (or none for base_lr scaling)"),
+    ("base_lr", lambda v: v > 0.0, "> 0"),
+    ("lr_base_batch", lambda v: v >= 1, ">= 1"),
+    ("min_lr", lambda v: v >= 0.0, ">= 0"),
+    ("warmup_epochs", lambda v: v >= 0.0, ">= 0"),
+    ("warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("warmup_ratio", lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    ("weight_decay", lambda v: v >= 0.0, ">= 0"),
+    ("betas", lambda v: len(v) == 2 and all(0.0 <= b < 1.0 for b in v), "two values in [0, 1)"),
+    ("eps", lambda v: v > 0.0, "> 0"),
+    ("layer_decay", lambda v: 0.0 < v <= 1.0, "in (0, 1] (or none for no layer decay)"),
+    ("clip_grad", lambda v: v > 0.0, "> 0 (or none for no clipping)"),
+    ("ema_decay", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("img_size", lambda v: v >= 8, ">= 8"),
+    ("crop_pct", lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    ("scale", lambda v: len(v) == 2 and 0.0 < v[0] <= v[1] <= 1.0, "two values 0 < min <= max <= 1"),
+    ("hflip", _prob, "a probability in [0, 1]"),
+    ("reprob", _prob, "a probability in [0, 1]"),
+    ("mixup", lambda v: v >= 0.0, ">= 0 (0 = off)"),
+    ("cutmix", lambda v: v >= 0.0, ">= 0 (0 = off)"),
+    ("mixup_switch_prob", _prob, "a probability in [0, 1]"),
+    ("smoothing", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("seed", lambda v: v >= 0, ">= 0"),
+    ("eval_every", lambda v: v >= 0, ">= 0 (0 = only after the last epoch)"),
+    ("threads", lambda v: v >= 1, ">= 1 (or none for torch's default)"),
+)
 
 
 @functools.lru_cache(maxsize=None)
@@ -137,7 +227,7 @@ def _check_keys(d: dict, where: str) -> None:
 
         hints = [f"{k} (did you mean {difflib.get_close_matches(k, names, 1)[0]}?)"
                  if difflib.get_close_matches(k, names, 1) else k for k in unknown]
-        raise ValueError(f"{where}: unknown training option(s): {', '.join(hints)}")
+        raise ConfigError(f"{where}: unknown training option(s): {', '.join(hints)}")
 
 
 def _recipe_dir():
@@ -149,11 +239,33 @@ def list_recipes() -> list[str]:
     return sorted(p.name[:-5] for p in _recipe_dir().iterdir() if p.name.endswith(".yaml"))
 
 
+def recipe_description(name: str) -> str:
+    """The first sentence of a shipped recipe's leading comment (its one-line description)."""
+    lines = []
+    for line in (_recipe_dir() / f"{name}.yaml").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").strip())
+    text = " ".join(lines)
+    end = text.find(". ")
+    text = text[: end + 1] if end >= 0 else text
+    if len(text) > 110 and ": " in text:  # keep the part before the details
+        text = text[: text.find(": ")]
+    return text
+
+
 def load_recipe(name_or_path: str) -> dict:
     """The differences a recipe makes to the defaults, from a shipped name or a YAML file path."""
     path = Path(name_or_path)
+    if path.is_dir():
+        raise ConfigError(f"--recipe {path}: is a directory; expected a recipe name or a YAML file")
     if path.suffix in (".yaml", ".yml") and path.exists():
-        text, where = path.read_text(), str(path)
+        try:
+            text, where = path.read_text(), str(path)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--recipe {path}: cannot be read ({e.__class__.__name__}: {e})") from None
+    elif path.suffix in (".yaml", ".yml"):
+        raise ConfigError(f"--recipe {path}: no such file")
     else:
         res = _recipe_dir() / f"{name_or_path}.yaml"
         if not res.is_file():
@@ -161,11 +273,16 @@ def load_recipe(name_or_path: str) -> dict:
 
             close = difflib.get_close_matches(name_or_path, list_recipes(), n=3)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise ValueError(f"unknown recipe {name_or_path!r}.{hint} Shipped recipes: `convnext train --list-recipes`")
+            raise ConfigError(f"--recipe: unknown recipe {name_or_path!r}.{hint} "
+                              "Shipped recipes: `convnext train --list-recipes`")
         text, where = res.read_text(), f"recipe {name_or_path}"
-    d = yaml.safe_load(text) or {}
+    try:
+        d = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:  # includes tags such as !!python/object, which the safe loader refuses
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"{where}: not a plain YAML mapping of training options ({first})") from None
     if not isinstance(d, dict):
-        raise ValueError(f"{where}: expected a mapping of training options, got {type(d).__name__}")
+        raise ConfigError(f"{where}: expected a mapping of training options, got {type(d).__name__}")
     _check_keys(d, where)
     return d
 

@@ -149,29 +149,60 @@ class TrainSampler(Sampler[int]):
     Each rank takes every world_size-th index of one global permutation, so a global batch of
     B = world_size x b images holds exactly the images of a single-process batch of B: the same
     run gives the same weights on 1 or N processes. The tail that does not fill a whole global
-    batch is dropped. `start_batch` skips batches already trained before a mid-epoch interrupt.
+    batch is dropped with `drop_last` (the official recipe); otherwise it becomes one short last
+    batch per rank, of equal size on every rank (at least 2 images, for BatchNorm, and a multiple
+    of `multiple`, e.g. 2 for Mixup pairs), padded with images from the start of the permutation.
+    `start_batch` skips batches already trained before a mid-epoch interrupt.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0):
+    def __init__(self, dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 drop_last: bool = True, multiple: int = 1):
         self.n = len(dataset)
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
+        self.drop_last, self.multiple = drop_last, multiple
         self.epoch, self.start_batch = 0, 0
 
     @property
-    def batches_per_epoch(self) -> int:
+    def full_batches(self) -> int:
         return self.n // (self.batch_size * self.world_size)
+
+    @property
+    def tail_per_rank(self) -> int:
+        """Images in the short last batch of each rank (0 when there is none)."""
+        tail = self.n - self.full_batches * self.batch_size * self.world_size
+        if self.drop_last or tail == 0:
+            return 0
+        size = max(-(-tail // self.world_size), min(2, self.batch_size))
+        return -(-size // self.multiple) * self.multiple
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.full_batches + (1 if self.tail_per_rank else 0)
+
+    @property
+    def dropped_per_epoch(self) -> int:
+        return 0 if self.tail_per_rank else self.n - self.full_batches * self.batch_size * self.world_size
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
-    def __iter__(self) -> Iterator[int]:
+    def _indices(self) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        perm = torch.randperm(self.n, generator=g)[: self.batches_per_epoch * self.batch_size * self.world_size]
-        mine = perm[self.rank :: self.world_size]  # (batches_per_epoch * batch_size,)
-        return iter(mine[self.start_batch * self.batch_size :].tolist())
+        perm = torch.randperm(self.n, generator=g)
+        full = self.full_batches * self.batch_size * self.world_size
+        mine = perm[:full][self.rank :: self.world_size]  # (full_batches * batch_size,)
+        if self.tail_per_rank:
+            need = self.tail_per_rank * self.world_size
+            tail = perm[full:]
+            tail = torch.cat([tail, perm[: need - len(tail)]])  # pad with the first images (duplicates, no drops)
+            mine = torch.cat([mine, tail[self.rank :: self.world_size]])
+        return mine
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices()[self.start_batch * self.batch_size :].tolist())
 
     def __len__(self) -> int:
-        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+        return self.full_batches * self.batch_size + self.tail_per_rank - self.start_batch * self.batch_size
 
 
 class SeededSamples(Dataset):

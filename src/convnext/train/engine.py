@@ -56,14 +56,14 @@ class StepContext:
     """Everything `train_one_epoch` needs besides the model and the data."""
 
     optimizer: torch.optim.Optimizer
-    criterion: nn.Module
+    loss: Callable[[nn.Module, object, object, torch.device], torch.Tensor]  # task.loss: one micro-batch
     lr_at: Callable[[int], float]  # optimizer step -> lr (each param group multiplies it by its lr_scale)
     device: torch.device
     amp: str = "off"
     scaler: torch.amp.GradScaler | None = None  # fp16 only
     accum_steps: int = 1
+    step_on_last_batch: bool = False  # the epoch's last batch ends an accumulation window (no drop_last)
     clip_grad: float | None = None
-    mixup: Callable | None = None  # timm Mixup: (images, targets) -> (mixed images, soft targets)
     ema: ModelEMA | None = None
     unwrapped: nn.Module | None = None  # the model under DDP, for the EMA update
     on_step: Callable[[dict], None] | None = None  # called after every optimizer step with its stats
@@ -74,39 +74,37 @@ def train_one_epoch(model: nn.Module, batches: Iterable, ctx: StepContext, step:
 
     Args:
         model: the (possibly DDP-wrapped) model, in train mode.
-        batches: yields (images, targets, num_skipped_images).
+        batches: yields (inputs, targets, num_skipped_images); inputs is a tensor or a list of images.
         ctx: optimizer, loss, schedule, precision and EMA settings.
         step: optimizer steps taken before this epoch (indexes the lr schedule).
     """
     model.train()
     opt = ctx.optimizer
     loss_sum, n_images, n_skipped, micro = 0.0, 0, 0, 0
+    n_batches = len(batches) if ctx.step_on_last_batch else -1
     t0 = time.perf_counter()
     opt.zero_grad(set_to_none=True)
-    for images, targets, skipped in batches:
+    for i, (inputs, targets, skipped) in enumerate(batches):
         n_skipped += skipped
-        if images.numel() == 0:
+        batch_size = len(inputs)
+        if batch_size == 0:
             continue
-        images = images.to(ctx.device, non_blocking=True)
-        targets = targets.to(ctx.device, non_blocking=True)
-        if ctx.mixup is not None:
-            images, targets = ctx.mixup(images, targets)  # soft targets (B, num_classes)
 
         micro += 1
-        last_micro = micro % ctx.accum_steps == 0
+        last_micro = micro % ctx.accum_steps == 0 or i + 1 == n_batches
         # Under DDP, gradients are all-reduced only on the micro-step that ends the accumulation window
         # (FSDP has no no_sync: it reduce-scatters on every micro-step, which is correct, just slower).
         sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast(ctx.device, ctx.amp):
-                loss = ctx.criterion(model(images), targets)
+                loss = ctx.loss(model, inputs, targets, ctx.device)
             # Every rank must agree to stop, or the others would wait forever in the gradient all-reduce.
             if all_reduce_sum([0.0 if math.isfinite(loss.item()) else 1.0], ctx.device)[0] > 0:
                 raise NonFiniteLossError(f"loss is {loss.item()} at optimizer step {step}")
             scaled = loss / ctx.accum_steps  # mean over the whole effective batch
             (ctx.scaler.scale(scaled) if ctx.scaler is not None else scaled).backward()
-        loss_sum += loss.item() * images.shape[0]
-        n_images += images.shape[0]
+        loss_sum += loss.item() * batch_size
+        n_images += batch_size
         if not last_micro:
             continue
 
@@ -127,6 +125,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable, ctx: StepContext, step:
         if ctx.ema is not None:
             ctx.ema.update(ctx.unwrapped if ctx.unwrapped is not None else model)
         step += 1
+        micro = 0
         if ctx.on_step is not None:
             elapsed = time.perf_counter() - t0
             ctx.on_step({"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm,

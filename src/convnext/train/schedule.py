@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["scaled_lr", "steps_per_epoch", "lr_at_step"]
+__all__ = ["scaled_lr", "steps_per_epoch", "lr_at_step", "lr_step_schedule", "lr_poly", "make_schedule"]
 
 
 def scaled_lr(base_lr: float, effective_batch: int, base_batch: int = 4096) -> float:
@@ -16,9 +16,10 @@ def scaled_lr(base_lr: float, effective_batch: int, base_batch: int = 4096) -> f
     return base_lr * effective_batch / base_batch
 
 
-def steps_per_epoch(num_batches: int, accum_steps: int) -> int:
-    """Optimizer steps per epoch; a trailing partial accumulation window is dropped."""
-    return num_batches // accum_steps
+def steps_per_epoch(num_batches: int, accum_steps: int, drop_last: bool = True) -> int:
+    """Optimizer steps per epoch; a trailing partial accumulation window is dropped with `drop_last`
+    (the official recipe), otherwise it makes one last, shorter step."""
+    return num_batches // accum_steps if drop_last else -(-num_batches // accum_steps)
 
 
 def lr_at_step(step: int, *, peak_lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
@@ -32,3 +33,41 @@ def lr_at_step(step: int, *, peak_lr: float, min_lr: float, warmup_steps: int, t
     decay_steps = max(total_steps - warmup_steps, 1)
     t = min((step - warmup_steps) / decay_steps, 1.0)
     return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def lr_step_schedule(step: int, *, peak_lr: float, milestones: list[int], gamma: float = 0.1, warmup_steps: int = 0,
+                     warmup_ratio: float = 0.001) -> float:
+    """mmdet's step schedule: linear warm-up from `warmup_ratio` x peak, then x`gamma` at each
+    milestone (optimizer steps; the 3x detection schedule: epochs 27 and 33 of 36)."""
+    lr = peak_lr * gamma ** sum(step >= m for m in milestones)
+    if step < warmup_steps:
+        lr *= warmup_ratio + (1.0 - warmup_ratio) * step / warmup_steps
+    return lr
+
+
+def lr_poly(step: int, *, peak_lr: float, total_steps: int, power: float = 1.0, min_lr: float = 0.0,
+            warmup_steps: int = 0, warmup_ratio: float = 1e-6) -> float:
+    """mmseg's poly schedule (power 1, min 0 for UperNet) with linear warm-up from `warmup_ratio` x peak."""
+    t = min(step / max(total_steps, 1), 1.0)
+    lr = (peak_lr - min_lr) * (1.0 - t) ** power + min_lr
+    if step < warmup_steps:
+        lr *= warmup_ratio + (1.0 - warmup_ratio) * step / warmup_steps
+    return lr
+
+
+def make_schedule(config, *, peak_lr: float, steps_per_epoch: int):
+    """(step -> lr, warm-up steps) for the config's `schedule` (cosine | step | poly)."""
+    import functools
+
+    total = config.epochs * steps_per_epoch
+    warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_epochs * steps_per_epoch)
+    warmup = min(warmup, total)
+    if config.schedule == "cosine":
+        return functools.partial(lr_at_step, peak_lr=peak_lr, min_lr=config.min_lr, warmup_steps=warmup,
+                                 total_steps=total), warmup
+    if config.schedule == "step":
+        milestones = [round(e * steps_per_epoch) for e in config.lr_milestones]
+        return functools.partial(lr_step_schedule, peak_lr=peak_lr, milestones=milestones, warmup_steps=warmup,
+                                 warmup_ratio=config.warmup_ratio), warmup
+    return functools.partial(lr_poly, peak_lr=peak_lr, total_steps=total, min_lr=config.min_lr, warmup_steps=warmup,
+                             warmup_ratio=config.warmup_ratio), warmup

@@ -1,11 +1,15 @@
-"""`run(config)`: one whole training run, the code path of `convnext train`.
+"""`run(config)`: one whole training run, the code path of `convnext train`, for every task.
 
-Builds data, model, optimizer and schedule from a resolved `TrainConfig`, trains with
-`engine.train_one_epoch`, evaluates, and leaves the run folder:
-config.yaml, metrics.json, checkpoint-last.pt, checkpoint-best.pt, tensorboard/ and curves.png.
+The task (`tasks.py`: classification here, detection/segmentation in `convnext.dense.tasks`)
+supplies data, model, loss and evaluation; this module owns everything else: the run folder and
+its lock, resume, the optimizer and schedule, AMP, accumulation, DDP/FSDP, EMA, logging and
+checkpoints. It leaves config.yaml, metrics.json, checkpoint-last.pt, checkpoint-best.pt,
+tensorboard/ and curves.png in the run folder.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -18,18 +22,32 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..data import build_dataset, collate_skip_bad, eval_transform, mixup_and_criterion, subset, train_transform
-from ..data.datasets import DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..models import config_to_dict as model_config_to_dict
-from ..models import count_params, create_model, get_spec
-from .checkpoint import load_training_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap_model
-from .config import TrainConfig, config_to_dict, save_config_yaml
+from ..models import count_params
+from .adapt import adapt_config
+from .checkpoint import (
+    load_training_checkpoint,
+    remove_stale_temporaries,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    unwrap_model,
+)
+from .config import TrainConfig, config_from_dict, config_to_dict, save_config_yaml
 from .distributed import DistInfo, SeededSamples, ShardSampler, TrainSampler, barrier, init_distributed, wrap_model
-from .engine import ModelEMA, NonFiniteLossError, StepContext, evaluate, train_one_epoch
-from .param_groups import param_groups
-from .schedule import lr_at_step, scaled_lr, steps_per_epoch
+from .engine import ModelEMA, NonFiniteLossError, StepContext, train_one_epoch
+from .rundir import RunLock, check_run_folder, clear_run
+from .schedule import make_schedule, scaled_lr, steps_per_epoch
+from .tasks import Task, get_task, task_of_model
 
-__all__ = ["run", "default_output", "build_model_for", "make_eval_loader"]
+__all__ = ["run", "default_output", "make_eval_loader", "resolve_resume", "SAFE_TO_CHANGE_ON_RESUME"]
+
+# Options a resumed run may change: they alter how the run executes, not what it computes.
+SAFE_TO_CHANGE_ON_RESUME = frozenset({
+    "resume", "output", "overwrite", "progress", "num_workers", "threads", "device", "data_dir", "eval_every",
+    "strict_images", "compile", "grad_checkpointing", "deterministic", "adapt",
+})
 
 
 def default_output(config: TrainConfig) -> Path:
@@ -45,31 +63,12 @@ def _log(info: DistInfo, msg: str) -> None:
         sys.stdout.flush()  # visible at once in log files (SLURM, nohup), not at exit
 
 
-def build_model_for(config: TrainConfig, num_classes: int) -> torch.nn.Module:
-    """The model of `config`: registry entry + overrides + paper drop path (+ fine-tuning weights)."""
-    try:
-        spec = get_spec(config.model)
-    except KeyError as e:
-        raise ValueError(f"--model: {e.args[0]}") from None
-    overrides = dict(config.model_overrides)
-    if config.layer_scale is not None:
-        overrides["layer_scale_init_value"] = config.layer_scale
-    if config.head_init_scale is not None:
-        overrides["head_init_scale"] = config.head_init_scale
-    drop_path = config.drop_path if config.drop_path is not None else spec.train_drop_path
-    try:
-        return create_model(
-            config.model, num_classes=num_classes, drop_path_rate=drop_path,
-            checkpoint=config.finetune, reinit_head=config.finetune is not None, **overrides,
-        )
-    except TypeError as e:  # unknown config override
-        raise ValueError(f"--model-overrides: {e}") from None
-
-
-def make_eval_loader(dataset, batch_size: int, num_workers: int, info: DistInfo) -> DataLoader:
+def make_eval_loader(dataset, batch_size: int, num_workers: int, info: DistInfo, collate=None) -> DataLoader:
+    if collate is None:
+        from ..data import collate_skip_bad as collate
     return DataLoader(
         dataset, batch_size=batch_size, sampler=ShardSampler(dataset, info.rank, info.world_size),
-        num_workers=num_workers, collate_fn=collate_skip_bad, pin_memory=info.device.type == "cuda",
+        num_workers=num_workers, collate_fn=collate, pin_memory=info.device.type == "cuda",
     )
 
 
@@ -79,15 +78,48 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run(config: TrainConfig) -> dict:
+def resolve_resume(config: TrainConfig, saved: dict, explicit: frozenset[str] | None,
+                   requested: dict | None = None) -> tuple[TrainConfig, dict]:
+    """The config of a resumed run and the safe changes it makes to the saved one.
+
+    Options not given on the command line are taken from the checkpoint (`explicit` names the ones
+    that were given; None means all of them, as for `run(config)` from Python). A given option that
+    differs from the run's and is not in SAFE_TO_CHANGE_ON_RESUME is refused: resuming with another
+    --lr, --epochs or --model would silently train something else.
+    """
+    old = config_from_dict(saved)
+    new = config_to_dict(config)
+    # Compare with what the first run was asked for (before `adapt_config`), so repeating the same
+    # command, or the same `run(config)`, resumes; the result keeps the run's adapted values.
+    before = config_to_dict(config_from_dict(requested)) if requested is not None else config_to_dict(old)
+    given = set(new) if explicit is None else set(explicit)
+    unsafe, changes = [], {}
+    for key in new:
+        if key not in given or new[key] == before.get(key):
+            continue
+        if key in SAFE_TO_CHANGE_ON_RESUME:
+            changes[key] = new[key]
+        else:
+            unsafe.append(f"--{key.replace('_', '-')} {before.get(key)!r} -> {new[key]!r}")
+    if unsafe:
+        raise ConfigError(
+            f"--resume: this run was started with other settings ({'; '.join(unsafe)}); resume with the run's "
+            "settings (omit those flags), or start a new run with another --output"
+        )
+    return dataclasses.replace(old, **changes), changes
+
+
+def run(config: TrainConfig, explicit: frozenset[str] | set[str] | None = None) -> dict:
     """Train `config` to the end (or resume it) and return the metrics written to metrics.json.
 
-    The same function serves one CPU process and every rank under torchrun. Raises ValueError
-    (DataError) for unusable input and NonFiniteLossError when the loss diverges.
+    The same function serves one CPU process and every rank under torchrun. `explicit` names the
+    options the user gave (the CLI passes its flags): only the others may be adapted to the data
+    (`adapt.py`) or taken from a resumed checkpoint. Raises the typed errors of `convnext.errors`
+    for unusable input and NonFiniteLossError when the loss diverges.
     """
     info = init_distributed(config.device)
     try:
-        return _run(config, info)
+        return _run(config, info, None if explicit is None else frozenset(explicit))
     finally:
         if info.enabled and os.environ.get("CONVNEXT_KEEP_PROCESS_GROUP") is None:
             from .distributed import cleanup_distributed
@@ -95,70 +127,94 @@ def run(config: TrainConfig) -> dict:
             cleanup_distributed()
 
 
-def _run(config: TrainConfig, info: DistInfo) -> dict:
+def _run(config: TrainConfig, info: DistInfo, explicit: frozenset[str] | None) -> dict:
+    out = Path(config.output) if config.output else default_output(config)
+    resume_path = out / "checkpoint-last.pt" if config.resume == "auto" else config.resume
+    # An explicit --resume FILE that is missing fails when it is read; `auto` without a checkpoint starts afresh.
+    resuming = config.resume not in (None, "auto") or (resume_path is not None and Path(resume_path).is_file())
+    if info.is_main:
+        check_run_folder(out, resuming=resuming or config.resume == "auto", overwrite=config.overwrite)
+    # Rank 0 holds the folder's lock for the whole run; other ranks never write into it.
+    with RunLock(out) if info.is_main else contextlib.nullcontext():
+        if info.is_main:
+            if config.overwrite and not resuming:
+                removed = clear_run(out)
+                if removed:
+                    _log(info, f"--overwrite: removed the previous run's {', '.join(removed)} from {out}")
+            for tmp in remove_stale_temporaries(out):
+                _log(info, f"removed {tmp.name}, left by a save that was killed")
+        return _train(config, info, explicit, out, resume_path if resuming else None)
+
+
+def _train(config: TrainConfig, info: DistInfo, explicit, out: Path, resume_path) -> dict:
     t_start = time.perf_counter()
     device = info.device
+
+    # ---- resume: the checkpoint's config, with only safe changes --------------------------------
+    ckpt, resume_changes = None, {}
+    if resume_path is not None:
+        ckpt = load_training_checkpoint(resume_path)
+        requested = ckpt.get("requested_config", ckpt["train_config"])
+        config, resume_changes = resolve_resume(config, ckpt["train_config"], explicit, requested)
+        if ckpt["model_name"] != config.model:
+            raise CheckpointError(f"--resume: checkpoint is a {ckpt['model_name']} run, but --model is {config.model}")
     if config.threads:
         torch.set_num_threads(config.threads)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
-    out = Path(config.output) if config.output else default_output(config)
-
-    # ---- resume ------------------------------------------------------------------------------
-    ckpt = None
-    if config.resume == "auto":
-        if (out / "checkpoint-last.pt").is_file():
-            ckpt = load_training_checkpoint(out / "checkpoint-last.pt")
-    elif config.resume:
-        ckpt = load_training_checkpoint(config.resume)
-    if ckpt is not None and ckpt["model_name"] != config.model:
-        raise ValueError(f"--resume: checkpoint is a {ckpt['model_name']} run, but --model is {config.model}")
 
     # ---- data --------------------------------------------------------------------------------
-    tf_train = train_transform(config.img_size, scale=config.scale, hflip=config.hflip, randaug=config.randaug,
-                               reprob=config.reprob)
-    tf_eval = eval_transform(config.img_size, crop_pct=config.crop_pct)
-    train_ds = build_dataset(config.data, "train", tf_train, strict=config.strict_images, data_dir=config.data_dir)
-    classes = list(train_ds.classes)
-    try:
-        val_ds = build_dataset(config.data, "val", tf_eval, classes=classes, strict=config.strict_images,
-                               data_dir=config.data_dir)
-    except DataError:
-        if config.eval_every != 0:
-            raise
-        val_ds = None  # e.g. ImageNet-22K pre-training: no evaluation during training (PAPER.md §3.3)
-    for name, ds in (("train", train_ds), ("val", val_ds)):
-        empty = getattr(ds, "empty_classes", [])
-        if empty:
-            _log(info, f"warning: {len(empty)} class folder(s) of the {name} split hold no images: "
-                 f"{', '.join(empty[:10])}")
-    # Augmentation in workers seeded per (seed, epoch, image): exact mid-epoch resume with workers too.
-    train_ds = SeededSamples(subset(train_ds, config.train_subset, seed=config.seed), config.seed)
+    task: Task = get_task(config.task or task_of_model(config.model))
+    data = task.build_data(config)
+    for note in data.notes:
+        _log(info, note)
 
-    sampler = TrainSampler(train_ds, config.batch_size, info.rank, info.world_size, seed=config.seed)
-    if sampler.batches_per_epoch < config.accum_steps:
+    # ---- adapt defaults that cannot make sense for this run (never on resume: already adapted) ----
+    adapted: list[str] = []
+    requested_config = config_to_dict(config)
+    if ckpt is None:
+        config, adapted = adapt_config(config, num_train=len(data.train), world_size=info.world_size,
+                                       local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+                                       explicit=explicit or frozenset())
+        for note in adapted:
+            _log(info, f"adapted: {note}")
+
+    # Augmentation in workers seeded per (seed, epoch, image): exact mid-epoch resume with workers too.
+    train_ds = SeededSamples(data.train, config.seed)
+    sampler = TrainSampler(train_ds, config.batch_size, info.rank, info.world_size, seed=config.seed,
+                           drop_last=config.drop_last, multiple=data.pair_multiple)
+    if sampler.batches_per_epoch < config.accum_steps or sampler.batches_per_epoch == 0:
         raise DataError(
             f"{len(train_ds)} training images do not fill one optimizer step of "
             f"{config.batch_size} x {info.world_size} device(s) x {config.accum_steps} accumulation steps; "
             f"lower --batch-size or --accum-steps"
         )
+    if sampler.dropped_per_epoch:
+        _log(info, f"drop_last: {sampler.dropped_per_epoch} of {len(train_ds)} images (a different set each epoch) "
+             "do not fill the last batch and are left out, as in the official recipe (--no-drop-last keeps them)")
 
     # ---- model, EMA, optimizer ---------------------------------------------------------------
     _seed_everything(config.seed)  # identical initial weights on every rank (and for the EMA copy)
-    model = build_model_for(config, len(classes))
+    model = task.build_model(config, data)
+    if ckpt is None and (config.pretrained or config.finetune):
+        _log(info, _load_initial_weights(model, config))
     _seed_everything(config.seed + info.rank)  # then per-rank streams for augmentation and drop path
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
     if ckpt is not None:  # weights go in before DDP/FSDP wrapping (FSDP then shards them)
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"--resume {resume_path}: weights do not fit {config.model} "
+                                  f"({str(e).splitlines()[0]})") from None
     ema = ModelEMA(model, config.ema_decay) if config.ema else None
     if ema is not None and ckpt is not None and "model_ema" in ckpt:
         ema.module.load_state_dict(ckpt["model_ema"])
     fsdp = config.fsdp and info.enabled
     if ema is not None and fsdp:
-        raise ValueError("--ema with --fsdp is not supported: the EMA would need the full weights on every rank")
-    groups = param_groups(model, config.weight_decay, config.layer_decay)
+        raise ConfigError("--ema with --fsdp is not supported: the EMA would need the full weights on every rank")
+    groups = task.param_groups(model, config)
     wrapped = wrap_model(model, info, fsdp=config.fsdp)
     if fsdp:  # FSDP re-creates parameters: regroup them by name
         by_name = dict(wrapped.named_parameters())
@@ -172,14 +228,10 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
     peak_lr = config.lr if config.lr is not None else scaled_lr(config.base_lr, effective_batch, config.lr_base_batch)
     optimizer = torch.optim.AdamW(groups, lr=peak_lr, betas=config.betas, eps=config.eps)
     scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
-    mixup, criterion = mixup_and_criterion(len(classes), mixup=config.mixup, cutmix=config.cutmix,
-                                           switch_prob=config.mixup_switch_prob, smoothing=config.smoothing)
 
-    spe = steps_per_epoch(sampler.batches_per_epoch, config.accum_steps)
+    spe = steps_per_epoch(sampler.batches_per_epoch, config.accum_steps, config.drop_last)
     total_steps = config.epochs * spe
-    warmup_steps = round(config.warmup_epochs * spe)
-    lr_at = functools.partial(lr_at_step, peak_lr=peak_lr, min_lr=config.min_lr, warmup_steps=warmup_steps,
-                              total_steps=total_steps)
+    lr_at, warmup_steps = make_schedule(config, peak_lr=peak_lr, steps_per_epoch=spe)
 
     # The loader draws its worker base seed from this generator, not from the global RNG, and it is
     # re-seeded from (seed, rank, epoch) every epoch: resuming never shifts the global random stream.
@@ -187,15 +239,15 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
     loader_rng = torch.Generator()
     train_loader = DataLoader(
         train_ds, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers, generator=loader_rng,
-        collate_fn=functools.partial(collate_skip_bad, even=mixup is not None),
-        pin_memory=device.type == "cuda", drop_last=True,
+        collate_fn=data.collate_train, pin_memory=device.type == "cuda",
     )
-    val_loader = make_eval_loader(val_ds, config.batch_size, config.num_workers, info) if val_ds is not None else None
+    val_loader = (make_eval_loader(data.val, config.batch_size, config.num_workers, info, data.collate_eval)
+                  if data.val is not None else None)
 
     # ---- state restored from a checkpoint ----------------------------------------------------
     start_epoch, start_batch, step = 0, 0, 0
     history: list[dict] = []
-    best = {"top1": None, "epoch": None}
+    best = {"value": None, "epoch": None}
     last_eval: dict | None = None
     if ckpt is not None:
         if fsdp:
@@ -208,36 +260,42 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch, start_batch, step = ckpt["epoch"], ckpt.get("batch_in_epoch", 0), ckpt["step"]
-        history = list(ckpt["metrics"].get("history", []))
-        best = {"top1": ckpt["metrics"].get("best_top1"), "epoch": ckpt["metrics"].get("best_epoch")}
-        if ckpt["metrics"].get("top1") is not None:  # resuming a finished run reports its final evaluation
-            last_eval = {"top1": ckpt["metrics"]["top1"], "top5": ckpt["metrics"]["top5"]}
+        saved = ckpt["metrics"]
+        history = list(saved.get("history", []))
+        best = {"value": saved.get(f"best_{task.primary}"), "epoch": saved.get("best_epoch")}
+        last_eval = saved.get("final")  # resuming a finished run reports its final evaluation
+        if last_eval is None and saved.get("top1") is not None:  # checkpoints written before "final" existed
+            last_eval = {"top1": saved["top1"], "top5": saved.get("top5")}
         if info.rank == 0:
             set_rng_state(ckpt["rng"])
         else:
             _seed_everything(config.seed + info.rank + 1000 * start_epoch)
         _log(info, f"resumed from epoch {start_epoch}" + (f", batch {start_batch}" if start_batch else "")
-             + f" (optimizer step {step})")
+             + f" (optimizer step {step})" + (f"; changed: {resume_changes}" if resume_changes else ""))
 
     # ---- run folder --------------------------------------------------------------------------
     writer = None
+    resolved = {"output": str(out), "world_size": info.world_size, "effective_batch": effective_batch,
+                "lr": peak_lr, "warmup_steps": warmup_steps, "total_steps": total_steps,
+                "num_classes": len(data.classes), "task": task.name, "adapted": adapted}
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        save_config_yaml(config, out / "config.yaml", extra={
-            "output": str(out), "world_size": info.world_size, "effective_batch": effective_batch, "lr": peak_lr,
-            "warmup_steps": warmup_steps, "total_steps": total_steps, "num_classes": len(classes),
-        })
+        if ckpt is None or not (out / "config.yaml").exists():
+            save_config_yaml(config, out / "config.yaml", extra=resolved)
+        elif resume_changes:  # the first config is never lost: resumes are appended to it
+            _append_resume(out / "config.yaml", start_epoch, resume_changes)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tensorboard"))
     n_params = count_params(model)
-    _log(info, f"{config.model} ({n_params / 1e6:.2f} M params) on {config.data}: {len(train_ds)} train / "
-         f"{len(val_ds) if val_ds is not None else 0} val images, {len(classes)} classes; "
+    reported = "ema" if ema is not None else "model"
+    _log(info, f"{config.model} ({n_params / 1e6:.2f} M params, {task.name}) on {config.data}: {len(train_ds)} train"
+         f" / {len(data.val) if data.val is not None else 0} val images, {len(data.classes)} classes; "
          f"{config.epochs} epochs x {spe} steps, effective batch {effective_batch} "
          f"({config.batch_size} x {info.world_size} device(s) x {config.accum_steps}), lr {peak_lr:.3g}, "
          f"device {device}, run folder {out}")
 
-    def state_dict(epoch: int, batch_in_epoch: int, metrics: dict) -> dict:
+    def state_dict(epoch: int, batch_in_epoch: int, metrics: dict, rng: dict) -> dict:
         """The checkpoint content. Under FSDP every rank must call it (the full state is gathered)."""
         if fsdp:
             from torch.distributed.checkpoint.state_dict import (
@@ -254,37 +312,53 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
         return {
             "model": model_sd,
             **({"model_ema": ema.module.state_dict()} if ema is not None else {}),
+            "reported_weights": reported,  # the weights every reported accuracy belongs to
             "model_config": model_config_to_dict(unwrap_model(model).config),
             "model_name": config.model,
-            "labels": classes,
+            "task": task.name,
+            "labels": data.classes,
             "train_config": config_to_dict(config),
+            "requested_config": requested_config if ckpt is None else ckpt.get("requested_config", requested_config),
             "epoch": epoch,
             "batch_in_epoch": batch_in_epoch,
             "step": step,
             "optimizer": optim_sd,
             "scaler": scaler.state_dict() if scaler is not None else {},
-            "rng": rng_state(),
+            "rng": rng,
             "metrics": metrics,
         }
 
     def summary(final: dict | None) -> dict:
         speeds = [h["train_images_per_sec"] for h in history if "train_images_per_sec" in h]
         return {
-            "top1": final["top1"] if final else None,
-            "top5": final["top5"] if final else None,
-            "best_top1": best["top1"],
+            task.primary: None,
+            **{k: v for k, v in (final or {}).items() if not isinstance(v, dict)},
+            **({"per_class": final["per_class"]} if final and "per_class" in final else {}),
+            f"best_{task.primary}": best["value"],
             "best_epoch": best["epoch"],
+            "primary_metric": task.primary,
+            "task": task.name,
             "epochs": len({h["epoch"] for h in history}),
             "world_size": info.world_size,
             "effective_batch": effective_batch,
             "lr": peak_lr,
             "train_images_per_sec": sum(speeds) / len(speeds) if speeds else None,
-            "evaluated": "ema" if ema is not None else "model",
+            "evaluated": reported,
             "model": config.model,
             "params": n_params,
             "device": str(device),
+            "adapted": adapted,
+            "final": final,
             "history": history,
         }
+
+    def save(state: dict, improved: bool) -> None:
+        # Best first, then last: whatever a kill interrupts, checkpoint-best.pt is never older than
+        # the best epoch that checkpoint-last.pt (and metrics.json) name.
+        if improved or not (out / "checkpoint-best.pt").exists():
+            save_checkpoint(state, out / "checkpoint-best.pt")
+        save_checkpoint(state, out / "checkpoint-last.pt")
+        (out / "metrics.json").write_text(json.dumps(state["metrics"], indent=2))
 
     # ---- training ------------------------------------------------------------------------------
     from tqdm import tqdm
@@ -293,19 +367,22 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
     # record; redirected to a file, the bar refreshes every 30 s instead of flooding it.
     bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr,
                mininterval=0.1 if sys.stderr.isatty() else 30.0, disable=not (config.progress and info.is_main))
-    progress = {"step": step}  # optimizer steps taken so far, also when interrupted mid-epoch
+    # Optimizer steps taken so far and the RNG state at that boundary (before the next batch is
+    # loaded, augmented or mixed): an interrupt anywhere inside a batch saves this, so the resumed
+    # run replays that batch with exactly the random numbers it would have drawn.
+    progress = {"step": step, "rng": None}
 
     def on_step(s: dict) -> None:
-        progress["step"] = s["step"]
+        progress["step"], progress["rng"] = s["step"], rng_state()
         bar.update(1)
         bar.set_postfix(loss=f"{s['loss']:.3f}", lr=f"{s['lr']:.2e}", img_s=f"{s['images_per_sec']:.0f}")
         if writer is not None:
             writer.add_scalar("train/loss", s["loss"], s["step"])
             writer.add_scalar("train/lr", s["lr"], s["step"])
 
-    ctx = StepContext(optimizer=optimizer, criterion=criterion, lr_at=lr_at, device=device, amp=config.amp,
-                      scaler=scaler, accum_steps=config.accum_steps, clip_grad=config.clip_grad, mixup=mixup,
-                      ema=ema, unwrapped=model, on_step=on_step)
+    ctx = StepContext(optimizer=optimizer, loss=task.loss, lr_at=lr_at, device=device, amp=config.amp,
+                      scaler=scaler, accum_steps=config.accum_steps, step_on_last_batch=not config.drop_last,
+                      clip_grad=config.clip_grad, ema=ema, unwrapped=model, on_step=on_step)
     try:
         for epoch in range(start_epoch, config.epochs):
             bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
@@ -313,6 +390,7 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
             train_ds.set_epoch(epoch)
             loader_rng.manual_seed(config.seed * 100_003 + info.rank * 1009 + epoch)
             epoch_start_step = step
+            progress["rng"] = rng_state()
             try:
                 stats = train_one_epoch(train_model, train_loader, ctx, step)
             except KeyboardInterrupt:
@@ -320,7 +398,8 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
                 done = start_batch + (progress["step"] - epoch_start_step) * config.accum_steps
                 step = progress["step"]
                 if info.is_main and not fsdp:  # (FSDP would need every rank in a collective here)
-                    save_checkpoint(state_dict(epoch, done, summary(last_eval)), out / "checkpoint-last.pt")
+                    save_checkpoint(state_dict(epoch, done, summary(last_eval), progress["rng"]),
+                                    out / "checkpoint-last.pt")
                     _log(info, f"\ninterrupted: saved {out / 'checkpoint-last.pt'} (epoch {epoch + 1}, batch {done}); "
                          f"continue with --resume auto --output {out}")
                 raise
@@ -331,36 +410,35 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
                 _log(info, f"warning: skipped {stats['skipped_images']} unreadable training image(s) "
                      f"in epoch {epoch + 1}")
             is_last = epoch + 1 == config.epochs
-            if val_loader is not None and (is_last or (config.eval_every > 0 and (epoch + 1) % config.eval_every == 0)):
-                res = evaluate(wrapped, val_loader, device, config.amp)
-                record.update(top1_model=res["top1"], top5_model=res["top5"], val_loss=res["loss"])
-                if ema is not None:
-                    res = evaluate(ema.module, val_loader, device, config.amp)
-                    record.update(top1_ema=res["top1"], top5_ema=res["top5"])
-                record.update(top1=res["top1"], top5=res["top5"])
-                last_eval = res
-                if res["skipped_images"]:
-                    _log(info, f"warning: skipped {res['skipped_images']} unreadable validation image(s)")
-            history.append(record)
-            improved = "top1" in record and (best["top1"] is None or record["top1"] > best["top1"])
-            if improved:
-                best = {"top1": record["top1"], "epoch": epoch + 1}
-            if writer is not None:
-                for k, v in record.items():
-                    if k not in ("epoch", "step"):
-                        writer.add_scalar(f"epoch/{k}", v, epoch + 1)
             msg = (f"epoch {epoch + 1}/{config.epochs}  train loss {stats['loss']:.4f}  lr {record['lr']:.2e}  "
                    f"{stats['images_per_sec']:.0f} img/s")
-            if "top1" in record:
-                msg += f"  val top-1 {record['top1']:.2f}%  top-5 {record['top5']:.2f}%"
+            if val_loader is not None and (is_last or (config.eval_every > 0 and (epoch + 1) % config.eval_every == 0)):
+                res = task.evaluate(wrapped, val_loader, device, config.amp)
+                record.update({f"{k}_model": v for k, v in _scalars(res).items()})
                 if ema is not None:
-                    msg += f"  (model {record['top1_model']:.2f}%)"
+                    res_model = res
+                    res = task.evaluate(ema.module, val_loader, device, config.amp)
+                    record.update({f"{k}_ema": v for k, v in _scalars(res).items()})
+                record.update(_scalars(res))
+                last_eval = res
+                msg += f"  val {task.summary_line(res)}"
+                if ema is not None:
+                    msg += f"  (model {task.summary_line(res_model)})"
+                if res.get("skipped_images"):
+                    _log(info, f"warning: skipped {res['skipped_images']} unreadable validation image(s)")
+            history.append(record)
+            primary = record.get(task.primary)
+            improved = primary is not None and (best["value"] is None or primary > best["value"])
+            if improved:
+                best = {"value": primary, "epoch": epoch + 1}
+            if writer is not None:
+                for k, v in record.items():
+                    if k not in ("epoch", "step") and isinstance(v, (int, float)):
+                        writer.add_scalar(f"epoch/{k}", v, epoch + 1)
             _log(info, msg)
-            state = state_dict(epoch + 1, 0, summary(last_eval)) if info.is_main or fsdp else None
+            state = state_dict(epoch + 1, 0, summary(last_eval), rng_state()) if info.is_main or fsdp else None
             if info.is_main:
-                save_checkpoint(state, out / "checkpoint-last.pt")
-                if improved or not (out / "checkpoint-best.pt").exists():
-                    save_checkpoint(state, out / "checkpoint-best.pt")
+                save(state, improved)
             barrier()
     except NonFiniteLossError as e:
         last = out / "checkpoint-last.pt"
@@ -377,10 +455,11 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
     metrics["wall_seconds"] = time.perf_counter() - t_start
     if info.is_main:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        _plot_curves(history, out / "curves.png")
+        plot_curves(history, out / "curves.png", title=f"{config.model} on {Path(config.data).name} ({task.name})",
+                    primary=task.primary)
         if last_eval is not None:
-            _log(info, f"final: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
-                 f"(best {metrics['best_top1']:.2f}% at epoch {metrics['best_epoch']}, {metrics['evaluated']} weights)")
+            _log(info, f"final: {task.summary_line(last_eval)}  (best {task.primary} {best['value']:.2f} at epoch "
+                 f"{best['epoch']}, {reported} weights)")
         _log(info, f"run folder: {out}")
     # Leave together: no rank tears down its process group while another (rank 0, writing metrics
     # and plots) is still inside the run.
@@ -388,31 +467,63 @@ def _run(config: TrainConfig, info: DistInfo) -> dict:
     return metrics
 
 
-def _plot_curves(history: list[dict], path: Path) -> None:
-    """Loss, learning rate and accuracy per epoch, one PNG."""
+def _scalars(metrics: dict) -> dict:
+    """The per-epoch numbers of an evaluation (not its image counts or per-class tables)."""
+    return {k: v for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("images", "skipped_images")}
+
+
+def _load_initial_weights(model: torch.nn.Module, config: TrainConfig) -> str:
+    """Load --pretrained / --finetune weights into a freshly built model; return what was done."""
+    if hasattr(model, "load_initial_weights"):  # dense models: backbone from a classification checkpoint
+        return model.load_initial_weights(pretrained=config.pretrained, checkpoint=config.finetune)
+    from ..weights import load_checkpoint, load_pretrained
+
+    if config.pretrained:
+        report = load_pretrained(model, config.model, reinit_head=True)
+        return f"--pretrained: {report}"
+    report = load_checkpoint(model, config.finetune, reinit_head=True)
+    return f"--finetune: {report}"
+
+
+def _append_resume(path: Path, epoch: int, changes: dict) -> None:
+    import yaml
+
+    d = yaml.safe_load(path.read_text()) or {}
+    d.setdefault("resumed", []).append({"at_epoch": epoch, "changes": changes})
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+
+
+def plot_curves(history: list[dict], path: Path, title: str = "", primary: str = "top1") -> None:
+    """Loss, learning rate and the task's main metric per epoch, one PNG (markers, so 1 epoch shows)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(epochs, [h["train_loss"] for h in history], label="train")
-    ev = [h for h in history if "val_loss" in h]
-    axes[0].plot([h["epoch"] for h in ev], [h["val_loss"] for h in ev], label="val")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    axes[0].plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
+    ev = [h for h in history if "loss_model" in h]
+    if ev:
+        axes[0].plot([h["epoch"] for h in ev], [h["loss_model"] for h in ev], marker="s", label="val")
     axes[0].set_title("loss")
-    axes[1].plot(epochs, [h["lr"] for h in history])
+    axes[1].plot(epochs, [h["lr"] for h in history], marker="o")
     axes[1].set_title("learning rate (end of epoch)")
-    for key, label in (("top1_model", "model"), ("top1_ema", "EMA")):
+    for key, label in ((f"{primary}_model", "model"), (f"{primary}_ema", "EMA")):
         pts = [h for h in history if key in h]
         if pts:
-            axes[2].plot([h["epoch"] for h in pts], [h[key] for h in pts], label=f"top-1 {label}")
-    axes[2].set_title("val accuracy (%)")
+            axes[2].plot([h["epoch"] for h in pts], [h[key] for h in pts], marker="o", label=f"{primary} {label}")
+    axes[2].set_title(f"validation {primary}")
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
+        if len(epochs) <= 20:
+            ax.set_xticks(sorted(set(epochs)))
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,0 +1,185 @@
+"""What a task plugs into the one training loop (STYLE.md: "one loop, tasks plug in").
+
+The loop (`trainer.run`, `engine.train_one_epoch`) owns resume, AMP, accumulation, distributed,
+EMA, logging and checkpoints. A task says how to build the data and the model, how to compute
+the loss of one batch, how to evaluate, and which metric picks the best checkpoint:
+
+    task = get_task(config)                   # from --task, or implied by the model name
+    data = task.build_data(config)            # TaskData: datasets, classes, collate functions
+    model = task.build_model(config, data)
+    loss = task.loss(model, inputs, targets, device)      # one micro-batch, under autocast
+    metrics = task.evaluate(model, loader, device, amp)   # summed over ranks
+
+Classification lives here; detection and segmentation live in `convnext.dense.tasks`.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError
+
+__all__ = ["TaskData", "Task", "ClassificationTask", "get_task", "TASKS", "task_of_model"]
+
+
+@dataclass
+class TaskData:
+    train: Dataset
+    val: Dataset | None
+    classes: list[str]
+    collate_train: Callable
+    collate_eval: Callable
+    notes: list[str] = field(default_factory=list)  # warnings to print once (empty class folders...)
+    pair_multiple: int = 1  # the training batch must be a multiple of this (2 under Mixup/CutMix)
+
+
+class Task:
+    """Base class: the hooks the loop calls. Subclasses fill in every method."""
+
+    name = "task"
+    primary = "loss"  # metric that picks checkpoint-best.pt (higher is better)
+
+    def build_data(self, config) -> TaskData:
+        raise NotImplementedError
+
+    def build_model(self, config, data: TaskData) -> nn.Module:
+        raise NotImplementedError
+
+    def param_groups(self, model: nn.Module, config) -> list[dict]:
+        from .param_groups import param_groups
+
+        return param_groups(model, config.weight_decay, config.layer_decay)
+
+    def loss(self, model: nn.Module, inputs: Any, targets: Any, device: torch.device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, loader, device: torch.device, amp: str) -> dict:
+        raise NotImplementedError
+
+    def summary_line(self, metrics: dict) -> str:
+        """The result of an evaluation in one line (for the epoch log and the final report)."""
+        return f"{self.primary} {metrics[self.primary]:.2f}"
+
+
+class ClassificationTask(Task):
+    """Image classification with the paper's recipe: timm augmentation, Mixup/CutMix, soft-target CE."""
+
+    name = "classification"
+    primary = "top1"
+
+    def __init__(self):
+        self.mixup = None
+        self.criterion: nn.Module | None = None
+        self.num_classes = 0
+
+    def build_data(self, config) -> TaskData:
+        from ..data import build_dataset, collate_skip_bad, eval_transform, mixup_and_criterion, subset, train_transform
+        from ..errors import DataError
+
+        tf_train = train_transform(config.img_size, scale=config.scale, hflip=config.hflip, randaug=config.randaug,
+                                   reprob=config.reprob)
+        tf_eval = eval_transform(config.img_size, crop_pct=config.crop_pct)
+        train = build_dataset(config.data, "train", tf_train, strict=config.strict_images, data_dir=config.data_dir)
+        classes = list(train.classes)
+        try:
+            val = build_dataset(config.data, "val", tf_eval, classes=classes, strict=config.strict_images,
+                                data_dir=config.data_dir)
+        except DataError:
+            if config.eval_every != 0:
+                raise
+            val = None  # e.g. ImageNet-22K pre-training: no evaluation during training (PAPER.md §3.3)
+        notes = []
+        for split, ds in (("train", train), ("val", val)):
+            empty = getattr(ds, "empty_classes", [])
+            if empty:
+                notes.append(f"warning: {len(empty)} class folder(s) of the {split} split hold no images: "
+                             f"{', '.join(empty[:10])}")
+        self.num_classes = len(classes)
+        self.mixup, self.criterion = mixup_and_criterion(
+            len(classes), mixup=config.mixup, cutmix=config.cutmix, switch_prob=config.mixup_switch_prob,
+            smoothing=config.smoothing)
+        return TaskData(
+            train=subset(train, config.train_subset, seed=config.seed), val=val, classes=classes,
+            collate_train=functools.partial(collate_skip_bad, even=self.mixup is not None),
+            collate_eval=collate_skip_bad, notes=notes, pair_multiple=2 if self.mixup is not None else 1,
+        )
+
+    def build_model(self, config, data: TaskData) -> nn.Module:
+        """Registry entry + overrides + the paper's drop path for the model (weights: see the trainer)."""
+        from ..models import create_model, get_spec
+
+        try:
+            spec = get_spec(config.model)
+        except KeyError as e:
+            raise ConfigError(f"--model: {e.args[0]}") from None
+        overrides = dict(config.model_overrides)
+        if config.layer_scale is not None:
+            overrides["layer_scale_init_value"] = config.layer_scale
+        if config.head_init_scale is not None:
+            overrides["head_init_scale"] = config.head_init_scale
+        drop_path = config.drop_path if config.drop_path is not None else spec.train_drop_path
+        try:
+            return create_model(config.model, num_classes=len(data.classes), drop_path_rate=drop_path, **overrides)
+        except TypeError as e:  # unknown config override
+            raise ConfigError(f"--model-overrides: {e}") from None
+        except ValueError as e:  # a config the model refuses (e.g. inconsistent lengths)
+            raise ConfigError(f"--model-overrides: {e}") from None
+
+    def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, device: torch.device):
+        images = inputs.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if self.mixup is not None:
+            images, targets = self.mixup(images, targets)  # soft targets (B, num_classes)
+        return self.criterion(model(images), targets)
+
+    def evaluate(self, model: nn.Module, loader, device: torch.device, amp: str) -> dict:
+        from .engine import evaluate
+
+        res = evaluate(model, loader, device, amp)
+        if self.num_classes <= 5:  # top-5 of 5 classes or fewer is always 100%: not a result
+            res["top5"] = None
+        return res
+
+    def summary_line(self, metrics: dict) -> str:
+        line = f"top-1 {metrics['top1']:.2f}%"
+        if metrics.get("top5") is not None:
+            line += f"  top-5 {metrics['top5']:.2f}%"
+        return line
+
+
+# Tasks by name; a value is a class or "module:Class" (imported on first use: dense tasks pull in
+# torchvision's detection code only when asked for).
+TASKS: dict[str, Any] = {
+    "classification": ClassificationTask,
+    "detection": "convnext.dense.tasks:DetectionTask",
+    "segmentation": "convnext.dense.tasks:SegmentationTask",
+}
+
+
+def task_of_model(model: str) -> str:
+    """The task a registered model name implies (classification for unknown names)."""
+    from ..models import get_spec
+
+    try:
+        return get_spec(model).task
+    except KeyError:
+        return "classification"
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {name!r}")
+    cls = TASKS[name]
+    if isinstance(cls, str):
+        module, attr = cls.split(":")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"--task {name}: not available in this installation ({e})") from None
+    return cls()
