@@ -1,0 +1,373 @@
+"""COCO-format instance data for detection and instance segmentation (PAPER.md §4.1).
+
+The paper trains Mask R-CNN / Cascade Mask R-CNN with MMDetection's multi-scale 3x recipe. Its train
+pipeline (official `mask_rcnn_convnext_tiny_patch4_window7_mstrain_480-800_adamw_3x_coco_in1k.py`,
+"augmentation strategy originates from DETR / Sparse RCNN") is, at the reference size 800:
+
+    RandomFlip(0.5)
+    one of, with equal probability:
+      a) resize short side to one of 480, 512, ..., 800 (long side at most 1333)
+      b) resize short side to one of 400, 500, 600 (long <= 1333); crop a random h x w, each side
+         uniform in [384, 600] (capped by the image); then (a)
+Test: short side 800, long side at most 1333, no flip.
+
+`img_size` scales every length of the recipe by img_size / 800 for small runs. The geometry is
+torchvision.transforms.v2 on tv_tensors, so boxes and masks move with the image; ours are only the
+random-size crop and nearest-exact mask resizing (`InstanceMasks`). Sizes round like torchvision's
+Resize (floor), MMDetection rounds to nearest: the two can differ by one pixel.
+
+Dataset item: `(image (3, H, W) float in [0, 1], target)`, target = {boxes (N, 4) float32 xyxy in
+the transformed image's pixels, labels (N,) int64 in 1..C (category ids in sorted order; 0 is
+background), masks (N, H, W) uint8, image_id, orig_size (H0, W0), size (H, W)}. Crowd regions are
+not in the targets (as in MMDetection); they stay in `dataset.coco`, where COCO evaluation ignores
+detections on them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from convnext.errors import DataError, UserError
+
+__all__ = [
+    "CocoDataset",
+    "InstanceMasks",
+    "RandomSizeCrop",
+    "build_coco_dataset",
+    "coco_backend",
+    "coco_eval_transforms",
+    "coco_split_paths",
+    "coco_train_transforms",
+    "collate_detection",
+]
+
+log = logging.getLogger(__name__)
+
+# The official recipe's lengths at the reference test size 800 (pixels).
+REF_SIZE = 800
+MAX_SIZE = 1333
+TRAIN_SHORT_SIDES = tuple(range(480, 801, 32))  # 480, 512, ..., 800
+CROP_SHORT_SIDES = (400, 500, 600)
+CROP_RANGE = (384, 600)
+
+
+def _scale(lengths: tuple[int, ...], img_size: int) -> list[int]:
+    """Recipe lengths scaled to img_size (at 800 unchanged), deduplicated, at least 1 pixel."""
+    return sorted({max(1, round(n * img_size / REF_SIZE)) for n in lengths})
+
+
+class InstanceMasks(tv_tensors.Mask):
+    """(N, H, W) instance masks that `F.resize` resamples with nearest-exact (pixel centres), not
+    torchvision's default nearest for masks, which floors the source index: shifted by up to one
+    output pixel toward the bottom-right per resize, so masks drift off their boxes."""
+
+
+@F.register_kernel(F.resize, InstanceMasks)
+def _resize_instance_masks(mask: torch.Tensor, size: list[int] | None, interpolation: Any = None,
+                           max_size: int | None = None, **kwargs: Any) -> torch.Tensor:
+    out = F.resize_image(mask.as_subclass(torch.Tensor), size, interpolation=v2.InterpolationMode.NEAREST_EXACT,
+                         max_size=max_size)
+    return tv_tensors.wrap(out, like=mask)  # stays InstanceMasks for the transforms after this one
+
+
+class RandomSizeCrop(v2.Transform):
+    """Crop a random h x w window, h and w each uniform in [lo, hi] capped by the image's own side,
+    at a uniform position (MMDetection's RandomCrop with crop_type='absolute_range').
+
+    Boxes are clipped to the window; follow with `v2.SanitizeBoundingBoxes` to drop those left empty
+    (an empty crop is allowed, as `allow_negative_crop=True` in the recipe).
+    """
+
+    def __init__(self, lo: int, hi: int):
+        super().__init__()
+        if not 0 < lo <= hi:
+            raise ValueError(f"RandomSizeCrop needs 0 < lo <= hi, got {lo}, {hi}")
+        self.lo, self.hi = lo, hi
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        image = next(x for x in flat_inputs if isinstance(x, tv_tensors.Image))
+        h, w = F.get_size(image)
+
+        def side(n: int) -> int:  # uniform in [min(n, lo), min(n, hi)]
+            return int(torch.randint(min(n, self.lo), min(n, self.hi) + 1, ()))
+
+        ch, cw = side(h), side(w)
+        top = int(torch.randint(0, h - ch + 1, ()))
+        left = int(torch.randint(0, w - cw + 1, ()))
+        return dict(top=top, left=left, height=ch, width=cw)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return F.crop(inpt, **params)
+
+
+def coco_train_transforms(img_size: int = REF_SIZE) -> v2.Compose:
+    """The official multi-scale + crop train pipeline (module docstring), lengths scaled by img_size/800."""
+    max_size = round(MAX_SIZE * img_size / REF_SIZE)
+    multiscale = v2.RandomShortestSize(_scale(TRAIN_SHORT_SIDES, img_size), max_size=max_size)
+    crop_then_multiscale = v2.Compose([
+        v2.RandomShortestSize(_scale(CROP_SHORT_SIDES, img_size), max_size=max_size),
+        RandomSizeCrop(*_scale(CROP_RANGE, img_size)),
+        multiscale,
+    ])
+    return v2.Compose([
+        v2.RandomHorizontalFlip(0.5),
+        v2.RandomChoice([multiscale, crop_then_multiscale]),
+        v2.SanitizeBoundingBoxes(min_size=1),  # boxes the crop left empty go, with their labels and masks
+        v2.ToDtype(torch.float32, scale=True),  # image only: uint8 -> [0, 1]
+    ])
+
+
+def coco_eval_transforms(img_size: int = REF_SIZE) -> v2.Compose:
+    """Test pipeline: short side img_size, long side at most 1333 * img_size / 800, no flip."""
+    return v2.Compose([
+        v2.Resize(img_size, max_size=round(MAX_SIZE * img_size / REF_SIZE)),
+        v2.ToDtype(torch.float32, scale=True),
+    ])
+
+
+def coco_backend() -> tuple[type, type, Any]:
+    """(COCO, COCOeval, mask API) from faster-coco-eval, else pycocotools (same interface)."""
+    try:
+        from faster_coco_eval import COCO, COCOeval_faster
+        from faster_coco_eval.core import mask
+
+        return COCO, COCOeval_faster, mask
+    except ImportError:
+        pass
+    try:
+        from pycocotools import mask
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        return COCO, COCOeval, mask
+    except ImportError:
+        raise UserError("COCO data needs faster-coco-eval or pycocotools: pip install faster-coco-eval") from None
+
+
+def _make_coco(data: dict) -> Any:
+    """A COCO api object indexed from an already-loaded dict (no file read, no printing)."""
+    COCO, _, _ = coco_backend()
+    coco = COCO()
+    coco.dataset = data
+    if hasattr(coco, "print_function"):  # faster-coco-eval logs, pycocotools prints
+        coco.print_function = lambda *a, **k: None
+        coco.createIndex()
+    else:
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+    return coco
+
+
+def _first(items: list, n: int = 5) -> str:
+    return ", ".join(map(str, items[:n])) + (f" (and {len(items) - n} more)" if len(items) > n else "")
+
+
+def _require(records: Any, keys: tuple[str, ...], where: str, path: Path) -> None:
+    """Every record a dict with `keys`, else a DataError naming the file, the list and the key."""
+    if not isinstance(records, list):
+        raise DataError(f"{path}: '{where}' must be a list")
+    for i, r in enumerate(records):
+        missing = [k for k in keys if not isinstance(r, dict) or k not in r]
+        if missing:
+            raise DataError(f"{path}: {where}[{i}] lacks key '{missing[0]}' (expected {', '.join(keys)})")
+
+
+def _load_json(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"{path}: COCO annotation file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a COCO JSON object with images, annotations, categories")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise DataError(f"{path}: missing top-level key '{key}' (expected images, annotations, categories)")
+    _require(data["images"], ("id", "file_name", "height", "width"), "images", path)
+    _require(data["annotations"], ("image_id", "category_id", "bbox"), "annotations", path)
+    _require(data["categories"], ("id", "name"), "categories", path)
+    return data
+
+
+class CocoDataset(Dataset):
+    """Images and instance annotations of one COCO JSON file, validated once at construction.
+
+    Annotations whose box, clipped to the image, is 1 pixel or less wide or high are skipped and
+    counted in `skipped_annotations`; crowd regions are counted in `crowd_annotations` and kept out
+    of the targets. `classes[l - 1]` / `cat_ids[l - 1]` are the name / COCO id of label l.
+
+    Args:
+        ann_file: COCO instances JSON.
+        img_dir: folder the images' `file_name`s are relative to.
+        transforms: callable (tv_tensors.Image, target) -> (image, target), e.g.
+            `coco_train_transforms(800)`; None keeps the original size.
+        with_masks: decode instance masks (needs every annotation's `segmentation`).
+    """
+
+    def __init__(self, ann_file: str | Path, img_dir: str | Path, transforms: Callable | None = None,
+                 with_masks: bool = True):
+        self.ann_file, self.img_dir = Path(ann_file), Path(img_dir)
+        self.transforms = transforms if transforms is not None else v2.ToDtype(torch.float32, scale=True)
+        self.with_masks = with_masks
+        data = _load_json(self.ann_file)
+        path = self.ann_file
+
+        cats = sorted(data["categories"], key=lambda c: c["id"])
+        self.cat_ids: list[int] = [c["id"] for c in cats]
+        self.classes: list[str] = [c["name"] for c in cats]
+        label_of = {cid: i + 1 for i, cid in enumerate(self.cat_ids)}
+        self.images: list[dict] = data["images"]
+        index_of = {img["id"]: i for i, img in enumerate(self.images)}
+
+        anns = data["annotations"]
+        no_image = [a.get("id", i) for i, a in enumerate(anns) if a["image_id"] not in index_of]
+        if no_image:
+            raise DataError(f"{path}: {len(no_image)} annotations point to image ids not in 'images' "
+                            f"(annotation ids {_first(no_image)})")
+        bad_cat = sorted({a["category_id"] for a in anns if a["category_id"] not in label_of})
+        if bad_cat:
+            raise DataError(f"{path}: category ids {_first(bad_cat)} are used by annotations but not in 'categories'")
+        absent = [img["file_name"] for img in self.images if not (self.img_dir / img["file_name"]).is_file()]
+        if absent:
+            raise DataError(f"{path}: {len(absent)} of {len(self.images)} images are missing from {self.img_dir}: "
+                            f"{_first(absent)}")
+
+        # Per image: (xyxy box clipped to the image, label, segmentation) of its usable annotations.
+        self._targets: list[list[tuple[list[float], int, Any]]] = [[] for _ in self.images]
+        self.skipped_annotations = self.crowd_annotations = 0
+        for i, a in enumerate(anns):
+            if a.get("iscrowd", 0):
+                self.crowd_annotations += 1
+                continue
+            img = self.images[index_of[a["image_id"]]]
+            box = a["bbox"]
+            if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+                raise DataError(f"{path}: annotations[{i}] bbox must be 4 numbers [x, y, w, h], got {box!r}")
+            x0, y0 = max(box[0], 0), max(box[1], 0)
+            x1, y1 = min(box[0] + box[2], img["width"]), min(box[1] + box[3], img["height"])
+            if x1 - x0 <= 1 or y1 - y0 <= 1:
+                self.skipped_annotations += 1
+                continue
+            if with_masks and "segmentation" not in a:
+                raise DataError(f"{path}: annotations[{i}] lacks key 'segmentation' (needed for masks)")
+            self._targets[index_of[a["image_id"]]].append(([x0, y0, x1, y1], label_of[a["category_id"]],
+                                                           a.get("segmentation")))
+        self.coco = _make_coco(data)  # the ground truth COCO evaluation reads, crowd included
+        self.num_annotations = sum(map(len, self._targets))
+        if self.skipped_annotations:
+            log.info("%s: skipped %d annotations with boxes of 1 pixel or less", path, self.skipped_annotations)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _mask(self, segm: Any, h: int, w: int, index: int) -> np.ndarray:
+        """(h, w) uint8 mask from polygons, uncompressed RLE or compressed RLE."""
+        _, _, mask_api = coco_backend()
+        if isinstance(segm, list):  # polygons: [[x0, y0, x1, y1, ...], ...]
+            rle = mask_api.merge(mask_api.frPyObjects(segm, h, w))
+        elif isinstance(segm, dict) and isinstance(segm.get("counts"), list):  # uncompressed RLE
+            rle = mask_api.frPyObjects(segm, h, w)
+        elif isinstance(segm, dict) and isinstance(segm.get("counts"), (str, bytes)):  # compressed RLE
+            rle = segm
+        else:
+            raise DataError(f"{self.ann_file}: image {self.images[index]['file_name']}: segmentation is neither "
+                            f"polygons nor RLE")
+        return mask_api.decode(rle)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        from torchvision.io import ImageReadMode, decode_image
+
+        info = self.images[index]
+        path = self.img_dir / info["file_name"]
+        try:
+            image = decode_image(str(path), mode=ImageReadMode.RGB)  # (3, H0, W0) uint8
+        except (RuntimeError, OSError) as e:
+            raise DataError(f"{path}: cannot decode image ({e})") from None
+        h, w = info["height"], info["width"]
+        if tuple(image.shape[-2:]) != (h, w):
+            raise DataError(f"{path}: image is {image.shape[2]}x{image.shape[1]} but {self.ann_file} says {w}x{h}")
+
+        objs = self._targets[index]
+        boxes = torch.tensor([o[0] for o in objs], dtype=torch.float32).reshape(-1, 4)
+        target: dict[str, Any] = {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
+            "labels": torch.tensor([o[1] for o in objs], dtype=torch.int64),
+            "image_id": info["id"],
+            "orig_size": (h, w),
+        }
+        if self.with_masks:
+            masks = np.stack([self._mask(o[2], h, w, index) for o in objs]) if objs else np.zeros((0, h, w), np.uint8)
+            target["masks"] = InstanceMasks(torch.from_numpy(masks))  # (N, H0, W0) uint8
+
+        image, target = self.transforms(tv_tensors.Image(image), target)
+        # Plain tensors out: the model needs no tv_tensors metadata.
+        image = image.as_subclass(torch.Tensor)
+        target["boxes"] = target["boxes"].as_subclass(torch.Tensor)
+        if self.with_masks:
+            target["masks"] = target["masks"].as_subclass(torch.Tensor)
+        target["size"] = tuple(image.shape[-2:])
+        return image, target
+
+
+def coco_split_paths(root: str | Path, split: str) -> tuple[Path, Path, str | None]:
+    """(annotation JSON, image folder, warning or None) of `split` in the standard COCO layout
+    `root/annotations/instances_{split}2017.json`, `root/{split}2017/`.
+
+    A missing val JSON falls back to the train split (as for coco128, which has only train2017),
+    with a one-line warning returned.
+    """
+    if split not in ("train", "val"):
+        raise DataError(f"split must be 'train' or 'val', got {split!r}")
+    root = Path(root)
+
+    def paths(s: str) -> tuple[Path, Path]:
+        return root / "annotations" / f"instances_{s}2017.json", root / f"{s}2017"
+
+    ann, img_dir = paths(split)
+    warning = None
+    if split == "val" and not ann.is_file() and paths("train")[0].is_file():
+        warning = f"{root}: no annotations/instances_val2017.json, evaluating on the train split"
+        ann, img_dir = paths("train")
+    if not ann.is_file():
+        raise DataError(f"{ann}: COCO annotation file not found (expected DIR/annotations/instances_{split}2017.json)")
+    if not img_dir.is_dir():
+        raise DataError(f"{img_dir}: COCO image folder not found (expected DIR/{img_dir.name}/)")
+    return ann, img_dir, warning
+
+
+def build_coco_dataset(root: str | Path, split: str, img_size: int = REF_SIZE, train: bool | None = None,
+                       with_masks: bool = True) -> CocoDataset:
+    """The COCO dataset of `split` under `root` with the recipe's transforms at `img_size`.
+
+    `train` (default: split == 'train') picks the train or test transforms. The val->train fallback
+    warning is logged and kept as `dataset.warning` (None otherwise).
+    """
+    ann, img_dir, warning = coco_split_paths(root, split)
+    if warning:
+        log.warning(warning)
+    train = split == "train" if train is None else train
+    tf = coco_train_transforms(img_size) if train else coco_eval_transforms(img_size)
+    ds = CocoDataset(ann, img_dir, transforms=tf, with_masks=with_masks)
+    ds.warning = warning
+    return ds
+
+
+def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+    """Images of different sizes stay a list (the model pads them); targets a list of dicts."""
+    images, targets = zip(*batch) if batch else ((), ())
+    return list(images), list(targets)
