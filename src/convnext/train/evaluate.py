@@ -15,7 +15,7 @@ from .distributed import DistInfo
 from .engine import evaluate
 from .trainer import make_eval_loader
 
-__all__ = ["evaluate_checkpoint", "load_trained_model"]
+__all__ = ["eval_size_and_crop", "evaluate_checkpoint", "load_trained_model"]
 
 
 def load_trained_model(
@@ -54,6 +54,17 @@ def load_trained_model(
     return model, {"labels": None, "weights": "ema" if use_ema else "model", "train_config": {}}
 
 
+def eval_size_and_crop(checkpoint: str | Path, meta: dict, img_size: int | None, crop_pct: float | None
+                       ) -> tuple[int, float | None]:
+    """The (img_size, crop_pct) to evaluate at: the flags when given, else the checkpoint's own
+    (`meta` from `load_trained_model`); crop None = the paper's rule for that size."""
+    default_size, default_crop, _ = eval_resolution(checkpoint, meta["train_config"])
+    img_size = img_size or default_size
+    if crop_pct is None:
+        crop_pct = default_crop if img_size == default_size else None
+    return img_size, crop_pct
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     data: str,
@@ -72,11 +83,7 @@ def evaluate_checkpoint(
 ) -> dict:
     """Top-1/top-5 (percent) of `checkpoint` on the validation split of `data`."""
     model, meta = load_trained_model(checkpoint, weights, model_name)
-    tc = meta["train_config"]
-    default_size, default_crop, _ = eval_resolution(checkpoint, tc)
-    img_size = img_size or default_size
-    if crop_pct is None:
-        crop_pct = default_crop if img_size == default_size else None
+    img_size, crop_pct = eval_size_and_crop(checkpoint, meta, img_size, crop_pct)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
 

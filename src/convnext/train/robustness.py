@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..data import eval_transform
+from ..devices import resolve_device
 from ..data.robustness import (
     ALEXNET_ERR, BENCHMARKS, CORRUPTIONS, PAPER_TABLE8, corruption_datasets, imagenet_wnids, subset_wnids,
     wnid_dataset,
@@ -112,7 +113,7 @@ def run_benchmark(
     if missing and not partial:
         raise _missing_error(benchmark, root, missing)
 
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device)
     head.to(dev)
     from tqdm import tqdm
 
@@ -188,8 +189,7 @@ def benchmark_checkpoint(
     `kwargs` go to `run_benchmark` (batch_size, num_workers, amp, device, partial, strict_images, progress).
     """
     from ..weights.loading import match_model_name
-    from ..weights.pretrained import eval_resolution
-    from .evaluate import load_trained_model
+    from .evaluate import eval_size_and_crop, load_trained_model
 
     if benchmark not in BENCHMARKS:  # before loading a possibly large checkpoint
         raise ConfigError(f"--benchmark {benchmark!r}: expected one of {', '.join(BENCHMARKS)}")
@@ -202,10 +202,7 @@ def benchmark_checkpoint(
     if labels is not None and tuple(labels) != imagenet_wnids():
         raise CheckpointError(f"--checkpoint {checkpoint}: its 1000 labels are not the ImageNet-1K wnids in sorted "
                               f"order (first: {labels[0]})")
-    default_size, default_crop, _ = eval_resolution(checkpoint, meta["train_config"])
-    img_size = img_size or default_size
-    if crop_pct is None and img_size == default_size:
-        crop_pct = default_crop
+    img_size, crop_pct = eval_size_and_crop(checkpoint, meta, img_size, crop_pct)
     res = run_benchmark(benchmark, model, data, img_size=img_size, crop_pct=crop_pct, **kwargs)
     name = model_name or (match_model_name(model.config) if hasattr(model, "config") else None)
     paper, how = paper_row(name, checkpoint, img_size)
