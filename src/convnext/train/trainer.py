@@ -98,7 +98,7 @@ def resolve_resume(config: TrainConfig, saved: dict, explicit: frozenset[str] | 
         if key not in given or new[key] == before.get(key):
             continue
         if key in SAFE_TO_CHANGE_ON_RESUME:
-            changes[key] = new[key]
+            changes[key] = new[key]  # (resume/output/overwrite name this invocation: not recorded below)
         else:
             unsafe.append(f"--{key.replace('_', '-')} {before.get(key)!r} -> {new[key]!r}")
     if unsafe:
@@ -271,7 +271,9 @@ def _train(config: TrainConfig, info: DistInfo, explicit, out: Path, resume_path
         else:
             _seed_everything(config.seed + info.rank + 1000 * start_epoch)
         _log(info, f"resumed from epoch {start_epoch}" + (f", batch {start_batch}" if start_batch else "")
-             + f" (optimizer step {step})" + (f"; changed: {resume_changes}" if resume_changes else ""))
+             + f" (optimizer step {step})"
+             + "".join(f"; --{k.replace('_', '-')} now {v!r}" for k, v in resume_changes.items()
+                       if k not in ("resume", "output", "overwrite")))
 
     # ---- run folder --------------------------------------------------------------------------
     writer = None
@@ -282,8 +284,8 @@ def _train(config: TrainConfig, info: DistInfo, explicit, out: Path, resume_path
         out.mkdir(parents=True, exist_ok=True)
         if ckpt is None or not (out / "config.yaml").exists():
             save_config_yaml(config, out / "config.yaml", extra=resolved)
-        elif resume_changes:  # the first config is never lost: resumes are appended to it
-            _append_resume(out / "config.yaml", start_epoch, resume_changes)
+        elif recorded := {k: v for k, v in resume_changes.items() if k not in ("resume", "output", "overwrite")}:
+            _append_resume(out / "config.yaml", start_epoch, recorded)  # the first config is never lost
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tensorboard"))
