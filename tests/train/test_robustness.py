@@ -122,6 +122,9 @@ def test_missing_severity_is_an_error_or_with_partial_a_marked_result(imagenet_c
     expected = _expected_errors()
     ce = [np.mean(list(expected[c].values())) / ALEXNET_ERR[c] for c in CORRUPTIONS if c not in ("fog", "snow")]
     assert res["mCE"] == pytest.approx(np.mean(ce))
+    (tmp_path / "empty").mkdir()  # nothing at all: an error even with --partial
+    with pytest.raises(DataError, match="none of the 15 corruption folders"):
+        run_benchmark("imagenet-c", BrightStub(1, 3), tmp_path / "empty", partial=True, **FAST)
 
 
 def test_unknown_wnid_folder_is_named(tmp_path):

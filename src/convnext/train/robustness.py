@@ -112,6 +112,9 @@ def run_benchmark(
         head = _ClassSubset(model, [imagenet_wnids().index(w) for w in subset]) if subset else model
     if missing and not partial:
         raise _missing_error(benchmark, root, missing)
+    if not datasets:  # --partial with nothing at all to score
+        raise DataError(f"--data {root} holds none of the 15 corruption folders ({', '.join(CORRUPTIONS[:3])}, ...); "
+                        f"expected {root}/<corruption>/<severity 1-5>/<wnid>/*.JPEG")
 
     dev = resolve_device(device)
     head.to(dev)
@@ -226,8 +229,8 @@ def format_result(res: dict) -> str:
         n = res["corruptions_in_mCE"]
         lines.append(f"mCE (normalised by AlexNet, {n}/15 corruptions): {fmt(res['mCE'])}"
                      + (f"   paper ({paper['row']}): {paper[_PAPER_KEY['imagenet-c']]}" if paper else ""))
-        lines.append(f"mean corruption error (unnormalised): {fmt(res['mean_error'])}"
-                     + (f"   (the paper's C-bar, {paper['C_bar']}, is ImageNet-C-bar, another dataset)" if paper else ""))
+        c_bar = f"   (the paper's C-bar, {paper['C_bar']}, is ImageNet-C-bar, another dataset)" if paper else ""
+        lines.append(f"mean corruption error (unnormalised): {fmt(res['mean_error'])}{c_bar}")
         lines.append("(errors are top-1 error %, CE is % of AlexNet's error; lower is better)")
     else:
         col = _PAPER_KEY[res["benchmark"]]
