@@ -183,3 +183,18 @@ def test_two_ranks_gather_to_the_single_process_result(synthetic_coco, tmp_path)
                                                synthetic_coco / "train2017")).summarize()
     assert json.loads((tmp_path / "0.json").read_text()) == json.loads((tmp_path / "1.json").read_text()) == single
     assert single["bbox_AP"] == pytest.approx((100 * 34 / 101 + 200) / 3)  # every image counted once
+
+
+def test_pycocotools_fallback(synthetic_coco, monkeypatch):
+    import sys
+
+    pytest.importorskip("pycocotools")
+    ds = CocoDataset(synthetic_coco / "annotations/instances_train2017.json", synthetic_coco / "train2017")
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # import fails -> pycocotools
+    from pycocotools.coco import COCO
+
+    assert coco_backend()[0] is COCO
+    ev = _predict_ground_truth(ds)  # the dataset's faster-coco-eval ground truth is rebuilt for pycocotools
+    assert isinstance(ev.coco, COCO)
+    m = ev.summarize()
+    assert m["bbox_AP"] == m["segm_AP"] == pytest.approx((100 * 34 / 101 + 200) / 3)
