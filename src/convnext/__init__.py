@@ -1,20 +1,22 @@
-"""convnext: the ConvNeXt family of "A ConvNet for the 2020s" (Liu et al., CVPR 2022)."""
-from .models import (
-    ConvNeXt,
-    ConvNeXtConfig,
-    IsotropicConfig,
-    IsotropicConvNeXt,
-    count_flops,
-    count_params,
-    create_model,
-    get_spec,
-    list_models,
-    optimize_for_inference,
-)
+"""convnext: the ConvNeXt family of "A ConvNet for the 2020s" (Liu et al., CVPR 2022).
+
+Public names are imported on first use (`convnext._lazy`): `import convnext` does not import
+torch, so the `convnext` command starts fast.
+"""
+from __future__ import annotations
+
+from ._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ConvNeXt", "ConvNeXtConfig", "IsotropicConfig", "IsotropicConvNeXt", "count_flops", "count_params",
-    "create_model", "get_spec", "list_models", "optimize_for_inference", "__version__",
-]
+# Public name -> the module that defines it (imported when the name is first used).
+_PUBLIC: dict[str, str] = {
+    **dict.fromkeys(
+        ("ConvNeXt", "ConvNeXtConfig", "IsotropicConfig", "IsotropicConvNeXt", "count_flops", "count_params",
+         "create_model", "get_spec", "list_models", "optimize_for_inference"),
+        "convnext.models",
+    ),
+}
+
+__all__ = [*_PUBLIC, "__version__"]
+__getattr__, __dir__ = lazy_attributes(__name__, _PUBLIC)

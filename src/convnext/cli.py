@@ -1,5 +1,9 @@
 """The `convnext` console command. Each subcommand is a plain function; feature packages
-contribute theirs through a `register(subparsers)` function listed in `_COMMAND_MODULES`.
+contribute theirs through a `register(subparsers)` function in the module named in `_COMMANDS`.
+
+Start-up cost: importing torch takes seconds, so the parser is built lazily. `convnext --help`
+(and an unknown command) imports only argparse and this table; `convnext CMD ...` imports the one
+module that registers CMD. Modules registering commands keep torch imports inside their functions.
 """
 from __future__ import annotations
 
@@ -8,53 +12,85 @@ import importlib
 import os
 import sys
 
-__all__ = ["main", "UserError"]
+__all__ = ["main", "build_parser", "UserError"]
 
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 
-# Modules that define `register(subparsers)`; each adds one or more subcommands.
-_COMMAND_MODULES = (
-    "convnext.cli",
-    "convnext.weights.cli",
-    "convnext.train.cli",
-    "convnext.roadmap.cli",
-    "convnext.bench.cli",
-)
+# Every subcommand: the module whose `register(subparsers)` adds it, and its line in `convnext --help`.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("convnext.cli", "list registered models with params, GFLOPs at their paper resolution and paper top-1"),
+    "flops": ("convnext.cli", "multiply-accumulates of a model at a resolution"),
+    "convert": ("convnext.weights.cli", "convert a checkpoint between official/timm/torchvision/HF layouts"),
+    "export": ("convnext.weights.cli", "export a model with its weights to ONNX or TorchScript (parity-checked)"),
+    "predict": ("convnext.weights.cli", "top-k classes of images with a checkpoint"),
+    "train": ("convnext.train.cli", "train with the paper's recipe (no arguments: built-in digits, about a minute on a CPU)"),
+    "eval": ("convnext.train.cli", "top-1/top-5 of a checkpoint with the paper's evaluation preprocessing"),
+    "roadmap": ("convnext.roadmap.cli",
+                "the ResNet -> ConvNeXt modernization roadmap: list its steps or rerun it on a dataset"),
+    "bench": ("convnext.bench.cli",
+              "time our ConvNeXt against timm / torchvision with identical weights (or the input pipeline)"),
+}
+
+
+_TASKS = ("classification", "detection", "segmentation", "all")
+_ROADMAP_PREFIX = "roadmap_"  # the roadmap ladder's networks, `convnext roadmap --list` lists them
+
+
+def _shown_models(pattern: str | None, task: str | None) -> tuple[list[str], list[str]]:
+    """(names to list, names left out). Without a pattern or --task: the classification family only,
+    since counting MACs of the 32 roadmap steps and the dense models (up to 1280x800) takes minutes."""
+    from .models import get_spec, list_models
+
+    names = list_models(pattern)
+    if task == "all" or (task is None and pattern is not None):
+        return names, []
+    shown = [n for n in names if get_spec(n).task == (task or "classification")
+             and (task is not None or not n.startswith(_ROADMAP_PREFIX))]
+    return shown, [n for n in names if n not in shown]
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .models import count_flops, count_params, get_spec, list_models
     import torch
 
-    names = list_models(args.filter)
+    from .models import build_model, count_flops, count_params, get_spec
+
+    names, left_out = _shown_models(args.filter, args.task)
     if not names:
-        raise UserError(f"no registered model matches {args.filter!r}")
+        raise UserError(f"no registered model matches {args.filter or '*'!r}" + (f" with --task {args.task}"
+                                                                                  if args.task else ""))
+    sizes: dict[tuple, tuple[int, int]] = {}  # (config, resolution) -> (params, MACs): equal configs built once
     rows = []
     for name in names:
         spec = get_spec(name)
-        with torch.device("meta"):  # no weights allocated: sizes and MACs only
-            from .models import build_model
-
-            model = build_model(spec.config)
-        rows.append(
-            (
-                name,
-                f"{count_params(model) / 1e6:.2f}",
-                f"{count_flops(model, 224) / 1e9:.2f}",
-                f"{spec.top1:.1f}" if spec.top1 is not None else "-",
-                f"{spec.top1_22k:.1f}" if spec.top1_22k is not None else "-",
-            )
-        )
-    header = ("model", "params (M)", "GFLOPs@224", "top-1 IN-1K", "top-1 22K->1K")
+        key = (spec.config, spec.flops_size)
+        if key not in sizes:
+            with torch.device("meta"):  # no weights allocated: sizes and MACs only
+                model = build_model(spec.config)
+            sizes[key] = count_params(model), count_flops(model, spec.flops_size)
+        params, macs = sizes[key]
+        rows.append((
+            name, spec.task, f"{params / 1e6:.2f}", f"{macs / 1e9:.2f}", "x".join(map(str, spec.flops_size)),
+            f"{spec.top1:.1f}" if spec.top1 is not None else "-",
+            f"{spec.top1_22k:.1f}" if spec.top1_22k is not None else "-",
+        ))
+    header = ("model", "task", "params (M)", "GFLOPs", "at HxW", "top-1 IN-1K", "top-1 22K->1K")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
     print(fmt.format(*header))
     print(fmt.format(*("-" * w for w in widths)))
     for r in rows:
         print(fmt.format(*r))
-    print("\nGFLOPs are multiply-accumulates of conv and linear layers (the paper's convention); "
-          "top-1 is the paper's ImageNet-1K accuracy at 224 where reported.")
+    print("\nGFLOPs are multiply-accumulates of conv and linear layers (the paper's convention) at the paper's "
+          "resolution for the task; top-1 is the paper's ImageNet-1K accuracy at 224 where reported.")
+    if left_out:
+        counts = {}
+        for n in left_out:
+            kind = "roadmap" if n.startswith(_ROADMAP_PREFIX) else get_spec(n).task
+            counts[kind] = counts.get(kind, 0) + 1
+        print("Not listed: " + ", ".join(f"{c} {k}" for k, c in counts.items()) + " models; see "
+              "`convnext models --task detection|segmentation|all`, `convnext models 'roadmap_*'` "
+              "or `convnext roadmap --list`.")
     return 0
 
 
@@ -63,55 +99,81 @@ def _cmd_flops(args: argparse.Namespace) -> int:
 
     from .models import build_model, count_flops, count_params, get_spec
 
+    if args.img_size is not None and args.img_size < 1:  # checked here, before any model is built
+        raise ConfigError(f"--img-size {args.img_size}: expected a positive image side in pixels, e.g. 224")
     try:
         spec = get_spec(args.model)
     except KeyError as e:
         raise UserError(e.args[0]) from None
+    size = spec.flops_size if args.img_size is None else (args.img_size, args.img_size)
     with torch.device("meta"):
         model = build_model(spec.config)
     try:
-        macs = count_flops(model, args.img_size)
-    except ValueError as e:
-        raise UserError(f"--img-size {args.img_size}: {e}") from None
-    print(f"{args.model} @ {args.img_size}x{args.img_size}: {macs / 1e9:.3f} GFLOPs (MACs), "
+        macs = count_flops(model, size)
+    except ValueError as e:  # smaller than the network's total stride
+        raise ConfigError(f"--img-size {args.img_size}: {e}") from None
+    print(f"{args.model} @ {size[0]}x{size[1]}: {macs / 1e9:.3f} GFLOPs (MACs), "
           f"{count_params(model) / 1e6:.2f} M params")
-    ref = spec.gmacs.get(args.img_size)
+    ref = spec.ref_gmacs if size == spec.flops_size and spec.ref_gmacs is not None else (
+        spec.gmacs.get(size[0]) if size[0] == size[1] else None)
     if ref is not None:
         print(f"reference ({spec.source}): {ref} GFLOPs")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list every registered model with params, GFLOPs and paper top-1")
-    p.add_argument("filter", nargs="?", default=None, help="glob pattern, e.g. 'convnext_*'")
+    p = sub.add_parser(
+        "models", help=_COMMANDS["models"][1],
+        description="Without arguments: the classification family (ConvNeXt, isotropic, V2). A glob pattern "
+                    "lists every task's matching models; --task picks one task (or all). Params and MACs are "
+                    "counted on the built network (meta device: no weights allocated).",
+    )
+    p.add_argument("filter", nargs="?", default=None, help="glob pattern, e.g. 'convnext_*' or 'mask_rcnn_*'")
+    p.add_argument("--task", choices=_TASKS, default=None,
+                   help="only this task's models (default: classification, or every task when a pattern is given)")
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("flops", help="multiply-accumulates of a model at a resolution")
+    p = sub.add_parser("flops", help=_COMMANDS["flops"][1])
     p.add_argument("model")
-    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--img-size", type=int, default=None,
+                   help="square input side (default: the model's paper resolution, e.g. 224, or 800x1280 for detection)")
     p.set_defaults(func=_cmd_flops)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _requested_command(argv: list[str]) -> str | None:
+    """The subcommand named on the command line: the first token that is not an option."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `convnext` parser, complete for `command`; every other subcommand is a stub with its help line.
+
+    With `command=None` nothing beyond argparse is imported (enough for `convnext --help`).
+    """
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="convnext", description="ConvNeXt models, training and tools.")
     parser.add_argument("--version", action="version", version=f"convnext {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for mod in _COMMAND_MODULES:
+    module_name = _COMMANDS[command][0] if command in _COMMANDS else None
+    if module_name is not None:
         try:
-            module = importlib.import_module(mod) if mod != __name__ else sys.modules[__name__]
+            module = importlib.import_module(module_name) if module_name != __name__ else sys.modules[__name__]
         except ModuleNotFoundError as e:
-            if e.name and mod.startswith(e.name):  # feature package not in this build
-                continue
+            if e.name and module_name.startswith(e.name):  # feature package not in this build
+                parser.error(f"command {command!r} is not available in this installation ({e})")
             raise
         module.register(sub)
+    for name, (mod, help_line) in _COMMANDS.items():
+        if mod != module_name:  # only listed: its module is imported when it is the command given
+            sub.add_parser(name, help=help_line, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_requested_command(argv))
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -113,3 +113,41 @@ def test_optimized_ours_still_agrees():
     assert report["agreement"]["timm"]["max_abs_diff"] <= 1e-4
     with pytest.raises(ValueError, match="infer only"):
         BenchConfig(**TINY, mode="train", optimize_ours=True)
+
+
+@pytest.mark.parametrize("layout", ["flat", "imagefolder"])
+def test_data_mode_on_a_folder_of_images(layout, tmp_path, capsys):
+    from PIL import Image
+
+    for i in range(3):
+        folder = tmp_path / "imgs" / (f"class{i % 2}" if layout == "imagefolder" else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 30), (i * 40, 80, 120)).save(folder / f"{i}.jpg")
+    out = tmp_path / "data.json"
+    rc = main(["bench", "--mode", "data", "--data", str(tmp_path / "imgs"), "--images", "3", "--repeats", "1",
+               "--img-size", "32", "--json", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    stored = json.loads(out.read_text())["results"]["as stored"]
+    assert stored["images"] == 3 and stored["source_size"] == [40, 30]
+    (tmp_path / "empty").mkdir()
+    assert main(["bench", "--mode", "data", "--data", str(tmp_path / "empty"), "--no-progress"]) == 2
+    assert "no image files" in capsys.readouterr().err
+
+
+def test_paper_reference_only_for_inference():
+    from convnext.bench.runner import paper_reference
+
+    infer = paper_reference(BenchConfig(model="convnext_tiny", img_size=224))
+    assert infer["V100"] == 774.7 and infer["A100"] == 1943.5
+    assert paper_reference(BenchConfig(model="convnext_tiny", img_size=224, mode="train")) == {}
+
+
+def test_compile_announced_and_header_formatted(monkeypatch, capsys):
+    from convnext.bench import format_report
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: model)  # the message, not inductor, is under test
+    report = run_benchmark(BenchConfig(**TINY, compare=(), compile=True), progress=False)
+    assert "compiling ours (first call can take minutes)..." in capsys.readouterr().err
+    report["load_avg_before_after"] = [[4.111, 3.3, 2.0], None]
+    header = format_report(report).splitlines()[1]
+    assert header == "load average (1, 5, 15 min): before 4.11 3.30 2.00, after n/a"

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import tarfile
 from pathlib import Path
 
 from ..errors import UserError
-from .peers import PEERS
-from .runner import DTYPES, BenchConfig, OutputMismatch, format_report, run_benchmark
+from .options import DTYPE_NAMES, MODES, PEERS
 
 __all__ = ["register"]
 
@@ -36,12 +36,14 @@ def _cmd_data(args: argparse.Namespace) -> int:
     from .runner import machine_info
 
     if not args.data:
-        raise UserError("--mode data needs --data PATH: a .tar(.gz) of JPEGs, e.g. cifar10-train-jpeg.tar.gz")
-    if not Path(args.data).is_file():
-        raise UserError(f"--data {args.data}: no such file (expected a .tar(.gz) of JPEG images)")
+        raise UserError("--mode data needs --data PATH: a .tar(.gz) of JPEGs (e.g. cifar10-train-jpeg.tar.gz), "
+                        "an ImageFolder root or a folder of images")
+    if not Path(args.data).exists():
+        raise UserError(f"--data {args.data}: no such file or folder (expected a .tar(.gz) of JPEGs or a folder "
+                        "of images)")
     try:
         jpegs = read_jpegs(args.data, args.images)
-    except (ValueError, OSError) as e:  # not a tarball, or no JPEGs inside
+    except (ValueError, OSError, tarfile.TarError) as e:  # not a tarball, or no images inside
         raise UserError(f"--data {args.data}: {e}") from None
     transform = train_transform(args.img_size)
     report = {"machine": machine_info("cpu"), "transform": repr(transform), "data": str(args.data), "results": {}}
@@ -59,6 +61,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.mode == "data":
         return _cmd_data(args)
     from ..models import get_spec
+    from .runner import BenchConfig, OutputMismatch, format_report, run_benchmark
 
     try:
         get_spec(args.model)
@@ -100,9 +103,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="convnext_tiny", help="registered model name (default convnext_tiny)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--mode", choices=("infer", "train", "data"), default="infer",
+    p.add_argument("--mode", choices=(*MODES, "data"), default="infer",
                    help="infer: forward; train: forward+backward+AdamW step; data: train transform img/s per worker")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="fp32, or bf16/fp16 autocast")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32", help="fp32, or bf16/fp16 autocast")
     p.add_argument("--channels-last", action="store_true", help="models and input in channels_last memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile every implementation")
     p.add_argument("--compare", default="timm,torchvision",
@@ -119,7 +122,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(layer scale folded once)")
     p.add_argument("--tolerance", type=float, default=None, help="max |logit diff| allowed (default by dtype)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the full report as JSON")
-    p.add_argument("--data", default=None, help="--mode data: .tar(.gz) of JPEGs (e.g. cifar10-train-jpeg.tar.gz)")
+    p.add_argument("--data", default=None,
+                   help="--mode data: .tar(.gz) of JPEGs (e.g. cifar10-train-jpeg.tar.gz), an ImageFolder root or a "
+                   "folder of images")
     p.add_argument("--images", type=int, default=500, help="--mode data: number of images per pass")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_bench)

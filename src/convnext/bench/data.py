@@ -21,20 +21,35 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-__all__ = ["read_jpegs", "upscaled_jpegs", "bench_transform"]
+__all__ = ["read_jpegs", "upscaled_jpegs", "bench_transform", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # what a folder source may hold
 
 
-def read_jpegs(tar_path: str | Path, limit: int) -> list[bytes]:
-    """The bytes of the first `limit` .jpg members of a tarball (no extraction to disk)."""
+def read_jpegs(source: str | Path, limit: int) -> list[bytes]:
+    """The encoded bytes of the first `limit` images of `source`, read into memory.
+
+    `source` is a .tar(.gz) of JPEGs (no extraction to disk), or a folder: an ImageFolder root
+    (class sub-folders) or a flat folder of images, walked in sorted order.
+    """
+    source = Path(source)
     out = []
-    with tarfile.open(tar_path) as tar:
+    if source.is_dir():
+        for path in sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+            out.append(path.read_bytes())
+            if len(out) == limit:
+                break
+        if not out:
+            raise ValueError(f"{source}: no image files ({', '.join(IMAGE_SUFFIXES)}) in it or its sub-folders")
+        return out
+    with tarfile.open(source) as tar:
         for member in tar:
             if member.isfile() and member.name.lower().endswith((".jpg", ".jpeg")):
                 out.append(tar.extractfile(member).read())
                 if len(out) == limit:
                     break
     if not out:
-        raise ValueError(f"{tar_path}: no .jpg files found")
+        raise ValueError(f"{source}: no .jpg files found")
     return out
 
 

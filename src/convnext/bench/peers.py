@@ -15,6 +15,7 @@ from torch import nn
 
 from ..models import create_model
 from ..weights import convert_state_dict
+from .options import PEERS
 
 __all__ = ["PEERS", "Implementation", "build_implementations"]
 
@@ -27,7 +28,6 @@ _TIMM_NAMES = {
 }
 _TORCHVISION_NAMES = {f"convnext_{s}": f"convnext_{s}" for s in ("tiny", "small", "base", "large")}
 
-PEERS = ("timm", "torchvision")
 
 
 @dataclass

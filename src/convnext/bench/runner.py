@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import sys
 import statistics
 import threading
 import time
@@ -27,13 +28,14 @@ from torch import nn
 from tqdm import tqdm
 
 from ..models.inference import optimize_for_inference
+from .options import DTYPE_NAMES, MODES
 from .paper import paper_throughput
 from .peers import Implementation, build_implementations
 
-__all__ = ["BenchConfig", "OutputMismatch", "run_benchmark", "check_outputs_agree", "machine_info", "DTYPES"]
+__all__ = ["BenchConfig", "OutputMismatch", "run_benchmark", "check_outputs_agree", "machine_info", "paper_reference",
+           "DTYPES"]
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-MODES = ("infer", "train")
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 
 # Default max |logit difference| between implementations. fp32 on CPU: the issue's 1e-4. CUDA
 # convolutions may use TF32 even in "fp32", and autocast rounds to 8 (bf16) or 11 (fp16) bits.
@@ -329,6 +331,8 @@ def run_benchmark(
         bar = tqdm(total=total, desc=f"bench {cfg.model} {cfg.mode}", unit="step", disable=not progress)
         first_call_s = {}
         for name in names:  # warm-up; the first call includes compilation
+            if cfg.compile:  # else the bar sits at 0 for minutes with no word why
+                tqdm.write(f"compiling {name} (first call can take minutes)...", file=sys.stderr)
             for i in range(cfg.warmup):
                 seconds = _timed(steps[name], 1, device)
                 if i == 0:
@@ -379,13 +383,25 @@ def run_benchmark(
         "ratios": ratios,
         "skipped": skipped,
     }
-    reference = paper_throughput(cfg.model, cfg.img_size)
+    reference = paper_reference(cfg)
     if reference:
-        report["paper_reference_img_per_s"] = {
-            **reference,
-            "note": "published by the paper's authors on their GPUs (batch size not stated); not measured here",
-        }
+        report["paper_reference_img_per_s"] = reference
     return report
+
+
+def paper_reference(cfg: BenchConfig) -> dict:
+    """The paper's img/s for this benchmark, or {}: it publishes inference throughput only, so a
+    training-step benchmark has no reference."""
+    reference = paper_throughput(cfg.model, cfg.img_size) if cfg.mode == "infer" else {}
+    if not reference:
+        return {}
+    return {**reference,
+            "note": "published by the paper's authors on their GPUs (batch size not stated); not measured here"}
+
+
+def _floats(values: list[float] | None, digits: int = 2) -> str:
+    """`[4.111, 3.3]` -> `4.11 3.30` (load averages and the like, for the report header)."""
+    return "n/a" if values is None else " ".join(f"{v:.{digits}f}" for v in values)
 
 
 def format_report(report: dict) -> str:
@@ -399,7 +415,8 @@ def format_report(report: dict) -> str:
     )
     lines = [
         title,
-        f"load average before/after (1, 5, 15 min): {report['load_avg_before_after']}",
+        f"load average (1, 5, 15 min): before {_floats(report['load_avg_before_after'][0])}, "
+        f"after {_floats(report['load_avg_before_after'][1])}",
     ]
     for name, a in report["agreement"].items():
         lines.append(f"outputs agree: ours vs {name}: max|diff| = {a['max_abs_diff']:.2e} "

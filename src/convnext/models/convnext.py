@@ -85,9 +85,12 @@ class ClassifierMixin:
                 f"{type(self).__name__} expects input of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}"
             )
         h, w = x.shape[-2:]
-        if h % self.stride or w % self.stride or h < self.stride or w < self.stride:
+        # Any size works as in the official code, timm and torchvision: each strided conv floors
+        # (225 -> 56 -> 28 -> 14 -> 7), so only an input smaller than the total stride (no pixel
+        # left for the last stage) is refused.
+        if h < self.stride or w < self.stride:
             raise ValueError(
-                f"{type(self).__name__} needs H and W to be positive multiples of {self.stride} "
+                f"{type(self).__name__} needs H and W of at least {self.stride} pixels "
                 f"(total stride of the network); got {h}x{w}"
             )
 
@@ -158,7 +161,7 @@ class ConvNeXt(ClassifierMixin, nn.Module):
             dict(num_chs=d, reduction=p * 2**i, module=f"stages.{i}") for i, d in enumerate(dims)
         ]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, C4, H/32, W/32)
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, C4, H//32, W//32)
         self._check_input(x)
         x = to_channels_last(x)  # whole network in NHWC memory: the blocks' permutes become free views
         for down, stage in zip(self.downsample_layers, self.stages):
@@ -166,7 +169,7 @@ class ConvNeXt(ClassifierMixin, nn.Module):
         return x
 
     def forward_intermediates(self, x: torch.Tensor, norm: bool = True) -> list[torch.Tensor]:
-        """Outputs of every stage, (B, C_i, H/s_i, W/s_i), as a dense-prediction backbone sees them.
+        """Outputs of every stage, (B, C_i, H//s_i, W//s_i), as a dense-prediction backbone sees them.
 
         With `norm=True` each output passes through its own channel LayerNorm, as in the paper's
         detection/segmentation backbones: the learnable `stage_norms` when the model was built

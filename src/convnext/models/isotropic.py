@@ -77,13 +77,13 @@ class IsotropicConvNeXt(ClassifierMixin, nn.Module):
             dict(num_chs=config.dim, reduction=config.patch_size, module=f"blocks.{e - 1}") for e in self._ends
         ]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, C, H/16, W/16)
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, C, H//16, W//16)
         self._check_input(x)
         x = to_channels_last(x)  # NHWC memory: the blocks' permutes become free views
         return self._run_blocks(self.blocks, self.stem(x))
 
     def forward_intermediates(self, x: torch.Tensor, norm: bool = True) -> list[torch.Tensor]:
-        """Outputs after each of `num_intermediates` equal groups of blocks, (B, C, H/16, W/16), channel-LayerNormed if `norm`."""
+        """Outputs after each of `num_intermediates` equal groups of blocks, (B, C, H//16, W//16), channel-LayerNormed if `norm`."""
         self._check_input(x)
         x = self.stem(to_channels_last(x))
         outs, start = [], 0

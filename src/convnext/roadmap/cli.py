@@ -4,10 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import yaml
-
 from ..errors import UserError
-from ..models.roadmap import REGIMES, STEP_NAMES
 
 __all__ = ["register"]
 
@@ -15,6 +12,8 @@ __all__ = ["register"]
 def _parse_steps(text: str | None) -> list[str] | None:
     if text is None:
         return None
+    from ..models.roadmap import STEP_NAMES
+
     steps = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [s for s in steps if s not in STEP_NAMES]
     if unknown or not steps:
@@ -25,6 +24,8 @@ def _parse_steps(text: str | None) -> list[str] | None:
 
 def _parse_sets(pairs: list[str]) -> dict:
     """`--set key=value` pairs -> dict, values parsed as YAML scalars (numbers, booleans, lists)."""
+    import yaml
+
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -35,8 +36,11 @@ def _parse_sets(pairs: list[str]) -> dict:
 
 
 def _cmd_roadmap(args: argparse.Namespace) -> int:
+    from ..models.roadmap import REGIMES
     from .results import format_ladder, ladder
 
+    if args.regime not in REGIMES:
+        raise UserError(f"--regime {args.regime}: expected one of {', '.join(REGIMES)}")
     steps = _parse_steps(args.steps)
     if args.list:
         print(format_ladder(ladder(args.regime, steps)))
@@ -84,8 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "results.csv, results.md and a Figure-2-style roadmap.png into --output.",
     )
     p.add_argument("--list", action="store_true", help="print the ladder: step, change, params, GFLOPs, paper top-1")
-    p.add_argument("--regime", choices=REGIMES, default="r50", help="r50: ResNet-50 -> ConvNeXt-T; r200: -> ConvNeXt-B")
-    p.add_argument("--steps", default=None, help=f"comma-separated subset of: {','.join(STEP_NAMES)}")
+    p.add_argument("--regime", default="r50", help="r50: ResNet-50 -> ConvNeXt-T; r200: -> ConvNeXt-B")
+    p.add_argument("--steps", default=None, help="comma-separated step names (see --list), e.g. baseline,patchify")
     p.add_argument("--data", default=None, help="dataset: an image folder, 'digits' or 'cifar10'")
     p.add_argument("--output", default=None, help="experiment folder (reused runs are skipped: resumable)")
     p.add_argument("--recipe", default=None,
