@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import StochasticDepth
 
 from .fast import add_residual_, depthwise_conv, layer_scaled_linear, linear_gelu
 
@@ -84,7 +83,12 @@ class Block(nn.Module):
             self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
         else:
             self.gamma = None
-        self.drop_path = StochasticDepth(drop_path, "row") if drop_path > 0 else nn.Identity()
+        if drop_path > 0:
+            from torchvision.ops import StochasticDepth  # here: importing torchvision costs ~2 s at start-up
+
+            self.drop_path = StochasticDepth(drop_path, "row")
+        else:
+            self.drop_path = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W), fastest in channels_last format
         # shortcut + drop_path(gamma * pwconv2(grn(gelu(pwconv1(norm(dwconv(x))))))), computed with
