@@ -22,7 +22,7 @@ def single_process_run(tmp_path_factory):
     return out, run(load_config("digits", batch_size=16, output=str(out), **COMMON))
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("mode", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])  # DDP stays in the fast suite
 def test_two_gloo_processes_match_one_process(tmp_path, single_process_run, mode):
     single_dir, single = single_process_run
 
