@@ -233,6 +233,7 @@ def test_eval_maps_class_names_to_the_checkpoint_labels(tmp_path, capsys):
     assert "zebra" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # about 2 min of inductor compilation; tests/models/test_convnext.py::test_no_graph_breaks stays fast
 def test_compiled_training_matches_eager(tmp_path):
     # --compile trains the same model: same steps, (nearly) the same weights; checkpoints keep plain keys.
     from torch._dynamo.utils import counters
