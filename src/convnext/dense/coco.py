@@ -109,6 +109,9 @@ class RandomSizeCrop(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         return F.crop(inpt, **params)
 
+    # torchvision < 0.21 (pyproject allows >= 0.17) calls these private names
+    _get_params, _transform = make_params, transform
+
 
 def coco_train_transforms(img_size: int = REF_SIZE) -> v2.Compose:
     """The official multi-scale + crop train pipeline (module docstring), lengths scaled by img_size/800."""
