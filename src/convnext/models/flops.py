@@ -19,15 +19,29 @@ def count_flops(model: nn.Module, img_size: int | tuple[int, int] = 224, batch_s
     in_chans = getattr(model, "in_chans", 3)
     meta = {k: torch.empty_like(v, device="meta") for k, v in model.state_dict(keep_vars=True).items()}
     x = torch.empty(batch_size, in_chans, h, w, device="meta")
+    target = model
+    if hasattr(model, "forward_dummy"):  # dense models count their own protocol (detectors: mmdet's forward_dummy)
+        target, meta = _DummyForward(model), {f"model.{k}": v for k, v in meta.items()}
     was_training = model.training
     model.eval()
     try:
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
-            functional_call(model, meta, (x,), strict=False)
+            functional_call(target, meta, (x,), strict=False)
     finally:
         model.train(was_training)
     return counter.get_total_flops() // 2
+
+
+class _DummyForward(nn.Module):
+    """Calls `model.forward_dummy` as its forward, so `functional_call` can run it on meta tensors."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        return self.model.forward_dummy(x)
 
 
 def count_params(model: nn.Module) -> int:
