@@ -13,7 +13,7 @@ from convnext.train import load_config, run
 # RandomResizedCrop that always keeps the whole image, so both runs see identical pixels.
 COMMON = dict(model_overrides={"stem_patch_size": 1, "depths": [1, 1], "dims": [8, 16]}, train_subset=64, epochs=1,
               randaug=None, reprob=0.0, mixup=0.0, cutmix=0.0, drop_path=0.0, hflip=0.0, scale=(1.0, 1.0),
-              num_workers=0, threads=1, progress=False, seed=0)
+              num_workers=0, threads=1, progress=False, seed=0, adapt=False)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, single_process_run, mode
            "--recipe", "digits", "--batch-size", "8", "--output", str(tmp_path / "ddp"),
            "--model-overrides", json.dumps(COMMON["model_overrides"]), "--train-subset", "64", "--epochs", "1",
            "--randaug", "none", "--reprob", "0", "--mixup", "0", "--cutmix", "0", "--drop-path", "0", "--hflip", "0",
-           "--scale", "1", "1", "--num-workers", "0", "--threads", "1", "--no-progress", "--seed", "0"]
+           "--scale", "1", "1", "--num-workers", "0", "--threads", "1", "--no-progress", "--seed", "0", "--no-adapt"]
     if mode == "fsdp":
         cmd.append("--fsdp")  # FSDP2 shards every Block; the checkpoint holds the gathered full weights
     env = dict(os.environ, OMP_NUM_THREADS="1")
