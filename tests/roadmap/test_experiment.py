@@ -77,7 +77,7 @@ def test_cli_bad_recipe_option(tmp_path, capsys):
 def test_tiny_real_experiment(tmp_path):
     # One step, a few optimizer steps of the real trainer on the built-in digits.
     argv = ["roadmap", "--data", "digits", "--steps", "depthwise", "--epochs", "1", "--train-subset", "64",
-            "--width-div", "4", "--output", str(tmp_path)]
+            "--width-div", "4", "--output", str(tmp_path), "--no-estimate"]
     assert main(argv) == 0
     metrics = json.loads((tmp_path / "depthwise" / "seed0" / "metrics.json").read_text())
     assert 0.0 <= metrics["top1"] <= 100.0 and metrics["evaluated"] == "model"  # EMA off
@@ -97,3 +97,35 @@ def test_resume_refuses_other_settings(tmp_path, monkeypatch):
         run_experiment("digits", tmp_path, steps=["depthwise"], train_overrides={"lr": 1e-3}, progress=False)
     with pytest.raises(ValueError, match="width_div must divide"):
         run_experiment("digits", tmp_path / "new", width_div=5, progress=False)
+
+
+def test_interrupt_hint_and_rerun_continues(tmp_path, monkeypatch, capsys):
+    fake = FakeTrainer()
+
+    def interrupted_second_run(config):
+        if len(fake.configs) == 1:
+            raise KeyboardInterrupt  # as the trainer re-raises it after saving its checkpoint
+        return fake(config)
+
+    monkeypatch.setattr("convnext.train.run", interrupted_second_run)
+    argv = ["roadmap", "--data", "digits", "--steps", "baseline,kernel9", "--output", str(tmp_path), "--no-estimate"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: rerun the same `convnext roadmap ...` command to continue where it stopped" in err
+    assert [c.model for c in fake.configs] == ["roadmap_r50_baseline"]
+
+    monkeypatch.setattr("convnext.train.run", fake)
+    assert main(argv) == 0  # the same command: the finished step is reused, only kernel9 trains
+    assert [c.model for c in fake.configs] == ["roadmap_r50_baseline", "roadmap_r50_kernel9"]
+
+
+def test_estimate_scales_one_timed_step(monkeypatch):
+    from convnext.roadmap import experiment
+
+    clock = iter(range(0, 1000, 1))  # every perf_counter() call advances 1 s: each timed step "takes" 1 s
+    monkeypatch.setattr(experiment.time, "perf_counter", lambda: float(next(clock)))
+    seconds, how = experiment.estimate_seconds("digits", steps=["depthwise", "widen"], seeds=2, width_div=4,
+                                               train_overrides={"epochs": 2, "train_subset": 64})
+    # 1 s per batch of 8 -> 1/8 s per image x 64 images x 2 epochs x (2 steps x 2 seeds)
+    assert seconds == pytest.approx(64 * 2 * 4 / 8)
+    assert "roadmap_r50_depthwise on 8 images" in how and "x 64 images x 2 epoch(s) x 4 runs (2 steps x 2 seed(s))" in how

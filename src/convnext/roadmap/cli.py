@@ -63,13 +63,22 @@ def _cmd_roadmap(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise UserError(f"the roadmap experiment needs convnext.train, which is not available here ({e})") from None
     from ..train import NonFiniteLossError
-    from .experiment import resolve_recipe, run_experiment
+    from .experiment import estimate_seconds, resolve_recipe, run_experiment
 
     try:
         resolve_recipe(args.data, args.recipe, overrides)  # fail on a bad recipe/option before any training
+        if not args.no_estimate:
+            seconds, how = estimate_seconds(args.data, regime=args.regime, steps=steps, seeds=args.seeds,
+                                            recipe=args.recipe, train_overrides=overrides, width_div=args.width_div)
+            print(f"estimate (rough): {seconds / 3600:.2f} h of training on this machine ({how}); "
+                  "finished runs in --output are reused", file=sys.stderr)
         rows = run_experiment(args.data, args.output, regime=args.regime, steps=steps, seeds=args.seeds,
                               recipe=args.recipe, train_overrides=overrides, width_div=args.width_div,
                               keep_checkpoints=args.keep_checkpoints)
+    except KeyboardInterrupt:  # the run being trained saved its checkpoint; finished runs have metrics.json
+        print("interrupted: rerun the same `convnext roadmap ...` command to continue where it stopped "
+              "(finished runs are reused, the interrupted one resumes from its checkpoint)", file=sys.stderr)
+        return 130
     except NonFiniteLossError as e:  # finished runs are kept: rerun the same command to resume after a fix
         print(f"convnext roadmap: stopped: {e}", file=sys.stderr)
         return 1
@@ -106,6 +115,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width-div", type=int, default=1,
                    help="train every step at its widths divided by N (same factor for all steps; 1 = the registered "
                         "networks): a cheaper ladder for CPU-scale reruns")
+    p.add_argument("--no-estimate", action="store_true",
+                   help="skip the run-time estimate printed before training (it times one training step)")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep each finished run's checkpoints (default: delete them once its metrics.json is written)")
     p.set_defaults(func=_cmd_roadmap)

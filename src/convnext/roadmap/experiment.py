@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,7 +22,7 @@ from ..models import build_model, count_flops, count_params, get_spec
 from ..models.roadmap import roadmap_steps
 from .results import StepResult, ladder, plot_roadmap, write_csv, write_markdown
 
-__all__ = ["run_experiment", "resolve_recipe", "write_results", "SMALL_INPUT_MAX_SIZE"]
+__all__ = ["run_experiment", "resolve_recipe", "write_results", "estimate_seconds", "SMALL_INPUT_MAX_SIZE"]
 
 SMALL_INPUT_MAX_SIZE = 64  # images up to this side use the stride-1 stems (`RoadmapConfig.small_input`)
 # Fields every run sets itself: the recipe must not fix the network, its seed or its folder.
@@ -47,6 +48,58 @@ def resolve_recipe(data: str, recipe: str | None = None, overrides: dict[str, An
     if bad:
         raise ValueError(f"training option(s) {', '.join(bad)}: unknown, or set per run by the roadmap itself")
     return TrainConfig(**{**values, **overrides, "data": data, "recipe": recipe, "ema": False})
+
+
+def _step_overrides(model_name: str, small_input: bool, width_div: int) -> dict[str, Any]:
+    """The network changes every run of the experiment applies to a registered roadmap step."""
+    overrides: dict[str, Any] = {"small_input": True} if small_input else {}
+    if width_div > 1:  # a list, as it is stored in the run's YAML config
+        overrides["widths"] = [w // width_div for w in get_spec(model_name).config.widths]
+    return overrides
+
+
+def estimate_seconds(data: str, *, regime: str = "r50", steps: Sequence[str] | None = None, seeds: int = 1,
+                     recipe: str | None = None, train_overrides: dict[str, Any] | None = None,
+                     width_div: int = 1, probe_batch: int = 8) -> tuple[float, str]:
+    """A rough wall-clock estimate of `run_experiment` with the same arguments, before it starts, and how it was made.
+
+    Times a training step (forward, backward, AdamW; fastest of three) of the first step's network on a batch of
+    `probe_batch` random images at the recipe's resolution, then scales it per image to every
+    epoch of every run. Evaluation, data loading and the other steps' different costs are not in it.
+    """
+    template = resolve_recipe(data, recipe, train_overrides)
+    from ..data import build_dataset
+
+    images = len(build_dataset(data, "train", None, data_dir=template.data_dir))
+    if template.train_subset:
+        images = min(images, template.train_subset)
+    names = [s.name for s in roadmap_steps(regime) if steps is None or s.name in steps]
+    small_input = template.img_size <= SMALL_INPUT_MAX_SIZE
+    config = dataclasses.replace(get_spec(f"roadmap_{regime}_{names[0]}").config, num_classes=10,
+                                 **_step_overrides(f"roadmap_{regime}_{names[0]}", small_input, width_div))
+    model = build_model(config).train()
+    optimizer = torch.optim.AdamW(model.parameters())
+    batch = min(probe_batch, template.batch_size)
+    x, y = torch.randn(batch, 3, template.img_size, template.img_size), torch.randint(0, 10, (batch,))
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    step()  # warm-up: first-call allocations
+    timings = []
+    for _ in range(3):  # the fastest of three: other processes' load only ever adds time
+        start = time.perf_counter()
+        step()
+        timings.append(time.perf_counter() - start)
+    per_image = min(timings) / batch
+    runs = len(names) * seeds
+    seconds = per_image * images * template.epochs * runs
+    how = (f"one training step of roadmap_{regime}_{names[0]} on {batch} images of {template.img_size}x"
+           f"{template.img_size} took {per_image * batch:.3f} s; x {images} images x {template.epochs} epoch(s) "
+           f"x {runs} runs ({len(names)} steps x {seeds} seed(s)); evaluation and data loading not included")
+    return seconds, how
 
 
 def _check_same_experiment(path: Path, settings: dict[str, Any]) -> None:
@@ -118,7 +171,6 @@ def run_experiment(
         small_input = img_size <= SMALL_INPUT_MAX_SIZE
     if width_div < 1 or any(w % width_div for r in roadmap_steps(regime) for w in r.config.widths):
         raise ValueError(f"width_div must divide every step's widths (e.g. 1, 2, 4), got {width_div}")
-    overrides = {"small_input": True} if small_input else {}
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     rows = ladder(regime, list(steps) if steps is not None else None)
@@ -126,6 +178,7 @@ def run_experiment(
     from ..train.config import config_to_dict
 
     recipe_dict = {k: v for k, v in config_to_dict(template).items() if k not in _PER_RUN}
+    overrides = {"small_input": True} if small_input else {}  # stored as the experiment's network setting
     settings = dict(regime=regime, model_overrides=overrides, width_div=width_div, ema=False, recipe=recipe_dict)
     _check_same_experiment(output / "experiment.json", settings)
     (output / "experiment.json").write_text(json.dumps(
@@ -142,9 +195,7 @@ def run_experiment(
     for row, seed in bar:
         bar.set_postfix_str(f"{row.step} seed {seed}")
         model_name = f"roadmap_{regime}_{row.step}"
-        step_overrides = dict(overrides)
-        if width_div > 1:  # a list, as it is stored in the run's YAML config
-            step_overrides["widths"] = [w // width_div for w in get_spec(model_name).config.widths]
+        step_overrides = _step_overrides(model_name, small_input, width_div)
         run_dir = output / row.step / f"seed{seed}"
         metrics_path = run_dir / "metrics.json"
         if metrics_path.exists():  # finished earlier: reuse
