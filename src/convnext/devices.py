@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .errors import ConfigError
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "set_threads"]
 
 
 def resolve_device(text: str | None, flag: str = "--device"):
@@ -35,3 +35,14 @@ def resolve_device(text: str | None, flag: str = "--device"):
             raise ConfigError(f"{flag} {text}: Apple MPS is not available on this machine; use --device cpu")
         return dev
     raise ConfigError(f"{flag} {text}: unsupported device type {dev.type!r}; expected auto, cpu, cuda, cuda:N or mps")
+
+
+def set_threads(n: int | None, flag: str = "--threads") -> None:
+    """torch's intra-op CPU threads (None: leave torch's default); n must be >= 1."""
+    if n is None:
+        return
+    if n < 1:
+        raise ConfigError(f"{flag} {n}: must be >= 1 (CPU threads for inference)")
+    import torch
+
+    torch.set_num_threads(n)

@@ -75,8 +75,11 @@ def test_convert_keeps_labels_and_ema(tmp_path, capsys, labelled_checkpoint):
     ckpt = torch.load(path, weights_only=True)
     ema = randomize_(create_model("convnext_atto", num_classes=3))
     torch.save({**ckpt, "model_ema": ema.state_dict()}, path)
-    rc, out, _ = run(capsys, "convert", path, tmp_path / "ema.safetensors", "--ema")
-    assert rc == 0 and "[EMA weights]" in out
+    rc, out, err = run(capsys, "convert", path, tmp_path / "ema.safetensors", "--ema")
+    assert rc == 0 and "ema weights" in out and "--ema is deprecated; use --weights ema" in err
+    rc, out, _ = run(capsys, "convert", path, tmp_path / "auto.safetensors")  # auto: EMA present, so EMA
+    assert rc == 0 and "ema weights" in out
+    assert torch.equal(load_state_dict_file(tmp_path / "auto.safetensors")["head.weight"], ema.head.weight)
     assert read_labels(tmp_path / "ema.safetensors") == ["cat", "dog", "eel"]
     sd = load_state_dict_file(tmp_path / "ema.safetensors")
     assert torch.equal(sd["head.weight"], ema.head.weight)
@@ -147,18 +150,20 @@ def test_predict_errors_are_clear(tmp_path, capsys, image, labelled_checkpoint):
     (tmp_path / "broken.jpg").write_text("not an image")
     cases = [
         (["predict", "--checkpoint", path, tmp_path / "missing.jpg"], "image not found: .*missing.jpg"),
-        (["predict", "--checkpoint", path, tmp_path / "broken.jpg"], "broken.jpg: not a readable image"),
         (["predict", "--checkpoint", tmp_path / "none.pt", image], "checkpoint file not found: .*none.pt"),
         (["predict", "--checkpoint", image, image], "photo.jpg: not a PyTorch checkpoint or a safetensors file"),
         (["predict", "--checkpoint", path, "--model", "convnext_tiny", image], "does not fit"),
         (["predict", "--checkpoint", path, "--model", "convnext_tinyy", image], "Did you mean: convnext_tiny"),
         (["export", "convnext_atto", "--checkpoint", path, "--format", "onnx", tmp_path / "m.onnx",
-          "--img-size", 100], "--img-size 100: must be a multiple of 32"),
+          "--img-size", 100], "--img-size 100: must be a positive multiple of 32"),
     ]
     for argv, message in cases:
         rc, out, err = run(capsys, *argv)
         assert rc == 2 and re.search(message, err), (argv, err)
         assert "Traceback" not in err
+    # An unreadable image is reported on its own line; exit status 1 (the others would be classified).
+    rc, out, err = run(capsys, "predict", "--checkpoint", path, tmp_path / "broken.jpg")
+    assert rc == 1 and "broken.jpg: not a readable image" in err and out == ""
 
 
 def test_console_script(tmp_path, image, labelled_checkpoint):

@@ -178,7 +178,7 @@ def test_unknown_layouts_are_named():
     # A timm file with an extra tensor our layout cannot place is reported, not dropped.
     sd = convert_state_dict(create_model("convnext_atto").state_dict(), dst="timm")
     sd["head.pre_logits.fc.weight"] = torch.zeros(1)
-    with pytest.raises(CheckpointError, match="no official-layout equivalent:\n  head.pre_logits.fc.weight"):
+    with pytest.raises(CheckpointError, match="no official-layout equivalent: head.pre_logits.fc.weight"):
         convert_state_dict(sd)
 
 
@@ -287,5 +287,7 @@ def test_fcmae_pretraining_checkpoint(tmp_path):
     for a, b in zip(model.forward_intermediates(x, norm=False), ref.forward_intermediates(x, norm=False)):
         torch.testing.assert_close(a, b)
     rebuilt = from_checkpoint(path)
-    assert rebuilt.checkpoint_info == {"model_name": "convnextv2_atto", "labels": None, "layout": "fcmae",
-                                       "train_config": None}
+    info = rebuilt.checkpoint_info
+    assert {k: info[k] for k in ("model_name", "labels", "layout", "train_config", "weights")} == {
+        "model_name": "convnextv2_atto", "labels": None, "layout": "fcmae", "train_config": None, "weights": "model"}
+    assert "re-initialised" in str(info["report"]) and "fcmae layout" in str(info["report"])

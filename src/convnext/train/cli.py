@@ -106,8 +106,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from ..devices import set_threads
     from ..errors import UserError
 
+    set_threads(args.threads)
     if args.benchmark is not None:  # robustness benchmarks (Table 8): convnext.train.robustness
         from .robustness import cmd_benchmark
 
@@ -125,8 +127,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         )
     except ValueError as e:
         raise UserError(str(e)) from None
-    print(f"{res['checkpoint']} ({res['weights']} weights) on {res['data']} at {res['img_size']}px, "
-          f"{res['images']} images: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}")
+    from ..weights.io import printable
+
+    if res["skipped_images"]:  # as training reports them; --strict-images fails on the first instead
+        print(f"convnext eval: warning: {res['skipped_images']} unreadable image(s) skipped "
+              f"(--strict-images fails on the first, naming it)", file=sys.stderr)
+    print(printable(f"{res['checkpoint']} ({res['weights']} weights) on {res['data']} at {res['img_size']}px, "
+                    f"{res['images']} images: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
+                    f"loss {res['loss']:.4f}"))
     return 0
 
 
@@ -150,7 +158,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="centre-crop fraction (default 0.875 below 384, 1.0 from 384)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
-                   help="which weights of a training checkpoint: auto = EMA when present")
+                   help="which weights of a checkpoint holding both: auto (default) = those its reported "
+                        "accuracy belongs to (EMA when trained with EMA)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--model", default=None, help="model name, needed for checkpoints without a model config")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--amp", choices=("bf16", "fp16", "off"), default="off")

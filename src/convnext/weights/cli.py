@@ -1,63 +1,160 @@
 """`convnext convert`, `convnext export` and `convnext predict`: weight files in, weight files / exported
 graphs / predictions out. Each subcommand is a plain function of its parsed arguments.
+
+One weights rule for all of them (and `convnext eval`): `--weights auto` takes the weights whose
+accuracy the checkpoint reports (`convnext.weights.io.reported_weights`: EMA for a run trained
+with EMA), `--weights ema|model` chooses; each command prints which it used.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from ..errors import UserError
-from ..models.registry import build_model, config_to_dict
-from .convert import LAYOUTS, convert_state_dict, hf_config
-from .io import CheckpointError, read_checkpoint, save_state_dict, unwrap_state_dict
-from .loading import checkpoint_config, from_checkpoint, load_checkpoint, to_official
 
-__all__ = ["register", "load_model_for_inference"]
+__all__ = ["register", "load_model_for_inference", "add_weights_flag", "weights_choice"]
 
 _WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
-def load_model_for_inference(checkpoint: str | Path, model_name: str | None = None, ema: bool = False) -> nn.Module:
+def add_weights_flag(p: argparse.ArgumentParser, ema_alias: bool = True) -> None:
+    """`--weights {auto,ema,model}` (and the deprecated `--ema`), shared by convert/export/predict/eval."""
+    p.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
+                   help="which weights of a checkpoint holding both: auto (default) = those its reported "
+                        "accuracy belongs to (EMA when trained with EMA)")
+    if ema_alias:
+        p.add_argument("--ema", action="store_true", help="deprecated: same as --weights ema")
+
+
+def weights_choice(args: argparse.Namespace) -> str:
+    """`--weights`, with the deprecated `--ema` mapped onto it (and a one-line note)."""
+    if getattr(args, "ema", False):
+        print(f"convnext {args.command}: note: --ema is deprecated; use --weights ema", file=sys.stderr)
+        if args.weights == "model":
+            raise UserError("--ema contradicts --weights model; pass only --weights")
+        return "ema"
+    return args.weights
+
+
+def load_model_for_inference(checkpoint: str | Path, model_name: str | None = None, ema: bool = False):
     """`from_checkpoint` in eval mode, with an unknown `--model` reported as a user error."""
+    from .loading import from_checkpoint
+
     try:
-        return from_checkpoint(checkpoint, ema=ema, model_name=model_name).eval()
+        return from_checkpoint(checkpoint, weights="ema" if ema else "auto", model_name=model_name).eval()
     except KeyError as e:  # unknown registered name, with suggestions
         raise UserError(f"--model: {e.args[0]}") from None
 
 
 # ------------------------------------------------------------------------------------ convert
+def _peer_shapes(layout: str, name: str | None, num_classes: int) -> dict | None:
+    """{key: shape} of the peer library's own model for `name` (built on the meta device), or None
+    when we cannot build one cheaply (HF: importing transformers costs seconds; unknown names)."""
+    import torch
+
+    if name is None:
+        return None
+    with torch.device("meta"):
+        if layout == "timm":
+            import timm
+
+            if not timm.is_model(name):
+                return None
+            peer = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        elif layout == "torchvision":
+            import torchvision
+
+            size = name.removeprefix("convnext_")
+            if size not in ("tiny", "small", "base", "large"):
+                return None
+            peer = getattr(torchvision.models, name)(num_classes=max(num_classes, 1))
+        else:
+            return None
+    return {k: tuple(v.shape) for k, v in peer.state_dict().items()}
+
+
+def _verify_written(out: dict, official: dict, layout: str, name: str | None, source: str) -> str:
+    """Check what convert is about to write; returns how it was verified, raises CheckpointError otherwise.
+
+    Converted back to the official layout it must give the same keys and shapes; for timm and
+    torchvision it must also match the peer library's own model of that name key for key.
+    """
+    from .convert import convert_state_dict
+    from .io import CheckpointError
+
+    back = convert_state_dict(out, src=layout, dst="official") if layout not in ("official", "v2") else out
+    bad = sorted(k for k in set(back) | set(official)
+                 if k not in back or k not in official or back[k].shape != official[k].shape)
+    if bad:
+        raise CheckpointError(f"{source}: the {layout} tensors do not convert back to the input "
+                              f"({len(bad)} differ, e.g. {bad[0]}); nothing written")
+    num_classes = official["head.weight"].shape[0] if "head.weight" in official else 0
+    peer = _peer_shapes(layout, name, num_classes)
+    if peer is None:
+        return "round trip"
+    mine = {k: tuple(v.shape) for k, v in out.items()}
+    diff = sorted(k for k in set(peer) | set(mine) if peer.get(k) != mine.get(k))
+    if diff:
+        k = diff[0]
+        raise CheckpointError(f"{source}: the converted tensors do not load into {layout}'s {name} "
+                              f"({len(diff)} differ, e.g. {k}: written {mine.get(k, 'absent')} vs "
+                              f"{layout} {peer.get(k, 'absent')}); nothing written")
+    return f"loads into {layout}'s {name}"
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from ..models.registry import build_model, config_to_dict
+    from .convert import convert_state_dict, hf_config
+    from .io import CheckpointError, check_output_path, read_checkpoint, save_state_dict, select_weights
+    from .loading import _headless, check_fit, checkpoint_config, to_official
+    from .pretrained import eval_resolution
+
     src, dst = Path(args.src), Path(args.dst)
+    hf_dir = args.to == "hf" and dst.suffix not in _WEIGHT_SUFFIXES
+    check_output_path(dst, "DST", force=args.force, directory=hf_dir)
     ckpt = read_checkpoint(src)
-    sd = unwrap_state_dict(ckpt, ema=args.ema, source=str(src))
+    sd, which = select_weights(ckpt, weights_choice(args), source=str(src))
     layout, official = to_official(sd, str(src))
 
     try:
         config, name = checkpoint_config(ckpt, official, args.model, source=str(src))
     except KeyError as e:
         raise UserError(f"--model: {e.args[0]}") from None
-    if args.model is not None:  # verify: the weights must load strictly into the named model
-        load_checkpoint(build_model(config), official, source=str(src))
+    # The weights must fit the architecture recorded with them (a model_config that disagrees with
+    # the tensors would make every reader fail later): check on the meta device, nothing allocated.
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(config)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{src}: model_config does not describe a model that can be built ({e})") from None
+    own = skeleton.state_dict()
+    check_fit(own, official, source=str(src), layout=layout, model_kind=name or type(skeleton).__name__,
+              reinit_head=_headless(official, own))
     conv_mlp = args.conv_mlp
     if args.to == "timm" and conv_mlp is None and name is not None:
         conv_mlp = name.split("_")[-1] in ("atto", "femto", "pico", "nano")  # timm's conv_mlp=True models
     out = convert_state_dict(official, src="official", dst=args.to, conv_mlp=conv_mlp)
+    how = _verify_written(out, official, args.to, name, str(src))
 
-    if args.to in ("official", "v2"):  # our files are self-describing
-        metadata = {"model_config": config_to_dict(config)}
+    if args.to in ("official", "v2"):  # our files are self-describing: what predict/eval/export need
+        metadata = {"model_config": config_to_dict(config), "source_weights": which}
         if name is not None:
             metadata["model_name"] = name
-        if isinstance(ckpt.get("labels"), list):
-            metadata["labels"] = ckpt["labels"]
+        for key in ("labels", "train_config"):
+            if isinstance(ckpt.get(key), (list, dict)):
+                metadata[key] = ckpt[key]
+        img_size, crop_pct, origin = eval_resolution(src, ckpt.get("train_config"), ckpt.get("resolution"))
+        if origin != "the default":
+            metadata["resolution"] = {"img_size": img_size, "crop_pct": crop_pct}
     else:  # foreign layouts get what their own loaders expect: a bare state dict
         metadata = {"format": "pt"} if args.to == "hf" and dst.suffix == ".safetensors" else {}
-    if args.to == "hf" and dst.suffix not in _WEIGHT_SUFFIXES:
+    if hf_dir:
         # A directory `from_pretrained` can open: model.safetensors + config.json.
         from ..data.imagenet_labels import labels_for
 
@@ -69,20 +166,25 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         metadata = {"format": "pt"}
     save_state_dict(out, dst, metadata=metadata)
     classes = official["head.weight"].shape[0] if "head.weight" in official else 0
-    print(f"{src}: {layout} layout, {len(sd)} tensors, {name or 'unregistered architecture'} ({classes} classes)"
-          f"{' [EMA weights]' if args.ema else ''}")
-    print(f"wrote {dst}: {args.to} layout, {len(out)} tensors" + (" (verified against --model)" if args.model else ""))
+    print(f"{src}: {layout} layout, {len(sd)} tensors, {name or 'unregistered architecture'} ({classes} classes), "
+          f"{which} weights")
+    print(f"wrote {dst}: {args.to} layout, {len(out)} tensors (verified: {how})"
+          + (" (verified against --model)" if args.model else ""))
     return 0
 
 
 # ------------------------------------------------------------------------------------- export
 def _cmd_export(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    model = load_model_for_inference(args.checkpoint, args.model, ema=args.ema)
-    stride = getattr(model, "stride", 32)
-    if args.img_size % stride:
-        raise UserError(f"--img-size {args.img_size}: must be a multiple of {stride} for {args.model}")
-    x = torch.randn(2, model.in_chans, args.img_size, args.img_size)
+    import torch
+
+    from ..api import load
+    from .io import check_output_path
+
+    out = check_output_path(args.out, "OUT", force=args.force)
+    loaded = load(args.checkpoint, weights=weights_choice(args), model_name=args.model, img_size=args.img_size)
+    model, size = loaded.model, loaded.img_size
+    print(f"{loaded.report}; {size}px (from {loaded.resolution_source})", file=sys.stderr)
+    x = torch.randn(2, model.in_chans, size, size)
     with torch.no_grad():
         ref = model(x)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -109,14 +211,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"wrote {out} (onnxruntime not installed: parity not checked)")
         return 0
     diff = (got - ref).abs().max().item()
-    print(f"wrote {out}: {args.format}, input (B, {model.in_chans}, {args.img_size}, {args.img_size}), "
+    print(f"wrote {out}: {args.format}, input (B, {model.in_chans}, {size}, {size}), {loaded.weights} weights, "
           f"max |logits - PyTorch| = {diff:.2e} on a random batch of 2")
     if diff > 1e-4:
         raise UserError(f"{out}: exported graph disagrees with PyTorch (max |diff| {diff:.2e} > 1e-4)")
     return 0
 
 
-def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor | None:
+def _run_onnx(path: Path, x):
+    import torch
+
     try:
         import onnxruntime as ort
     except ImportError:
@@ -126,89 +230,104 @@ def _run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor | None:
 
 
 # ------------------------------------------------------------------------------------ predict
-def _open_image(path: str):
-    from PIL import Image, UnidentifiedImageError
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"image not found: {p}")
-    try:
-        with Image.open(p) as img:
-            img.load()
-            return img.copy()
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"{p}: not a readable image ({e})") from None
-
-
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from ..data.imagenet_labels import labels_for
-    from ..data.transforms import eval_transform
+    """Exit status 0; 1 when some images could not be read (each reported on stderr, the rest classified)."""
+    from ..api import expand_image_args, iter_predictions, load, open_image
+    from ..devices import set_threads
+    from .io import printable
 
-    if args.topk < 1:
-        raise UserError(f"--topk {args.topk}: must be >= 1")
-    images = [_open_image(p) for p in args.images]  # fail on a bad path before loading the model
-    model = load_model_for_inference(args.checkpoint, args.model, ema=args.ema)
-    if model.num_classes <= 0:
-        raise UserError(f"{args.checkpoint}: the model has no classifier head; nothing to predict")
-    stride = getattr(model, "stride", 32)
-    info = model.checkpoint_info
-    crop_pct = None
+    for flag, value in (("--topk", args.topk), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: must be >= 1")
+    set_threads(args.threads)
+    paths = expand_image_args(args.images)
+    if not any(Path(p).is_file() for p in paths):  # nothing to classify: fail before loading the model
+        open_image(paths[0])
+    loaded = load(args.checkpoint, weights=weights_choice(args), model_name=args.model, device=args.device,
+                  img_size=args.img_size, pretrained=args.pretrained)
+    print(printable(loaded.report), file=sys.stderr)
     if args.img_size is None:
-        from .pretrained import eval_resolution
+        print(f"resolution {loaded.img_size}px (from {loaded.resolution_source}; --img-size overrides)",
+              file=sys.stderr)
+    failed = 0
+    for path, top, error in iter_predictions(loaded, paths, topk=args.topk, batch_size=args.batch_size):
+        if error is not None:
+            print(f"convnext predict: {printable(error)}", file=sys.stderr)
+            failed += 1
+            continue
+        print(printable(path))
+        for name, p, i in top:
+            print(f"  {p:7.2%}  {printable(name)} ({i})")
+    if failed:
+        print(f"convnext predict: {failed} of {len(paths)} image(s) could not be read", file=sys.stderr)
+    return 1 if failed else 0
 
-        args.img_size, crop_pct, source = eval_resolution(args.checkpoint, info.get("train_config"))
-        print(f"resolution {args.img_size}px (from {source}; --img-size overrides)", file=sys.stderr)
-    if args.img_size % stride:
-        raise UserError(f"--img-size {args.img_size}: must be a multiple of {stride}")
-    labels = info["labels"] or labels_for(model.num_classes)
-    if labels is not None and len(labels) != model.num_classes:
-        raise CheckpointError(f"{args.checkpoint}: {len(labels)} labels stored for a {model.num_classes}-class head")
-    transform = eval_transform(args.img_size, crop_pct=crop_pct)
-    batch = torch.stack([transform(img) for img in images])  # (N, 3, S, S)
-    with torch.no_grad():
-        probs = model(batch).softmax(dim=-1)
-    k = min(args.topk, model.num_classes)
-    top_p, top_i = probs.topk(k, dim=-1)
-    for path, ps, idx in zip(args.images, top_p.tolist(), top_i.tolist()):
-        print(path)
-        for p, i in zip(ps, idx):
-            name = labels[i] if labels is not None else f"class {i}"
-            print(f"  {p:7.2%}  {name} ({i})")
-    return 0
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Positionals may sit on both sides of options (`export MODEL --checkpoint X OUT`): with an
+    optional first positional, plain argparse would take MODEL as OUT and reject the real OUT."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:  # parse_known_intermixed_args calls back into parse_known_args
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from .convert import LAYOUTS
+
     p = sub.add_parser("convert", help="convert a checkpoint between official/timm/torchvision/HF layouts",
                        description="Read a ConvNeXt checkpoint in any supported layout (detected from its keys) and "
-                                   "write it in another; the format (.pt or .safetensors) follows DST's extension.")
+                                   "write it in another; the format (.pt or .safetensors) follows DST's extension. "
+                                   "What is written is verified (it converts back to the input, and for timm / "
+                                   "torchvision matches their model of that name) before it is saved.")
     p.add_argument("src", help="checkpoint file (.pth/.pt/.bin/.safetensors) or HF model directory")
     p.add_argument("dst", help="output file (.safetensors, or .pt/.pth/.bin as a PyTorch file); with --to hf "
                                 "a path without such an extension becomes a from_pretrained directory")
     p.add_argument("--to", choices=LAYOUTS, default="official", help="target layout (default: official)")
     p.add_argument("--model", help="registered model name: verify the weights load strictly into it")
-    p.add_argument("--ema", action="store_true", help="take the EMA weights (model_ema) of the checkpoint")
+    add_weights_flag(p)
+    p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     p.add_argument("--conv-mlp", dest="conv_mlp", action=argparse.BooleanOptionalAction, default=None,
                    help="--to timm: store the MLP as 1x1 convs (timm's atto/femto/pico/nano); default inferred")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("export", help="export a model with its weights to ONNX or TorchScript (parity-checked)")
-    p.add_argument("model", help="registered model name, e.g. convnext_tiny")
+    p.__class__ = _IntermixedParser
+    p.add_argument("model", nargs="?", default=None,
+                   help="registered model name (optional: default the architecture the checkpoint describes)")
     p.add_argument("out", help="output file (.onnx / .pt)")
     p.add_argument("--checkpoint", required=True, help="weights in any supported layout")
     p.add_argument("--format", choices=("onnx", "torchscript"), required=True)
-    p.add_argument("--img-size", type=int, default=224, help="input resolution of the exported graph (default 224)")
-    p.add_argument("--ema", action="store_true", help="use the EMA weights of the checkpoint")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="input resolution of the exported graph (default: the checkpoint's training resolution, "
+                        "the pretrained registry's for an official file name, else 224)")
+    add_weights_flag(p)
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("predict", help="top-k classes of images with a checkpoint",
                        description="Classify images with the paper's evaluation preprocessing (bicubic resize of "
-                                   "the shorter side to size/0.875 and centre crop; square resize at >= 384).")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--checkpoint", required=True, help="weights in any supported layout")
+                                   "the shorter side to size/0.875 and centre crop; square resize at >= 384). "
+                                   "Images are read --batch-size at a time. Exit status 1 when some images could "
+                                   "not be read (each is reported; the others are classified), 2 on errors.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    p.add_argument("--checkpoint", default=None, help="weights in any supported layout")
+    p.add_argument("--pretrained", nargs="?", const=True, default=None, metavar="TAG",
+                   help="the official weights of --model instead of --checkpoint (optional tag, e.g. in22k_ft_in1k)")
     p.add_argument("--model", help="registered model name (default: rebuilt from the checkpoint)")
     p.add_argument("--img-size", type=int, default=None,
                    help="evaluation resolution (default: the checkpoint's training resolution, the pretrained "
                         "registry's for an official file name, else 224)")
     p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--ema", action="store_true", help="use the EMA weights of the checkpoint")
+    p.add_argument("--batch-size", type=int, default=32, help="images decoded and run at once (default 32)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    add_weights_flag(p)
     p.set_defaults(func=_cmd_predict)

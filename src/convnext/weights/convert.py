@@ -228,16 +228,18 @@ def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
     )
 
 
-def summarize_keys(keys: Iterable[str], limit: int = 8) -> str:
-    """Readable summary of many keys: indices folded to `*`, with counts, at most `limit` lines."""
+def summarize_keys(keys: Iterable[str], limit: int = 8, sep: str = "\n") -> str:
+    """Readable summary of many keys: indices folded to `*`, with counts, at most `limit` groups.
+
+    One indented line per group by default; `sep="; "` gives one line (for CLI error messages).
+    """
     groups: dict[str, list[str]] = defaultdict(list)
     for k in keys:
         groups[re.sub(r"\.\d+(?=\.|$)", ".*", k)].append(k)
-    lines = [f"  {pat}  ({len(ks)} tensors, e.g. {ks[0]})" if len(ks) > 1 else f"  {ks[0]}"
-             for pat, ks in groups.items()]
-    if len(lines) > limit:
-        lines = lines[:limit] + [f"  ... and {len(lines) - limit} more groups"]
-    return "\n".join(lines)
+    items = [f"{pat}  ({len(ks)} tensors, e.g. {ks[0]})" if len(ks) > 1 else ks[0] for pat, ks in groups.items()]
+    if len(items) > limit:
+        items = items[:limit] + [f"... and {len(items) - limit} more groups"]
+    return "\n".join("  " + i for i in items) if sep == "\n" else sep.join(items)
 
 
 def _is_isotropic(sd: Mapping[str, torch.Tensor]) -> bool:
@@ -298,7 +300,7 @@ def _translate(sd: Mapping[str, torch.Tensor], layout: _Layout, *, to_ours: bool
         new_key, fix = hit
         out[new_key] = fix(value, to_ours, opts) if fix else value
     if unmatched:
-        raise CheckpointError(f"{len(unmatched)} {what}:\n{summarize_keys(unmatched)}")
+        raise CheckpointError(f"{len(unmatched)} {what}: {summarize_keys(unmatched, sep='; ')}")
     return out
 
 

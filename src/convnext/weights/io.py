@@ -34,6 +34,11 @@ __all__ = [
     "save_state_dict",
     "read_metadata",
     "read_labels",
+    "WEIGHTS_CHOICES",
+    "reported_weights",
+    "select_weights",
+    "check_output_path",
+    "printable",
 ]
 
 TRAIN_FORMAT = "convnext-train-v1"
@@ -42,15 +47,22 @@ _WRAPPER_KEYS = ("model", "state_dict", "module")  # nesting used by common trai
 _EMA_KEYS = ("model_ema", "state_dict_ema")  # official / ours, timm's train script
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No weight file at the path given (a CheckpointError that `except FileNotFoundError` also catches)."""
+
+
 def _resolve(path: str | os.PathLike) -> Path:
+    text = str(path)
+    if "://" in text:
+        raise CheckpointError(f"{text}: URLs are not supported; download the file first")
     p = Path(path).expanduser()
     if p.is_dir():
         for name in _WEIGHT_FILES:
             if (p / name).is_file():
                 return p / name
-        raise FileNotFoundError(f"checkpoint directory {p} contains none of {', '.join(_WEIGHT_FILES)}")
+        raise CheckpointNotFoundError(f"checkpoint directory {p} contains none of {', '.join(_WEIGHT_FILES)}")
     if not p.exists():
-        raise FileNotFoundError(f"checkpoint file not found: {p}")
+        raise CheckpointNotFoundError(f"checkpoint file not found: {p}")
     return p
 
 
@@ -96,8 +108,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def _file_kind(p: Path) -> str:
     """"safetensors" or "torch" (zip archive or legacy pickle), from the file's first bytes."""
-    with open(p, "rb") as f:
-        head = f.read(9)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(9)
+    except OSError as e:  # permission denied, a FIFO gone away, an I/O error
+        raise CheckpointError(f"{p}: cannot read the checkpoint ({e.strerror or e})") from None
     if p.suffix == ".safetensors" or (len(head) == 9 and head[8:9] == b"{"):  # u64 header length, then JSON
         return "safetensors"
     if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):  # torch.save zip / pickle protocol >= 2
@@ -148,6 +163,73 @@ def unwrap_state_dict(
         if all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
     return sd
+
+
+WEIGHTS_CHOICES = ("auto", "ema", "model")
+
+
+def reported_weights(ckpt: Mapping[str, Any]) -> str:
+    """"ema" or "model": the weights whose accuracy the checkpoint reports, i.e. what `auto` means.
+
+    Training checkpoints say so in `reported_weights`; older ones in `metrics["evaluated"]`;
+    otherwise (foreign files) the EMA weights when there are any, as the paper reports EMA results.
+    A claim of "ema" in a file without EMA weights is ignored.
+    """
+    has_ema = any(_is_state_dict(ckpt.get(k)) for k in _EMA_KEYS)
+    metrics = ckpt.get("metrics") if isinstance(ckpt.get("metrics"), Mapping) else {}
+    for claim in (ckpt.get("reported_weights"), metrics.get("evaluated")):
+        if claim == "model" or (claim == "ema" and has_ema):
+            return claim
+    return "ema" if has_ema else "model"
+
+
+def select_weights(
+    ckpt: Mapping[str, Any], weights: str = "auto", source: str = "checkpoint"
+) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, "ema" | "model") of `ckpt` for `weights` ("auto" | "ema" | "model", the --weights flag).
+
+    A file holding a single set of weights serves every choice but an explicit "ema".
+    """
+    if weights not in WEIGHTS_CHOICES:
+        raise CheckpointError(f"--weights {weights}: expected one of {', '.join(WEIGHTS_CHOICES)}")
+    which = reported_weights(ckpt) if weights == "auto" else weights
+    if which == "ema" and not any(_is_state_dict(ckpt.get(k)) for k in _EMA_KEYS):
+        raise CheckpointError(f"{source}: --weights ema, but the checkpoint has no EMA weights "
+                              f"({' or '.join(repr(k) for k in _EMA_KEYS)}); use --weights model")
+    return unwrap_state_dict(ckpt, ema=which == "ema", source=source), which
+
+
+def check_output_path(path: str | os.PathLike, flag: str, *, force: bool = False, directory: bool = False) -> Path:
+    """`path` as an output the command may write, or a CheckpointError naming `flag` before any work.
+
+    Refused: an existing file without `force`; a directory where a file is written (or, with
+    `directory`, an existing non-empty folder without `force`); a path under a file; a folder we
+    cannot write to.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir() and not directory:
+        raise CheckpointError(f"{flag} {p}: is a directory; expected a file path")
+    if p.exists() and not p.is_dir() and directory:
+        raise CheckpointError(f"{flag} {p}: is a file; expected a directory path")
+    if p.exists() and not force and (not p.is_dir() or any(p.iterdir())):
+        raise CheckpointError(f"{flag} {p}: already exists; pass --force to overwrite it")
+    parent = p.parent
+    while not parent.exists():  # the first folder that exists must be a writable folder
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CheckpointError(f"{flag} {p}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CheckpointError(f"{flag} {p}: folder {parent} is not writable")
+    return p
+
+
+def printable(text: Any) -> str:
+    """`text` safe to print: control and other non-printable characters escaped (`\\x1b`, `\\n`).
+
+    Class names come from checkpoint files; printed raw, a crafted name could clear the terminal or
+    forge extra result lines.
+    """
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
 
 
 def load_state_dict_file(path: str | os.PathLike, *, ema: bool = False) -> dict[str, torch.Tensor]:

@@ -22,11 +22,11 @@ from ..models.convnext import ConvNeXtConfig
 from ..models.isotropic import IsotropicConfig
 from ..models.registry import build_model, config_from_dict, get_spec, list_models
 from .convert import convert_state_dict, detect_layout, summarize_keys
-from .io import CheckpointError, read_checkpoint, unwrap_state_dict
+from .io import CheckpointError, read_checkpoint, select_weights, unwrap_state_dict
 
 __all__ = [
     "LoadReport", "load_checkpoint", "from_checkpoint", "checkpoint_config", "infer_config", "match_model_name",
-    "to_official",
+    "to_official", "check_fit",
 ]
 
 _HEAD_KEYS = ("head.weight", "head.bias")
@@ -42,18 +42,20 @@ def _headless(sd: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -
 
 @dataclass
 class LoadReport:
-    """What `load_checkpoint` did."""
+    """What `load_checkpoint` did; `str(report)` is the one-line summary callers print."""
 
     source: str  # file path, or "<state dict>"
     layout: str  # layout the weights were stored in (converted to official before loading)
     num_tensors: int  # tensors copied into the model
     head_reinitialized: bool = False  # checkpoint head dropped and a fresh head initialised
     dropped: list[str] = field(default_factory=list)  # checkpoint keys not loaded (only the head)
+    weights: str | None = None  # "ema" | "model" when read from a file that may hold both
 
     def __str__(self) -> str:
-        s = f"loaded {self.num_tensors} tensors from {self.source} ({self.layout} layout)"
+        which = f", {self.weights} weights" if self.weights else ""
+        s = f"loaded {self.num_tensors} tensors from {self.source} ({self.layout} layout{which})"
         if self.head_reinitialized:
-            s += f"; checkpoint head ({', '.join(self.dropped)}) dropped and re-initialised"
+            s += f"; checkpoint head ({', '.join(self.dropped) or 'none'}) dropped and re-initialised"
         return s
 
 
@@ -76,10 +78,60 @@ def _head_mismatch(sd: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tenso
     if theirs == mine:
         return None
 
-    def classes(shapes: dict) -> str:
-        return f"{shapes['head.weight'][0]} classes" if "head.weight" in shapes else "no head"
+    def classes(shapes: dict) -> int | None:
+        return shapes["head.weight"][0] if "head.weight" in shapes else None
 
-    return f"checkpoint has {classes(theirs)}, model has {classes(mine)}"
+    if classes(theirs) is not None and classes(theirs) == classes(mine):
+        # Same number of classes: the difference is elsewhere (the input width of the classifier, a
+        # missing bias); "10 classes vs 10 classes" would explain nothing.
+        diff = [f"{k}: checkpoint {theirs.get(k, 'absent')} vs model {mine.get(k, 'absent')}"
+                for k in _HEAD_KEYS if theirs.get(k) != mine.get(k)]
+        return "; ".join(diff)
+    n_theirs, n_mine = classes(theirs), classes(mine)
+    return (f"checkpoint has {f'{n_theirs} classes' if n_theirs is not None else 'no head'}, "
+            f"model has {f'{n_mine} classes' if n_mine is not None else 'no head'}")
+
+
+def check_fit(
+    own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor], *, source: str, layout: str,
+    model_kind: str = "model", reinit_head: bool = False,
+) -> tuple[str | None, bool]:
+    """Check an official-layout state dict against a model's state dict, by names and shapes only.
+
+    `own` may hold meta tensors: `from_checkpoint` checks a model built on the meta device, so a
+    checkpoint claiming a huge architecture fails here before any memory is allocated.
+    Returns (head mismatch or None, headless). Raises a one-line CheckpointError otherwise.
+    """
+    # Body first: a head mismatch is only worth mentioning when everything else fits.
+    headless = _headless(sd, own)
+    body = {k for k in set(sd) | set(own) if k not in _HEAD_KEYS and not (headless and k in _HEAD_NORM_KEYS)}
+    missing = sorted(k for k in body if k not in sd)
+    unexpected = sorted(k for k in body if k not in own)
+    shape = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in sorted(body & set(sd) & set(own)) if sd[k].shape != own[k].shape]
+    if missing or unexpected or shape:
+        parts = [f"{source} ({layout} layout) does not fit this {model_kind}:"]
+        if missing:
+            parts.append(f"missing from the checkpoint ({len(missing)}): {summarize_keys(missing, sep='; ')}.")
+        if unexpected:
+            parts.append(f"unexpected in the checkpoint ({len(unexpected)}): {summarize_keys(unexpected, sep='; ')}.")
+        if shape:
+            parts.append(f"shape mismatch ({len(shape)}): " + "; ".join(shape[:4])
+                         + (f"; ... and {len(shape) - 4} more." if len(shape) > 4 else "."))
+        if any(k.startswith("stage_norms.") for k in unexpected):
+            parts.append("The checkpoint has per-stage output LayerNorms (a detection / segmentation backbone): "
+                         "build the model with stage_norms=True, e.g. create_model(NAME, checkpoint=..., "
+                         "stage_norms=True, reinit_head=True).")
+        parts.append(_describe(sd))
+        raise CheckpointError(" ".join(parts))
+    head_problem = _head_mismatch(sd, own, headless)
+    if head_problem is not None and not reinit_head:
+        raise CheckpointError(
+            f"{source}: classifier head does not fit ({head_problem}). Pass reinit_head=True "
+            f"(e.g. create_model(..., checkpoint=..., reinit_head=True)) to drop the checkpoint head "
+            f"and initialise a new one, e.g. to fine-tune."
+        )
+    return head_problem, headless
 
 
 def load_checkpoint(
@@ -102,8 +154,11 @@ def load_checkpoint(
         ema: load the EMA weights (`model_ema`) of a checkpoint that has them.
         source: name for messages when passing an in-memory state dict (default "<state dict>").
 
+    Returns:
+        a `LoadReport`; `str(report)` is a one-line summary (layout, tensors, head re-initialised).
+
     Raises:
-        CheckpointError: with a grouped list of missing / unexpected / mis-shaped keys.
+        CheckpointError: one line naming the missing / unexpected / mis-shaped keys.
     """
     if isinstance(path_or_state_dict, Mapping):
         source = source or "<state dict>"
@@ -116,39 +171,10 @@ def load_checkpoint(
     else:  # e.g. roadmap networks: only our own layout exists, load it as stored
         layout = "native"
 
-    own = model.state_dict()
-    # Body first: a head mismatch is only worth mentioning when everything else fits.
-    headless = _headless(sd, own)
-    body = {k for k in set(sd) | set(own) if k not in _HEAD_KEYS and not (headless and k in _HEAD_NORM_KEYS)}
-    missing = sorted(k for k in body if k not in sd)
-    unexpected = sorted(k for k in body if k not in own)
-    shape = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in sorted(body & set(sd) & set(own)) if sd[k].shape != own[k].shape]
-    if missing or unexpected or shape:
-        parts = [f"{source} ({layout} layout) does not fit this {type(model).__name__}:"]
-        if missing:
-            parts.append(f"missing from the checkpoint ({len(missing)}):\n{summarize_keys(missing)}")
-        if unexpected:
-            parts.append(f"unexpected in the checkpoint ({len(unexpected)}):\n{summarize_keys(unexpected)}")
-        if shape:
-            parts.append(f"shape mismatch ({len(shape)}):\n" + "\n".join(f"  {s}" for s in shape[:8])
-                         + (f"\n  ... and {len(shape) - 8} more" if len(shape) > 8 else ""))
-        if any(k.startswith("stage_norms.") for k in unexpected):
-            parts.append("The checkpoint has per-stage output LayerNorms (a detection / segmentation backbone): "
-                         "build the model with stage_norms=True, e.g. create_model(NAME, checkpoint=..., "
-                         "stage_norms=True, reinit_head=True).")
-        parts.append(_describe(sd))
-        raise CheckpointError("\n".join(parts))
-
+    head_problem, headless = check_fit(model.state_dict(), sd, source=source, layout=layout,
+                                       model_kind=type(model).__name__, reinit_head=reinit_head)
     dropped: list[str] = []
-    head_problem = _head_mismatch(sd, own, headless)
     if head_problem is not None:
-        if not reinit_head:
-            raise CheckpointError(
-                f"{source}: classifier head does not fit ({head_problem}). Pass reinit_head=True "
-                f"(e.g. create_model(..., checkpoint=..., reinit_head=True)) to drop the checkpoint head "
-                f"and initialise a new one, e.g. to fine-tune."
-            )
         dropped = [k for k in _HEAD_KEYS if k in sd]
         sd = {k: v for k, v in sd.items() if k not in _HEAD_KEYS}
 
@@ -248,34 +274,56 @@ def checkpoint_config(
     return config, name
 
 
-def from_checkpoint(path: str | os.PathLike, *, ema: bool = False, model_name: str | None = None) -> nn.Module:
+def from_checkpoint(
+    path: str | os.PathLike, *, weights: str = "auto", ema: bool | None = None, model_name: str | None = None,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
     """Rebuild and load the model stored in a checkpoint.
 
     Our checkpoints carry `model_config` and are rebuilt exactly; foreign ones (official, timm,
     torchvision, HF) are rebuilt from their tensor shapes (depths, dims, classes, GRN, layer scale,
-    isotropic). The model gets `model.checkpoint_info = {"model_name", "labels", "layout",
-    "train_config"}`
-    (`model_name` is the matching registered name, or None).
+    isotropic). The model is first built on the meta device and every tensor's shape checked
+    against it, so a small file whose metadata claims a huge architecture fails before any memory
+    is allocated. The model gets `model.checkpoint_info = {"model_name", "labels", "layout",
+    "train_config", "resolution", "weights", "report"}` (`model_name` is the matching registered
+    name or None, `weights` "ema" | "model", `report` the `LoadReport`).
 
     Args:
         path: weight file or HF-style directory.
-        ema: load the EMA weights of a checkpoint that has them.
+        weights: "auto" (the weights the checkpoint reports its accuracy for, see
+            `reported_weights`), "ema" or "model".
+        ema: older spelling, overrides `weights`: True = "ema", False = "model".
         model_name: build this registered model instead (head sized from the checkpoint); the
             weights must fit it strictly.
+        device: where the weights are materialised.
     """
+    source = str(path)
     ckpt = read_checkpoint(path)
-    sd = unwrap_state_dict(ckpt, ema=ema, source=str(path))
+    sd, which = select_weights(ckpt, weights if ema is None else ("ema" if ema else "model"),
+                                source=source)
     stored = ckpt.get("model_config")
     if model_name is None and isinstance(stored, Mapping) and not _has_official_layout(stored.get("arch", "convnext")):
         layout, official = "native", sd  # e.g. a roadmap network: our own layout only
     else:
-        layout, official = to_official(sd, str(path))
-    config, name = checkpoint_config(ckpt, official, model_name, source=str(path))
-    model = build_model(config)
+        layout, official = to_official(sd, source)
+    config, name = checkpoint_config(ckpt, official, model_name, source=source)
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated yet
+            model = build_model(config)
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{source}: model_config does not describe a model that can be built ({reason})") from None
     # A backbone-only checkpoint (detection / segmentation) has no head LayerNorm to restore: the
     # rebuilt model (0 classes) keeps a freshly initialised one, i.e. pooled features come out.
-    load_checkpoint(model, official, source=str(path), reinit_head=_headless(official, model.state_dict()))
+    headless = _headless(official, model.state_dict())
+    check_fit(model.state_dict(), official, source=source, layout=layout, model_kind=type(model).__name__,
+              reinit_head=headless)
+    model = model.to_empty(device=device)  # uninitialised storage, every tensor overwritten below
+    report = load_checkpoint(model, official, source=source, reinit_head=headless)
+    report.layout, report.weights = layout, which
     labels = ckpt.get("labels") if isinstance(ckpt.get("labels"), list) else None
     train_config = ckpt.get("train_config") if isinstance(ckpt.get("train_config"), Mapping) else None
-    model.checkpoint_info = {"model_name": name, "labels": labels, "layout": layout, "train_config": train_config}
+    resolution = ckpt.get("resolution") if isinstance(ckpt.get("resolution"), Mapping) else None
+    model.checkpoint_info = {"model_name": name, "labels": labels, "layout": layout, "train_config": train_config,
+                             "resolution": resolution, "weights": which, "report": report}
     return model

@@ -91,16 +91,23 @@ def pretrained_for_file(path: str | os.PathLike) -> PretrainedWeights | None:
     return next((w for w in _PRETRAINED.values() if w.filename == name), None)
 
 
-def eval_resolution(path: str | os.PathLike, train_config: Mapping | None = None) -> tuple[int, float | None, str]:
+def eval_resolution(
+    path: str | os.PathLike, train_config: Mapping | None = None, resolution: Mapping | None = None
+) -> tuple[int, float | None, str]:
     """(img_size, crop_pct, where it came from) to evaluate checkpoint `path` at when none is given.
 
-    Our training checkpoints record the resolution they were trained at; official files are
-    recognised by name in the pretrained registry (e.g. the 384px fine-tuned ones); anything else
-    is evaluated at 224. crop_pct None means the paper's rule (0.875 below 384, no crop from 384).
+    Our training checkpoints record the resolution they were trained at (`train_config`); files
+    written by `convnext convert` carry `resolution` ({"img_size", "crop_pct"}) when their source
+    had one; official files are recognised by name in the pretrained registry (e.g. the 384px
+    fine-tuned ones); anything else is evaluated at 224. crop_pct None means the paper's rule
+    (0.875 below 384, no crop from 384).
     """
     tc = train_config if isinstance(train_config, Mapping) else {}
     if tc.get("img_size"):
         return int(tc["img_size"]), tc.get("crop_pct"), "the checkpoint's training config"
+    res = resolution if isinstance(resolution, Mapping) else {}
+    if isinstance(res.get("img_size"), int) and res["img_size"] > 0:
+        return res["img_size"], res.get("crop_pct"), "the checkpoint's metadata"
     entry = pretrained_for_file(path)
     if entry is not None:
         return entry.resolution, entry.crop_pct, f"the pretrained registry ({entry.model}, {entry.tag})"
