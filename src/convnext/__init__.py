@@ -16,6 +16,8 @@ _PUBLIC: dict[str, str] = {
          "create_model", "get_spec", "list_models", "optimize_for_inference"),
         "convnext.models",
     ),
+    # Inference API (convnext.api): load any checkpoint, classify images.
+    **dict.fromkeys(("Loaded", "load", "predict"), "convnext.api"),
 }
 
 __all__ = [*_PUBLIC, "__version__"]
