@@ -106,3 +106,29 @@ def test_cli_list(capsys):
 def test_cli_errors_are_clear(capsys, argv, message):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_accuracy_axes_bounded_to_the_data():
+    from convnext.roadmap.results import _accuracy_limits
+
+    # docs/roadmap.md's digits run: 84.86 ± 0.20 .. 97.22 ± 1.18 and 93.89 ± 3.93
+    lo, hi = _accuracy_limits([84.86, 97.22, 93.89], [0.20, 1.18, 3.93])
+    assert (lo, hi) == (pytest.approx(84.66 - 1.374), pytest.approx(98.40 + 1.374))  # 10 % of the span each side
+    assert _accuracy_limits([99.5, 90.0], [0.4, 0.0])[1] == 100.0  # never past 100 %
+    lo, hi = _accuracy_limits([78.82, 81.97], [0.07, 0.06])  # the paper's panel
+    assert (lo, hi) == (pytest.approx(78.25), pytest.approx(82.53))
+    assert _accuracy_limits([math.nan], [math.nan]) == (0.0, 100.0)
+
+
+def test_plot_caption_names_settings_and_error_bars(tmp_path, r50_rows, monkeypatch):
+    import matplotlib.figure
+
+    texts = []
+    real_text = matplotlib.figure.Figure.text
+    monkeypatch.setattr(matplotlib.figure.Figure, "text",
+                        lambda self, x, y, s, *a, **k: texts.append(s) or real_text(self, x, y, s, *a, **k))
+    plot_roadmap(_with_results(r50_rows), tmp_path / "roadmap.png", dataset="digits",
+                 settings="digits, 8x8 px, widths / 4, 3 epochs")
+    (caption,) = texts
+    assert caption.startswith("Run: digits, 8x8 px, widths / 4, 3 epochs\n")
+    assert "Error bars: sample std over seeds (2 seed(s) per step" in caption

@@ -189,6 +189,10 @@ def run_experiment(
             + (f"widths divided by {width_div}, " if width_div > 1 else "")
             + f"{seeds} seed(s) per step, EMA off. Recipe: " + ", ".join(f"{k}={recipe_dict[k]}" for k in shown)
             + " (all fields: experiment.json).")
+    settings_line = (f"{data}, {img_size}x{img_size} px, "
+                     + (f"widths / {width_div}, " if width_div > 1 else "full widths, ")
+                     + f"{template.epochs} epochs, batch {template.batch_size}, lr {template.lr:g}, "
+                     f"{seeds} seed(s) per step, EMA off")
 
     runs = [(row, seed) for row in rows for seed in range(seeds)]
     bar = tqdm(runs, desc=f"roadmap {regime}", unit="run", disable=not progress, dynamic_ncols=True)
@@ -213,14 +217,14 @@ def run_experiment(
             raise ValueError(f"{metrics_path}: the run has no final evaluation (top1); delete {run_dir} to rerun it")
         row.top1.append(float(metrics["top1"]))
         row.run_params_m, row.run_mflops = _run_size(model_name, step_overrides, _num_classes(run_dir), img_size)
-        write_results(rows, output, regime, desc, data)
+        write_results(rows, output, regime, desc, data, settings_line)
     return rows
 
 
-def write_results(rows: list[StepResult], output: Path, regime: str, desc: str, data: str) -> None:
+def write_results(rows: list[StepResult], output: Path, regime: str, desc: str, data: str, settings: str = "") -> None:
     """results.csv, results.md and roadmap.png from the rows finished so far."""
     target = "ConvNeXt-T" if regime == "r50" else "ConvNeXt-B"
     title = f"Modernization roadmap, ResNet-{regime[1:]} -> {target}, on {data}"
     write_csv(rows, output / "results.csv")
     write_markdown(rows, output / "results.md", title=title, run_desc=desc)
-    plot_roadmap(rows, output / "roadmap.png", title=title, dataset=data)
+    plot_roadmap(rows, output / "roadmap.png", title=title, dataset=data, settings=settings)

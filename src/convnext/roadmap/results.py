@@ -181,37 +181,50 @@ def write_markdown(rows: list[StepResult], path: str | Path, title: str = "Moder
     Path(path).write_text("\n".join(lines) + "\n")
 
 
-def plot_roadmap(rows: list[StepResult], path: str | Path, title: str = "", dataset: str = "this run") -> None:
+def _accuracy_limits(values: list[float], errs: list[float]) -> tuple[float, float]:
+    """x-axis range of a top-1 panel: the bars with their error bars plus a margin, never past 100 %."""
+    spans = [(v - (e or 0), v + (e or 0)) for v, e in zip(values, errs) if not math.isnan(v)]
+    if not spans:
+        return 0.0, 100.0
+    lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+    margin = max(0.5, 0.1 * (hi - lo))
+    return max(0.0, lo - margin), min(100.0, hi + margin)
+
+
+def plot_roadmap(rows: list[StepResult], path: str | Path, title: str = "", dataset: str = "this run",
+                 settings: str = "") -> None:
     """Figure-2-style chart: measured top-1 per step (left), the paper's ImageNet top-1 (right), GFLOPs beside.
 
-    Non-adopted steps are hatched, as in the paper; error bars are the std over seeds.
+    Non-adopted steps are hatched, as in the paper. Error bars are the sample std over seeds (ours)
+    and the paper's reported std; the caption says so and gives `settings` (how the runs were made).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     n = len(rows)
     y = list(range(n))[::-1]  # first step at the top
-    fig, (ax_ours, ax_paper) = plt.subplots(1, 2, figsize=(11, max(3.5, 0.42 * n + 1.6)), layout="constrained")
+    fig, (ax_ours, ax_paper) = plt.subplots(1, 2, figsize=(11, max(3.5, 0.42 * n + 2.2)), layout="constrained")
+    seeds = sorted({len(r.top1) for r in rows if r.top1})
     panels = [
         (ax_ours, [r.top1_mean for r in rows], [r.top1_std for r in rows], "tab:blue", f"top-1 (%), {dataset}"),
         (ax_paper, [r.paper_top1 for r in rows], [r.paper_top1_std or 0.0 for r in rows], "tab:gray",
          "top-1 (%), paper, ImageNet-1K"),
     ]
     for ax, values, errs, color, xlabel in panels:
-        finite = [(v - (e or 0), v + (e or 0)) for v, e in zip(values, errs) if not math.isnan(v)]
-        lo, hi = (min(a for a, _ in finite), max(b for _, b in finite)) if finite else (0.0, 1.0)  # incl. error bars
-        pad = max(0.5, 0.15 * (hi - lo))
-        left = max(0.0, lo - 2 * pad)
+        left, right = _accuracy_limits(values, errs)
         for yi, r, v, e in zip(y, rows, values, errs):
             if math.isnan(v):
                 ax.text(left, yi, "  not run", va="center", fontsize=8, color="0.4")
                 continue
             ax.barh(yi, v - left, left=left, height=0.7, color=color if r.adopted else "white",
                     edgecolor=color, hatch=None if r.adopted else "///", xerr=e or None, ecolor="0.3", capsize=2)
-            ax.text(v + (e or 0) + 0.05 * pad, yi, f"{v:.2f}", va="center", fontsize=8)
-        ax.set_xlim(left, hi + 2.0 * pad)  # room for the value labels
+            # value inside the bar's end, so that the axis need not run past the data for labels
+            ax.text(v - (e or 0) - 0.01 * (right - left), yi, f"{v:.2f}", va="center", ha="right", fontsize=7,
+                    color="white" if r.adopted else "0.2")
+        ax.set_xlim(left, right)
         ax.set_ylim(-0.6, n - 0.4)
         ax.set_xlabel(xlabel)
         ax.grid(axis="x", alpha=0.3)
@@ -220,10 +233,15 @@ def plot_roadmap(rows: list[StepResult], path: str | Path, title: str = "", data
     ax_paper.set_yticks(y, [f"{r.gflops:.2f} GFLOPs" for r in rows])
     ax_paper.yaxis.tick_right()
     ax_paper.tick_params(axis="y", length=0, labelsize=8)
-    from matplotlib.patches import Patch
-
+    seed_text = "/".join(map(str, seeds)) if seeds else "no"
+    caption = (f"Error bars: sample std over seeds ({seed_text} seed(s) per step; none with one seed), "
+               "paper: its reported std. Axes span the data with a margin (bars do not start at 0).")
+    if settings:
+        caption = f"Run: {settings}\n{caption}"
     fig.legend(handles=[Patch(facecolor="white", edgecolor="0.3", hatch="///", label="not adopted")],
                loc="outside lower right", fontsize=8)
+    fig.text(0.01, 0.0, caption, fontsize=7.5, ha="left", va="bottom", wrap=True)
+    fig.get_layout_engine().set(rect=(0, 0.07, 1, 0.93))  # room for the caption under the panels
     if title:
         fig.suptitle(title)
     fig.savefig(path, dpi=120, bbox_inches="tight")
