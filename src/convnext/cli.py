@@ -95,12 +95,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_flops(args: argparse.Namespace) -> int:
+    if args.img_size is not None and args.img_size < 1:  # checked first: no torch import for a typo
+        raise ConfigError(f"--img-size {args.img_size}: expected a positive image side in pixels, e.g. 224")
     import torch
 
     from .models import build_model, count_flops, count_params, get_spec
 
-    if args.img_size is not None and args.img_size < 1:  # checked here, before any model is built
-        raise ConfigError(f"--img-size {args.img_size}: expected a positive image side in pixels, e.g. 224")
     try:
         spec = get_spec(args.model)
     except KeyError as e:
