@@ -244,7 +244,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not any(Path(p).is_file() for p in paths):  # nothing to classify: fail before loading the model
         open_image(paths[0])
     loaded = load(args.checkpoint, weights=weights_choice(args), model_name=args.model, device=args.device,
-                  img_size=args.img_size, pretrained=args.pretrained)
+                  img_size=args.img_size, pretrained=args.pretrained_tag or args.pretrained or None)
     print(printable(loaded.report), file=sys.stderr)
     if args.img_size is None:
         print(f"resolution {loaded.img_size}px (from {loaded.resolution_source}; --img-size overrides)",
@@ -319,8 +319,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "not be read (each is reported; the others are classified), 2 on errors.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     p.add_argument("--checkpoint", default=None, help="weights in any supported layout")
-    p.add_argument("--pretrained", nargs="?", const=True, default=None, metavar="TAG",
-                   help="the official weights of --model instead of --checkpoint (optional tag, e.g. in22k_ft_in1k)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="the official weights of --model (pretrained registry) instead of --checkpoint")
+    p.add_argument("--pretrained-tag", default=None, metavar="TAG",
+                   help="with --pretrained: which official file, e.g. in22k_ft_in1k_384 (default: ImageNet-1K)")
     p.add_argument("--model", help="registered model name (default: rebuilt from the checkpoint)")
     p.add_argument("--img-size", type=int, default=None,
                    help="evaluation resolution (default: the checkpoint's training resolution, the pretrained "
