@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["to_channels_last", "linear_gelu", "layer_scaled_linear", "add_residual_", "depthwise_conv",
+__all__ = ["to_channels_last", "linear_gelu", "layer_scaled_linear", "add_residual_", "depthwise_conv", "fuses_residual",
            "onednn_fusion_enabled", "fast_depthwise_grad_enabled"]
 
 # Switch for every oneDNN path below (benchmarks and tests flip it to compare).
@@ -106,7 +106,14 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def _plain_fp32(x: torch.Tensor) -> bool:
-    """True when `x` is fp32 and no autocast region would change the dtype of the next op."""
+    """True in eager mode when `x` is fp32 and no autocast region would change the dtype of the next op.
+
+    Graph capture is checked first, so the autocast probe never runs under torch.compile: dynamo
+    does not trace `torch._C._is_autocast_available` in every PyTorch version (graph break and a
+    warning), and every caller takes the textbook path while compiling anyway.
+    """
+    if _tracing():
+        return False
     device = x.device.type  # "meta" (used by the MAC counter) has no autocast at all
     autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
     return x.dtype == torch.float32 and not autocast
@@ -133,10 +140,15 @@ def _onednn_applies(x: torch.Tensor, linear: nn.Linear) -> bool:
         _ONEDNN_FUSION
         and _ONEDNN_LINEAR
         and x.device.type == "cpu"
-        and not _tracing()
-        and _plain_fp32(x)
+        and _plain_fp32(x)  # also False while compiling / exporting
         and linear.weight.dtype == torch.float32
     )
+
+
+def fuses_residual(x: torch.Tensor, linear: nn.Linear) -> bool:
+    """Whether `layer_scaled_linear(x, linear, gamma, residual)` adds the residual inside the GEMM
+    (a oneDNN post-op: eager CPU fp32, inference or training). Elsewhere callers add it themselves."""
+    return _onednn_applies(x, linear)
 
 
 def _use_onednn(x: torch.Tensor, linear: nn.Linear) -> bool:
@@ -209,7 +221,7 @@ def layer_scaled_linear(
     (C_out, C_in) multiply instead of a (rows, C_out) one, and autograd still reaches gamma.
     """
     rows = x.numel() // x.shape[-1]
-    fold = _plain_fp32(x) and rows >= linear.in_features and not torch.compiler.is_compiling()
+    fold = _plain_fp32(x) and rows >= linear.in_features
     if gamma is not None and not fold:
         # Textbook order: gamma scales the output. Under autocast / half precision this is also
         # the safe order (gamma * W could underflow fp16: gamma starts at 1e-6), and under
@@ -302,8 +314,7 @@ def depthwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         and torch.is_grad_enabled()
         and x.device.type == "cpu"
         and weight.dtype == torch.float32
-        and _plain_fp32(x)
-        and not _tracing()
+        and _plain_fp32(x)  # also False while compiling / exporting
         and conv.groups == conv.in_channels == conv.out_channels == x.shape[1]
         and conv.stride == (1, 1)
         and conv.dilation == (1, 1)

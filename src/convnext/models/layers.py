@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast import add_residual_, depthwise_conv, layer_scaled_linear, linear_gelu
+from .fast import add_residual_, depthwise_conv, fuses_residual, layer_scaled_linear, linear_gelu
 
 __all__ = ["LayerNorm2d", "GRN", "Block", "init_weights", "drop_path_rates"]
 
@@ -20,16 +20,35 @@ class LayerNorm2d(nn.LayerNorm):
     Implemented as permute -> `F.layer_norm` -> permute rather than the official hand-written
     mean/var: `F.layer_norm` accumulates in fp32 (and autocast runs it in fp32), so the
     variance cannot overflow in fp16, and under `channels_last` memory format the permutes are
-    free views. Parameter names (`weight`, `bias`) match the official checkpoints.
+    free views. Under torch.compile the reduction is written over dim 1 instead (see
+    `_channels_first`). Parameter names (`weight`, `bias`) match the official checkpoints.
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-6):
         super().__init__(num_channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+        if torch.compiler.is_compiling():
+            return self._channels_first(x)
         x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
+
+    def _channels_first(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H, W)
+        """The same LN written on the logical (B, C, H, W) shape, for torch.compile.
+
+        Inductor gives every buffer channels-last strides for its *logical* shape; the (B, H, W, C)
+        input of `F.layer_norm` above would be materialised with H innermost and transposed on the
+        way in and out. Here the reduction runs over dim 1 of the NCHW tensor, whose channels-last
+        layout is the real NHWC memory order, and inductor fuses it into one pass. fp32 statistics
+        as `F.layer_norm`; the result dtype is what `F.layer_norm` gives (fp32 under autocast).
+        """
+        xf = x.float()
+        mean = xf.mean(1, keepdim=True)  # (B, 1, H, W)
+        var = (xf - mean).square().mean(1, keepdim=True)
+        y = (xf - mean) * torch.rsqrt(var + self.eps)
+        y = y * self.weight[:, None, None] + self.bias[:, None, None]  # (C, 1, 1) broadcast
+        return y.to(torch.promote_types(x.dtype, self.weight.dtype))
 
 
 class GRN(nn.Module):
@@ -91,17 +110,24 @@ class Block(nn.Module):
             self.drop_path = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W), fastest in channels_last format
-        # shortcut + drop_path(gamma * pwconv2(grn(gelu(pwconv1(norm(dwconv(x))))))), computed with
-        # the fused helpers of `fast.py` (gamma folded into pwconv2, in-place / oneDNN-fused ops).
-        shortcut = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        # x + drop_path(gamma * pwconv2(grn(gelu(pwconv1(norm(dwconv(x))))))), computed with the fused
+        # helpers of `fast.py` (gamma folded into pwconv2, in-place / oneDNN-fused ops).
+        shortcut = x
         x = depthwise_conv(x, self.dwconv)  # fast weight gradient when training on CPU
         x = x.permute(0, 2, 3, 1)  # (B, H, W, C): a free view when x is channels_last
         x = self.grn(linear_gelu(self.norm(x), self.pwconv1))  # exact (erf) GELU fused with pwconv1
-        if self.training and not isinstance(self.drop_path, nn.Identity):
-            x = add_residual_(self.drop_path(layer_scaled_linear(x, self.pwconv2, self.gamma)), shortcut)
-        else:
-            x = layer_scaled_linear(x, self.pwconv2, self.gamma, residual=shortcut)
-        return x.permute(0, 3, 1, 2)  # (B, C, H, W)
+        drop = self.training and not isinstance(self.drop_path, nn.Identity)
+        if fuses_residual(x, self.pwconv2) and not drop:
+            # Eager CPU fp32: the residual add is a post-op of the pwconv2 GEMM, on the (B, H, W, C) view.
+            x = layer_scaled_linear(x, self.pwconv2, self.gamma, residual=shortcut.permute(0, 2, 3, 1))
+            return x.permute(0, 3, 1, 2)  # (B, C, H, W)
+        # Everywhere else the add runs on the logical (B, C, H, W) shape. In eager mode that is the
+        # same memory pass as adding on the (B, H, W, C) view; under torch.compile it matters:
+        # inductor's layout optimisation gives a buffer channels-last strides *for its logical shape*,
+        # so a residual stream materialised as (B, H, W, C) would be stored with H innermost and
+        # transposed on every write and read (tests/models/test_compile_layout.py counts them).
+        x = self.drop_path(layer_scaled_linear(x, self.pwconv2, self.gamma)).permute(0, 3, 1, 2)  # (B, C, H, W)
+        return add_residual_(x, shortcut)
 
 
 def init_weights(module: nn.Module) -> None:
