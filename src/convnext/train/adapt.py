@@ -77,14 +77,21 @@ def adapt_config(
                      "they are trained on as a short last batch")
 
     # Warm-up longer than a quarter of the run: the lr would barely reach its peak before decaying.
-    if "warmup_epochs" not in explicit and config.warmup_epochs > WARMUP_MAX_FRACTION * config.epochs:
+    if ("warmup_epochs" not in explicit and config.warmup_steps is None
+            and config.warmup_epochs > WARMUP_MAX_FRACTION * config.epochs):
         new = round(WARMUP_ADAPTED_FRACTION * config.epochs, 3)
         changes["warmup_epochs"] = new
         notes.append(f"warmup_epochs {config.warmup_epochs:g} -> {new:g}: the run has {config.epochs} epoch(s)")
 
+    steps = config.epochs * max(-(-num_train // (batch * per_step)), 1)  # optimizer steps of the whole run
+    if (config.warmup_steps is not None and "warmup_steps" not in explicit
+            and config.warmup_steps > WARMUP_MAX_FRACTION * steps):
+        new = round(WARMUP_ADAPTED_FRACTION * steps)
+        changes["warmup_steps"] = new
+        notes.append(f"warmup_steps {config.warmup_steps} -> {new}: the run has about {steps} steps")
+
     # EMA whose horizon (1 / (1 - decay) steps) exceeds the run: it would report nearly initial weights.
     if config.ema and "ema" not in explicit and "ema_decay" not in explicit:
-        steps = config.epochs * max(-(-num_train // (batch * per_step)), 1)
         horizon = 1.0 / max(1.0 - config.ema_decay, 1e-12)
         if steps < horizon:
             changes["ema"] = False

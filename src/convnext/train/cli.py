@@ -70,6 +70,19 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, type=_optional(tp) if optional else tp, metavar=metavar, **kw)
 
 
+def _default_recipe(overrides: dict) -> str | None:
+    """The recipe implied when none is given: the built-in digits one for `convnext train` with no
+    --data, the paper's detection / segmentation settings for a dense task; else the defaults."""
+    if overrides.get("data", "digits") == "digits" and overrides.get("task") in (None, "classification"):
+        return "digits"  # `convnext train` with no arguments: the built-in small-data recipe
+    task = overrides.get("task")
+    if task is None and "model" in overrides:
+        from .tasks import task_of_model
+
+        task = task_of_model(overrides["model"])
+    return {"detection": "coco_detection", "segmentation": "ade20k_segmentation"}.get(task)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from . import list_recipes, load_config, run
@@ -86,8 +99,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # Only the flags given on the command line override the recipe ("none" sets a field to None).
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     recipe = overrides.pop("recipe", None)
-    if recipe is None and overrides.get("data", "digits") == "digits":
-        recipe = "digits"  # `convnext train` with no arguments: the built-in small-data recipe
+    if recipe is None:
+        recipe = _default_recipe(overrides)
     try:
         config = load_config(recipe, **overrides)
     except (ValueError, TypeError) as e:

@@ -45,6 +45,7 @@ class TrainConfig:
     # --- model -------------------------------------------------------------------------------
     model: str = _f("convnext_tiny", "registered model name (see `convnext models`)")
     model_overrides: dict = _f({}, "extra config fields for create_model, e.g. {stem_patch_size: 1}")
+    num_classes: int | None = _f(None, "segmentation: number of classes (None = from classes.txt or the labels)")
     drop_path: float | None = _f(None, "stochastic depth of the last block (None = the paper's value for the model)")
     layer_scale: float | None = _f(None, "layer-scale init value (None = the model's default, 1e-6; 0 = off)")
     head_init_scale: float | None = _f(None, "scale of the freshly initialised head (paper: 0.001 when fine-tuning)")
@@ -65,7 +66,8 @@ class TrainConfig:
                                   "(detection 500 / segmentation 1500 as mmdet/mmseg)")
     warmup_ratio: float = _f(0.0, "lr at the start of warm-up, as a fraction of the peak (step/poly schedules)")
     schedule: str = _f("cosine", "lr schedule: cosine (classification) | step (x0.1 at lr_milestones) | poly")
-    lr_milestones: tuple = _f((), "epochs at which the step schedule multiplies the lr by 0.1 (3x detection: 27 33)")
+    lr_milestones: tuple = _f((), "where the step schedule multiplies the lr by 0.1, as fractions of the run "
+                              "(3x detection: 0.75 0.9167 = epochs 27 and 33 of 36)")
     weight_decay: float = _f(0.05, "AdamW weight decay (never on biases, norms and layer scale)")
     betas: tuple = _f((0.9, 0.999), "AdamW betas")
     eps: float = _f(1e-8, "AdamW epsilon")
@@ -119,8 +121,8 @@ class TrainConfig:
             raise ConfigError(f"--schedule must be cosine, step or poly, got {self.schedule!r}")
         if self.task not in (None, "classification", "detection", "segmentation"):
             raise ConfigError(f"--task must be classification, detection or segmentation, got {self.task!r}")
-        if any(m <= 0 or m > self.epochs for m in self.lr_milestones):
-            raise ConfigError(f"--lr-milestones must lie in (0, --epochs {self.epochs}], got {list(self.lr_milestones)}")
+        if any(not 0.0 < m <= 1.0 for m in self.lr_milestones):
+            raise ConfigError(f"--lr-milestones must be fractions of the run in (0, 1], got {list(self.lr_milestones)}")
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
             raise ConfigError(f"--batch-size must be even with Mixup/CutMix (they pair images), got {self.batch_size}")
         if self.pretrained and self.finetune:
@@ -183,6 +185,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("accum_steps", lambda v: v >= 1, ">= 1"),
     ("num_workers", lambda v: v >= 0, ">= 0"),
     ("train_subset", lambda v: v >= 1, ">= 1 (or none for the whole set)"),
+    ("num_classes", lambda v: v >= 1, ">= 1 (or none: from the labels)"),
     ("drop_path", lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     ("layer_scale", lambda v: v >= 0.0, ">= 0 (0 = off)"),
     ("head_init_scale", lambda v: v > 0.0, "> 0"),

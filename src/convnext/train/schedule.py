@@ -66,7 +66,7 @@ def make_schedule(config, *, peak_lr: float, steps_per_epoch: int):
         return functools.partial(lr_at_step, peak_lr=peak_lr, min_lr=config.min_lr, warmup_steps=warmup,
                                  total_steps=total), warmup
     if config.schedule == "step":
-        milestones = [round(e * steps_per_epoch) for e in config.lr_milestones]
+        milestones = [round(f * total) for f in config.lr_milestones]
         return functools.partial(lr_step_schedule, peak_lr=peak_lr, milestones=milestones, warmup_steps=warmup,
                                  warmup_ratio=config.warmup_ratio), warmup
     return functools.partial(lr_poly, peak_lr=peak_lr, total_steps=total, min_lr=config.min_lr, warmup_steps=warmup,

@@ -37,6 +37,7 @@ class TaskData:
     collate_eval: Callable
     notes: list[str] = field(default_factory=list)  # warnings to print once (empty class folders...)
     pair_multiple: int = 1  # the training batch must be a multiple of this (2 under Mixup/CutMix)
+    eval_batch_size: int | None = None  # None = the training batch size
 
 
 class Task:
@@ -55,6 +56,14 @@ class Task:
         from .param_groups import param_groups
 
         return param_groups(model, config.weight_decay, config.layer_decay)
+
+    def load_initial_weights(self, model: nn.Module, config) -> str:
+        """--pretrained / --finetune: load starting weights into a fresh model; return what was done."""
+        from ..weights import load_checkpoint, load_pretrained
+
+        if config.pretrained:
+            return f"--pretrained: {load_pretrained(model, config.model, reinit_head=True)}"
+        return f"--finetune: {load_checkpoint(model, config.finetune, reinit_head=True)}"
 
     def loss(self, model: nn.Module, inputs: Any, targets: Any, device: torch.device) -> torch.Tensor:
         raise NotImplementedError

@@ -197,7 +197,7 @@ def _train(config: TrainConfig, info: DistInfo, explicit, out: Path, resume_path
     _seed_everything(config.seed)  # identical initial weights on every rank (and for the EMA copy)
     model = task.build_model(config, data)
     if ckpt is None and (config.pretrained or config.finetune):
-        _log(info, _load_initial_weights(model, config))
+        _log(info, task.load_initial_weights(model, config))
     _seed_everything(config.seed + info.rank)  # then per-rank streams for augmentation and drop path
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
@@ -241,8 +241,8 @@ def _train(config: TrainConfig, info: DistInfo, explicit, out: Path, resume_path
         train_ds, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers, generator=loader_rng,
         collate_fn=data.collate_train, pin_memory=device.type == "cuda",
     )
-    val_loader = (make_eval_loader(data.val, config.batch_size, config.num_workers, info, data.collate_eval)
-                  if data.val is not None else None)
+    val_loader = (make_eval_loader(data.val, data.eval_batch_size or config.batch_size, config.num_workers, info,
+                                   data.collate_eval) if data.val is not None else None)
 
     # ---- state restored from a checkpoint ----------------------------------------------------
     start_epoch, start_batch, step = 0, 0, 0
@@ -473,19 +473,6 @@ def _scalars(metrics: dict) -> dict:
     """The per-epoch numbers of an evaluation (not its image counts or per-class tables)."""
     return {k: v for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("images", "skipped_images")}
-
-
-def _load_initial_weights(model: torch.nn.Module, config: TrainConfig) -> str:
-    """Load --pretrained / --finetune weights into a freshly built model; return what was done."""
-    if hasattr(model, "load_initial_weights"):  # dense models: backbone from a classification checkpoint
-        return model.load_initial_weights(pretrained=config.pretrained, checkpoint=config.finetune)
-    from ..weights import load_checkpoint, load_pretrained
-
-    if config.pretrained:
-        report = load_pretrained(model, config.model, reinit_head=True)
-        return f"--pretrained: {report}"
-    report = load_checkpoint(model, config.finetune, reinit_head=True)
-    return f"--finetune: {report}"
 
 
 def _append_resume(path: Path, epoch: int, changes: dict) -> None:

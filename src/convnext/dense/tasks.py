@@ -1,0 +1,263 @@
+"""Detection and segmentation as tasks of the one training loop (`convnext.train.tasks`).
+
+Each task brings its data (COCO-format JSON / ADE20K-layout folders), its model (a registered
+`mask_rcnn_*`, `cascade_mask_rcnn_*` or `upernet_*` name), its loss (the sum of the model's loss
+dict), its evaluation (COCO box/mask AP, mIoU) and its optimizer groups (the official layer-wise /
+stage-wise lr decay, PAPER.md §4). Resume, AMP, accumulation, DDP, EMA, logging and checkpoints
+are the loop's.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, DataError
+from ..train.tasks import Task, TaskData
+
+__all__ = ["DetectionTask", "SegmentationTask", "dense_param_groups", "num_decay_layers"]
+
+
+def _with_skipped(collate):
+    """Adapt a (inputs, targets) collate to the loop's (inputs, targets, skipped images) batches."""
+
+    @functools.wraps(collate)
+    def wrapped(batch):
+        return (*collate(batch), 0)
+
+    return wrapped
+
+
+def num_decay_layers(model: nn.Module) -> int:
+    """The official `num_layers` of the dense lr-decay rules: 3 + (stage-3 depth) // 3 (T 6, S/B/L/XL 12)."""
+    return 3 + model.backbone.config.depths[2] // 3
+
+
+def dense_param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None, layer_id) -> list[dict]:
+    """AdamW groups of a detector/segmenter: no decay on 1-D parameters (biases, norms, layer scale),
+    and lr x decay ** (num_layers + 1 - id) with the official ids (`layer_decay.py`)."""
+    from ..train.param_groups import no_weight_decay
+    from .layer_decay import lr_scale
+
+    n = num_decay_layers(model)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        gid = layer_id(name, n) if layer_decay is not None else n + 1
+        decay = not no_weight_decay(name, p)
+        g = groups.setdefault((gid, decay), {
+            "params": [], "names": [], "weight_decay": weight_decay if decay else 0.0, "layer_id": gid,
+            "lr_scale": lr_scale(gid, n, layer_decay) if layer_decay is not None else 1.0,
+        })
+        g["params"].append(p)
+        g["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+class _DenseTask(Task):
+    """What detection and segmentation share: model building and backbone initialisation."""
+
+    def build_model(self, config, data: TaskData) -> nn.Module:
+        from ..models import create_model, get_spec
+
+        try:
+            spec = get_spec(config.model)
+        except KeyError as e:
+            raise ConfigError(f"--model: {e.args[0]}") from None
+        if spec.task != self.name:
+            raise ConfigError(f"--model {config.model} is a {spec.task} model, but --task is {self.name} "
+                              f"(see `convnext models --task {self.name}`)")
+        kw = dict(config.model_overrides)
+        if config.drop_path is not None:  # otherwise the official value registered for the model
+            kw["drop_path_rate"] = config.drop_path
+        if config.layer_scale is not None:
+            kw["layer_scale_init_value"] = config.layer_scale
+        try:
+            return create_model(config.model, num_classes=len(data.classes), **kw)
+        except TypeError as e:
+            raise ConfigError(f"--model-overrides: {e}") from None
+
+    def load_initial_weights(self, model: nn.Module, config) -> str:
+        """--pretrained: the official classification weights of the backbone; --finetune FILE: a
+        classification checkpoint (backbone only) or an official mmdet/mmseg file (whole model)."""
+        from .backbone import load_backbone_checkpoint
+
+        if config.pretrained:
+            from ..weights.pretrained import download_pretrained, get_pretrained
+
+            name = model.config.backbone if hasattr(model.config, "backbone") else _backbone_name(config.model)
+            weights = get_pretrained(name)
+            report = load_backbone_checkpoint(model.backbone, download_pretrained(weights))
+            return (f"--pretrained: {report} ({weights.tag}; the paper starts from non-EMA weights, which are "
+                    f"published only for the 22K models)")
+        whole = self._load_whole(model, config.finetune)
+        if whole is not None:
+            return f"--finetune: {whole}"
+        return f"--finetune: {load_backbone_checkpoint(model.backbone, config.finetune)}"
+
+    def _load_whole(self, model: nn.Module, path) -> str | None:
+        return None
+
+
+def _state_dict(path) -> dict:
+    from ..weights.io import read_checkpoint, unwrap_state_dict
+
+    return unwrap_state_dict(read_checkpoint(path), source=str(path))
+
+
+def _backbone_name(model_name: str) -> str:
+    return model_name[model_name.index("convnext"):]
+
+
+class DetectionTask(_DenseTask):
+    """COCO instance detection/segmentation: Mask R-CNN and Cascade Mask R-CNN (PAPER.md §4.1)."""
+
+    name = "detection"
+    primary = "bbox_AP"
+
+    def build_data(self, config) -> TaskData:
+        from .coco import build_coco_dataset, collate_detection
+
+        train = build_coco_dataset(config.data, "train", img_size=config.img_size)
+        notes = []
+        try:
+            val = build_coco_dataset(config.data, "val", img_size=config.img_size)
+            if getattr(val, "warning", None):
+                notes.append(f"warning: {val.warning}")
+        except DataError:
+            if config.eval_every != 0:
+                raise
+            val = None
+        if train.skipped_annotations:
+            notes.append(f"warning: {train.skipped_annotations} degenerate box(es) (width or height <= 1 px) "
+                         "skipped in the training annotations")
+        if config.train_subset is not None:
+            from ..data import subset
+
+            train.classes = list(train.classes)
+            train = subset(train, config.train_subset, seed=config.seed)
+        return TaskData(train=train, val=val, classes=list(train.classes),
+                        collate_train=_with_skipped(collate_detection), collate_eval=_with_skipped(collate_detection),
+                        notes=notes)
+
+    def param_groups(self, model: nn.Module, config) -> list[dict]:
+        from .layer_decay import detection_layer_id
+
+        return dense_param_groups(model, config.weight_decay, config.layer_decay, detection_layer_id)
+
+    def loss(self, model, images, targets, device):
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
+                   for t in targets]
+        losses = model(images, targets)  # {"loss_classifier": ..., "loss_box_reg": ..., "loss_mask": ...}
+        return sum(losses.values())
+
+    @torch.no_grad()
+    def evaluate(self, model, loader, device, amp: str) -> dict:
+        from ..train.engine import autocast
+        from .coco_eval import CocoEvaluator
+
+        model.eval()
+        evaluator = CocoEvaluator(loader.dataset)
+        n = 0
+        for images, targets, _ in loader:
+            with autocast(device, amp):
+                outputs = model([im.to(device) for im in images])
+            evaluator.update([{k: v.float().cpu() for k, v in o.items()} for o in outputs], targets)
+            n += len(images)
+        res = evaluator.summarize()
+        res["images"] = n
+        return res
+
+    def summary_line(self, metrics: dict) -> str:
+        return f"box AP {metrics['bbox_AP']:.2f}  mask AP {metrics.get('segm_AP', float('nan')):.2f}"
+
+    def _load_whole(self, model, path):
+        from .mmdet_keys import load_mmdet_checkpoint, mmdet_layout
+
+        if mmdet_layout(_state_dict(path)) is None:
+            return None
+        load_mmdet_checkpoint(model, path)
+        return f"loaded the whole detector from {path} (official mmdet layout)"
+
+
+class SegmentationTask(_DenseTask):
+    """ADE20K-layout semantic segmentation: UperNet (PAPER.md §4.2)."""
+
+    name = "segmentation"
+    primary = "mIoU"
+
+    def __init__(self):
+        self.crop = 512
+        self.num_classes = 0
+
+    def build_data(self, config) -> TaskData:
+        from .segmentation_data import SegmentationFolder, collate_segmentation
+
+        self.crop = config.img_size
+        train = SegmentationFolder(config.data, "training", crop_size=config.img_size, num_classes=config.num_classes)
+        try:
+            val = SegmentationFolder(config.data, "validation", crop_size=config.img_size,
+                                     num_classes=train.num_classes)
+        except DataError:
+            if config.eval_every != 0:
+                raise
+            val = None
+        self.num_classes = train.num_classes
+        classes = train.class_names or [str(i) for i in range(train.num_classes)]
+        if config.train_subset is not None:
+            from ..data import subset
+
+            train.classes = classes
+            train = subset(train, config.train_subset, seed=config.seed)
+        # Validation images keep their own sizes: one per batch, so no padding enters the metric.
+        return TaskData(train=train, val=val, classes=classes,
+                        collate_train=_with_skipped(collate_segmentation),
+                        collate_eval=_with_skipped(collate_segmentation), eval_batch_size=1)
+
+    def param_groups(self, model: nn.Module, config) -> list[dict]:
+        from .layer_decay import stage_wise_layer_id
+
+        return dense_param_groups(model, config.weight_decay, config.layer_decay, stage_wise_layer_id)
+
+    def loss(self, model, images, labels, device):
+        losses = model(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+        return sum(losses.values())  # loss_seg + 0.4 x loss_aux
+
+    @torch.no_grad()
+    def evaluate(self, model, loader, device, amp: str) -> dict:
+        """Single-scale mIoU with the paper's sliding window (crop, stride 2/3 of it: 512 -> 341)."""
+        from ..train.engine import autocast
+        from .seg_eval import SegEvaluator
+        from .seg_inference import slide_inference
+
+        model.eval()
+        names = getattr(loader.dataset, "class_names", None)
+        evaluator = SegEvaluator(self.num_classes, class_names=names)
+        stride = max(self.crop * 2 // 3, 1)
+        n = 0
+        for images, labels, _ in loader:
+            with autocast(device, amp):
+                scores = slide_inference(model, images.to(device), crop=self.crop, stride=stride,
+                                         num_classes=self.num_classes)
+            evaluator.update(scores.float().cpu(), labels)
+            n += len(images)
+        res = evaluator.summarize()
+        per_class = res.pop("IoU", None)
+        if per_class is not None:
+            res["per_class"] = {"IoU": per_class}
+        res["images"] = n
+        return res
+
+    def summary_line(self, metrics: dict) -> str:
+        return f"mIoU {metrics['mIoU']:.2f}  aAcc {metrics['aAcc']:.2f}"
+
+    def _load_whole(self, model, path):
+        from .mmseg_keys import is_mmseg_checkpoint, load_mmseg_checkpoint
+
+        if not is_mmseg_checkpoint(_state_dict(path)):
+            return None
+        load_mmseg_checkpoint(model, path)
+        return f"loaded the whole UperNet from {path} (official mmseg layout)"
