@@ -59,7 +59,8 @@ def adapt_config(
     per_step = world_size * config.accum_steps
     batch = config.batch_size
     if "batch_size" not in explicit and num_train // (batch * per_step) < MIN_STEPS_PER_EPOCH:
-        new = max(num_train // (MIN_STEPS_PER_EPOCH * per_step), 2 if mix else 1)
+        # At least 2 images: BatchNorm (dense heads, roadmap ResNets) and Mixup pairs need them.
+        new = max(num_train // (MIN_STEPS_PER_EPOCH * per_step), 2)
         if mix:
             new -= new % 2  # Mixup/CutMix pair images
         new = min(new, batch)

@@ -127,14 +127,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from .robustness import cmd_benchmark
 
         return cmd_benchmark(args)
-    if args.json or args.partial:
-        raise UserError("--json and --partial apply to --benchmark runs only")
-
+    if args.partial:
+        raise UserError("--partial applies to --benchmark runs only")
+    dense = _dense_checkpoint(args.checkpoint)
+    if dense is not None:
+        return _eval_dense(args, dense)
+    if args.json:
+        raise UserError("--json applies to --benchmark runs and detection/segmentation checkpoints only")
     from .evaluate import evaluate_checkpoint
 
     try:
         res = evaluate_checkpoint(
-            args.checkpoint, args.data, img_size=args.img_size, crop_pct=args.crop_pct, batch_size=args.batch_size,
+            args.checkpoint, args.data, img_size=args.img_size, crop_pct=args.crop_pct, batch_size=args.batch_size or 100,
             weights=args.weights, model_name=args.model, num_workers=args.num_workers, amp=args.amp,
             device=args.device, data_dir=args.data_dir, strict_images=args.strict_images, progress=args.progress,
         )
@@ -148,6 +152,48 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(printable(f"{res['checkpoint']} ({res['weights']} weights) on {res['data']} at {res['img_size']}px, "
                     f"{res['images']} images: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
                     f"loss {res['loss']:.4f}"))
+    return 0
+
+
+def _dense_checkpoint(path: str | None) -> dict | None:
+    """The checkpoint if it is a detection/segmentation training checkpoint (read once), else None."""
+    from pathlib import Path
+
+    if path is None or not Path(path).is_file():
+        return None
+    from ..dense.infer import dense_task_of
+    from ..weights.io import read_checkpoint
+
+    ckpt = read_checkpoint(path)
+    return ckpt if dense_task_of(ckpt) else None
+
+
+def _eval_dense(args: argparse.Namespace, ckpt: dict) -> int:
+    """`convnext eval` of a detector / segmenter: COCO AP or mIoU on the validation split of --data."""
+    import json
+
+    from ..dense.infer import evaluate_dense, load_dense
+    from ..devices import resolve_device
+    from ..weights.io import printable
+
+    dev = resolve_device(args.device)
+    dense = load_dense(args.checkpoint, weights=args.weights, device=dev, ckpt=ckpt)
+    res = evaluate_dense(dense, args.data, img_size=args.img_size,
+                         batch_size=args.batch_size or int(dense.train_config.get("batch_size", 2)),
+                         num_workers=args.num_workers, device=dev, amp=args.amp)
+    head = f"{args.checkpoint} ({dense.weights} weights, {dense.task}) on {args.data}, {res['images']} images"
+    if dense.task == "detection":
+        rows = [(kind, [res.get(f"{kind}_{k}") for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")])
+                for kind in ("bbox", "segm") if f"{kind}_AP" in res]
+        print(printable(head))
+        print("        AP     AP50   AP75   APs    APm    APl")
+        for kind, vals in rows:
+            print(f"{kind:<5}" + "".join(f" {v:6.2f}" if v is not None else "      -" for v in vals))
+    else:
+        print(printable(f"{head}: mIoU {res['mIoU']:.2f}  aAcc {res['aAcc']:.2f}  mAcc {res.get('mAcc', float('nan')):.2f}"))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
     return 0
 
 
@@ -169,7 +215,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, default=None, help="evaluation resolution (default: the training one)")
     p.add_argument("--crop-pct", type=float, default=None,
                    help="centre-crop fraction (default 0.875 below 384, 1.0 from 384)")
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per batch (default 100; detection/segmentation: the training run's, since padding "
+                        "to the largest image of a batch changes the numbers slightly)")
     p.add_argument("--weights", choices=("auto", "ema", "model"), default="auto",
                    help="which weights of a checkpoint holding both: auto (default) = those its reported "
                         "accuracy belongs to (EMA when trained with EMA)")
@@ -184,7 +232,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--benchmark", default=None, metavar="NAME",
                    help="robustness benchmark of the paper's Table 8, --data being its folder: "
                         "imagenet-c | imagenet-a | imagenet-r | imagenet-sketch")
-    p.add_argument("--json", default=None, metavar="FILE", help="with --benchmark: also write the result as JSON")
+    p.add_argument("--json", default=None, metavar="FILE", help="with --benchmark or a detection/segmentation checkpoint: also write the result as JSON")
     p.add_argument("--partial", action="store_true",
                    help="with --benchmark: score the corruptions/severities/classes present instead of failing "
                         "on missing ones (the result is marked partial and lists them)")

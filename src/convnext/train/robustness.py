@@ -254,7 +254,7 @@ def cmd_benchmark(args) -> int:
     try:
         res = benchmark_checkpoint(
             args.benchmark, args.checkpoint, args.data, weights=args.weights, model_name=args.model,
-            img_size=args.img_size, crop_pct=args.crop_pct, batch_size=args.batch_size, num_workers=args.num_workers,
+            img_size=args.img_size, crop_pct=args.crop_pct, batch_size=args.batch_size or 100, num_workers=args.num_workers,
             amp=args.amp, device=args.device, partial=args.partial, strict_images=args.strict_images,
             progress=args.progress,
         )

@@ -241,6 +241,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise UserError(f"{flag} {value}: must be >= 1")
     set_threads(args.threads)
     paths = expand_image_args(args.images)
+    if args.checkpoint is not None:
+        from ..train.cli import _dense_checkpoint
+
+        dense = _dense_checkpoint(args.checkpoint)
+        if dense is not None:
+            return _predict_dense(args, dense, paths)
+    if args.output or args.json:
+        raise UserError("--output and --json apply to detection/segmentation checkpoints")
     if not any(Path(p).is_file() for p in paths):  # nothing to classify: fail before loading the model
         open_image(paths[0])
     loaded = load(args.checkpoint, weights=weights_choice(args), model_name=args.model, device=args.device,
@@ -260,6 +268,44 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(f"  {p:7.2%}  {printable(name)} ({i})")
     if failed:
         print(f"convnext predict: {failed} of {len(paths)} image(s) could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _predict_dense(args: argparse.Namespace, ckpt: dict, paths: list[str]) -> int:
+    """Detect / segment each image; draw it into --output and write --json (a folder for several images)."""
+    from ..dense.infer import load_dense, predict_dense
+    from ..devices import resolve_device
+    from ..errors import DataError
+    from .io import printable
+
+    def target(flag: str, value: str | None, path: str, suffix: str) -> Path | None:
+        if value is None:
+            return None
+        if len(paths) == 1 and not Path(value).is_dir():
+            return Path(value)
+        Path(value).mkdir(parents=True, exist_ok=True)  # several images: one file each in the folder
+        return Path(value) / (Path(path).stem + suffix)
+
+    dense = load_dense(args.checkpoint, weights=weights_choice(args), device=resolve_device(args.device), ckpt=ckpt)
+    print(f"{dense.task} model from {printable(args.checkpoint)} ({dense.weights} weights)", file=sys.stderr)
+    failed = 0
+    for path in paths:
+        try:
+            res = predict_dense(dense, path, target("--output", args.output, path, ".png"),
+                                target("--json", args.json, path, ".json"), img_size=args.img_size,
+                                score_thresh=args.score_thresh)
+        except DataError as e:
+            print(f"convnext predict: {printable(str(e))}", file=sys.stderr)
+            failed += 1
+            continue
+        print(printable(path))
+        if dense.task == "detection":
+            for d in res["detections"][: args.topk if args.topk else None]:
+                print(f"  {d['score']:6.3f}  {printable(d['label'])}  box {d['box']}")
+            print(f"  ({len(res['detections'])} detection(s) with score >= {args.score_thresh})")
+        else:
+            for name, frac in sorted(res["classes"].items(), key=lambda kv: -kv[1])[: args.topk]:
+                print(f"  {frac:7.2%}  {printable(name)}")
     return 1 if failed else 0
 
 
@@ -327,7 +373,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, default=None,
                    help="evaluation resolution (default: the checkpoint's training resolution, the pretrained "
                         "registry's for an official file name, else 224)")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=int, default=5, help="classes (or detections / segment classes) printed per image")
+    p.add_argument("--output", default=None, metavar="PNG",
+                   help="detection/segmentation: draw the result (boxes, masks, names, scores / a colour-coded "
+                        "class map) into this PNG (a folder for several images)")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="detection/segmentation: write the results as JSON (a folder for several images)")
+    p.add_argument("--score-thresh", type=float, default=0.3, help="detection: lowest score drawn and listed")
     p.add_argument("--batch-size", type=int, default=32, help="images decoded and run at once (default 32)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
