@@ -223,7 +223,7 @@ def test_cli_errors_are_one_line(imagenet_c, class1_checkpoint, tmp_path, capsys
     assert main(base + ["--benchmark", "imagenet-x", "--data", str(root)]) == 2
     assert "--benchmark 'imagenet-x'" in capsys.readouterr().err
     assert main(base + ["--data", "digits", "--json", str(tmp_path / "x.json")]) == 2
-    assert "--benchmark runs only" in capsys.readouterr().err
+    assert "applies to --benchmark runs" in capsys.readouterr().err
 
     # --partial: a result, marked, with the one complete corruption only.
     out = tmp_path / "p.json"
