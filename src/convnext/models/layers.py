@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fast import add_residual_, depthwise_conv, fuses_residual, layer_scaled_linear, linear_gelu
+from .triton_block import dwconv_layernorm, use_triton
 
 __all__ = ["LayerNorm2d", "GRN", "Block", "init_weights", "drop_path_rates"]
 
@@ -113,9 +114,12 @@ class Block(nn.Module):
         # x + drop_path(gamma * pwconv2(grn(gelu(pwconv1(norm(dwconv(x))))))), computed with the fused
         # helpers of `fast.py` (gamma folded into pwconv2, in-place / oneDNN-fused ops).
         shortcut = x
-        x = depthwise_conv(x, self.dwconv)  # fast weight gradient when training on CPU
-        x = x.permute(0, 2, 3, 1)  # (B, H, W, C): a free view when x is channels_last
-        x = self.grn(linear_gelu(self.norm(x), self.pwconv1))  # exact (erf) GELU fused with pwconv1
+        if use_triton(x, self.dwconv, self.norm):  # CUDA: dwconv + LN in one Triton kernel
+            x = dwconv_layernorm(x, self.dwconv, self.norm)  # (B, H, W, C)
+        else:
+            x = depthwise_conv(x, self.dwconv)  # fast weight gradient when training on CPU
+            x = self.norm(x.permute(0, 2, 3, 1))  # (B, H, W, C): the permute is a free view in channels_last
+        x = self.grn(linear_gelu(x, self.pwconv1))  # exact (erf) GELU fused with pwconv1
         drop = self.training and not isinstance(self.drop_path, nn.Identity)
         if fuses_residual(x, self.pwconv2) and not drop:
             # Eager CPU fp32: the residual add is a post-op of the pwconv2 GEMM, on the (B, H, W, C) view.
