@@ -299,6 +299,8 @@ def load_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
     _check_keys(overrides, "overrides")
     if "model_overrides" in overrides:  # merge with the recipe's stem adaptation etc.
         overrides["model_overrides"] = {**values.get("model_overrides", {}), **overrides["model_overrides"]}
+    if overrides.get("finetune") and "pretrained" not in overrides:
+        values["pretrained"] = False  # a file given on the command line replaces the recipe's --pretrained
     values.update(overrides)
     return TrainConfig(**values)
 

@@ -413,7 +413,7 @@ def _train(config: TrainConfig, info: DistInfo, explicit, out: Path, resume_path
                      f"in epoch {epoch + 1}")
             is_last = epoch + 1 == config.epochs
             msg = (f"epoch {epoch + 1}/{config.epochs}  train loss {stats['loss']:.4f}  lr {record['lr']:.2e}  "
-                   f"{stats['images_per_sec']:.0f} img/s")
+                   f"{stats['images_per_sec']:.3g} img/s")
             if val_loader is not None and (is_last or (config.eval_every > 0 and (epoch + 1) % config.eval_every == 0)):
                 res = task.evaluate(wrapped, val_loader, device, config.amp)
                 record.update({f"{k}_model": v for k, v in _scalars(res).items()})

@@ -120,7 +120,7 @@ def get_pretrained(name: str, tag: str | None = None) -> PretrainedWeights:
     if not options:
         have = sorted({w.model for w in _PRETRAINED.values()})
         raise CheckpointError(f"no official pretrained weights for {name!r}; available for: {', '.join(have)}. "
-                              f"Pass a local file with checkpoint=PATH (CLI: --checkpoint PATH).")
+                              f"Pass a local file with checkpoint=PATH (CLI: --checkpoint PATH; `convnext train`: --finetune PATH).")
     if tag is None:  # default: the first 1000-class (ImageNet-1K) checkpoint
         return next((w for w in options if w.num_classes == 1000), options[0])
     for w in options:
@@ -141,7 +141,7 @@ def download_pretrained(weights: PretrainedWeights) -> Path:
     """Path of the checkpoint in torch's hub cache (`torch.hub.get_dir()/checkpoints`), downloading it if needed."""
     cached = Path(torch.hub.get_dir()) / "checkpoints" / weights.filename
     how = (f"download {weights.url} yourself and pass it as checkpoint=PATH "
-           f"(CLI: --checkpoint PATH), or place it at {cached}")
+           f"(CLI: --checkpoint PATH; `convnext train`: --finetune PATH), or place it at {cached}")
     if not cached.exists():
         if os.environ.get("CONVNEXT_NO_DOWNLOAD", "") not in ("", "0"):
             raise CheckpointError(f"{weights.model} ({weights.tag}) is not in the cache and downloads are disabled "
