@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from convnext.dense.segmentation_data import (
-    SegmentationFolder, SegTrainTransform, SegValTransform, coco_to_semantic, collate_segmentation,
+    SegmentationFolder, SegTrainTransform, coco_to_semantic, collate_segmentation,
     photometric_distortion,
 )
 from convnext.errors import DataError

@@ -24,7 +24,7 @@ from ..errors import CheckpointError, ConfigError
 from ..models.convnext import ConvNeXt, ConvNeXtConfig
 from ..models.registry import get_spec
 
-__all__ = ["DenseConvNeXt", "dense_backbone", "load_backbone_checkpoint", "BackboneLoadReport"]
+__all__ = ["DenseConvNeXt", "dense_backbone", "load_backbone_checkpoint", "BackboneLoadReport", "load_whole_strict"]
 
 
 class DenseConvNeXt(ConvNeXt):
@@ -116,3 +116,24 @@ def load_backbone_checkpoint(
         raise CheckpointError(f"{source}: tensors with no place in the backbone: {', '.join(unexpected)}")
     dropped = [k for k in sd if k.startswith(("norm.", "head."))]
     return BackboneLoadReport(source, layout, len(state), sorted(missing), dropped or report.dropped)
+
+
+def load_whole_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load a translated whole-model state dict (official mmdet/mmseg file) strictly, or raise a
+    CheckpointError naming every key that is missing, has no counterpart, or has another shape."""
+    own = model.state_dict()
+    problems = []
+    missing = sorted(set(own) - set(sd))
+    if missing:
+        problems.append(f"missing from the checkpoint ({len(missing)}): {', '.join(missing)}")
+    unexpected = sorted(set(sd) - set(own))
+    if unexpected:
+        problems.append(f"not in the model ({len(unexpected)}): {', '.join(unexpected)}")
+    shape = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
+    if shape:
+        problems.append(f"shape mismatch ({len(shape)}): " + "; ".join(shape))
+    if problems:
+        raise CheckpointError(f"{source} does not fit this {type(model).__name__}: " + " | ".join(problems))
+    with torch.no_grad():
+        model.load_state_dict(sd, strict=True)

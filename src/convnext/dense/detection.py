@@ -23,8 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead

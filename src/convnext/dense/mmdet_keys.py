@@ -134,21 +134,8 @@ def load_mmdet_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapp
     else:
         source, raw = str(checkpoint), read_checkpoint(checkpoint)
     sd = from_mmdet(unwrap_state_dict(raw, source=source), source=source)  # mmdet wraps tensors in "state_dict"
-    own = model.state_dict()
-    problems = []
-    missing = sorted(set(own) - set(sd))
-    if missing:
-        problems.append(f"missing from the checkpoint ({len(missing)}): {', '.join(missing)}")
-    unexpected = sorted(set(sd) - set(own))
-    if unexpected:
-        problems.append(f"not in the model ({len(unexpected)}): {', '.join(unexpected)}")
-    shape = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
-    if shape:
-        problems.append(f"shape mismatch ({len(shape)}): " + "; ".join(shape))
-    if problems:
-        raise CheckpointError(f"{source} does not fit this {type(model).__name__}: " + " | ".join(problems))
-    with torch.no_grad():
-        model.load_state_dict(sd, strict=True)
+    from .backbone import load_whole_strict
+
+    load_whole_strict(model, sd, source)
     meta = raw.get("meta")
     return dict(meta) if isinstance(meta, Mapping) else {}

@@ -108,21 +108,8 @@ def load_mmseg_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapp
         raise CheckpointError(f"{source}: not an mmseg UperNet checkpoint (no decode_head.conv_seg.weight / "
                               f"backbone.downsample_layers.0.0.weight)")
     sd = from_mmseg(sd, source)
-    own = model.state_dict()
-    problems = []
-    missing = sorted(set(own) - set(sd))
-    if missing:
-        problems.append(f"missing from the checkpoint ({len(missing)}): {', '.join(missing)}")
-    unexpected = sorted(set(sd) - set(own))
-    if unexpected:
-        problems.append(f"not in the model ({len(unexpected)}): {', '.join(unexpected)}")
-    shape = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
-    if shape:
-        problems.append(f"shape mismatch ({len(shape)}): " + "; ".join(shape))
-    if problems:
-        raise CheckpointError(f"{source} does not fit this UperNet: " + " | ".join(problems))
-    with torch.no_grad():
-        model.load_state_dict(sd, strict=True)
+    from .backbone import load_whole_strict
+
+    load_whole_strict(model, sd, source)
     meta = raw.get("meta")
     return dict(meta) if isinstance(meta, Mapping) else {}

@@ -18,7 +18,7 @@ Model contract:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 import torch
@@ -27,6 +27,7 @@ from torch import nn
 
 from ..models.convnext import ConvNeXt, ConvNeXtConfig
 from ..models.registry import ModelSpec, get_spec, register_arch, register_model
+from .backbone import BackboneLoadReport, load_backbone_checkpoint
 from .upernet import FCNHead, UperNetHead, resize
 
 __all__ = ["UperNetConfig", "UperNet", "BackboneLoadReport", "load_backbone"]
@@ -105,71 +106,14 @@ class UperNet(nn.Module):
         return total / (labels != self.config.ignore_index).sum().clamp(min=1)
 
 
-@dataclass
-class BackboneLoadReport:
-    """What `load_backbone` did."""
-
-    source: str
-    layout: str  # layout the checkpoint was stored in (converted to the official one)
-    num_tensors: int  # tensors copied into the backbone
-    new: list[str] = field(default_factory=list)  # backbone tensors the checkpoint lacks (freshly initialised)
-    dropped: list[str] = field(default_factory=list)  # checkpoint tensors without use here (classifier)
-
-    def __str__(self) -> str:
-        s = f"backbone: loaded {self.num_tensors} tensors from {self.source} ({self.layout} layout)"
-        if self.dropped:
-            s += f"; dropped {', '.join(self.dropped)}"
-        if self.new:
-            s += f"; new (initialised): {', '.join(self.new)}"
-        return s
-
-
-_CLASSIFIER_PREFIXES = ("head.", "norm.")  # the classification head: final LayerNorm + Linear
-
-
 def load_backbone(model: UperNet, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor], *,
                   ema: bool = False) -> BackboneLoadReport:
     """Start `model.backbone` from any ConvNeXt checkpoint `convnext.weights` reads (official,
-    timm, torchvision, HF, or an official detection / segmentation file's `backbone.*`).
-
-    The classifier (final LayerNorm and head) is dropped; the per-stage output LayerNorms, which a
-    classification checkpoint lacks, keep their fresh initialisation and are named in the report.
-    Every other tensor must match (CheckpointError otherwise). The heads are untouched.
-    """
-    from ..errors import CheckpointError
-    from ..weights.convert import summarize_keys
-    from ..weights.io import read_checkpoint, unwrap_state_dict
-    from ..weights.loading import to_official
-
-    if isinstance(checkpoint, Mapping):
-        source = "<state dict>"
-        sd = unwrap_state_dict(checkpoint, ema=ema, source=source)
-    else:
-        source = str(checkpoint)
-        sd = unwrap_state_dict(read_checkpoint(checkpoint), ema=ema, source=source)
-    layout, sd = to_official(sd, source)
-    dropped = sorted(k for k in sd if k.startswith(_CLASSIFIER_PREFIXES))
-    sd = {k: v for k, v in sd.items() if k not in dropped}
-    own = model.backbone.state_dict()
-    missing = sorted(k for k in own if k not in sd)
-    new = [k for k in missing if k.startswith("stage_norms.")]
-    problems = []
-    if len(new) != len(missing):
-        problems.append(f"missing ({len(missing) - len(new)}):\n"
-                        + summarize_keys(k for k in missing if k not in new))
-    unexpected = sorted(k for k in sd if k not in own)
-    if unexpected:
-        problems.append(f"unexpected ({len(unexpected)}):\n{summarize_keys(unexpected)}")
-    shape = [f"  {k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-             for k, v in sd.items() if k in own and v.shape != own[k].shape]
-    if shape:
-        problems.append(f"shape mismatch ({len(shape)}):\n" + "\n".join(shape[:8]))
-    if problems:
-        raise CheckpointError(f"{source} ({layout} layout) does not fit the backbone of this UperNet "
-                              f"(depths {model.config.depths}, dims {model.config.dims}):\n" + "\n".join(problems))
-    with torch.no_grad():
-        model.backbone.load_state_dict(sd, strict=False)
-    return BackboneLoadReport(source, layout, len(sd), new, dropped)
+    timm, torchvision, HF, or an official detection / segmentation file's `backbone.*`): the shared
+    loader of the dense models (`backbone.load_backbone_checkpoint`). The classifier is dropped, the
+    per-stage output norms a classification checkpoint lacks keep their initialisation, and both are
+    named in the report; the heads are untouched."""
+    return load_backbone_checkpoint(model.backbone, checkpoint, ema=ema)
 
 
 # --------------------------------------------------------------------------------------------
