@@ -16,7 +16,8 @@ _FIRST = ("data", "model", "recipe", "epochs", "batch_size", "img_size", "accum_
           "finetune", "amp", "seed")
 
 
-_CHOICES = {"task": ("classification", "detection", "segmentation"), "schedule": ("cosine", "step", "poly")}
+_CHOICES = {"task": ("classification", "detection", "segmentation"), "schedule": ("cosine", "step", "poly"),
+            "loader": ("auto", "workers", "device", "dali")}
 
 _CLI_HELP = {
     "recipe": "shipped recipe name (--list-recipes) or a YAML file, applied before the other flags "
@@ -61,7 +62,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, type=float, nargs="*", metavar="EPOCH", **kw)
         elif tp is tuple:
             p.add_argument(flag, type=float, nargs=2, metavar=("A", "B"), **kw)
-        elif name in ("task", "schedule"):
+        elif name in _CHOICES:
             p.add_argument(flag, choices=_CHOICES[name], **kw)
         elif name == "amp":
             p.add_argument(flag, choices=("bf16", "fp16", "off"), **kw)

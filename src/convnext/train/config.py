@@ -40,6 +40,9 @@ class TrainConfig:
     train_subset: int | None = _f(None, "use only the first N images of a fixed shuffle of the training set")
     num_workers: int = _f(4, "data-loading worker processes per device (0 = load in the main process; "
                           "capped by the CPUs available)")
+    loader: str = _f("auto", "training input pipeline: workers (DataLoader + PIL, today's), device (decode once, "
+                     "augment batched on the device: GPU-resident for small sets), dali (not implemented), auto "
+                     "(device on CUDA when the decoded set fits in a quarter of free GPU memory, else workers)")
     drop_last: bool = _f(True, "leave out the images that do not fill the last batch of an epoch (the official "
                          "recipe; a different set each epoch); --no-drop-last trains on a short last batch")
     # --- model -------------------------------------------------------------------------------
@@ -117,6 +120,8 @@ class TrainConfig:
                 raise ConfigError(f"{_flag(name)} must be {allowed}, got {_show(value)}")
         if self.amp not in ("bf16", "fp16", "off"):
             raise ConfigError(f"--amp must be bf16, fp16 or off, got {self.amp!r}")
+        if self.loader not in ("auto", "workers", "device", "dali"):
+            raise ConfigError(f"--loader must be auto, workers, device or dali, got {self.loader!r}")
         if self.schedule not in ("cosine", "step", "poly"):
             raise ConfigError(f"--schedule must be cosine, step or poly, got {self.schedule!r}")
         if self.task not in (None, "classification", "detection", "segmentation"):

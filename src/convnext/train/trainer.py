@@ -236,10 +236,7 @@ def _train(config: TrainConfig, info: DistInfo, explicit, out: Path, resume_path
     # re-seeded from (seed, rank, epoch) every epoch: resuming never shifts the global random stream.
     # Inside workers, `SeededSamples` then reseeds per image, so batches may change workers on resume.
     loader_rng = torch.Generator()
-    train_loader = DataLoader(
-        train_ds, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers, generator=loader_rng,
-        collate_fn=data.collate_train, pin_memory=device.type == "cuda",
-    )
+    train_loader, loader_kind = _train_loader(config, task, data, train_ds, sampler, device, loader_rng)
     val_loader = (make_eval_loader(data.val, data.eval_batch_size or config.batch_size, config.num_workers, info,
                                    data.collate_eval) if data.val is not None else None)
 
@@ -349,6 +346,7 @@ def _train(config: TrainConfig, info: DistInfo, explicit, out: Path, resume_path
             "params": n_params,
             "device": str(device),
             "adapted": adapted,
+            "loader": loader_kind,
             "final": final,
             "history": history,
         }
@@ -466,6 +464,26 @@ def _train(config: TrainConfig, info: DistInfo, explicit, out: Path, resume_path
     # and plots) is still inside the run.
     barrier()
     return metrics
+
+
+def _train_loader(config: TrainConfig, task: Task, data, train_ds, sampler, device: torch.device,
+                  generator: torch.Generator):
+    """(training loader, which kind ran): `--loader` for classification, the task's DataLoader otherwise."""
+    kind = config.loader
+    if kind == "auto" and (device.type != "cuda" or task.name != "classification"):
+        kind = "workers"  # on CPU the DataLoader keeps the exact PIL pipeline of the recipe
+    if kind != "workers":
+        if task.name != "classification":
+            raise ConfigError(f"--loader {kind}: only classification has a device-side pipeline; use --loader workers")
+        from ..data.device_loader import DeviceAugment, build_loader
+
+        augment = DeviceAugment(config.img_size, scale=config.scale, hflip=config.hflip, randaug=config.randaug,
+                                reprob=config.reprob)
+        return build_loader(kind, train_ds, batch_size=config.batch_size, sampler=sampler, device=device,
+                            augment=augment, seed=config.seed, num_workers=config.num_workers, generator=generator,
+                            even=data.pair_multiple == 2)
+    return DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
+                      generator=generator, collate_fn=data.collate_train, pin_memory=device.type == "cuda"), "workers"
 
 
 def _scalars(metrics: dict) -> dict:

@@ -1,0 +1,54 @@
+"""`--loader device`: the decoded-once, batch-augmented pipeline inside the training loop."""
+import json
+
+import pytest
+import torch
+
+import convnext.train.trainer as trainer
+from convnext.errors import ConfigError
+from convnext.train import load_config, run
+
+TINY = {"stem_patch_size": 1, "depths": [1, 1], "dims": [8, 16]}
+
+
+def cfg(tmp_path, name, **kw):
+    base = dict(model_overrides=TINY, train_subset=96, batch_size=16, epochs=2, num_workers=0, threads=1,
+                progress=False, output=str(tmp_path / name), seed=3, adapt=False, loader="device",
+                randaug="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8, cutmix=1.0, drop_path=0.1)
+    return load_config("digits", **{**base, **kw})
+
+
+def test_device_loader_trains_records_itself_and_resumes_exactly(tmp_path, monkeypatch):
+    run(cfg(tmp_path, "full"))
+    saved = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert saved["loader"] == "device" and saved["epochs"] == 2
+
+    real = trainer.train_one_epoch
+
+    def patched(model, batches, ctx, step):
+        on_step = ctx.on_step
+
+        def hook(s):
+            on_step(s)
+            if s["step"] == 8:
+                raise KeyboardInterrupt
+
+        ctx.on_step = hook
+        return real(model, batches, ctx, step)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", patched)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg(tmp_path, "cut"))
+    monkeypatch.undo()
+    run(cfg(tmp_path, "cut", resume="auto"))
+    a = torch.load(tmp_path / "full" / "checkpoint-last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "checkpoint-last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_auto_keeps_the_pil_pipeline_on_cpu_and_bad_kinds_are_refused(tmp_path):
+    assert run(cfg(tmp_path, "auto", loader="auto", epochs=1))["loader"] == "workers"
+    with pytest.raises(ConfigError, match="--loader"):
+        cfg(tmp_path, "x", loader="gpu")
+    with pytest.raises(ConfigError, match="DALI"):
+        run(cfg(tmp_path, "dali", loader="dali", epochs=1))
