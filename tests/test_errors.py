@@ -132,6 +132,15 @@ CASES = [
          None, "eval-threads"),
     Case(["eval", "--checkpoint", "{ckpt}", "--data", "digits", "--device", "tpu", "--no-progress"],
          "--device tpu: unknown device", None, "eval-tpu"),
+    # --- train (the range checks of every option: tests/train/test_hardening.py)
+    Case(["train", "--device", "tpu", "--output", "{tmp}/r"], "--device tpu: unknown device", None, "train-tpu"),
+    Case(["train", "--resume", "{ckpt}", "--output", "{tmp}/r"], "training checkpoint lacks", None,
+         "train-resume-incomplete"),
+    Case(["train", "--finetune", "{tmp}/missing.pt", "--output", "{tmp}/r"], "--finetune", None, "train-finetune-missing"),
+    Case(["train", "--output", "{tmp}/afile"], "is a file, not a folder", _file("afile"), "train-output-file"),
+    Case(["train", "--output", "{tmp}/afile/sub"], "which is a file", _file("afile"), "train-output-under-file"),
+    Case(["train", "--task", "detection", "--data", "{tmp}/nothing", "--model", "mask_rcnn_convnext_atto",
+          "--output", "{tmp}/r"], "COCO annotation file not found", None, "train-detection-no-coco"),
 ]
 
 

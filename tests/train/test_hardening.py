@@ -221,3 +221,9 @@ def test_sampler_without_drop_last_covers_every_image_with_equal_batches_per_ran
         tail = len(idx) - s.full_batches * b
         assert tail % multiple == 0 and len(idx) == len(s)
     assert seen == set(data) and len(lengths) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_cuda_without_a_gpu_is_one_line(capsys, tmp_path):
+    assert main(["train", "--device", "cuda", "--output", str(tmp_path / "r")]) == 2
+    assert "no CUDA GPU is available" in capsys.readouterr().err

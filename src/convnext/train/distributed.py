@@ -46,9 +46,9 @@ def init_distributed(device: str | None = None) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    from ..devices import resolve_device
+
+    dev = resolve_device(device)  # None = cuda if available, else cpu; one-line errors for tpu, cuda without GPU
     if dev.type == "cuda":
         if dev.index is None:
             dev = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())

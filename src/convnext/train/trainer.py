@@ -128,6 +128,8 @@ def run(config: TrainConfig, explicit: frozenset[str] | set[str] | None = None) 
 
 def _run(config: TrainConfig, info: DistInfo, explicit: frozenset[str] | None) -> dict:
     out = Path(config.output) if config.output else default_output(config)
+    if config.finetune is not None and not Path(config.finetune).exists():
+        raise ConfigError(f"--finetune {config.finetune}: no such file or folder")
     resume_path = out / "checkpoint-last.pt" if config.resume == "auto" else config.resume
     # An explicit --resume FILE that is missing fails when it is read; `auto` without a checkpoint starts afresh.
     resuming = config.resume not in (None, "auto") or (resume_path is not None and Path(resume_path).is_file())
