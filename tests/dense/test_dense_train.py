@@ -50,6 +50,10 @@ def test_detection_runs_on_the_loop_and_eval_and_predict_reproduce_it(synthetic_
     assert "bbox" in printed and "segm" in printed
     assert json.loads(js.read_text())["bbox_AP"] == pytest.approx(saved["bbox_AP"])
 
+    assert main(["export", "--checkpoint", str(out / "checkpoint-best.pt"), "--format", "onnx",
+                 str(tmp_path / "det.onnx")]) == 2
+    assert "detectors cannot be exported yet" in capsys.readouterr().err
+
     png, pj = tmp_path / "pred.png", tmp_path / "pred.json"
     image = synthetic_coco / "train2017" / "11.png"
     assert main(["predict", "--checkpoint", str(out / "checkpoint-best.pt"), str(image), "--output", str(png),
@@ -76,6 +80,12 @@ def test_segmentation_runs_on_the_loop_and_eval_and_predict_reproduce_it(tmp_pat
     assert main(["predict", "--checkpoint", str(out / "checkpoint-last.pt"),
                  str(data / "images" / "validation" / "0.jpg"), "--output", str(png)]) == 0
     assert Image.open(png).size == (88, 72)
+
+    # ONNX export of the trained UperNet, checked against PyTorch with onnxruntime (at 192: see docs/dense.md).
+    onnx = tmp_path / "seg.onnx"
+    assert main(["export", "--checkpoint", str(out / "checkpoint-last.pt"), "--format", "onnx", str(onnx)]) == 0
+    printed = capsys.readouterr().out
+    assert "192, 192" in printed and "max |logits - PyTorch|" in printed and onnx.is_file()
 
 
 def test_task_is_implied_by_the_model_and_a_classifier_is_refused_for_detection(synthetic_coco, tmp_path, capsys):

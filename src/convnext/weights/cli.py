@@ -181,10 +181,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .io import check_output_path
 
     out = check_output_path(args.out, "OUT", force=args.force)
-    loaded = load(args.checkpoint, weights=weights_choice(args), model_name=args.model, img_size=args.img_size)
-    model, size = loaded.model, loaded.img_size
-    print(f"{loaded.report}; {size}px (from {loaded.resolution_source})", file=sys.stderr)
-    x = torch.randn(2, model.in_chans, size, size)
+    from ..train.cli import _dense_checkpoint
+
+    dense = _dense_checkpoint(args.checkpoint)
+    if dense is not None:
+        model, size, what = _dense_for_export(args, dense)
+        print(what, file=sys.stderr)
+        in_chans = 3
+    else:
+        loaded = load(args.checkpoint, weights=weights_choice(args), model_name=args.model, img_size=args.img_size)
+        model, size, in_chans = loaded.model, loaded.img_size, model_in_chans(loaded.model)
+        print(f"{loaded.report}; {size}px (from {loaded.resolution_source})", file=sys.stderr)
+    x = torch.randn(2, in_chans, size, size)
     with torch.no_grad():
         ref = model(x)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -211,11 +219,36 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"wrote {out} (onnxruntime not installed: parity not checked)")
         return 0
     diff = (got - ref).abs().max().item()
-    print(f"wrote {out}: {args.format}, input (B, {model.in_chans}, {size}, {size}), {loaded.weights} weights, "
+    weights = dense["reported_weights"] if dense is not None and args.weights == "auto" else (
+        args.weights if dense is not None else loaded.weights)
+    print(f"wrote {out}: {args.format}, input (B, {in_chans}, {size}, {size}), {weights} weights, "
           f"max |logits - PyTorch| = {diff:.2e} on a random batch of 2")
     if diff > 1e-4:
         raise UserError(f"{out}: exported graph disagrees with PyTorch (max |diff| {diff:.2e} > 1e-4)")
     return 0
+
+
+def model_in_chans(model) -> int:
+    return getattr(model, "in_chans", 3)
+
+
+def _dense_for_export(args: argparse.Namespace, ckpt: dict):
+    """(model, input size, message) for a segmentation checkpoint; detectors cannot be exported (see docs/dense.md)."""
+    from ..dense.infer import load_dense
+
+    dense = load_dense(args.checkpoint, weights=weights_choice(args), ckpt=ckpt)
+    if dense.task == "detection":
+        raise UserError(
+            f"{args.checkpoint}: detectors cannot be exported yet: torch.jit.script fails on torchvision's "
+            "RoI heads with our modules and torch.export on the data-dependent box count of batched_nms; "
+            "export a segmentation model, or run the detector in PyTorch (docs/dense.md)")
+    # The pyramid pooling (scales 1, 2, 3, 6 of the stride-32 map) exports with fixed pooling windows
+    # only when that map is a multiple of 6 wide: the input a multiple of 192.
+    size = args.img_size or -(-dense.img_size // 192) * 192
+    if size % 192:
+        raise UserError(f"--img-size {size}: UperNet exports at multiples of 192 (its pyramid pooling needs the "
+                        "stride-32 map divisible by 6)")
+    return dense.model, size, f"{dense.task} model from {args.checkpoint} ({dense.weights} weights), {size}px"
 
 
 def _run_onnx(path: Path, x):
