@@ -151,3 +151,12 @@ def test_compile_announced_and_header_formatted(monkeypatch, capsys):
     report["load_avg_before_after"] = [[4.111, 3.3, 2.0], None]
     header = format_report(report).splitlines()[1]
     assert header == "load average (1, 5, 15 min): before 4.11 3.30 2.00, after n/a"
+
+
+def test_dense_models_are_timed_at_a_given_resolution():
+    from convnext.bench.dense import format_dense_report, run_dense_benchmark
+
+    for name in ("mask_rcnn_convnext_atto", "upernet_convnext_atto"):
+        r = run_dense_benchmark(name, size=(64, 96), warmup=1, repeats=1, progress=False)
+        assert r["input_hw"] == [64, 96] and r["img_per_s"] > 0 and r["gmacs"] > 0
+        assert "ours only" in format_dense_report(r)

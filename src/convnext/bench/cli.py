@@ -64,11 +64,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .runner import BenchConfig, OutputMismatch, format_report, run_benchmark
 
     try:
-        get_spec(args.model)
+        spec = get_spec(args.model)
     except KeyError as e:
         raise UserError(f"--model: {e.args[0]}") from None
+    if spec.task != "classification":
+        return _cmd_bench_dense(args)
     settings = dict(
-        model=args.model, batch_size=args.batch_size, img_size=args.img_size, mode=args.mode, dtype=args.dtype,
+        model=args.model, batch_size=args.batch_size or 16, img_size=args.img_size, mode=args.mode, dtype=args.dtype,
         channels_last=args.channels_last, compile=args.compile, compare=_parse_compare(args.compare),
         device=args.device, warmup=args.warmup, repeats=args.repeats, iters=args.iters, tf32=args.tf32,
         tolerance=args.tolerance, optimize_ours=args.optimize_ours,
@@ -92,6 +94,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_dense(args: argparse.Namespace) -> int:
+    """A detector / segmenter: img/s of ours at the paper's FLOPs resolution (no peers exist)."""
+    from .dense import format_dense_report, run_dense_benchmark
+
+    if args.mode != "infer":
+        raise UserError(f"--mode {args.mode}: dense models are timed for inference only")
+    report = run_dense_benchmark(args.model, batch_size=args.batch_size or 1,
+                                 device=args.device, dtype=args.dtype, warmup=min(args.warmup, 2),
+                                 repeats=min(args.repeats, 5), progress=not args.no_progress)
+    print(format_dense_report(report))
+    _write_json(args.json, report)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
@@ -101,7 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "peak memory and the speed-up ours/peer. --mode data times the training transform per CPU worker.",
     )
     p.add_argument("--model", default="convnext_tiny", help="registered model name (default convnext_tiny)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=None, help="images per step (default 16; dense models 1)")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--mode", choices=(*MODES, "data"), default="infer",
                    help="infer: forward; train: forward+backward+AdamW step; data: train transform img/s per worker")

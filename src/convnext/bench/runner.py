@@ -316,8 +316,10 @@ def run_benchmark(
     y = torch.randint(0, max(cfg.num_classes, 1), (cfg.batch_size,), generator=generator).to(device)
 
     tf32_before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    benchmark_before = torch.backends.cudnn.benchmark
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.benchmark = True  # every implementation alike: cuDNN picks its fastest kernels
     try:
         tolerance = cfg.tolerance if cfg.tolerance is not None else cfg.default_tolerance
         agreement = check_outputs_agree(implementations, x, tolerance, lambda: _autocast(cfg, device))
@@ -353,6 +355,7 @@ def run_benchmark(
     finally:
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_before
+            torch.backends.cudnn.benchmark = benchmark_before
 
     results = {}
     for impl in implementations:
