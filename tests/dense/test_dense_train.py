@@ -75,6 +75,9 @@ def test_segmentation_runs_on_the_loop_and_eval_and_predict_reproduce_it(tmp_pat
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(out / "checkpoint-last.pt"), "--data", str(data), "--no-progress"]) == 0
     assert f"mIoU {saved['mIoU']:.2f}" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(out / "checkpoint-last.pt"), "--data", str(data), "--multi-scale",
+                 "--no-progress"]) == 0
+    assert "mIoU" in capsys.readouterr().out
 
     png = tmp_path / "seg.png"
     assert main(["predict", "--checkpoint", str(out / "checkpoint-last.pt"),

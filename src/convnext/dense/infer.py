@@ -65,7 +65,8 @@ def load_dense(path: str | os.PathLike, weights: str = "auto", device: str | tor
 
 
 def evaluate_dense(dense: DenseLoaded, data: str, *, img_size: int | None = None, batch_size: int = 2,
-                   num_workers: int = 0, device: str | torch.device = "cpu", amp: str = "off") -> dict:
+                   num_workers: int = 0, device: str | torch.device = "cpu", amp: str = "off",
+                   multiscale: bool = False) -> dict:
     """The validation metrics of the training run, recomputed: COCO AP (detection) or mIoU (segmentation)."""
     from ..train.config import config_from_dict
     from ..train.distributed import DistInfo
@@ -75,6 +76,10 @@ def evaluate_dense(dense: DenseLoaded, data: str, *, img_size: int | None = None
     config = config_from_dict({**dense.train_config, "data": str(data), "img_size": img_size or dense.img_size,
                                "train_subset": None, "eval_every": 1, "resume": None})
     task = get_task(dense.task)
+    if multiscale:
+        if dense.task != "segmentation":
+            raise DataError("--multi-scale: segmentation checkpoints only")
+        task.multiscale = True
     td = task.build_data(config)
     if td.val is None:
         raise DataError(f"--data {data}: no validation split")

@@ -189,9 +189,10 @@ class SegmentationTask(_DenseTask):
     name = "segmentation"
     primary = "mIoU"
 
-    def __init__(self):
+    def __init__(self, multiscale: bool = False):
         self.crop = 512
         self.num_classes = 0
+        self.multiscale = multiscale  # the paper's main ADE20K metric: 6 scales x flip (eval only)
 
     def build_data(self, config) -> TaskData:
         from .segmentation_data import SegmentationFolder, collate_segmentation
@@ -228,10 +229,11 @@ class SegmentationTask(_DenseTask):
 
     @torch.no_grad()
     def evaluate(self, model, loader, device, amp: str) -> dict:
-        """Single-scale mIoU with the paper's sliding window (crop, stride 2/3 of it: 512 -> 341)."""
+        """mIoU with the paper's sliding window (crop, stride 2/3 of it: 512 -> 341), single-scale or,
+        with `multiscale`, averaged over ratios 0.5-1.75 and flips as the paper's main metric."""
         from ..train.engine import autocast
         from .seg_eval import SegEvaluator
-        from .seg_inference import slide_inference
+        from .seg_inference import multiscale_inference, slide_inference
 
         model.eval()
         names = getattr(loader.dataset, "class_names", None)
@@ -240,8 +242,12 @@ class SegmentationTask(_DenseTask):
         n = 0
         for images, labels, _ in loader:
             with autocast(device, amp):
-                scores = slide_inference(model, images.to(device), crop=self.crop, stride=stride,
-                                         num_classes=self.num_classes)
+                if self.multiscale:
+                    scores = multiscale_inference(model, images.to(device), crop=self.crop, stride=stride,
+                                                  num_classes=self.num_classes)
+                else:
+                    scores = slide_inference(model, images.to(device), crop=self.crop, stride=stride,
+                                             num_classes=self.num_classes)
             evaluator.update(scores.float().cpu(), labels)
             n += len(images)
         res = evaluator.summarize()

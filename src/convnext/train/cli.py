@@ -135,6 +135,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return _eval_dense(args, dense)
     if args.json:
         raise UserError("--json applies to --benchmark runs and detection/segmentation checkpoints only")
+    if args.multi_scale:
+        raise UserError("--multi-scale applies to segmentation checkpoints only")
     from .evaluate import evaluate_checkpoint
 
     try:
@@ -181,7 +183,7 @@ def _eval_dense(args: argparse.Namespace, ckpt: dict) -> int:
     dense = load_dense(args.checkpoint, weights=args.weights, device=dev, ckpt=ckpt)
     res = evaluate_dense(dense, args.data, img_size=args.img_size,
                          batch_size=args.batch_size or int(dense.train_config.get("batch_size", 2)),
-                         num_workers=args.num_workers, device=dev, amp=args.amp)
+                         num_workers=args.num_workers, device=dev, amp=args.amp, multiscale=args.multi_scale)
     head = f"{args.checkpoint} ({dense.weights} weights, {dense.task}) on {args.data}, {res['images']} images"
     if dense.task == "detection":
         rows = [(kind, [res.get(f"{kind}_{k}") for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")])
@@ -233,6 +235,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--benchmark", default=None, metavar="NAME",
                    help="robustness benchmark of the paper's Table 8, --data being its folder: "
                         "imagenet-c | imagenet-a | imagenet-r | imagenet-sketch")
+    p.add_argument("--multi-scale", action="store_true",
+                   help="segmentation: mIoU over 6 scales (0.5-1.75) and flips, the paper's main ADE20K metric")
     p.add_argument("--json", default=None, metavar="FILE", help="with --benchmark or a detection/segmentation checkpoint: also write the result as JSON")
     p.add_argument("--partial", action="store_true",
                    help="with --benchmark: score the corruptions/severities/classes present instead of failing "

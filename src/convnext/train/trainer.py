@@ -215,6 +215,10 @@ def _train(config: TrainConfig, info: DistInfo, explicit, out: Path, resume_path
     fsdp = config.fsdp and info.enabled
     if ema is not None and fsdp:
         raise ConfigError("--ema with --fsdp is not supported: the EMA would need the full weights on every rank")
+    if info.enabled and device.type == "cuda" and task.name != "classification":
+        # The dense heads' BatchNorm is SyncBN in the official configs (statistics over all GPUs'
+        # 2 images each); torch's SyncBatchNorm runs on CUDA only, so gloo/CPU runs keep plain BN.
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     groups = task.param_groups(model, config)
     wrapped = wrap_model(model, info, fsdp=config.fsdp)
     if fsdp:  # FSDP re-creates parameters: regroup them by name
