@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fast import add_residual_, depthwise_conv, fuses_residual, layer_scaled_linear, linear_gelu
-from .triton_block import dwconv_layernorm, use_triton
+from .triton_block import dwconv_layernorm, linear_bias_gelu, linear_bias_scale_residual, use_triton
 
 __all__ = ["LayerNorm2d", "GRN", "Block", "init_weights", "drop_path_rates"]
 
@@ -113,19 +113,37 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W), fastest in channels_last format
         # x + drop_path(gamma * pwconv2(grn(gelu(pwconv1(norm(dwconv(x))))))), computed with the fused
         # helpers of `fast.py` (gamma folded into pwconv2, in-place / oneDNN-fused ops).
+        if use_triton(x, self.dwconv, self.norm):  # CUDA, eager: three Triton kernels
+            return self._forward_triton(x)
         shortcut = x
-        if use_triton(x, self.dwconv, self.norm):  # CUDA: dwconv + LN in one Triton kernel
-            x = dwconv_layernorm(x, self.dwconv, self.norm)  # (B, H, W, C)
-        else:
-            x = depthwise_conv(x, self.dwconv)  # fast weight gradient when training on CPU
-            x = self.norm(x.permute(0, 2, 3, 1))  # (B, H, W, C): the permute is a free view in channels_last
+        x = depthwise_conv(x, self.dwconv)  # fast weight gradient when training on CPU
+        x = self.norm(x.permute(0, 2, 3, 1))  # (B, H, W, C): the permute is a free view in channels_last
         x = self.grn(linear_gelu(x, self.pwconv1))  # exact (erf) GELU fused with pwconv1
-        drop = self.training and not isinstance(self.drop_path, nn.Identity)
-        if fuses_residual(x, self.pwconv2) and not drop:
+        if fuses_residual(x, self.pwconv2) and not self._drops():
             # Eager CPU fp32: the residual add is a post-op of the pwconv2 GEMM, on the (B, H, W, C) view.
             x = layer_scaled_linear(x, self.pwconv2, self.gamma, residual=shortcut.permute(0, 2, 3, 1))
             return x.permute(0, 3, 1, 2)  # (B, C, H, W)
-        # Everywhere else the add runs on the logical (B, C, H, W) shape. In eager mode that is the
+        return self._scaled_branch_plus(x, shortcut)
+
+    def _forward_triton(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H, W)
+        """dwconv + LN, pwconv1 + bias + GELU, pwconv2 + bias + gamma + residual: `triton_block.py`."""
+        shortcut = x
+        x = dwconv_layernorm(x, self.dwconv, self.norm)  # (B, H, W, C)
+        x = self.grn(linear_bias_gelu(x, self.pwconv1.weight, self.pwconv1.bias))  # (B, H, W, 4C)
+        if self._drops():
+            # Stochastic depth scales the branch alone, before the add: the epilogue cannot hold it,
+            # so training with drop path takes the plain pwconv2 and a separate add (exact semantics).
+            return self._scaled_branch_plus(x, shortcut)
+        x = linear_bias_scale_residual(x, self.pwconv2.weight, self.pwconv2.bias, self.gamma,
+                                       shortcut.permute(0, 2, 3, 1))  # (B, H, W, C)
+        return x.permute(0, 3, 1, 2)  # (B, C, H, W), channels_last strides
+
+    def _drops(self) -> bool:
+        return self.training and not isinstance(self.drop_path, nn.Identity)
+
+    def _scaled_branch_plus(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """shortcut + drop_path(gamma * pwconv2(x)), x (B, H, W, 4C) -> (B, C, H, W)."""
+        # The add runs on the logical (B, C, H, W) shape. In eager mode that is the
         # same memory pass as adding on the (B, H, W, C) view; under torch.compile it matters:
         # inductor's layout optimisation gives a buffer channels-last strides *for its logical shape*,
         # so a residual stream materialised as (B, H, W, C) would be stored with H innermost and
