@@ -13,11 +13,10 @@ import sys
 
 import pytest
 import torch
-
-from convnext.models.layers import Block
 import torch.nn.functional as F
 
 from convnext.models import triton_block
+from convnext.models.layers import Block
 from convnext.models.triton_block import (
     dwconv_layernorm,
     linear_bias_gelu,
@@ -42,7 +41,7 @@ def interpreter(monkeypatch):
 def test_kernels_under_the_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", CONVNEXT_TRITON="1")
     run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-o", "addopts=", "-q", "-x", "-p", "no:cacheprovider"],
-                         env=env, capture_output=True, text=True, timeout=300)
+                         env=env, capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert f"{CHILD_TESTS} passed" in run.stdout, run.stdout[-3000:]  # every interpreter test ran (none skipped)
 

@@ -1,4 +1,4 @@
-"""Triton kernels for the ConvNeXt block on CUDA (paper §1.2 of PAPER.md): first piece.
+"""Triton kernels for the ConvNeXt block on CUDA (paper §1.2 of PAPER.md): dwconv + LN, and two GEMMs.
 
 `dwconv_layernorm` fuses the block's depthwise 7x7 conv and its LayerNorm into one pass over an
 NHWC tensor: one program per (image, row, tile of `BLOCK_W` columns) holds all C channels, reads
@@ -7,7 +7,7 @@ input of pwconv1, so the conv output never goes to memory. Same parameters (the 
 and `norm`), so the state-dict layout is unchanged. The backward pass recomputes the textbook ops
 (conv2d + layer_norm in fp32) under autograd: correct gradients, no fused backward yet.
 
-Switch: `CONVNEXT_TRITON=0` turns the kernel off; unset, it is used on CUDA when Triton imports;
+Switch: `CONVNEXT_TRITON=0` turns all three kernels off; unset, it is used on CUDA when Triton imports;
 `CONVNEXT_TRITON=1` also allows CPU tensors when Triton's interpreter is on (`TRITON_INTERPRET=1`),
 which is how the tests check it without a GPU. It is never used inside torch.compile (inductor
 generates its own fused kernels there). Not yet measured on a GPU.
@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["triton_available", "use_triton", "dwconv_layernorm", "linear_bias_gelu", "linear_bias_scale_residual"]
+__all__ = ["dwconv_layernorm", "linear_bias_gelu", "linear_bias_scale_residual", "triton_available", "use_triton"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401
@@ -99,7 +99,7 @@ def _dw_ln_fwd(x_ptr, w_ptr, cb_ptr, lw_ptr, lb_ptr, y_ptr, H, W, C, eps,
     tl.store(y_ptr + out[:, None] + cs[None, :], y.to(y_ptr.dtype.element_ty), mask=(ws < W)[:, None] & cmask[None, :])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernel(interpret: bool):
     """`_dw_ln_fwd` jitted; built on first use per mode (Triton reads TRITON_INTERPRET when it decorates)."""
     global tl
@@ -163,7 +163,7 @@ def dwconv_layernorm(x: torch.Tensor, conv: nn.Conv2d, norm: nn.LayerNorm) -> to
 # ---------------------------------------------------------------------------------------------
 # pwconv1 / pwconv2: GEMMs with the block's elementwise ops in the epilogue.
 
-_BIAS, _GELU, _SCALE_RESIDUAL = 0, 1, 2  # epilogues of `_linear_fwd`
+_GELU, _SCALE_RESIDUAL = 1, 2  # the EPILOGUE argument of `_linear_fwd`
 
 
 def _linear_fwd(x_ptr, w_ptr, b_ptr, g_ptr, r_ptr, y_ptr, M, N, K,
@@ -221,7 +221,7 @@ def _gemm_configs(interpret: bool):
             for m, n, k, s, w in shapes]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gemm(interpret: bool):
     """`_linear_fwd` jitted and autotuned per (M, N, K, epilogue, dtypes); built on first use per mode."""
     global tl
@@ -239,15 +239,16 @@ def _launch(x, w, b, epilogue, gamma=None, residual=None, out_dtype=None):
     (m, k), n = x.shape, w.shape[0]
     y = torch.empty(m, n, device=x.device, dtype=out_dtype or x.dtype)
     r = residual if residual is not None else y  # unused pointers get any valid tensor
-    tf32 = x.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32  # as torch's own fp32 matmul
+    # fp32 operands: full fp32 products unless torch's own fp32 matmul may use TF32; 16-bit ones: the default.
+    ieee = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
     # Triton 3.8's interpreter multiplies the raw uint16 bits of bf16 operands in `tl.dot`: feed it fp32.
     interpret = _interpreting()
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
     _gemm(interpret)[grid](
         x, w, b if b is not None else y, gamma if gamma is not None else y, r, y, m, n, k,
         x.stride(0), x.stride(1), w.stride(0), w.stride(1), r.stride(0), r.stride(1),
         EPILOGUE=epilogue, HAS_BIAS=b is not None, HAS_GAMMA=gamma is not None,
-        DOT_PRECISION="tf32" if tf32 else "ieee", UPCAST=interpret and x.dtype != torch.float32)
+        DOT_PRECISION="ieee" if ieee else "tf32", UPCAST=interpret and x.dtype != torch.float32)
     return y
 
 
