@@ -15,7 +15,7 @@ import dataclasses
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -24,7 +24,8 @@ from ..errors import CheckpointError, ConfigError
 from ..models.convnext import ConvNeXt, ConvNeXtConfig
 from ..models.registry import get_spec
 
-__all__ = ["DenseConvNeXt", "dense_backbone", "load_backbone_checkpoint", "BackboneLoadReport", "load_whole_strict"]
+__all__ = ["DenseConvNeXt", "dense_backbone", "load_backbone_checkpoint", "BackboneLoadReport", "load_whole_strict",
+           "read_any"]
 
 
 class DenseConvNeXt(ConvNeXt):
@@ -99,13 +100,10 @@ def load_backbone_checkpoint(
     Raises:
         CheckpointError: the checkpoint is unreadable or is another architecture.
     """
-    from ..weights.io import read_checkpoint, unwrap_state_dict
+    from ..weights.io import unwrap_state_dict
     from ..weights.loading import load_checkpoint, to_official
 
-    if isinstance(path_or_state_dict, Mapping):
-        source, raw = "<state dict>", dict(path_or_state_dict)
-    else:
-        source, raw = str(path_or_state_dict), read_checkpoint(path_or_state_dict)
+    source, raw = read_any(path_or_state_dict)
     layout, sd = to_official(unwrap_state_dict(raw, ema=ema, source=source), source)
     has_norms = "stage_norms.0.weight" in sd
     plain = ConvNeXt(dataclasses.replace(backbone.config, num_classes=0, stage_norms=has_norms, drop_path_rate=0.0))
@@ -137,3 +135,12 @@ def load_whole_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: 
         raise CheckpointError(f"{source} does not fit this {type(model).__name__}: " + " | ".join(problems))
     with torch.no_grad():
         model.load_state_dict(sd, strict=True)
+
+
+def read_any(checkpoint: str | os.PathLike | Mapping[str, Any]) -> tuple[str, dict]:
+    """(source name, raw top-level object) of a checkpoint path or an in-memory mapping (safe reader)."""
+    from ..weights.io import read_checkpoint
+
+    if isinstance(checkpoint, Mapping):
+        return "<state dict>", dict(checkpoint)
+    return str(checkpoint), read_checkpoint(checkpoint)

@@ -127,15 +127,11 @@ def load_mmdet_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapp
     Returns the checkpoint's `meta` (mmdet keeps e.g. `CLASSES` there; {} when absent).
     Raises CheckpointError naming every key without counterpart, missing, or of another shape.
     """
-    from ..weights.io import read_checkpoint, unwrap_state_dict
+    from ..weights.io import unwrap_state_dict
+    from .backbone import load_whole_strict, read_any
 
-    if isinstance(checkpoint, Mapping):
-        source, raw = "<state dict>", dict(checkpoint)
-    else:
-        source, raw = str(checkpoint), read_checkpoint(checkpoint)
+    source, raw = read_any(checkpoint)
     sd = from_mmdet(unwrap_state_dict(raw, source=source), source=source)  # mmdet wraps tensors in "state_dict"
-    from .backbone import load_whole_strict
-
     load_whole_strict(model, sd, source)
     meta = raw.get("meta")
     return dict(meta) if isinstance(meta, Mapping) else {}

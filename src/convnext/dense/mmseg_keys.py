@@ -97,19 +97,15 @@ def load_mmseg_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapp
     Returns the checkpoint's `meta` (mmseg stores e.g. `CLASSES` there; {} when absent).
     Raises CheckpointError naming every key without counterpart, missing, or of another shape.
     """
-    from ..weights.io import read_checkpoint, unwrap_state_dict
+    from ..weights.io import unwrap_state_dict
+    from .backbone import load_whole_strict, read_any
 
-    if isinstance(checkpoint, Mapping):
-        source, raw = "<state dict>", dict(checkpoint)
-    else:
-        source, raw = str(checkpoint), read_checkpoint(checkpoint)
+    source, raw = read_any(checkpoint)
     sd = unwrap_state_dict(raw, source=source)  # mmseg wraps the tensors in "state_dict"
     if not is_mmseg_checkpoint(sd):
         raise CheckpointError(f"{source}: not an mmseg UperNet checkpoint (no decode_head.conv_seg.weight / "
                               f"backbone.downsample_layers.0.0.weight)")
     sd = from_mmseg(sd, source)
-    from .backbone import load_whole_strict
-
     load_whole_strict(model, sd, source)
     meta = raw.get("meta")
     return dict(meta) if isinstance(meta, Mapping) else {}
