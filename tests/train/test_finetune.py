@@ -31,7 +31,7 @@ def test_finetune_small_recipe_says_what_it_loaded_and_reinitialises_the_head(tm
                  "--img-size", "8", "--epochs", "1", "--output", str(tmp_path / "ft"), "--no-progress",
                  "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert "--finetune: loaded" in out and "re-initialised" in out and "adapted: batch_size 32 -> " in out
+    assert "--finetune: loaded" in out and "re-initialised" in out and "adapted: batch_size 128 -> " in out
     ckpt = torch.load(tmp_path / "ft" / "checkpoint-last.pt", weights_only=True)
     cfg = ckpt["train_config"]
     assert cfg["recipe"] == "finetune_small" and cfg["pretrained"] is False and cfg["layer_decay"] == 0.7

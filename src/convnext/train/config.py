@@ -20,7 +20,7 @@ import yaml
 
 from ..errors import ConfigError
 
-__all__ = ["TrainConfig", "list_recipes", "recipe_description", "load_recipe", "load_config", "config_to_dict", "save_config_yaml"]
+__all__ = ["TrainConfig", "list_recipes", "recipe_description", "recipe_keys", "load_recipe", "load_config", "config_to_dict", "save_config_yaml"]
 
 
 def _f(default: Any, help: str) -> Any:
@@ -245,6 +245,11 @@ def _recipe_dir():
 def list_recipes() -> list[str]:
     """Names of the recipes shipped in `convnext/recipes/`."""
     return sorted(p.name[:-5] for p in _recipe_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def recipe_keys(name: str | None) -> set[str]:
+    """The options a shipped recipe sets (kept as written: `adapt.py` changes only defaults)."""
+    return set(load_recipe(name)) if name in list_recipes() else set()
 
 
 def recipe_description(name: str) -> str:

@@ -33,7 +33,7 @@ from .checkpoint import (
     set_rng_state,
     unwrap_model,
 )
-from .config import TrainConfig, config_from_dict, config_to_dict, save_config_yaml
+from .config import TrainConfig, config_from_dict, config_to_dict, recipe_keys, save_config_yaml
 from .distributed import DistInfo, SeededSamples, ShardSampler, TrainSampler, barrier, init_distributed, wrap_model
 from .engine import ModelEMA, NonFiniteLossError, StepContext, train_one_epoch
 from .rundir import RunLock, check_run_folder, clear_run
@@ -174,9 +174,11 @@ def _train(config: TrainConfig, info: DistInfo, explicit, out: Path, resume_path
     adapted: list[str] = []
     requested_config = config_to_dict(config)
     if ckpt is None:
+        # What the user gave and what a named recipe sets stay as written; only defaults are adapted.
+        fixed = set(explicit or ()) | recipe_keys(config.recipe)
         config, adapted = adapt_config(config, num_train=len(data.train), world_size=info.world_size,
                                        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
-                                       explicit=explicit or frozenset())
+                                       explicit=fixed)
         for note in adapted:
             _log(info, f"adapted: {note}")
 
