@@ -229,7 +229,9 @@ def _train(config: TrainConfig, info: DistInfo, explicit, out: Path, resume_path
             g["params"] = [by_name[n] for n in g["names"]]
 
     # Compiled training steps; checkpoints and evaluation keep using the uncompiled module (same parameters).
-    train_model = torch.compile(wrapped) if config.compile else wrapped
+    # dynamic=False: a new input shape (a short last batch) recompiles a static graph rather than
+    # switching to symbolic shapes, which inductor does not always handle in these kernels.
+    train_model = torch.compile(wrapped, dynamic=False) if config.compile else wrapped
 
     effective_batch = config.batch_size * info.world_size * config.accum_steps
     peak_lr = config.lr if config.lr is not None else scaled_lr(config.base_lr, effective_batch, config.lr_base_batch)
