@@ -159,7 +159,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _dense_checkpoint(path: str | None) -> dict | None:
-    """The checkpoint if it is a detection/segmentation training checkpoint (read once), else None."""
+    """The checkpoint if it is a detection/segmentation training checkpoint, else None."""
     from pathlib import Path
 
     if path is None or not Path(path).is_file():
@@ -167,7 +167,7 @@ def _dense_checkpoint(path: str | None) -> dict | None:
     from ..dense.infer import dense_task_of
     from ..weights.io import read_checkpoint
 
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, mmap=True)  # memory-mapped: a classifier's tensors are not read twice
     return ckpt if dense_task_of(ckpt) else None
 
 

@@ -66,10 +66,12 @@ def _resolve(path: str | os.PathLike) -> Path:
     return p
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, Any]:
     """The raw top-level object of a weight file (tensors, dicts, lists, str, numbers only).
 
     safetensors files come back as `{"model": tensors, **metadata}` so both formats look alike.
+    `mmap=True` maps a torch zip archive instead of reading it: the keys and small values are read,
+    tensor data only when touched (a cheap look at what a large file holds).
     """
     p = _resolve(path)
     if _file_kind(p) == "safetensors":
@@ -82,7 +84,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from None
         return {"model": tensors, **read_metadata(p)}
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            obj = torch.load(p, map_location="cpu", weights_only=True)  # a legacy (non-zip) file: read it
     except pickle.UnpicklingError as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         # torch names a forbidden global ("... GLOBAL posix.system ..."): a pickle carrying code.
