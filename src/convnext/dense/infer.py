@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import CheckpointError, DataError
 
-__all__ = ["DenseLoaded", "dense_task_of", "load_dense", "evaluate_dense", "predict_dense"]
+__all__ = ["DenseLoaded", "dense_task_of", "read_dense_checkpoint", "load_dense", "evaluate_dense", "predict_dense"]
 
 _DENSE_ARCHS = {"detection": "detection", "upernet": "segmentation"}
 
@@ -38,24 +38,34 @@ def dense_task_of(ckpt: dict) -> str | None:
     return ckpt.get("task") if ckpt.get("task") in ("detection", "segmentation") else _DENSE_ARCHS.get(arch)
 
 
+def read_dense_checkpoint(path: str | os.PathLike | None) -> dict | None:
+    """The checkpoint at `path` if it is a detection/segmentation training checkpoint, else None.
+
+    Read memory-mapped: for a classifier (the other commands' case) only its keys and small values
+    are read here, so its tensors are not read twice.
+    """
+    from ..weights.io import read_checkpoint
+
+    if path is None or not Path(path).is_file():
+        return None
+    ckpt = read_checkpoint(path, mmap=True)
+    return ckpt if dense_task_of(ckpt) else None
+
+
 def load_dense(path: str | os.PathLike, weights: str = "auto", device: str | torch.device = "cpu",
                ckpt: dict | None = None) -> DenseLoaded:
     """A detector/segmenter from a `convnext train` checkpoint, with the weights its metrics belong to."""
     from ..models import build_model, config_from_dict
-    from ..weights.io import read_checkpoint
+    from ..weights.io import read_checkpoint, select_weights
 
     ckpt = read_checkpoint(path) if ckpt is None else ckpt
     task = dense_task_of(ckpt)
     if task is None:
         raise CheckpointError(f"{path}: not a detection or segmentation checkpoint of `convnext train`")
-    reported = ckpt.get("reported_weights") or ("ema" if "model_ema" in ckpt else "model")
-    use = reported if weights == "auto" else weights
-    key = "model_ema" if use == "ema" else "model"
-    if key not in ckpt:
-        raise CheckpointError(f"{path}: has no {use} weights (trained without EMA); use --weights model")
+    sd, use = select_weights(ckpt, weights, source=str(path))  # the weights rule of every command
     model = build_model(config_from_dict(ckpt["model_config"]))
     try:
-        model.load_state_dict(ckpt[key])
+        model.load_state_dict(sd)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the model it describes ({str(e).splitlines()[0]})") from None
     train_config = ckpt.get("train_config") or {}

@@ -130,7 +130,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return cmd_benchmark(args)
     if args.partial:
         raise UserError("--partial applies to --benchmark runs only")
-    dense = _dense_checkpoint(args.checkpoint)
+    from ..dense.infer import read_dense_checkpoint
+
+    dense = read_dense_checkpoint(args.checkpoint)
     if dense is not None:
         return _eval_dense(args, dense)
     if args.json:
@@ -156,19 +158,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                     f"{res['images']} images: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
                     f"loss {res['loss']:.4f}"))
     return 0
-
-
-def _dense_checkpoint(path: str | None) -> dict | None:
-    """The checkpoint if it is a detection/segmentation training checkpoint, else None."""
-    from pathlib import Path
-
-    if path is None or not Path(path).is_file():
-        return None
-    from ..dense.infer import dense_task_of
-    from ..weights.io import read_checkpoint
-
-    ckpt = read_checkpoint(path, mmap=True)  # memory-mapped: a classifier's tensors are not read twice
-    return ckpt if dense_task_of(ckpt) else None
 
 
 def _eval_dense(args: argparse.Namespace, ckpt: dict) -> int:

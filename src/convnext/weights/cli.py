@@ -181,9 +181,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .io import check_output_path
 
     out = check_output_path(args.out, "OUT", force=args.force)
-    from ..train.cli import _dense_checkpoint
+    from ..dense.infer import read_dense_checkpoint
 
-    dense = _dense_checkpoint(args.checkpoint)
+    dense = read_dense_checkpoint(args.checkpoint)
     if dense is not None:
         model, size, what = _dense_for_export(args, dense)
         print(what, file=sys.stderr)
@@ -275,9 +275,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     paths = expand_image_args(args.images)
     if args.checkpoint is not None:
-        from ..train.cli import _dense_checkpoint
+        from ..dense.infer import read_dense_checkpoint
 
-        dense = _dense_checkpoint(args.checkpoint)
+        dense = read_dense_checkpoint(args.checkpoint)
         if dense is not None:
             return _predict_dense(args, dense, paths)
     if args.output or args.json:
