@@ -141,6 +141,8 @@ CASES = [
     Case(["train", "--output", "{tmp}/afile/sub"], "which is a file", _file("afile"), "train-output-under-file"),
     Case(["train", "--task", "detection", "--data", "{tmp}/nothing", "--model", "mask_rcnn_convnext_atto",
           "--output", "{tmp}/r"], "COCO annotation file not found", None, "train-detection-no-coco"),
+    Case(["train", "--task", "classification", "--model", "mask_rcnn_convnext_atto", "--output", "{tmp}/r"],
+         "is a detection model, but --task is classification", None, "train-task-mismatch"),
 ]
 
 

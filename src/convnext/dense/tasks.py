@@ -13,7 +13,7 @@ import functools
 import torch
 from torch import nn
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..train.tasks import Task, TaskData
 
 __all__ = ["DetectionTask", "SegmentationTask", "dense_param_groups", "num_decay_layers"]
@@ -60,24 +60,7 @@ class _DenseTask(Task):
     """What detection and segmentation share: model building and backbone initialisation."""
 
     def build_model(self, config, data: TaskData) -> nn.Module:
-        from ..models import create_model, get_spec
-
-        try:
-            spec = get_spec(config.model)
-        except KeyError as e:
-            raise ConfigError(f"--model: {e.args[0]}") from None
-        if spec.task != self.name:
-            raise ConfigError(f"--model {config.model} is a {spec.task} model, but --task is {self.name} "
-                              f"(see `convnext models --task {self.name}`)")
-        kw = dict(config.model_overrides)
-        if config.drop_path is not None:  # otherwise the official value registered for the model
-            kw["drop_path_rate"] = config.drop_path
-        if config.layer_scale is not None:
-            kw["layer_scale_init_value"] = config.layer_scale
-        try:
-            return create_model(config.model, num_classes=len(data.classes), **kw)
-        except TypeError as e:
-            raise ConfigError(f"--model-overrides: {e}") from None
+        return self.create_model(config, len(data.classes))  # drop path: the official value registered
 
     def load_initial_weights(self, model: nn.Module, config) -> str:
         """--pretrained: the official classification weights of the backbone; --finetune FILE: a

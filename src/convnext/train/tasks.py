@@ -52,6 +52,34 @@ class Task:
     def build_model(self, config, data: TaskData) -> nn.Module:
         raise NotImplementedError
 
+    def create_model(self, config, num_classes: int, *, spec_drop_path: bool = False) -> nn.Module:
+        """The registered `config.model` with the config's overrides (layer scale, head init, drop path),
+        refusing a model of another task; one ConfigError naming the flag for every bad value.
+
+        `spec_drop_path`: without --drop-path use the paper's training value of the registry entry
+        (classification) instead of the one built into the model's config (dense models).
+        """
+        from ..models import create_model, get_spec
+
+        try:
+            spec = get_spec(config.model)
+        except KeyError as e:
+            raise ConfigError(f"--model: {e.args[0]}") from None
+        if spec.task != self.name:
+            raise ConfigError(f"--model {config.model} is a {spec.task} model, but --task is {self.name} "
+                              f"(see `convnext models --task {self.name}`)")
+        kw = dict(config.model_overrides)
+        if config.layer_scale is not None:
+            kw["layer_scale_init_value"] = config.layer_scale
+        if config.head_init_scale is not None:
+            kw["head_init_scale"] = config.head_init_scale
+        if config.drop_path is not None or spec_drop_path:
+            kw["drop_path_rate"] = config.drop_path if config.drop_path is not None else spec.train_drop_path
+        try:
+            return create_model(config.model, num_classes=num_classes, **kw)
+        except (TypeError, ValueError) as e:  # unknown override, or a config the model refuses
+            raise ConfigError(f"--model-overrides: {e}") from None
+
     def param_groups(self, model: nn.Module, config) -> list[dict]:
         from .param_groups import param_groups
 
@@ -121,24 +149,7 @@ class ClassificationTask(Task):
 
     def build_model(self, config, data: TaskData) -> nn.Module:
         """Registry entry + overrides + the paper's drop path for the model (weights: see the trainer)."""
-        from ..models import create_model, get_spec
-
-        try:
-            spec = get_spec(config.model)
-        except KeyError as e:
-            raise ConfigError(f"--model: {e.args[0]}") from None
-        overrides = dict(config.model_overrides)
-        if config.layer_scale is not None:
-            overrides["layer_scale_init_value"] = config.layer_scale
-        if config.head_init_scale is not None:
-            overrides["head_init_scale"] = config.head_init_scale
-        drop_path = config.drop_path if config.drop_path is not None else spec.train_drop_path
-        try:
-            return create_model(config.model, num_classes=len(data.classes), drop_path_rate=drop_path, **overrides)
-        except TypeError as e:  # unknown config override
-            raise ConfigError(f"--model-overrides: {e}") from None
-        except ValueError as e:  # a config the model refuses (e.g. inconsistent lengths)
-            raise ConfigError(f"--model-overrides: {e}") from None
+        return self.create_model(config, len(data.classes), spec_drop_path=True)
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, device: torch.device):
         images = inputs.to(device, non_blocking=True)
