@@ -83,6 +83,10 @@ def test_segmentation_runs_on_the_loop_and_eval_and_predict_reproduce_it(tmp_pat
     assert main(["predict", "--checkpoint", str(out / "checkpoint-last.pt"),
                  str(data / "images" / "validation" / "0.jpg"), "--output", str(png)]) == 0
     assert Image.open(png).size == (88, 72)
+    (tmp_path / "afile").write_text("x")
+    assert main(["predict", "--checkpoint", str(out / "checkpoint-last.pt"),
+                 str(data / "images" / "validation" / "0.jpg"), "--output", str(tmp_path / "afile" / "x.png")]) == 2
+    assert "--output" in capsys.readouterr().err
 
     # ONNX export of the trained UperNet, checked against PyTorch with onnxruntime (at 192: see docs/dense.md).
     onnx = tmp_path / "seg.onnx"

@@ -309,12 +309,14 @@ def _predict_dense(args: argparse.Namespace, ckpt: dict, paths: list[str]) -> in
     from ..dense.infer import load_dense, predict_dense
     from ..devices import resolve_device
     from ..errors import DataError
-    from .io import printable
+    from .io import check_output_path, printable
 
     def target(flag: str, value: str | None, path: str, suffix: str) -> Path | None:
         if value is None:
             return None
         if len(paths) == 1 and not Path(value).is_dir():
+            check_output_path(value, flag, force=True)  # one line naming the flag for a bad place
+            Path(value).parent.mkdir(parents=True, exist_ok=True)
             return Path(value)
         Path(value).mkdir(parents=True, exist_ok=True)  # several images: one file each in the folder
         return Path(value) / (Path(path).stem + suffix)
