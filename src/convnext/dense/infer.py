@@ -90,7 +90,7 @@ def evaluate_dense(dense: DenseLoaded, data: str, *, img_size: int | None = None
         if dense.task != "segmentation":
             raise DataError("--multi-scale: segmentation checkpoints only")
         task.multiscale = True
-    td = task.build_data(config)
+    td = task.build_data(config, train=False)
     if td.val is None:
         raise DataError(f"--data {data}: no validation split")
     if list(td.classes) != list(dense.classes):

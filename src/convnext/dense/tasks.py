@@ -100,10 +100,15 @@ class DetectionTask(_DenseTask):
     name = "detection"
     primary = "bbox_AP"
 
-    def build_data(self, config) -> TaskData:
+    def build_data(self, config, train: bool = True) -> TaskData:
         from .coco import build_coco_dataset, collate_detection
 
-        train = build_coco_dataset(config.data, "train", img_size=config.img_size)
+        collate = _with_skipped(collate_detection)
+        if not train:  # evaluation only: the (possibly large) training JSON is not read
+            val = build_coco_dataset(config.data, "val", img_size=config.img_size)
+            return TaskData(train=None, val=val, classes=list(val.classes), collate_train=collate,
+                            collate_eval=collate)
+        train_set = build_coco_dataset(config.data, "train", img_size=config.img_size)
         notes = []
         try:
             val = build_coco_dataset(config.data, "val", img_size=config.img_size)
@@ -113,16 +118,16 @@ class DetectionTask(_DenseTask):
             if config.eval_every != 0:
                 raise
             val = None
-        if train.skipped_annotations:
-            notes.append(f"warning: {train.skipped_annotations} degenerate box(es) (width or height <= 1 px) "
+        if train_set.skipped_annotations:
+            notes.append(f"warning: {train_set.skipped_annotations} degenerate box(es) (width or height <= 1 px) "
                          "skipped in the training annotations")
         if config.train_subset is not None:
             from ..data import subset
 
-            train.classes = list(train.classes)
-            train = subset(train, config.train_subset, seed=config.seed)
-        return TaskData(train=train, val=val, classes=list(train.classes),
-                        collate_train=_with_skipped(collate_detection), collate_eval=_with_skipped(collate_detection),
+            train_set.classes = list(train_set.classes)
+            train_set = subset(train_set, config.train_subset, seed=config.seed)
+        return TaskData(train=train_set, val=val, classes=list(train_set.classes), collate_train=collate,
+                        collate_eval=collate,
                         notes=notes)
 
     def param_groups(self, model: nn.Module, config) -> list[dict]:
@@ -177,29 +182,36 @@ class SegmentationTask(_DenseTask):
         self.num_classes = 0
         self.multiscale = multiscale  # the paper's main ADE20K metric: 6 scales x flip (eval only)
 
-    def build_data(self, config) -> TaskData:
+    def build_data(self, config, train: bool = True) -> TaskData:
         from .segmentation_data import SegmentationFolder, collate_segmentation
 
         self.crop = config.img_size
-        train = SegmentationFolder(config.data, "training", crop_size=config.img_size, num_classes=config.num_classes)
+        collate = _with_skipped(collate_segmentation)
+        if not train:  # evaluation only
+            val = SegmentationFolder(config.data, "validation", crop_size=config.img_size,
+                                     num_classes=config.num_classes)
+            self.num_classes = val.num_classes
+            return TaskData(train=None, val=val, classes=val.class_names or [str(i) for i in range(val.num_classes)],
+                            collate_train=collate, collate_eval=collate, eval_batch_size=1)
+        train_set = SegmentationFolder(config.data, "training", crop_size=config.img_size,
+                                       num_classes=config.num_classes)
         try:
             val = SegmentationFolder(config.data, "validation", crop_size=config.img_size,
-                                     num_classes=train.num_classes)
+                                     num_classes=train_set.num_classes)
         except DataError:
             if config.eval_every != 0:
                 raise
             val = None
-        self.num_classes = train.num_classes
-        classes = train.class_names or [str(i) for i in range(train.num_classes)]
+        self.num_classes = train_set.num_classes
+        classes = train_set.class_names or [str(i) for i in range(train_set.num_classes)]
         if config.train_subset is not None:
             from ..data import subset
 
-            train.classes = classes
-            train = subset(train, config.train_subset, seed=config.seed)
+            train_set.classes = classes
+            train_set = subset(train_set, config.train_subset, seed=config.seed)
         # Validation images keep their own sizes: one per batch, so no padding enters the metric.
-        return TaskData(train=train, val=val, classes=classes,
-                        collate_train=_with_skipped(collate_segmentation),
-                        collate_eval=_with_skipped(collate_segmentation), eval_batch_size=1)
+        return TaskData(train=train_set, val=val, classes=classes, collate_train=collate, collate_eval=collate,
+                        eval_batch_size=1)
 
     def param_groups(self, model: nn.Module, config) -> list[dict]:
         from .layer_decay import stage_wise_layer_id

@@ -30,7 +30,7 @@ __all__ = ["TaskData", "Task", "ClassificationTask", "get_task", "TASKS", "task_
 
 @dataclass
 class TaskData:
-    train: Dataset
+    train: Dataset | None  # None only from build_data(train=False)
     val: Dataset | None
     classes: list[str]
     collate_train: Callable
@@ -46,7 +46,8 @@ class Task:
     name = "task"
     primary = "loss"  # metric that picks checkpoint-best.pt (higher is better)
 
-    def build_data(self, config) -> TaskData:
+    def build_data(self, config, train: bool = True) -> TaskData:
+        """The datasets of `config.data`; `train=False` (evaluation only) may leave `TaskData.train` None."""
         raise NotImplementedError
 
     def build_model(self, config, data: TaskData) -> nn.Module:
@@ -115,15 +116,16 @@ class ClassificationTask(Task):
         self.criterion: nn.Module | None = None
         self.num_classes = 0
 
-    def build_data(self, config) -> TaskData:
+    def build_data(self, config, train: bool = True) -> TaskData:
+        # The training split is read either way: its class folders fix the label order.
         from ..data import build_dataset, collate_skip_bad, eval_transform, mixup_and_criterion, subset, train_transform
         from ..errors import DataError
 
         tf_train = train_transform(config.img_size, scale=config.scale, hflip=config.hflip, randaug=config.randaug,
                                    reprob=config.reprob)
         tf_eval = eval_transform(config.img_size, crop_pct=config.crop_pct)
-        train = build_dataset(config.data, "train", tf_train, strict=config.strict_images, data_dir=config.data_dir)
-        classes = list(train.classes)
+        train_set = build_dataset(config.data, "train", tf_train, strict=config.strict_images, data_dir=config.data_dir)
+        classes = list(train_set.classes)
         try:
             val = build_dataset(config.data, "val", tf_eval, classes=classes, strict=config.strict_images,
                                 data_dir=config.data_dir)
@@ -132,7 +134,7 @@ class ClassificationTask(Task):
                 raise
             val = None  # e.g. ImageNet-22K pre-training: no evaluation during training (PAPER.md §3.3)
         notes = []
-        for split, ds in (("train", train), ("val", val)):
+        for split, ds in (("train", train_set), ("val", val)):
             empty = getattr(ds, "empty_classes", [])
             if empty:
                 notes.append(f"warning: {len(empty)} class folder(s) of the {split} split hold no images: "
@@ -142,7 +144,7 @@ class ClassificationTask(Task):
             len(classes), mixup=config.mixup, cutmix=config.cutmix, switch_prob=config.mixup_switch_prob,
             smoothing=config.smoothing)
         return TaskData(
-            train=subset(train, config.train_subset, seed=config.seed), val=val, classes=classes,
+            train=subset(train_set, config.train_subset, seed=config.seed), val=val, classes=classes,
             collate_train=functools.partial(collate_skip_bad, even=self.mixup is not None),
             collate_eval=collate_skip_bad, notes=notes, pair_multiple=2 if self.mixup is not None else 1,
         )
