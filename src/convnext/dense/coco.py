@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -132,10 +133,9 @@ def coco_train_transforms(img_size: int = REF_SIZE) -> v2.Compose:
 
 def coco_eval_transforms(img_size: int = REF_SIZE) -> v2.Compose:
     """Test pipeline: short side img_size, long side at most 1333 * img_size / 800, no flip."""
-    return v2.Compose([
-        v2.Resize(img_size, max_size=round(MAX_SIZE * img_size / REF_SIZE)),
-        v2.ToDtype(torch.float32, scale=True),
-    ])
+    from ..data.preprocess import detection_eval_transform  # shared with `convnext predict`
+
+    return detection_eval_transform(img_size)
 
 
 def coco_backend() -> tuple[type, type, Any]:
@@ -186,6 +186,122 @@ def _require(records: Any, keys: tuple[str, ...], where: str, path: Path) -> Non
         missing = [k for k in keys if not isinstance(r, dict) or k not in r]
         if missing:
             raise DataError(f"{path}: {where}[{i}] lacks key '{missing[0]}' (expected {', '.join(keys)})")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _ids_of(records: list[dict], where: str, path: Path) -> list:
+    """The records' ids, refused by name when not integers or not unique."""
+    ids = [r["id"] for r in records]
+    bad = [i for i in ids if not _is_int(i)]
+    if bad:
+        raise DataError(f"{path}: {where} ids must be integers, got {_first([repr(b) for b in bad])}")
+    seen: set[int] = set()
+    dup = sorted({i for i in ids if i in seen or seen.add(i)})
+    if dup:
+        raise DataError(f"{path}: duplicate {where} ids {_first(dup)} (every {where[:-1]} needs its own id)")
+    return ids
+
+
+def _polygon_problem(segm: list) -> str | None:
+    """Why `segm` (a list of polygons) is not valid COCO polygons, or None."""
+    if not segm:
+        return "is an empty list"
+    for poly in segm:
+        if not isinstance(poly, list) or not all(_is_num(v) for v in poly):
+            return "polygons must be lists of numbers"
+        if not all(math.isfinite(v) for v in poly):
+            return "has a non-finite polygon coordinate"
+        if len(poly) < 6 or len(poly) % 2:
+            return (f"has a polygon of {len(poly)} coordinates (a COCO polygon needs an even count of at "
+                    f"least 6: x, y of 3 or more points)")
+    return None
+
+
+def _rle_problem(segm: dict, h: int, w: int) -> str | None:
+    """Why `segm` is not a valid COCO RLE of an h x w image, or None."""
+    size, counts = segm.get("size"), segm.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+        return f"RLE 'size' must be [height, width], got {size!r}"
+    if list(size) != [h, w]:
+        return f"RLE size {size} differs from its image's [height, width] [{h}, {w}]"
+    if isinstance(counts, list):
+        if not all(_is_int(v) and v >= 0 for v in counts) or sum(counts) != h * w:
+            return f"uncompressed RLE counts must be non-negative integers summing to {h}x{w} = {h * w}"
+        return None
+    if isinstance(counts, (str, bytes)) and counts:
+        _, _, mask_api = coco_backend()
+        try:
+            mask_api.area([{"size": size, "counts": counts}])
+        except (ValueError, RuntimeError, TypeError):
+            return "compressed RLE counts are malformed"
+        return None
+    return "RLE 'counts' must be a list of run lengths or a non-empty compressed string"
+
+
+def _segmentation_problem(segm: Any, h: int, w: int) -> str | None:
+    if isinstance(segm, list):
+        return _polygon_problem(segm)
+    if isinstance(segm, dict):
+        return _rle_problem(segm, h, w)
+    return f"must be polygons [[x0, y0, x1, y1, x2, y2, ...]] or an RLE dict, got {type(segm).__name__}"
+
+
+def validate_coco(data: dict, path: Path) -> None:
+    """Refuse, naming the ids, what would silently corrupt training or COCO evaluation.
+
+    Checked: integer, unique image / annotation / category ids (duplicates move boxes onto the
+    wrong image or corrupt the evaluation's index); positive integer image sizes; integer
+    category ids; bbox 4 numbers; segmentations that are valid polygons (even count >= 6: a
+    4-number polygon would be read as a box, a 5-number one as an empty mask) or RLE of the
+    image's size. Non-finite boxes are not refused here: the dataset skips and counts them.
+    """
+    images, anns, cats = data["images"], data["annotations"], data["categories"]
+    _ids_of(cats, "categories", path)
+    bad_names = [c["id"] for c in cats if not isinstance(c["name"], str)]
+    if bad_names:
+        raise DataError(f"{path}: categories {_first(bad_names)}: 'name' must be a string")
+    _ids_of(images, "images", path)
+    for key in ("width", "height"):
+        bad = [img["id"] for img in images if not (_is_int(img[key]) and img[key] > 0)]
+        if bad:
+            example = next(img[key] for img in images if img["id"] == bad[0])
+            raise DataError(f"{path}: image id(s) {_first(bad)}: '{key}' must be a positive integer, got {example!r}")
+    bad = [img["id"] for img in images if not isinstance(img["file_name"], str)]
+    if bad:
+        raise DataError(f"{path}: image id(s) {_first(bad)}: 'file_name' must be a string")
+    if any("id" not in a for a in anns):
+        i = next(i for i, a in enumerate(anns) if "id" not in a)
+        raise DataError(f"{path}: annotations[{i}] lacks key 'id' (every COCO annotation needs a unique id)")
+    _ids_of(anns, "annotations", path)
+    for key in ("image_id", "category_id"):
+        bad = [a["id"] for a in anns if not _is_int(a[key])]
+        if bad:
+            example = next(a[key] for a in anns if a["id"] == bad[0])
+            raise DataError(f"{path}: annotation id(s) {_first(bad)}: '{key}' must be an integer, got {example!r}")
+    bad = [a["id"] for a in anns
+           if not (isinstance(a["bbox"], list) and len(a["bbox"]) == 4 and all(_is_num(v) for v in a["bbox"]))]
+    if bad:
+        example = next(a["bbox"] for a in anns if a["id"] == bad[0])
+        raise DataError(f"{path}: annotation id(s) {_first(bad)}: bbox must be 4 numbers [x, y, w, h], got {example!r}")
+    size = {img["id"]: (img["height"], img["width"]) for img in images}
+    problems: dict[str, list[int]] = {}
+    for a in anns:
+        if "segmentation" in a and a["image_id"] in size:
+            why = _segmentation_problem(a["segmentation"], *size[a["image_id"]])
+            if why is not None:
+                problems.setdefault(why, []).append(a["id"])
+    if problems:
+        why, ids = next(iter(problems.items()))
+        more = sum(map(len, problems.values())) - len(ids)
+        raise DataError(f"{path}: annotation id(s) {_first(ids)}: segmentation {why}"
+                        + (f" ({more} more annotation(s) with other segmentation problems)" if more else ""))
 
 
 def _load_json(path: Path) -> dict:

@@ -37,6 +37,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+# The evaluation preprocessing is shared with `convnext predict` (data/preprocess.py).
+from ..data.preprocess import normalize_255 as _normalize
+from ..data.preprocess import rescale_size as _rescale_size
+from ..data.preprocess import resize_bilinear as _resize
+from ..data.preprocess import segmentation_eval_image
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_rgb
 from ..errors import DataError
 
@@ -54,15 +59,6 @@ _STD = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
 # ------------------------------------------------------------------------------------------------
 # Transforms on (image (3, H, W) float 0..255 RGB, label (H, W) int64) pairs
 # ------------------------------------------------------------------------------------------------
-def _rescale_size(h: int, w: int, scale: tuple[int, int]) -> tuple[int, int]:
-    """(H', W') fitting inside `scale` = (long, short) edges, aspect ratio kept (mmcv imrescale)."""
-    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
-    return int(h * factor + 0.5), int(w * factor + 0.5)
-
-
-def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    # bilinear without antialiasing, as cv2.INTER_LINEAR in mmcv
-    return TF.resize(image, list(size), interpolation=TF.InterpolationMode.BILINEAR, antialias=False)
 
 
 def _resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -107,10 +103,6 @@ def photometric_distortion(image: torch.Tensor, brightness: float = 32, contrast
     if not contrast_first and coin():
         image = clip(image * _uniform(*contrast))
     return image
-
-
-def _normalize(image: torch.Tensor) -> torch.Tensor:
-    return (image - _MEAN) / _STD
 
 
 @dataclass(frozen=True)
@@ -163,8 +155,7 @@ class SegValTransform:
     base_scale: tuple[int, int] = (2048, 512)  # (W, H)
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        size = _rescale_size(*image.shape[-2:], self.base_scale)
-        return _normalize(_resize(image, size)), label
+        return segmentation_eval_image(image, self.base_scale), label
 
 
 # ------------------------------------------------------------------------------------------------
