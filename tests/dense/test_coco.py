@@ -152,7 +152,35 @@ def test_bad_json_errors_name_the_file(synthetic_coco):
     (lambda d: d["annotations"][0].update(image_id=999), r"1 annotations point to image ids not in 'images' "
                                                          r"\(annotation ids 100\)"),
     (lambda d: d["annotations"][0].update(category_id=5), r"category ids 5 are used by annotations but not in"),
-    (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), r"annotations\[0\] bbox must be 4 numbers"),
+    (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), r"annotation id\(s\) 100: bbox must be 4 numbers"),
+    (lambda d: d["annotations"][0].update(bbox=[1, "2", 3, 4]), r"annotation id\(s\) 100: bbox must be 4 numbers"),
+    # duplicate ids: the evaluation index keeps one annotation per id, images one entry per id
+    (lambda d: d["annotations"][2].update(id=101), r"duplicate annotations ids 101 "),
+    (lambda d: d["images"][1].update(id=11), r"duplicate images ids 11 "),
+    (lambda d: d["categories"][1].update(id=7), r"duplicate categories ids 7 "),
+    (lambda d: d["annotations"][3].update(id="a"), r"annotations ids must be integers, got 'a'"),
+    (lambda d: d["annotations"][0].pop("id"), r"annotations\[0\] lacks key 'id'"),
+    # types that would end in a traceback of the COCO tools or of torch
+    (lambda d: d["annotations"][0].update(category_id="7"), r"annotation id\(s\) 100: 'category_id' must be an "
+                                                            r"integer, got '7'"),
+    (lambda d: d["images"][0].update(width="64"), r"image id\(s\) 11: 'width' must be a positive integer, got '64'"),
+    (lambda d: d["images"][0].update(height=0), r"image id\(s\) 11: 'height' must be a positive integer, got 0"),
+    # segmentations: COCO polygons need >= 6 coordinates, an even count
+    (lambda d: d["annotations"][0].update(segmentation=[[10, 8, 30, 28]]),
+     r"annotation id\(s\) 100: segmentation has a polygon of 4 coordinates \(a COCO polygon needs an even count"),
+    (lambda d: d["annotations"][0].update(segmentation=[[10, 8, 30, 8, 30]]),
+     r"annotation id\(s\) 100: segmentation has a polygon of 5 coordinates"),
+    (lambda d: d["annotations"][0].update(segmentation=[[10, 8, 30, 8, 30, 28, 10]]),
+     r"annotation id\(s\) 100: segmentation has a polygon of 7 coordinates"),
+    (lambda d: d["annotations"][0].update(segmentation=[]), r"annotation id\(s\) 100: segmentation is an empty list"),
+    (lambda d: d["annotations"][0].update(segmentation="x"), r"annotation id\(s\) 100: segmentation must be polygons"),
+    (lambda d: d["annotations"][1]["segmentation"].update(counts="!!!!"),
+     r"annotation id\(s\) 101: segmentation compressed RLE counts are malformed"),
+    (lambda d: d["annotations"][1]["segmentation"].update(counts=""), r"annotation id\(s\) 101: segmentation RLE"),
+    (lambda d: d["annotations"][1]["segmentation"].update(size=[48, 63]),
+     r"annotation id\(s\) 101: segmentation RLE size \[48, 63\] differs from its image's"),
+    (lambda d: d["annotations"][2]["segmentation"]["counts"].append(5),
+     r"annotation id\(s\) 102: segmentation uncompressed RLE counts must be non-negative integers summing to 48x64"),
     (lambda d: d["images"].append(dict(id=55, file_name="gone.png", height=4, width=4)),
      r"1 of 5 images are missing from .*train2017: gone.png"),
 ])
@@ -164,9 +192,11 @@ def test_bad_content_errors(synthetic_coco, edit, message):
 
 
 def test_image_not_matching_its_json_size(synthetic_coco):
+    """Checked up front from the headers, before any training step."""
     _rewrite(synthetic_coco, lambda d: d["images"][2].update(height=31))
-    with pytest.raises(DataError, match=r"33.png: image is 32x32 but .* says 32x31"):
-        _dataset(synthetic_coco)[2]
+    with pytest.raises(DataError, match=r"1 image\(s\) differ from their width/height .*33.png is 32x32, "
+                                        r"the JSON says 32x31"):
+        _dataset(synthetic_coco)
 
 
 def test_split_layout_and_val_fallback(synthetic_coco, caplog):

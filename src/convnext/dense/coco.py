@@ -38,7 +38,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from convnext.errors import DataError, UserError
+from convnext.errors import ConfigError, DataError, UserError
 
 __all__ = [
     "CocoDataset",
@@ -50,6 +50,8 @@ __all__ = [
     "coco_split_paths",
     "coco_train_transforms",
     "collate_detection",
+    "count_skipped",
+    "validate_coco",
 ]
 
 log = logging.getLogger(__name__)
@@ -323,12 +325,38 @@ def _load_json(path: Path) -> dict:
     return data
 
 
+# EXIF orientations (tag 0x0112) that turn the stored image by 90 degrees: shown width = stored height.
+_TRANSPOSING = (5, 6, 7, 8)
+
+
+def _image_header(path: Path) -> tuple[int, int, int] | None:
+    """(stored width, stored height, EXIF orientation) from the file's header, None when unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            orientation = im.getexif().get(0x0112, 1) if im.format in ("JPEG", "MPO", "TIFF", "WEBP", "PNG") else 1
+            return im.size[0], im.size[1], orientation if orientation in range(1, 9) else 1
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
 class CocoDataset(Dataset):
     """Images and instance annotations of one COCO JSON file, validated once at construction.
 
+    The JSON is checked up front (`validate_coco`: ids, categories, boxes, segmentation formats)
+    and so is every image's header: it must exist and its size must be the JSON's width/height.
+    Those are the size of the image as shown, EXIF orientation applied, as mmdet/mmcv
+    (`imfrombytes(flag='color')`) and detectron2 (`read_image` + `check_image_size`) read images.
+    An image whose EXIF orientation swaps width and height but whose JSON gives the stored size
+    is read as stored (the annotations fit only that frame), counted in `stored_orientation`.
+
     Annotations whose box, clipped to the image, is 1 pixel or less wide or high are skipped and
-    counted in `skipped_annotations`; crowd regions are counted in `crowd_annotations` and kept out
-    of the targets. `classes[l - 1]` / `cat_ids[l - 1]` are the name / COCO id of label l.
+    counted in `skipped_annotations`; boxes with NaN/inf in `nonfinite_annotations` (skipped
+    too); crowd regions are counted in `crowd_annotations` and kept out of the targets. Images
+    whose header or pixels cannot be read are items `None` (dropped and counted by the collate),
+    or a DataError with `strict`. `warnings` holds one line per kind of thing skipped.
+    `classes[l - 1]` / `cat_ids[l - 1]` are the name / COCO id of label l.
 
     Args:
         ann_file: COCO instances JSON.
@@ -336,15 +364,17 @@ class CocoDataset(Dataset):
         transforms: callable (tv_tensors.Image, target) -> (image, target), e.g.
             `coco_train_transforms(800)`; None keeps the original size.
         with_masks: decode instance masks (needs every annotation's `segmentation`).
+        strict: an unreadable image is a DataError instead of a skipped item.
     """
 
     def __init__(self, ann_file: str | Path, img_dir: str | Path, transforms: Callable | None = None,
-                 with_masks: bool = True):
+                 with_masks: bool = True, strict: bool = False):
         self.ann_file, self.img_dir = Path(ann_file), Path(img_dir)
         self.transforms = transforms if transforms is not None else v2.ToDtype(torch.float32, scale=True)
-        self.with_masks = with_masks
+        self.with_masks, self.strict = with_masks, strict
         data = _load_json(self.ann_file)
         path = self.ann_file
+        validate_coco(data, path)
 
         cats = sorted(data["categories"], key=lambda c: c["id"])
         self.cat_ids: list[int] = [c["id"] for c in cats]
@@ -354,7 +384,7 @@ class CocoDataset(Dataset):
         index_of = {img["id"]: i for i, img in enumerate(self.images)}
 
         anns = data["annotations"]
-        no_image = [a.get("id", i) for i, a in enumerate(anns) if a["image_id"] not in index_of]
+        no_image = [a["id"] for a in anns if a["image_id"] not in index_of]
         if no_image:
             raise DataError(f"{path}: {len(no_image)} annotations point to image ids not in 'images' "
                             f"(annotation ids {_first(no_image)})")
@@ -365,58 +395,116 @@ class CocoDataset(Dataset):
         if absent:
             raise DataError(f"{path}: {len(absent)} of {len(self.images)} images are missing from {self.img_dir}: "
                             f"{_first(absent)}")
+        self.warnings: list[str] = []
+        self._check_images()
 
         # Per image: (xyxy box clipped to the image, label, segmentation) of its usable annotations.
         self._targets: list[list[tuple[list[float], int, Any]]] = [[] for _ in self.images]
         self.skipped_annotations = self.crowd_annotations = 0
-        for i, a in enumerate(anns):
+        nonfinite: list[int] = []
+        for a in anns:
             if a.get("iscrowd", 0):
                 self.crowd_annotations += 1
                 continue
             img = self.images[index_of[a["image_id"]]]
             box = a["bbox"]
-            if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-                raise DataError(f"{path}: annotations[{i}] bbox must be 4 numbers [x, y, w, h], got {box!r}")
+            if not all(math.isfinite(v) for v in box):
+                nonfinite.append(a["id"])
+                continue
             x0, y0 = max(box[0], 0), max(box[1], 0)
             x1, y1 = min(box[0] + box[2], img["width"]), min(box[1] + box[3], img["height"])
             if x1 - x0 <= 1 or y1 - y0 <= 1:
                 self.skipped_annotations += 1
                 continue
             if with_masks and "segmentation" not in a:
-                raise DataError(f"{path}: annotations[{i}] lacks key 'segmentation' (needed for masks)")
+                raise DataError(f"{path}: annotation id {a['id']} lacks key 'segmentation' (needed for masks)")
             self._targets[index_of[a["image_id"]]].append(([x0, y0, x1, y1], label_of[a["category_id"]],
                                                            a.get("segmentation")))
-        self.coco = _make_coco(data)  # the ground truth COCO evaluation reads, crowd included
-        self.num_annotations = sum(map(len, self._targets))
+        self.nonfinite_annotations = len(nonfinite)
+        if nonfinite:
+            self.warnings.append(f"{path}: skipped {len(nonfinite)} annotation(s) whose bbox holds NaN or inf "
+                                 f"(annotation ids {_first(nonfinite)})")
         if self.skipped_annotations:
-            log.info("%s: skipped %d annotations with boxes of 1 pixel or less", path, self.skipped_annotations)
+            self.warnings.append(f"{path}: skipped {self.skipped_annotations} annotation(s) with boxes of 1 pixel "
+                                 f"or less (width or height)")
+        # COCOeval reads each ground-truth 'area' (area ranges); a file without it gets the box area.
+        gt = dict(data, annotations=[a if "area" in a else dict(a, area=float(a["bbox"][2] * a["bbox"][3]))
+                                     for a in anns if all(math.isfinite(v) for v in a["bbox"])])
+        self.coco = _make_coco(gt)  # the ground truth COCO evaluation reads, crowd included
+        self.num_annotations = sum(map(len, self._targets))
+        for w in self.warnings:
+            log.warning(w)
+
+    def _check_images(self) -> None:
+        """Header of every image (no decoding): readable, and of the JSON's size (see the class doc)."""
+        self.unreadable: set[int] = set()
+        self._exif: list[bool] = []
+        stored, wrong = [], []
+        for i, info in enumerate(self.images):
+            header = _image_header(self.img_dir / info["file_name"])
+            if header is None:
+                if self.strict:
+                    raise DataError(f"{self.img_dir / info['file_name']}: unreadable image (no valid image header)")
+                self.unreadable.add(i)
+                self._exif.append(False)
+                continue
+            sw, sh, orientation = header
+            shown = (sh, sw) if orientation in _TRANSPOSING else (sw, sh)
+            json_size = (info["width"], info["height"])
+            if json_size == shown:
+                self._exif.append(orientation != 1)
+            elif json_size == (sw, sh):  # EXIF swaps the sides, the JSON gives the stored size
+                stored.append(info["file_name"])
+                self._exif.append(False)
+            else:
+                wrong.append(f"{info['file_name']} is {shown[0]}x{shown[1]}" +
+                             (f" (stored {sw}x{sh}, EXIF orientation {orientation})" if orientation != 1 else "") +
+                             f", the JSON says {json_size[0]}x{json_size[1]}")
+                self._exif.append(False)
+        if wrong:
+            raise DataError(f"{self.ann_file}: {len(wrong)} image(s) differ from their width/height "
+                            f"(width x height, EXIF orientation applied): {_first(wrong, 3)}")
+        self.stored_orientation = len(stored)
+        if stored:
+            self.warnings.append(f"{self.ann_file}: {len(stored)} image(s) carry an EXIF orientation that swaps "
+                                 f"width and height, but the JSON gives their stored size: read as stored "
+                                 f"({_first(stored, 3)})")
+        if self.unreadable:
+            names = [self.images[i]["file_name"] for i in sorted(self.unreadable)]
+            self.warnings.append(f"{self.img_dir}: {len(names)} unreadable image(s) will be skipped: {_first(names, 3)}")
 
     def __len__(self) -> int:
         return len(self.images)
 
     def _mask(self, segm: Any, h: int, w: int, index: int) -> np.ndarray:
-        """(h, w) uint8 mask from polygons, uncompressed RLE or compressed RLE."""
+        """(h, w) uint8 mask from polygons, uncompressed RLE or compressed RLE (validated at construction)."""
         _, _, mask_api = coco_backend()
         if isinstance(segm, list):  # polygons: [[x0, y0, x1, y1, ...], ...]
             rle = mask_api.merge(mask_api.frPyObjects(segm, h, w))
-        elif isinstance(segm, dict) and isinstance(segm.get("counts"), list):  # uncompressed RLE
+        elif isinstance(segm.get("counts"), list):  # uncompressed RLE
             rle = mask_api.frPyObjects(segm, h, w)
-        elif isinstance(segm, dict) and isinstance(segm.get("counts"), (str, bytes)):  # compressed RLE
+        else:  # compressed RLE
             rle = segm
-        else:
-            raise DataError(f"{self.ann_file}: image {self.images[index]['file_name']}: segmentation is neither "
-                            f"polygons nor RLE")
         return mask_api.decode(rle)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _unreadable(self, path: Path, why: str) -> None:
+        if self.strict:
+            raise DataError(f"{path}: cannot decode image ({why}); drop --strict-images to skip such images")
+        log.debug("%s: unreadable image skipped (%s)", path, why)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]] | None:
+        """(image, target), or None for an image that cannot be decoded (see the class doc)."""
         from torchvision.io import ImageReadMode, decode_image
 
         info = self.images[index]
         path = self.img_dir / info["file_name"]
+        if index in self.unreadable:
+            return self._unreadable(path, "no valid image header")
         try:
-            image = decode_image(str(path), mode=ImageReadMode.RGB)  # (3, H0, W0) uint8
-        except (RuntimeError, OSError) as e:
-            raise DataError(f"{path}: cannot decode image ({e})") from None
+            image = decode_image(str(path), mode=ImageReadMode.RGB,
+                                 apply_exif_orientation=self._exif[index])  # (3, H0, W0) uint8
+        except (RuntimeError, OSError, ValueError) as e:
+            return self._unreadable(path, str(e).splitlines()[0] if str(e) else type(e).__name__)
         h, w = info["height"], info["width"]
         if tuple(image.shape[-2:]) != (h, w):
             raise DataError(f"{path}: image is {image.shape[2]}x{image.shape[1]} but {self.ann_file} says {w}x{h}")
@@ -470,23 +558,36 @@ def coco_split_paths(root: str | Path, split: str) -> tuple[Path, Path, str | No
 
 
 def build_coco_dataset(root: str | Path, split: str, img_size: int = REF_SIZE, train: bool | None = None,
-                       with_masks: bool = True) -> CocoDataset:
+                       with_masks: bool = True, strict: bool = False, num_classes: int | None = None) -> CocoDataset:
     """The COCO dataset of `split` under `root` with the recipe's transforms at `img_size`.
 
     `train` (default: split == 'train') picks the train or test transforms. The val->train fallback
-    warning is logged and kept as `dataset.warning` (None otherwise).
+    warning is logged and kept as `dataset.warning` (None otherwise). `strict`: unreadable images
+    are errors. `num_classes` (the `--num-classes` flag), when given, must equal the number of
+    categories: detection takes its classes from the annotation file.
     """
     ann, img_dir, warning = coco_split_paths(root, split)
     if warning:
         log.warning(warning)
     train = split == "train" if train is None else train
     tf = coco_train_transforms(img_size) if train else coco_eval_transforms(img_size)
-    ds = CocoDataset(ann, img_dir, transforms=tf, with_masks=with_masks)
+    ds = CocoDataset(ann, img_dir, transforms=tf, with_masks=with_masks, strict=strict)
+    if num_classes is not None and num_classes != len(ds.classes):
+        raise ConfigError(f"--num-classes {num_classes}: {ann} has {len(ds.classes)} categories "
+                          f"({_first(ds.classes)}); detection takes its classes from the annotation file "
+                          f"(drop --num-classes)")
     ds.warning = warning
     return ds
 
 
-def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
-    """Images of different sizes stay a list (the model pads them); targets a list of dicts."""
+def collate_detection(batch: list[tuple[torch.Tensor, dict] | None]) -> tuple[list[torch.Tensor], list[dict]]:
+    """Images of different sizes stay a list (the model pads them); targets a list of dicts.
+    `None` items (unreadable images) are left out; `count_skipped` counts them."""
+    batch = [b for b in batch if b is not None]
     images, targets = zip(*batch) if batch else ((), ())
     return list(images), list(targets)
+
+
+def count_skipped(batch: list) -> int:
+    """How many items of a batch are `None` (images the dataset could not read)."""
+    return sum(b is None for b in batch)
