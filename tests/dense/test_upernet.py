@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import convnext
+from convnext.dense.backbone import DenseConvNeXt
 from convnext.dense.seg_inference import multiscale_inference, slide_inference
 from convnext.dense.segmentation import UperNet, load_backbone
 from convnext.errors import CheckpointError
@@ -49,12 +50,23 @@ def test_create_model_and_contract():
     assert isinstance(model, UperNet) and model.num_classes == 150 and model.config.num_classes == 150
     assert model.config.layer_scale_init_value == 1.0
     assert model.backbone.stage_norms is not None and isinstance(model.backbone.head, nn.Identity)
+    assert type(model.backbone) is DenseConvNeXt  # the detectors' backbone class, built the same way
     assert not any(k.startswith(("backbone.norm.", "backbone.head.")) for k in model.state_dict())
     model.eval()
     x = torch.randn(2, 3, 64, 96)
     assert model(x).shape == (2, 150, 64, 96)
     assert model(x, torch.zeros(2, 64, 96, dtype=torch.long)).shape == (2, 150, 64, 96)  # eval: logits
-    assert model(torch.randn(1, 3, 70, 50)).shape == (1, 150, 70, 50)  # padded to 32 inside, cropped back
+    assert model(torch.randn(1, 3, 70, 50)).shape == (1, 150, 70, 50)  # not a multiple of 32: fed as is
+    # no padding anywhere: the logits are the heads' on the floored stage maps (70 -> 17 -> 8 -> 4 -> 2),
+    # resized to the input, so zeros appended to the image change them
+    x = torch.randn(1, 3, 70, 50)
+    with torch.no_grad():
+        feats = model.backbone.forward_intermediates(x)
+        assert [f.shape[-2:] for f in feats] == [(17, 12), (8, 6), (4, 3), (2, 1)]
+        want = nn.functional.interpolate(model.decode_head(feats), size=(70, 50), mode="bilinear", align_corners=False)
+        assert torch.equal(model(x), want)
+        padded = model(nn.functional.pad(x, (0, 14, 0, 26)))[..., :70, :50]
+        assert not torch.allclose(padded, want, atol=1e-3)
     # BN -> SyncBN for multi-GPU training
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(model)

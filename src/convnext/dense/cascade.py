@@ -16,7 +16,8 @@ Shared by both (mmdet conventions): box regression is class-specific with 4 outp
 convention; labels 1..C); 512 RoIs per image with 25% positives, ground-truth boxes added to the
 proposals; RoIAlign 7x7 (boxes) / 14x14 (masks), `aligned=True`, sampling ratio 0, each RoI pooled
 from one FPN level P2-P5 chosen by its scale (mmdet's SingleRoIExtractor, finest scale 56); a mask
-head (4 conv3x3, 2x deconv, 1x1 logits per class, 28x28) per stage. At test time the class logits of
+head (4 conv3x3, 2x deconv, 1x1 logits per class, 28x28) per stage, trained on binary targets
+(the matched ground-truth mask RoIAligned on the RoI, >= 0.5: mmdet's `mask_target`). At test time the class logits of
 all stages are averaged, boxes come from the last stage's regression, and the masks of all stages'
 mask heads are averaged (mmdet CascadeRoIHead.simple_test).
 """
@@ -27,15 +28,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
-from torchvision.models.detection.roi_heads import maskrcnn_loss
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, generalized_box_iou_loss, roi_align
 
-__all__ = ["FPNRoIAlign", "BoxHead", "MaskHead", "CascadeRoIHeads"]
+__all__ = ["FPNRoIAlign", "BoxHead", "MaskHead", "CascadeRoIHeads", "mask_targets"]
 
 
 def _rois(boxes: list[Tensor]) -> Tensor:
     """Per-image boxes -> (K, 5) rows (image index, x1, y1, x2, y2), the roi_align format."""
     return torch.cat([torch.cat([b.new_full((len(b), 1), i), b], 1) for i, b in enumerate(boxes)])
+
+
+def mask_targets(gt_masks: Tensor, rois: Tensor, matched: Tensor, size: int) -> Tensor:
+    """Binary (K, size, size) mask targets, as mmdet's `mask_target` (BitmapMasks.crop_and_resize,
+    binarize=True): the matched ground-truth mask (G, H, W) is RoIAligned on each RoI (K, 4)
+    (aligned=True, sampling ratio 0, scale 1) and thresholded at >= 0.5. torchvision's own targets
+    use aligned=False and keep the soft values."""
+    if not len(rois):
+        return rois.new_zeros(0, size, size)
+    boxes = torch.cat([matched[:, None].to(rois.dtype), rois], 1)  # (K, 5): (gt index, box)
+    soft = roi_align(gt_masks[:, None].to(rois.dtype), boxes, (size, size), 1.0, 0, aligned=True)[:, 0]
+    return (soft >= 0.5).to(rois.dtype)
 
 
 class FPNRoIAlign(nn.Module):
@@ -226,9 +238,14 @@ class CascadeRoIHeads(nn.Module):
             pos = [lab > 0 for lab in labels]
             pos_rois = [r[p] for r, p in zip(rois, pos)]
             mask_logits = self.mask_heads[s](self.mask_pool(features, pos_rois))  # (P, C, 28, 28)
-            loss_mask = maskrcnn_loss(mask_logits, pos_rois, [t["masks"] for t in targets],
-                                      [t["labels"] - 1 for t in targets],  # mask channels have no background
-                                      [m[p] for m, p in zip(matched, pos)])
+            pos_labels = torch.cat([lab[p] for lab, p in zip(labels, pos)]) - 1  # mask channels: no background
+            targets_m = torch.cat([mask_targets(t["masks"], r, m[p], mask_logits.shape[-1])
+                                   for t, r, m, p in zip(targets, pos_rois, matched, pos)])
+            if len(targets_m):  # mean BCE over every pixel of every positive (mmdet mask_cross_entropy)
+                picked = mask_logits[torch.arange(len(pos_labels), device=pos_labels.device), pos_labels]
+                loss_mask = F.binary_cross_entropy_with_logits(picked, targets_m)
+            else:
+                loss_mask = mask_logits.sum() * 0
             w = self.stage_weights[s]
             suffix = "" if self.num_stages == 1 else f"_s{s}"
             losses.update({f"loss_classifier{suffix}": w * loss_cls, f"loss_box_reg{suffix}": w * loss_box,

@@ -6,28 +6,39 @@ A detector is torchvision's GeneralizedRCNN of four parts, each its own module:
                pipeline resizes, as mmdet's does)
     backbone   `DenseConvNeXt`: our ConvNeXt, 4 LayerNorm'd stage maps, strides 4-32
     neck       torchvision FPN, 256 channels, P2-P5 + P6 by stride-2 max-pool (mmdet FPN num_outs=5)
-    rpn        torchvision RPN: 3 anchors (ratios 0.5/1/2, size 8 x stride) per location and level
+    rpn        torchvision RPN: 3 anchors (ratios 0.5/1/2, size 8 x stride) per location and level,
+               with mmdet's float anchor corners and fixed strides (`MMDetAnchorGenerator`)
     roi_heads  `CascadeRoIHeads` (cascade.py): 1 stage for Mask R-CNN, 3 for Cascade Mask R-CNN
 
 Names compose a head and a registered hierarchical backbone: `mask_rcnn_convnext_tiny`,
 `cascade_mask_rcnn_convnextv2_atto`, ... `create_model(name, num_classes=80)` builds one (classes
 without background). Train mode: `model(images, targets)` -> dict of scalar losses; eval mode:
-`model(images)` -> per image {boxes (K,4) xyxy, scores, labels 1..C, masks (K,1,H,W) probabilities}.
+`model(images)` -> per image {boxes (K,4) xyxy, scores, labels 1..C, masks (K,1,H,W) probabilities},
+the 28x28 mask probabilities pasted by mmdet's rule (`paste_masks`; threshold them with `>= 0.5`).
+
+Test-time semantics follow mmdet by default; torchvision's are behind two config fields:
+`anchors="torchvision"` (integer-rounded anchor corners, strides from image size // feature size) and
+`mask_paste="torchvision"` (its legacy paste: 1-pixel padding, integer box, bilinear resize).
 
 FLOPs follow mmdet's `get_flops` (`forward_dummy`): backbone + neck + RPN head on the image, then
 every stage's box head on 1000 RoIs and mask head on 100 RoIs; see `forward_dummy`.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Mapping
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -36,7 +47,7 @@ from ..models.registry import ModelSpec, register_arch, register_model
 from .backbone import BackboneLoadReport, dense_backbone, load_backbone_checkpoint
 from .cascade import BoxHead, CascadeRoIHeads, MaskHead
 
-__all__ = ["DetectionConfig", "ConvNeXtDetector", "create_detector", "HEADS"]
+__all__ = ["DetectionConfig", "ConvNeXtDetector", "create_detector", "HEADS", "MMDetAnchorGenerator", "paste_masks"]
 
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -64,6 +75,8 @@ class DetectionConfig:
     score_thresh: float = 0.05  # test: detections below this score are dropped
     nms_thresh: float = 0.5  # test: per-class NMS IoU
     detections_per_img: int = 100
+    anchors: str = "mmdet"  # "mmdet": float corners, fixed strides; "torchvision": its rounded anchors
+    mask_paste: str = "mmdet"  # "mmdet": grid-sample on the float box; "torchvision": its legacy paste
 
     arch = "detection"
 
@@ -75,6 +88,9 @@ class DetectionConfig:
                 f"{len(self.stage_weights)} and {len(self.target_stds)}")
         if self.box_loss not in ("l1", "giou"):
             raise ConfigError(f"detection config: box_loss must be 'l1' or 'giou', got {self.box_loss!r}")
+        for field, value in (("anchors", self.anchors), ("mask_paste", self.mask_paste)):
+            if value not in ("mmdet", "torchvision"):
+                raise ConfigError(f"detection config: {field} must be 'mmdet' or 'torchvision', got {value!r}")
         if self.num_classes < 1:
             raise ConfigError(f"detection config: num_classes must be >= 1 (object classes), got {self.num_classes}")
 
@@ -91,15 +107,100 @@ HEADS: dict[str, dict] = {
 }
 
 
-class _NormalizePad(GeneralizedRCNNTransform):
-    """torchvision's detection transform without its resize: images arrive resized by the data pipeline."""
+class MMDetAnchorGenerator(AnchorGenerator):
+    """mmdet's `AnchorGenerator` (center_offset 0, scale-major) on torchvision's RPN interface.
 
-    def __init__(self):
+    Per level of stride s, the base anchors are centred on 0 with float corners (no rounding):
+    h_ratio = sqrt(ratio), w_ratio = 1 / h_ratio, w = s * w_ratio * scale, h = s * h_ratio * scale,
+    corners (-w/2, -h/2, w/2, h/2). They are laid over the grid at (x * s, y * s), row-major, each
+    location's anchors in ratio order: the order mmdet's RPN head channels predict. The strides are
+    the given ones (4..64), not torchvision's image size // feature size (61 instead of 64 for P6 of
+    an 800-pixel side).
+
+    Args:
+        strides: stride of each level, e.g. (4, 8, 16, 32, 64).
+        ratios: anchor height / width ratios.
+        scales: anchor sizes in units of the stride (mmdet `scales=[8]`).
+    """
+
+    def __init__(self, strides: tuple[int, ...] = (4, 8, 16, 32, 64), ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
+                 scales: tuple[float, ...] = (8.0,)):
+        self.strides = tuple(strides)
+        super().__init__(tuple(tuple(s * float(c) for c in scales) for s in self.strides), (tuple(ratios),) * len(strides))
+        self.cell_anchors = [self.base_anchors(s, ratios, scales) for s in self.strides]  # replaces the rounded ones
+
+    @staticmethod
+    def base_anchors(base_size: int, ratios: tuple[float, ...], scales: tuple[float, ...]) -> Tensor:
+        """(len(ratios) * len(scales), 4) anchors of one level centred on 0, ratio-major; float32
+        in the order of mmdet's operations (so its rounding too)."""
+        h_ratios = torch.sqrt(torch.tensor(ratios, dtype=torch.float32))
+        w_ratios = 1 / h_ratios
+        scales_t = torch.tensor(scales, dtype=torch.float32)
+        ws = (base_size * w_ratios[:, None] * scales_t[None, :]).view(-1)
+        hs = (base_size * h_ratios[:, None] * scales_t[None, :]).view(-1)
+        return torch.stack([-0.5 * ws, -0.5 * hs, 0.5 * ws, 0.5 * hs], dim=1)
+
+    def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
+        grid_sizes = [f.shape[-2:] for f in feature_maps]
+        device = feature_maps[0].device
+        self.set_cell_anchors(torch.float32, device)  # float32 even under AMP: corners reach 1e3
+        strides = [[torch.tensor(s, device=device), torch.tensor(s, device=device)] for s in self.strides]
+        anchors = torch.cat(self.grid_anchors(grid_sizes, strides))  # (sum_l H_l * W_l * A, 4)
+        return [anchors for _ in image_list.image_sizes]
+
+
+def paste_masks(masks: Tensor, boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Paste (K, 1, M, M) mask probabilities into (K, 1, H, W) images, as mmdet's `_do_paste_mask`.
+
+    Each image pixel centre (x + 0.5, y + 0.5) is mapped into the float box, u = (x + 0.5 - x0) /
+    (x1 - x0) * 2 - 1 (likewise v), and the mask is sampled there bilinearly (grid_sample,
+    align_corners=False, zeros outside the mask). A box of zero width or height maps to the
+    mask's centre line (mmdet replaces the infinite coordinate by 0), here only inside the window
+    below (mmdet's CPU path also clips to the boxes, its GPU path does not). mmdet then binarises with
+    `>= 0.5` (mask_thr_binary). Only the window where a value can be non-zero (the box grown by half
+    a mask cell, plus a pixel) is sampled; everything else is exactly 0, as in the full-image paste.
+    """
+    h, w = size
+    out = masks.new_zeros(len(masks), 1, h, w, dtype=torch.float32)
+    m = masks.shape[-1]
+    for i, (mask, box) in enumerate(zip(masks.float(), boxes.float())):
+        x0, y0, x1, y1 = box.tolist()
+        gx, gy = (x1 - x0) / (2 * m), (y1 - y0) / (2 * m)  # half a mask cell, in pixels
+        xa, xb = max(math.floor(x0 - gx) - 1, 0), min(math.floor(x1 + gx) + 2, w)
+        ya, yb = max(math.floor(y0 - gy) - 1, 0), min(math.floor(y1 + gy) + 2, h)
+        if xa >= xb or ya >= yb:
+            continue
+        u = (torch.arange(xa, xb, device=masks.device, dtype=torch.float32) + 0.5 - box[0]) / (box[2] - box[0]) * 2 - 1
+        v = (torch.arange(ya, yb, device=masks.device, dtype=torch.float32) + 0.5 - box[1]) / (box[3] - box[1]) * 2 - 1
+        u, v = torch.where(torch.isinf(u), 0.0, u), torch.where(torch.isinf(v), 0.0, v)
+        grid = torch.stack(torch.broadcast_tensors(u[None, :], v[:, None]), dim=-1)  # (h', w', 2) as (x, y)
+        out[i, :, ya:yb, xa:xb] = F.grid_sample(mask[None], grid[None], align_corners=False)[0]
+    return out
+
+
+class _NormalizePad(GeneralizedRCNNTransform):
+    """torchvision's detection transform without its resize: images arrive resized by the data pipeline.
+    Test-time output: boxes rescaled to the requested sizes, masks pasted there (`paste_masks` or
+    torchvision's paste)."""
+
+    def __init__(self, mask_paste: str = "mmdet"):
         super().__init__(min_size=800, max_size=1333, image_mean=list(_IMAGENET_MEAN), image_std=list(_IMAGENET_STD),
                          size_divisible=32)  # min/max_size unused: resize is the identity
+        self.mask_paste = mask_paste
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
         return image, target
+
+    def postprocess(self, result: list[dict[str, Tensor]], image_shapes: list[tuple[int, int]],
+                    original_image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        if self.training:
+            return result
+        paste = paste_masks if self.mask_paste == "mmdet" else paste_masks_in_image
+        for pred, shape, out_size in zip(result, image_shapes, original_image_sizes):
+            pred["boxes"] = resize_boxes(pred["boxes"], shape, out_size)
+            if "masks" in pred:
+                pred["masks"] = paste(pred["masks"], pred["boxes"], out_size)
+        return result
 
 
 class ConvNeXtDetector(GeneralizedRCNN):
@@ -113,7 +214,10 @@ class ConvNeXtDetector(GeneralizedRCNN):
         backbone = dense_backbone(config.backbone, drop_path_rate=config.drop_path_rate,
                                   layer_scale_init_value=config.layer_scale_init_value)
         c = config.fpn_channels
-        anchors = AnchorGenerator(tuple((8 * s,) for s in (4, 8, 16, 32, 64)), ((0.5, 1.0, 2.0),) * 5)
+        if config.anchors == "mmdet":
+            anchors = MMDetAnchorGenerator((4, 8, 16, 32, 64), (0.5, 1.0, 2.0), (8.0,))
+        else:  # torchvision's: corners rounded to integers, strides from image size // feature size
+            anchors = AnchorGenerator(tuple((8 * s,) for s in (4, 8, 16, 32, 64)), ((0.5, 1.0, 2.0),) * 5)
         rpn = RegionProposalNetwork(
             anchors, RPNHead(c, 3), fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=256,
             positive_fraction=0.5, pre_nms_top_n=dict(training=2000, testing=1000),  # per level
@@ -130,7 +234,7 @@ class ConvNeXtDetector(GeneralizedRCNN):
             match_low_quality=config.match_low_quality, rois_per_image=config.rois_per_image, score_thresh=config.score_thresh,
             nms_thresh=config.nms_thresh, detections_per_img=config.detections_per_img,
         )
-        super().__init__(backbone, rpn, roi_heads, _NormalizePad())
+        super().__init__(backbone, rpn, roi_heads, _NormalizePad(config.mask_paste))
         self.neck = FeaturePyramidNetwork(backbone.out_channels, c, extra_blocks=LastLevelMaxPool())
         self.config = config
         self.num_classes = config.num_classes
@@ -138,8 +242,11 @@ class ConvNeXtDetector(GeneralizedRCNN):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
 
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
-        """Train: `images` (3, H_i, W_i) in [0, 1] + `targets` -> dict of losses. Eval: -> list of detections."""
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None, *,
+                out_sizes: list[tuple[int, int]] | None = None):
+        """Train: `images` (3, H_i, W_i) in [0, 1] + `targets` -> dict of losses. Eval: -> list of
+        detections in the images' pixels, or, with `out_sizes` (e.g. the original image sizes), with
+        boxes scaled to and masks pasted at those sizes (mmdet's `rescale=True`)."""
         if self.training and targets is None:
             raise DataError("ConvNeXtDetector: targets (boxes, labels, masks per image) are required in training mode")
         sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
@@ -149,7 +256,7 @@ class ConvNeXtDetector(GeneralizedRCNN):
         detections, roi_losses = self.roi_heads(features, proposals, batch.image_sizes, targets)
         if self.training:
             return {**rpn_losses, **roi_losses}
-        return self.transform.postprocess(detections, batch.image_sizes, sizes)  # masks pasted at image size
+        return self.transform.postprocess(detections, batch.image_sizes, out_sizes or sizes)
 
     def forward_dummy(self, x: Tensor) -> list[Tensor]:
         """mmdet's FLOPs forward on a normalised batch (B, 3, H, W): backbone, neck, RPN head on every

@@ -4,14 +4,16 @@
 
     model = convnext.create_model("upernet_convnext_tiny", num_classes=150)
 
-The backbone is our `ConvNeXt` (stage_norms=True: a LayerNorm on each stage output, no classifier),
-read through `forward_intermediates`; the heads live in `convnext.dense.upernet`. Settings follow
+The backbone is `DenseConvNeXt`, the one the detectors use (our `ConvNeXt` with a LayerNorm on
+each stage output, no classifier); the heads live in `convnext.dense.upernet`. Settings follow
 the official `semantic_segmentation/configs/convnext/*.py`: layer scale initialised to 1.0,
 stochastic depth T 0.4, S 0.3, B/L/XL 0.4, UperHead 512 channels, auxiliary FCN head on stage 3
 (256 channels, loss weight 0.4).
 
 Model contract:
-    model(images)                 -> logits (B, num_classes, H, W) at input resolution
+    model(images)                 -> logits (B, num_classes, H, W) at input resolution; any H, W
+                                     >= 32, fed as is (no padding: each strided conv floors, the
+                                     heads resize bilinearly, as mmseg's EncoderDecoder and HF do)
     model(images, labels)         -> {"loss_seg", "loss_aux"} in train mode (labels (B, H, W)
                                      int64, 255 = ignore); logits in eval mode
 """
@@ -25,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.convnext import ConvNeXt, ConvNeXtConfig
+from ..models.convnext import ConvNeXtConfig
 from ..models.registry import ModelSpec, get_spec, register_arch, register_model
-from .backbone import BackboneLoadReport, load_backbone_checkpoint
+from .backbone import BackboneLoadReport, DenseConvNeXt, load_backbone_checkpoint
 from .upernet import FCNHead, UperNetHead, resize
 
 __all__ = ["UperNetConfig", "UperNet", "BackboneLoadReport", "load_backbone"]
@@ -67,11 +69,8 @@ class UperNet(nn.Module):
         self.config = config
         self.num_classes = config.num_classes
         self.in_chans = 3
-        self.backbone = ConvNeXt(config.backbone_config())
-        # The classifier's final LayerNorm is unused by a dense backbone (the official one has none):
-        # removing it keeps the state dict equal to the official layout and DDP free of unused parameters.
-        self.backbone.norm = nn.Identity()
-        self.stride = self.backbone.stride  # 32: inputs are padded to a multiple of it
+        self.backbone = DenseConvNeXt(config.backbone_config())  # as the detectors' (no final LayerNorm)
+        self.stride = self.backbone.stride  # 32: the smallest input side
         self.decode_head = UperNetHead(config.dims, config.num_classes, config.channels, config.pool_scales,
                                        config.dropout)
         self.aux_head = (FCNHead(config.dims[config.aux_stage], config.num_classes, config.aux_channels,
@@ -81,23 +80,15 @@ class UperNet(nn.Module):
         self.backbone.set_grad_checkpointing(enable)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None):
-        h, w = images.shape[-2:]
-        # The stem and downsampling convs have no padding: pad right/bottom to a multiple of 32 and
-        # crop the logits back, so any image size works (e.g. a ratio-preserving validation resize).
-        pad_h, pad_w = -h % self.stride, -w % self.stride
-        if pad_h or pad_w:
-            images = F.pad(images, (0, pad_w, 0, pad_h))
-        feats = self.backbone.forward_intermediates(images)  # 4 x (B, C_i, H/4/2^i, W/4/2^i)
-        logits = self.decode_head(feats)  # (B, K, H/4, W/4)
+        feats = list(self.backbone(images).values())  # 4 x (B, C_i, H_i, W_i), H_0 = H // 4, H_i+1 = H_i // 2
+        logits = self.decode_head(feats)  # (B, K, H // 4, W // 4)
         if self.training and labels is not None:
-            if pad_h or pad_w:
-                labels = F.pad(labels, (0, pad_w, 0, pad_h), value=self.config.ignore_index)
             losses = {"loss_seg": self._loss(logits, labels)}
             if self.aux_head is not None:
                 losses["loss_aux"] = self.config.aux_weight * self._loss(self.aux_head(feats[self.config.aux_stage]),
                                                                          labels)
             return losses
-        return resize(logits, images.shape[-2:])[..., :h, :w]  # (B, K, H, W)
+        return resize(logits, images.shape[-2:])  # (B, K, H, W), mmseg's final resize to the input
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Pixel cross-entropy at label resolution, averaged over non-ignored pixels (0 if none)."""
