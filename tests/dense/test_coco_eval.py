@@ -1,11 +1,12 @@
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 
 from convnext.dense.coco import CocoDataset, _make_coco, coco_backend, coco_eval_transforms
-from convnext.dense.coco_eval import COCO_METRICS, CocoEvaluator, merge_predictions
+from convnext.dense.coco_eval import COCO_METRICS, CocoEvaluator, format_ap, merge_predictions
 
 NAMES = [f"{t}_{m}" for t in ("bbox", "segm") for m in COCO_METRICS]
 
@@ -46,7 +47,7 @@ def test_ground_truth_as_predictions_scores_100(synthetic_coco):
     assert set(m) == set(NAMES) | {f"{t}_AP_{c}" for t in ("bbox", "segm") for c in ds.classes}
     for t in ("bbox", "segm"):
         assert m[f"{t}_AP"] == m[f"{t}_AP50"] == m[f"{t}_AP75"] == m[f"{t}_APs"] == m[f"{t}_AR100"] == 100
-        assert m[f"{t}_APm"] == m[f"{t}_APl"] == -1  # no medium/large objects: COCO's "undefined"
+        assert math.isnan(m[f"{t}_APm"]) and math.isnan(m[f"{t}_APl"])  # no medium/large objects: undefined
         assert [m[f"{t}_AP_{c}"] for c in ("dog", "cat", "bird")] == [100, 100, 100]
     # the crowd bird of image 11 was not predicted and costs nothing: COCO ignores crowd regions
 
@@ -96,7 +97,7 @@ def test_shifted_box_known_ap():
               [{"image_id": 1, "orig_size": (100, 100), "size": (100, 100)}])
     m = ev.summarize()
     assert m["bbox_AP"] == pytest.approx(40) and m["bbox_AP50"] == 100 and m["bbox_AP75"] == 0
-    assert m["bbox_APm"] == pytest.approx(40) and m["bbox_APs"] == m["bbox_APl"] == -1
+    assert m["bbox_APm"] == pytest.approx(40) and math.isnan(m["bbox_APs"]) and math.isnan(m["bbox_APl"])
     assert m["bbox_AR1"] == pytest.approx(40)
 
 
@@ -107,6 +108,25 @@ def test_no_detections_give_zero():
     ev.update([{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64),
                 "masks": torch.zeros(0, 1, 100, 100)}], [{"image_id": 1, "orig_size": (100, 100), "size": (100, 100)}])
     assert ev.summarize(per_class=True) == {**dict.fromkeys(NAMES, 0.0), "bbox_AP_thing": 0.0, "segm_AP_thing": 0.0}
+
+
+def test_no_ground_truth_is_nan_not_minus_one(synthetic_coco):
+    """`annotations: []`: AP is undefined (COCOeval's -1 sentinel), reported as NaN / "n/a", never -1."""
+    path = synthetic_coco / "annotations/instances_train2017.json"
+    data = json.loads(path.read_text())
+    data["annotations"] = []
+    path.write_text(json.dumps(data))
+    ds = CocoDataset(path, synthetic_coco / "train2017")
+    ev = CocoEvaluator(ds)
+    _, t = ds[0]
+    box = {"boxes": torch.tensor([[1., 1, 20, 20]]), "scores": torch.ones(1), "labels": torch.tensor([1]),
+           "masks": torch.ones(1, 1, 48, 64)}
+    for outputs in ([box], [{k: v[:0] for k, v in box.items()}]):  # a false positive, then nothing detected
+        ev.reset()
+        ev.update(outputs, [t])
+        m = ev.summarize(per_class=True)
+        assert all(math.isnan(v) for v in m.values()), m
+    assert format_ap(m["bbox_AP"]) == "n/a (no ground truth)" and format_ap(12.345) == "12.35"
 
 
 def test_merge_keeps_one_prediction_set_per_image():

@@ -432,8 +432,8 @@ class CocoDataset(Dataset):
                                      for a in anns if all(math.isfinite(v) for v in a["bbox"])])
         self.coco = _make_coco(gt)  # the ground truth COCO evaluation reads, crowd included
         self.num_annotations = sum(map(len, self._targets))
-        for w in self.warnings:
-            log.warning(w)
+        for w in self.warnings:  # the training/eval commands print them once, as notes
+            log.info(w)
 
     def _check_images(self) -> None:
         """Header of every image (no decoding): readable, and of the JSON's size (see the class doc)."""

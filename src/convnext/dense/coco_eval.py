@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,10 +20,15 @@ import torch.nn.functional as nnF
 
 from convnext.dense.coco import _make_coco, coco_backend
 
-__all__ = ["COCO_METRICS", "CocoEvaluator", "merge_predictions"]
+__all__ = ["COCO_METRICS", "CocoEvaluator", "format_ap", "merge_predictions"]
 
 # COCOeval.stats order, one name per entry; results are `{iou_type}_{name}` in percent.
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def format_ap(value: float) -> str:
+    """A metric in percent for a summary line: "12.34", or "n/a (no ground truth)" for NaN."""
+    return "n/a (no ground truth)" if math.isnan(value) else f"{value:.2f}"
 
 
 def merge_predictions(per_rank: Sequence[dict[int, dict]]) -> dict[int, dict]:
@@ -113,8 +119,10 @@ class CocoEvaluator:
         return merge_predictions(per_rank)
 
     def summarize(self, per_class: bool = False) -> dict[str, float]:
-        """`{iou_type}_{AP, AP50, ..., ARl}` in percent (COCOeval's -1, "no ground truth in this area
-        range", stays -1); with per_class also `{iou_type}_AP_{class name}`. Collective under DDP."""
+        """`{iou_type}_{AP, AP50, ..., ARl}` in percent; with per_class also `{iou_type}_AP_{class name}`.
+        Undefined values are NaN, never a number: COCOeval's -1 ("no ground truth in this area range"
+        or of this class), and every value when the evaluated images hold no (non-crowd) ground truth
+        (`format_ap` prints those as "n/a (no ground truth)"). Collective under DDP."""
         import torch.distributed as dist
 
         predictions = self._gather()
@@ -136,6 +144,12 @@ class CocoEvaluator:
                   per_class: bool) -> dict[str, float]:
         names = [f"{iou_type}_{m}" for m in COCO_METRICS]
         cats = {c["id"]: c["name"] for c in self.coco.loadCats(self.cat_ids)}
+        gt = [a for a in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_ids)) if not a.get("iscrowd", 0)]
+        if not gt:  # no ground truth: AP is undefined (COCOeval's -1), whatever was detected
+            out = dict.fromkeys(names, math.nan)
+            if per_class:
+                out.update({f"{iou_type}_AP_{cats[c]}": math.nan for c in self.cat_ids})
+            return out
         if not results:  # nothing detected: every AP/AR is 0 (COCOeval cannot load an empty result)
             out = dict.fromkeys(names, 0.0)
             if per_class:
@@ -151,12 +165,12 @@ class CocoEvaluator:
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        out = {n: float(v) * 100 if v >= 0 else -1.0 for n, v in zip(names, ev.stats[:12])}
+        out = {n: float(v) * 100 if v >= 0 else math.nan for n, v in zip(names, ev.stats[:12])}
         if per_class:
             # precision: (T iou thresholds, R recall points, K categories, A areas, M max dets)
             precision = ev.eval["precision"]
             for k, cid in enumerate(ev.params.catIds):
                 if cid in cats:
                     p = precision[:, :, k, 0, -1]  # area "all", 100 detections
-                    out[f"{iou_type}_AP_{cats[cid]}"] = float(p[p > -1].mean()) * 100 if (p > -1).any() else -1.0
+                    out[f"{iou_type}_AP_{cats[cid]}"] = float(p[p > -1].mean()) * 100 if (p > -1).any() else math.nan
         return out
