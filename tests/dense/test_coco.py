@@ -237,3 +237,121 @@ def test_coco128_counts(coco128):
 def test_coco128_every_item(coco128):
     ds = CocoDataset(coco128 / "annotations" / "instances_train2017.json", coco128 / "train2017")
     assert sum(len(ds[i][1]["labels"]) for i in range(len(ds))) == 929
+
+
+def _exif_jpeg(path, w, h, orientation):
+    """A w x h (stored) JPEG carrying EXIF Orientation `orientation`, left half black, right half white."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.zeros((h, w, 3), np.uint8)
+    pixels[:, w // 2:] = 255
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, exif=exif.tobytes(), quality=95)
+
+
+def _one_image_coco(root, w, h, file_name="a.jpg", **ann):
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    data = {"images": [dict(id=1, file_name=file_name, width=w, height=h)],
+            "annotations": [dict(id=1, image_id=1, category_id=1, bbox=[1, 1, 6, 6], iscrowd=0, area=36.0,
+                                 segmentation=[[1, 1, 7, 1, 7, 7, 1, 7]], **ann)],
+            "categories": [dict(id=1, name="thing")]}
+    (root / "annotations" / "instances_train2017.json").write_text(json.dumps(data))
+    return data
+
+
+@pytest.mark.parametrize("json_size", ["shown", "stored"])
+def test_exif_rotated_jpeg_both_conventions(tmp_path, json_size):
+    """Width/height are of the image as shown (EXIF orientation applied), as mmdet/mmcv and detectron2
+    read it; a JSON giving the stored size of a 90-degree-rotated image is read as stored, with a warning."""
+    root = tmp_path / "coco"
+    (root / "train2017").mkdir(parents=True)
+    _exif_jpeg(root / "train2017" / "a.jpg", 40, 20, orientation=6)  # stored 40x20, shown 20x40 (turned 90 cw)
+    w, h = (20, 40) if json_size == "shown" else (40, 20)
+    _one_image_coco(root, w, h)
+    ds = _dataset(root)
+    image, t = ds[0]
+    assert image.shape == (3, h, w) and t["orig_size"] == (h, w) and t["masks"].shape == (1, h, w)
+    if json_size == "shown":  # orientation 6: the stored right half (white) ends up at the bottom
+        assert image[:, :h // 2 - 2].mean() < 0.1 and image[:, h // 2 + 2:].mean() > 0.9
+        assert ds.stored_orientation == 0 and ds.warnings == []
+    else:
+        assert image[:, :, :w // 2 - 2].mean() < 0.1 and image[:, :, w // 2 + 2:].mean() > 0.9
+        assert ds.stored_orientation == 1
+        assert "1 image(s) carry an EXIF orientation that swaps width and height, but the JSON gives their " \
+               "stored size: read as stored (a.jpg)" in ds.warnings[0]
+
+
+def test_exif_rotated_jpeg_of_another_size_is_refused_by_name(tmp_path):
+    root = tmp_path / "coco"
+    (root / "train2017").mkdir(parents=True)
+    _exif_jpeg(root / "train2017" / "a.jpg", 40, 20, orientation=8)
+    _one_image_coco(root, 30, 40)
+    with pytest.raises(DataError, match=r"a.jpg is 20x40 \(stored 40x20, EXIF orientation 8\), the JSON says 30x40"):
+        _dataset(root)
+
+
+def test_nonfinite_boxes_are_skipped_and_warned(synthetic_coco):
+    root = synthetic_coco
+    path = root / "annotations" / "instances_train2017.json"
+    # json.dumps writes NaN / Infinity, which json.load reads back (as Python's json module allows)
+    text = path.read_text().replace("[40, 20, 20, 24]", "[40, NaN, 20, 24]").replace("[5, 10, 15, 20]",
+                                                                                     "[5, 10, Infinity, 20]")
+    path.write_text(text)
+    ds = _dataset(root)
+    assert ds.nonfinite_annotations == 2 and ds.num_annotations == 1
+    assert any("skipped 2 annotation(s) whose bbox holds NaN or inf (annotation ids 101, 105)" in w
+               for w in ds.warnings)
+    assert len(ds.coco.getAnnIds()) == 4  # not in the evaluation's ground truth either
+
+
+def test_unreadable_images_are_skipped_and_counted_or_strict(synthetic_coco):
+    from convnext.dense.coco import count_skipped
+
+    root = synthetic_coco
+    (root / "train2017" / "22.png").write_bytes(b"not an image")  # no valid header
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+        buf, format="JPEG", quality=95)
+    (root / "train2017" / "33.png").write_bytes(buf.getvalue()[:-400])  # truncated: header fine, pixels not
+    ds = _dataset(root)
+    assert ds.unreadable == {1} and any("1 unreadable image(s) will be skipped: 22.png" in w for w in ds.warnings)
+    batch = [ds[i] for i in range(4)]
+    assert batch[1] is None and batch[2] is None and batch[0] is not None and batch[3] is not None
+    images, targets = collate_detection(batch)
+    assert len(images) == 2 and count_skipped(batch) == 2
+    with pytest.raises(DataError, match=r"22.png: unreadable image"):
+        _dataset(root, strict=True)
+    Image.new("RGB", (30, 40)).save(root / "train2017" / "22.png")  # readable again
+    strict = _dataset(root, strict=True)
+    with pytest.raises(DataError, match=r"33.png: cannot decode image .*drop --strict-images"):
+        strict[2]
+
+
+def test_num_classes_must_match_the_categories(synthetic_coco):
+    from convnext.errors import ConfigError
+
+    assert len(build_coco_dataset(synthetic_coco, "train", img_size=32, num_classes=3).classes) == 3
+    with pytest.raises(ConfigError, match=r"--num-classes 5: .*instances_train2017.json has 3 categories "
+                                          r"\(dog, cat, bird\); detection takes its classes"):
+        build_coco_dataset(synthetic_coco, "train", img_size=32, num_classes=5)
+
+
+def test_data_error_in_a_loader_worker_reaches_the_user_as_one_line(synthetic_coco):
+    """torch re-raises a worker's exception built from its traceback text: the message survives."""
+    from torch.utils.data import DataLoader
+
+    _rewrite(synthetic_coco, lambda d: d["images"][2].update(height=32))
+    ds = _dataset(synthetic_coco)
+    ds.images[2] = dict(ds.images[2], height=31)  # a size change after the up-front check (file replaced)
+    loader = DataLoader(ds, batch_size=1, num_workers=1, collate_fn=collate_detection)
+    with pytest.raises(DataError) as e:
+        list(loader)
+    assert str(e.value).endswith("33.png: image is 32x32 but " + str(ds.ann_file) + " says 32x31")
+    assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
