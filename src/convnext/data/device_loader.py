@@ -327,6 +327,14 @@ def augment_batch(images: torch.Tensor, indices: torch.Tensor, epoch: int, seed:
     mat = _affine_rows(torch.where(flip, -sx, sx), zero, left.float() + torch.where(flip, cw.float(), zero),
                        zero, sy, top.float())
     x = _warp(images.float(), mat, (s, s), None)  # crops lie inside the image: no fill needed
+    return augment_cropped(x, d, aug)
+
+
+def augment_cropped(x: torch.Tensor, d: _Draws, aug: DeviceAugment) -> torch.Tensor:
+    """The recipe after crop and flip: float (B, 3, S, S) holding 0..255 -> RandAugment, Normalize, Random Erasing.
+
+    `d` has handed out the crop and flip columns already (the DALI loader crops in DALI, then calls this)."""
+    rand = aug.rand_params()
     fill = torch.tensor([min(255, round(255 * v)) for v in aug.mean], device=x.device, dtype=x.dtype)
     if rand is not None:
         x = _rand_augment(x, d, rand, fill)
@@ -472,11 +480,12 @@ def decoded_bytes(dataset: Dataset, pre_size: int | None = None) -> int:
 def build_loader(kind: str, dataset: Dataset, *, batch_size: int, sampler, device: torch.device | str,
                  augment: DeviceAugment, seed: int, num_workers: int = 0, generator: torch.Generator | None = None,
                  even: bool = False, pre_size: int | None = None, memory_fraction: float = 0.25):
-    """The training loader of `--loader kind`, and the kind that was built ("workers" or "device").
+    """The training loader of `--loader kind`, and the kind that was built ("workers", "device" or "dali").
 
     `dataset` is the trainer's training set with its PIL transform (used as is by "workers"; "device"
-    decodes the raw images). "auto" picks "device" when the decoded images take at most
-    `memory_fraction` of the device's free memory (CUDA) or of the available RAM (CPU), else "workers".
+    decodes the raw images; "dali" reads its image files). "auto" picks "device" when the decoded images
+    take at most `memory_fraction` of the device's free memory (CUDA) or of the available RAM (CPU);
+    otherwise "dali" on CUDA for a JPEG folder when DALI imports (`convnext.data.dali`), else "workers".
     """
     import functools
 
@@ -486,8 +495,6 @@ def build_loader(kind: str, dataset: Dataset, *, batch_size: int, sampler, devic
 
     if kind not in LOADER_KINDS:
         raise ConfigError(f"--loader {kind}: expected one of {', '.join(LOADER_KINDS)}")
-    if kind == "dali":
-        raise ConfigError("--loader dali: the DALI pipeline is not implemented yet; use --loader device or workers")
     device = torch.device(device)
     if kind == "auto":
         need = decoded_bytes(dataset, pre_size)
@@ -497,7 +504,16 @@ def build_loader(kind: str, dataset: Dataset, *, batch_size: int, sampler, devic
             import os
 
             free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        kind = "device" if need <= memory_fraction * free else "workers"
+        if need <= memory_fraction * free:
+            kind = "device"
+        else:  # too large to hold decoded: DALI streams JPEG folders through nvJPEG, else worker processes
+            from .dali import dali_suits
+
+            kind = "dali" if device.type == "cuda" and dali_suits(dataset) else "workers"
+    if kind == "dali":
+        from .dali import DaliLoader
+
+        return DaliLoader(dataset, batch_size, sampler, device, augment, seed, num_threads=num_workers, even=even), kind
     if kind == "device":
         return DeviceLoader(dataset, batch_size, sampler, device, augment, seed, pre_size=pre_size, even=even), kind
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, generator=generator,
