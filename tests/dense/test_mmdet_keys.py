@@ -1,64 +1,28 @@
-"""Official mmdet ConvNeXt detector checkpoints -> our detectors, with synthetic checkpoints whose key
-names and shapes are written out here from the official configs (mask_rcnn_convnext_fpn.py,
-cascade_mask_rcnn_convnext_fpn.py + the 4conv1fc heads of the ConvNeXt cascade configs)."""
+"""mmdet ConvNeXt detector checkpoints (Mask R-CNN, Cascade Mask R-CNN) in both backbone namings ->
+our detectors; the synthetic files' key names are written out in `openmmlab_files.py` from mmdet's,
+mmpretrain's and FAIR's sources."""
 import pytest
 import torch
 
 import convnext
 from convnext.dense.mmdet_keys import from_mmdet, load_mmdet_checkpoint, mmdet_layout, to_mmdet
 from convnext.errors import CheckpointError
-from convnext.models import ConvNeXt, ConvNeXtConfig
+from convnext.weights.dense_files import read_dense_file
+
+from openmmlab_files import mmdet_state_dict, save_runner_checkpoint
 
 FPN = 64  # the official width is 256; names do not depend on it and 64 keeps the test small
 C = 3  # object classes
 
 
-def mmdet_state_dict(cascade: bool, depths=(2, 2, 6, 2), dims=(40, 80, 160, 320)) -> dict:
-    g = torch.Generator().manual_seed(0)
-
-    def t(*shape):
-        return torch.randn(*shape, generator=g)
-
-    body = ConvNeXt(ConvNeXtConfig(depths=depths, dims=dims, num_classes=0)).state_dict()
-    sd = {f"backbone.{k}": t(*v.shape) for k, v in body.items() if not k.startswith("norm.")}
-    for i, d in enumerate(dims):
-        sd[f"backbone.norm{i}.weight"], sd[f"backbone.norm{i}.bias"] = t(d), t(d)
-        sd[f"neck.lateral_convs.{i}.conv.weight"], sd[f"neck.lateral_convs.{i}.conv.bias"] = t(FPN, d, 1, 1), t(FPN)
-        sd[f"neck.fpn_convs.{i}.conv.weight"], sd[f"neck.fpn_convs.{i}.conv.bias"] = t(FPN, FPN, 3, 3), t(FPN)
-    sd.update({"rpn_head.rpn_conv.weight": t(FPN, FPN, 3, 3), "rpn_head.rpn_conv.bias": t(FPN),
-               "rpn_head.rpn_cls.weight": t(3, FPN, 1, 1), "rpn_head.rpn_cls.bias": t(3),
-               "rpn_head.rpn_reg.weight": t(12, FPN, 1, 1), "rpn_head.rpn_reg.bias": t(12)})
-    for s in range(3) if cascade else [None]:
-        box = "roi_head.bbox_head." + ("" if s is None else f"{s}.")
-        mask = "roi_head.mask_head." + ("" if s is None else f"{s}.")
-        if cascade:  # ConvFCBBoxHead, 4 shared convs (ConvModule conv + SyncBN "bn") and 1 shared fc
-            for i in range(4):
-                sd[f"{box}shared_convs.{i}.conv.weight"] = t(FPN, FPN, 3, 3)
-                for p in ("weight", "bias", "running_mean"):
-                    sd[f"{box}shared_convs.{i}.bn.{p}"] = t(FPN)
-                sd[f"{box}shared_convs.{i}.bn.running_var"] = t(FPN).abs()
-                sd[f"{box}shared_convs.{i}.bn.num_batches_tracked"] = torch.tensor(7)
-            fcs = [(1024, FPN * 49)]
-        else:  # Shared2FCBBoxHead
-            fcs = [(1024, FPN * 49), (1024, 1024)]
-        for i, (o, n) in enumerate(fcs):
-            sd[f"{box}shared_fcs.{i}.weight"], sd[f"{box}shared_fcs.{i}.bias"] = t(o, n), t(o)
-        sd[f"{box}fc_cls.weight"], sd[f"{box}fc_cls.bias"] = t(C + 1, 1024), t(C + 1)  # background last
-        sd[f"{box}fc_reg.weight"], sd[f"{box}fc_reg.bias"] = t(4 * C, 1024), t(4 * C)  # class-specific
-        for i in range(4):
-            sd[f"{mask}convs.{i}.conv.weight"], sd[f"{mask}convs.{i}.conv.bias"] = t(FPN, FPN, 3, 3), t(FPN)
-        sd[f"{mask}upsample.weight"], sd[f"{mask}upsample.bias"] = t(FPN, FPN, 2, 2), t(FPN)
-        sd[f"{mask}conv_logits.weight"], sd[f"{mask}conv_logits.bias"] = t(C, FPN, 1, 1), t(C)
-    return sd
+def detector(name, **kw):
+    return convnext.models.create_model(name, num_classes=C, fpn_channels=FPN, **kw)
 
 
-def detector(name):
-    return convnext.create_model(name, num_classes=C, fpn_channels=FPN)
-
-
+@pytest.mark.parametrize("naming", ["openmmlab", "fair"])
 @pytest.mark.parametrize("cascade", [False, True])
-def test_whole_checkpoint_loads_strictly(cascade, tmp_path):
-    sd = mmdet_state_dict(cascade)
+def test_whole_checkpoint_loads_strictly_and_round_trips(cascade, naming, tmp_path):
+    sd = mmdet_state_dict(cascade, naming)
     assert mmdet_layout(sd) == ("cascade" if cascade else "standard")
     path = tmp_path / "det.pth"
     torch.save({"state_dict": sd, "meta": {"CLASSES": ["a", "b", "c"]}}, path)
@@ -66,9 +30,13 @@ def test_whole_checkpoint_loads_strictly(cascade, tmp_path):
     meta = load_mmdet_checkpoint(model, path)
     assert meta["CLASSES"] == ["a", "b", "c"]
     ours = model.state_dict()
-    s, last = ("0.", "2.") if cascade else ("", "")
+    last = "2." if cascade else ""
+    dw, pw1 = ("depthwise_conv", "pointwise_conv1") if naming == "openmmlab" else ("dwconv", "pwconv1")
+    assert torch.equal(ours["backbone.stages.2.5.dwconv.weight"], sd[f"backbone.stages.2.5.{dw}.weight"])
+    assert torch.equal(ours["backbone.stages.2.5.pwconv1.weight"], sd[f"backbone.stages.2.5.{pw1}.weight"])
+    assert torch.equal(ours["backbone.stages.3.1.gamma"], sd["backbone.stages.3.1.gamma"])
     assert torch.equal(ours["backbone.stage_norms.2.weight"], sd["backbone.norm2.weight"])
-    assert torch.equal(ours["backbone.stages.2.5.pwconv1.weight"], sd["backbone.stages.2.5.pwconv1.weight"])
+    assert torch.equal(ours["backbone.downsample_layers.2.1.weight"], sd["backbone.downsample_layers.2.1.weight"])
     assert torch.equal(ours["neck.layer_blocks.3.0.weight"], sd["neck.fpn_convs.3.conv.weight"])
     assert torch.equal(ours["rpn.head.bbox_pred.weight"], sd["rpn_head.rpn_reg.weight"])
     stage = "2" if cascade else "0"
@@ -78,13 +46,74 @@ def test_whole_checkpoint_loads_strictly(cascade, tmp_path):
     assert torch.equal(ours[f"roi_heads.mask_heads.{stage}.logits.weight"], sd[f"roi_head.mask_head.{last}conv_logits.weight"])
     if cascade:
         assert torch.equal(ours["roi_heads.box_heads.1.convs.3.bn.running_var"], sd["roi_head.bbox_head.1.shared_convs.3.bn.running_var"])
-    # and back: the same tensors under the same mmdet names
-    back = to_mmdet(ours, "cascade" if cascade else "standard")
+    # and back: the same tensors under the same mmdet names, bit for bit
+    back = to_mmdet(ours, "cascade" if cascade else "standard", naming=naming)
     assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)
 
 
+@pytest.mark.parametrize("cascade", [False, True])
+def test_both_namings_give_the_same_detector(cascade):
+    name = "cascade_mask_rcnn_convnext_atto" if cascade else "mask_rcnn_convnext_atto"
+    a, b = detector(name), detector(name)
+    a.load_state_dict(from_mmdet(mmdet_state_dict(cascade, "openmmlab", seed=3)))
+    b.load_state_dict(from_mmdet(mmdet_state_dict(cascade, "fair", seed=3)))
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    x = torch.rand(1, 3, 64, 96)
+    a.eval(), b.eval()
+    with torch.no_grad():
+        assert torch.equal(a.backbone(x)["3"], b.backbone(x)["3"])
+
+
+def test_v2_backbone_in_openmmlab_naming():
+    sd = mmdet_state_dict(False, "openmmlab", v2=True)
+    assert sd["backbone.stages.0.0.grn.gamma"].shape == (160,)  # mmpretrain GRN: (C,)
+    model = detector("mask_rcnn_convnextv2_atto")
+    model.load_state_dict(from_mmdet(sd))
+    assert torch.equal(model.backbone.stages[0][0].grn.gamma.reshape(-1), sd["backbone.stages.0.0.grn.gamma"])
+    back = to_mmdet(model.state_dict(), "standard")
+    assert all(torch.equal(back[k], sd[k]) for k in sd) and back.keys() == sd.keys()
+    assert read_dense_file({"state_dict": sd}).model_name == "mask_rcnn_convnextv2_atto"
+
+
+@pytest.mark.parametrize("naming", ["openmmlab", "fair"])
+@pytest.mark.parametrize("cascade", [False, True])
+def test_read_dense_file_detects_everything_from_the_tensors(cascade, naming, tmp_path):
+    path = tmp_path / "det.pth"
+    meta = ({"dataset_meta": {"classes": ("cat", "dog", "cow")}} if naming == "openmmlab"  # mmdet 3 (mmengine)
+            else {"CLASSES": ("cat", "dog", "cow")})  # mmdet 2 (mmcv 1.x)
+    torch.save({"state_dict": mmdet_state_dict(cascade, naming), "meta": meta}, path)
+    dense = read_dense_file(path)
+    assert (dense.task, dense.family, dense.layout) == ("detection", "mmdet", naming)
+    assert dense.model_name == ("cascade_mask_rcnn_convnext_atto" if cascade else "mask_rcnn_convnext_atto")
+    assert dense.num_classes == C and dense.classes == ["cat", "dog", "cow"] and dense.overrides == {"fpn_channels": FPN}
+    assert dense.describe().startswith(f"read mmdet checkpoint ({'OpenMMLab' if naming == 'openmmlab' else 'FAIR'} naming)")
+    model = detector(dense.model_name)
+    model.load_state_dict(dense.state_dict, strict=True)
+
+
+def test_architecture_not_readable_says_pass_model(tmp_path):
+    sd = mmdet_state_dict(False, "openmmlab", arch=((1, 1, 2, 1), (8, 16, 32, 64)))  # no registered backbone
+    with pytest.raises(CheckpointError, match="pass --model NAME"):
+        read_dense_file({"state_dict": sd})
+    assert read_dense_file({"state_dict": sd}, model_name="mask_rcnn_mine").model_name == "mask_rcnn_mine"
+    assert read_dense_file({"state_dict": {"head.weight": torch.zeros(2, 2)}}) is None  # not a dense file
+
+
+def test_mmdet3_runner_checkpoint_loads_and_runs_nothing(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "epoch_36.pth"
+    save_runner_checkpoint(path, mmdet_state_dict(True, "openmmlab"), ["a", "b", "c"], marker)
+    model = detector("cascade_mask_rcnn_convnext_atto")
+    meta = load_mmdet_checkpoint(model, path)
+    assert meta["dataset_meta"]["classes"] == ("a", "b", "c")
+    assert "inert placeholders" in capsys.readouterr().err
+    assert read_dense_file(path).classes == ["a", "b", "c"]
+    assert not marker.exists()
+
+
 def test_unmatched_and_missing_keys_are_named():
-    sd = mmdet_state_dict(False)
+    sd = mmdet_state_dict(False, "openmmlab")
     sd["roi_head.bbox_head.extra.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match=r"roi_head\.bbox_head\.extra\.weight"):
         from_mmdet(sd)
@@ -95,6 +124,6 @@ def test_unmatched_and_missing_keys_are_named():
 
 def test_wrong_detector_is_refused():
     with pytest.raises(CheckpointError, match="does not fit this ConvNeXtDetector"):
-        load_mmdet_checkpoint(detector("cascade_mask_rcnn_convnext_atto"), mmdet_state_dict(False))
+        load_mmdet_checkpoint(detector("cascade_mask_rcnn_convnext_atto"), mmdet_state_dict(False, "fair"))
     with pytest.raises(CheckpointError, match="not an mmdet"):
         from_mmdet({"downsample_layers.0.0.weight": torch.zeros(1)})

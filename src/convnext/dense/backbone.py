@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
@@ -23,13 +22,15 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from ..models.convnext import ConvNeXt, ConvNeXtConfig
 from ..models.registry import get_spec
+from ..weights.loading import BackboneLoadReport, load_backbone
 
 __all__ = ["DenseConvNeXt", "dense_backbone", "load_backbone_checkpoint", "BackboneLoadReport", "load_whole_strict",
            "read_any"]
 
 
 class DenseConvNeXt(ConvNeXt):
-    """ConvNeXt returning its 4 normalised stage maps, as an OrderedDict {"0": C2, ..., "3": C5}.
+    """ConvNeXt returning its 4 normalised stage maps, as an OrderedDict {"0": C2, ..., "3": C5}:
+    the backbone of every dense model (detectors and UperNet).
 
     Built with `stage_norms=True` and no classifier; the classification LayerNorm (`norm`) is
     dropped as in the official dense configs. Strides 4, 8, 16, 32 (with the 4x4 stem).
@@ -43,7 +44,7 @@ class DenseConvNeXt(ConvNeXt):
         self.norm = nn.Identity()  # the classification head's LN: unused by dense heads, absent from their checkpoints
         self.out_channels = list(config.dims)  # channels of the returned maps, for the neck
 
-    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:  # (B, 3, H, W), H and W multiples of 32
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:  # (B, 3, H, W), H and W >= 32
         return OrderedDict((str(i), f) for i, f in enumerate(self.forward_intermediates(x)))  # (B, C_i, H/4/2^i, W/4/2^i)
 
 
@@ -68,25 +69,6 @@ def dense_backbone(name: str, *, drop_path_rate: float = 0.0, layer_scale_init_v
     return DenseConvNeXt(dataclasses.replace(config, **changes))
 
 
-@dataclass
-class BackboneLoadReport:
-    """What `load_backbone_checkpoint` did."""
-
-    source: str
-    layout: str  # layout the checkpoint was stored in
-    num_tensors: int  # tensors copied into the backbone
-    new: list[str] = field(default_factory=list)  # backbone tensors the checkpoint lacks (kept as initialised)
-    dropped: list[str] = field(default_factory=list)  # checkpoint tensors with no place in a backbone (head, final norm)
-
-    def __str__(self) -> str:
-        s = f"backbone: loaded {self.num_tensors} tensors from {self.source} ({self.layout} layout)"
-        if self.new:
-            s += f"; newly initialised: {', '.join(self.new)}"
-        if self.dropped:
-            s += f"; dropped from the checkpoint: {', '.join(self.dropped)}"
-        return s
-
-
 def load_backbone_checkpoint(
     backbone: DenseConvNeXt, path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor], *, ema: bool = False
 ) -> BackboneLoadReport:
@@ -96,45 +78,20 @@ def load_backbone_checkpoint(
     of the same architecture (any supported layout; strict for the body, classifier dropped); its
     weights are then copied into `backbone`. The stage LayerNorms, which classification
     checkpoints do not have, stay as initialised (weight 1, bias 0) and are reported by name.
+    (`convnext.weights.loading.load_backbone`.)
 
     Raises:
         CheckpointError: the checkpoint is unreadable or is another architecture.
     """
-    from ..weights.io import unwrap_state_dict
-    from ..weights.loading import load_checkpoint, to_official
-
-    source, raw = read_any(path_or_state_dict)
-    layout, sd = to_official(unwrap_state_dict(raw, ema=ema, source=source), source)
-    has_norms = "stage_norms.0.weight" in sd
-    plain = ConvNeXt(dataclasses.replace(backbone.config, num_classes=0, stage_norms=has_norms, drop_path_rate=0.0))
-    report = load_checkpoint(plain, sd, reinit_head=True, source=source)  # strict body; head (if any) dropped
-    state = {k: v for k, v in plain.state_dict().items() if not k.startswith(("norm.", "head."))}
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    if unexpected:  # cannot happen for the same config; guards against a future layout change
-        raise CheckpointError(f"{source}: tensors with no place in the backbone: {', '.join(unexpected)}")
-    dropped = [k for k in sd if k.startswith(("norm.", "head."))]
-    return BackboneLoadReport(source, layout, len(state), sorted(missing), dropped or report.dropped)
+    return load_backbone(backbone, path_or_state_dict, ema=ema)
 
 
 def load_whole_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load a translated whole-model state dict (official mmdet/mmseg file) strictly, or raise a
+    """Load a translated whole-model state dict (mmdet/mmseg file) strictly, or raise a
     CheckpointError naming every key that is missing, has no counterpart, or has another shape."""
-    own = model.state_dict()
-    problems = []
-    missing = sorted(set(own) - set(sd))
-    if missing:
-        problems.append(f"missing from the checkpoint ({len(missing)}): {', '.join(missing)}")
-    unexpected = sorted(set(sd) - set(own))
-    if unexpected:
-        problems.append(f"not in the model ({len(unexpected)}): {', '.join(unexpected)}")
-    shape = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
-    if shape:
-        problems.append(f"shape mismatch ({len(shape)}): " + "; ".join(shape))
-    if problems:
-        raise CheckpointError(f"{source} does not fit this {type(model).__name__}: " + " | ".join(problems))
-    with torch.no_grad():
-        model.load_state_dict(sd, strict=True)
+    from ..weights.dense_files import strict_load
+
+    strict_load(model, sd, source)
 
 
 def read_any(checkpoint: str | os.PathLike | Mapping[str, Any]) -> tuple[str, dict]:

@@ -119,6 +119,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     hf_dir = args.to == "hf" and dst.suffix not in _WEIGHT_SUFFIXES
     check_output_path(dst, "DST", force=args.force, directory=hf_dir)
     ckpt = read_checkpoint(src)
+    if _convert_dense(args, ckpt, src, dst):
+        return 0
     sd, which = select_weights(ckpt, weights_choice(args), source=str(src))
     layout, official = to_official(sd, str(src))
 
@@ -171,6 +173,34 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     print(f"wrote {dst}: {args.to} layout, {len(out)} tensors (verified: {how})"
           + (" (verified against --model)" if args.model else ""))
     return 0
+
+
+def _convert_dense(args: argparse.Namespace, ckpt: dict, src: Path, dst: Path) -> bool:
+    """Detection / segmentation checkpoints (mmdet, mmseg, ours): convert and write; False for any other file."""
+    from .dense_files import convert_dense, dense_kind, save_openmmlab
+    from .io import save_state_dict, unwrap_state_dict
+
+    try:
+        sd = unwrap_state_dict(ckpt, source=str(src))
+    except UserError:
+        sd = {}
+    if dense_kind(sd) is None:
+        if args.to in ("mmdet", "mmseg"):
+            convert_dense(ckpt, str(src), args.to, args.layout, args.model)  # raises: names what is missing
+        if args.layout is not None:
+            raise UserError("--layout applies to --to mmdet / mmseg only")
+        return False
+    dense, out, extra = convert_dense(ckpt, str(src), args.to, args.layout, args.model)
+    print(f"{src}: {dense.describe()}")
+    if args.to == "official":
+        save_state_dict(out, dst, metadata={k: v for k, v in extra.items() if v})
+    elif dst.suffix == ".safetensors":
+        save_state_dict(out, dst)
+    else:
+        save_openmmlab(out, dst, extra["meta"])
+    naming = "" if args.to == "official" else f", {args.layout or 'openmmlab'} naming"
+    print(f"wrote {dst}: {args.to} layout{naming}, {len(out)} tensors (verified: converts back bit-exactly)")
+    return True
 
 
 # ------------------------------------------------------------------------------------- export
@@ -363,15 +393,21 @@ class _IntermixedParser(argparse.ArgumentParser):
 def register(sub: argparse._SubParsersAction) -> None:
     from .convert import LAYOUTS
 
-    p = sub.add_parser("convert", help="convert a checkpoint between official/timm/torchvision/HF layouts",
+    p = sub.add_parser("convert", help="convert a checkpoint between official/timm/torchvision/HF/mmdet/mmseg layouts",
                        description="Read a ConvNeXt checkpoint in any supported layout (detected from its keys) and "
                                    "write it in another; the format (.pt or .safetensors) follows DST's extension. "
+                                   "Detection / segmentation checkpoints (mmdet, mmseg in FAIR or OpenMMLab naming, "
+                                   "ours) convert to mmdet / mmseg (--layout) or official (our layout). "
                                    "What is written is verified (it converts back to the input, and for timm / "
                                    "torchvision matches their model of that name) before it is saved.")
     p.add_argument("src", help="checkpoint file (.pth/.pt/.bin/.safetensors) or HF model directory")
     p.add_argument("dst", help="output file (.safetensors, or .pt/.pth/.bin as a PyTorch file); with --to hf "
                                 "a path without such an extension becomes a from_pretrained directory")
-    p.add_argument("--to", choices=LAYOUTS, default="official", help="target layout (default: official)")
+    p.add_argument("--to", choices=LAYOUTS + ("mmdet", "mmseg"), default="official",
+                   help="target layout (default: official); mmdet / mmseg for detection / segmentation checkpoints")
+    p.add_argument("--layout", choices=("openmmlab", "fair"), default=None,
+                   help="--to mmdet / mmseg: backbone names of OpenMMLab (mmpretrain: what mmdet 3.x / mmseg 1.x "
+                        "load; the default) or of FAIR's object_detection / semantic_segmentation code")
     p.add_argument("--model", help="registered model name: verify the weights load strictly into it")
     add_weights_flag(p)
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")

@@ -5,8 +5,9 @@ The canonical layout is the official FAIR one (`downsample_layers.i`, `stages.i.
 declarative table of `Rule(ours, theirs, fix)`: two key templates and, where the tensor is stored
 with another shape, a shape fix. The same table converts in both directions.
 
-Template placeholders: `{s}` stage index, `{b}` block index, `{p}` weight|bias, and affine index
-expressions such as `{s*2+1}` (torchvision interleaves downsampling layers and stages in one
+Template placeholders: any single letter is an index (`{s}` stage, `{b}` block, `{i}` ...), `{p}`
+weight|bias, `{q}` a norm layer's tensors (weight|bias|running_mean|running_var|num_batches_tracked),
+and affine index expressions such as `{s*2+1}` (torchvision interleaves downsampling layers and stages in one
 `features` Sequential). Rules are tried in order and the first match wins, so the stem rules (stage
 0, where the official layout puts the stem in `downsample_layers.0`) come before the generic ones.
 
@@ -25,10 +26,18 @@ Shape differences fixed here: torchvision layer scale (C, 1, 1) vs (C,); timm's 
 (out, in); timm's GRN (C,) vs the official V2 (1, 1, 1, C). The isotropic ConvNeXt exists only in
 the official layout.
 
-Read-only layout "dense": the official detection / segmentation checkpoints (mmdet, mmseg UperNet)
-hold the backbone under `backbone.` with one LayerNorm per stage output (`backbone.norm{i}`, our
+Read-only layout "dense": detection / segmentation checkpoints (mmdet, mmseg UperNet) hold the
+backbone under `backbone.` with one LayerNorm per stage output (`backbone.norm{i}`, our
 `stage_norms.{i}`) and no final `norm` / `head`; the task heads (`decode_head.`, `neck.`,
-`roi_head.`, ...) are dropped when converting.
+`roi_head.`, ...) are dropped when converting to a classification layout. Their backbone comes in
+two namings (`DENSE_NAMINGS`, told apart by `dense_naming`):
+    fair       FAIR's object_detection/ and semantic_segmentation/ code: the official block names
+               stages.i.j.{dwconv, norm, pwconv1, pwconv2, gamma}
+    openmmlab  mmcls / mmpretrain `ConvNeXt` (what mmdet 2.x/3.x and mmseg 0.x/1.x zoo files and
+               every model they train hold): stages.i.j.{depthwise_conv, norm, pointwise_conv1,
+               pointwise_conv2, gamma}; V2 GRN `grn.gamma` / `grn.beta` of shape (C,)
+`downsample_layers.i.{0,1}` and `norm{i}` are named alike in both. The whole-model maps (backbone +
+neck + heads) of mmdet and mmseg are rule tables on the same engine in `weights/dense_files.py`.
 
 Read-only layout "fcmae": ConvNeXt-V2 FCMAE pre-training checkpoints. Their encoder is a sparse
 (MinkowskiEngine) ConvNeXt-V2 under `encoder.`: conv kernels stored as `*.kernel` of shape
@@ -49,7 +58,8 @@ import torch
 
 from .io import CheckpointError
 
-__all__ = ["LAYOUTS", "detect_layout", "convert_state_dict", "summarize_keys", "hf_config"]
+__all__ = ["LAYOUTS", "DENSE_NAMINGS", "Rule", "KeyMap", "detect_layout", "dense_naming", "convert_state_dict",
+           "translate_state_dict", "summarize_keys", "hf_config"]
 
 LAYOUTS = ("official", "timm", "torchvision", "hf", "v2")
 _SOURCE_LAYOUTS = LAYOUTS + ("dense", "fcmae")  # read, never written
@@ -80,6 +90,7 @@ class Rule:
 
 
 _PLACEHOLDER = re.compile(r"\{(\w)(?:\*(\d+))?(?:\+(\d+))?\}")
+_WORDS = {"p": "(weight|bias)", "q": "(weight|bias|running_mean|running_var|num_batches_tracked)"}
 
 
 class _Template:
@@ -92,7 +103,7 @@ class _Template:
         for m in _PLACEHOLDER.finditer(text):
             pattern += re.escape(text[pos:m.start()])
             var, mul, add = m.group(1), int(m.group(2) or 1), int(m.group(3) or 0)
-            pattern += "(weight|bias)" if var == "p" else r"(\d+)"
+            pattern += _WORDS.get(var, r"(\d+)")
             self.slots.append((var, mul, add))
             pos = m.end()
         self.regex = re.compile(pattern + re.escape(text[pos:]) + "$")
@@ -103,7 +114,7 @@ class _Template:
             return None
         values: dict[str, str | int] = {}
         for (var, mul, add), raw in zip(self.slots, m.groups()):
-            if var == "p":
+            if var in _WORDS:
                 value: str | int = raw
             else:
                 n = int(raw) - add
@@ -117,13 +128,16 @@ class _Template:
     def format(self, values: Mapping[str, str | int]) -> str:
         def sub(m: re.Match) -> str:
             var, mul, add = m.group(1), int(m.group(2) or 1), int(m.group(3) or 0)
-            return str(values[var]) if var == "p" else str(int(values[var]) * mul + add)
+            return str(values[var]) if var in _WORDS else str(int(values[var]) * mul + add)
 
         return _PLACEHOLDER.sub(sub, self.text)
 
 
 class _Layout:
-    """A foreign layout: its rules compiled once; `translate` maps one key in either direction."""
+    """A foreign layout: its rules compiled once; `translate` maps one key in either direction.
+
+    Rules are tried in order, first match wins (in both directions), so specific rules come first.
+    """
 
     def __init__(self, name: str, rules: tuple[Rule, ...]):
         self.name = name
@@ -198,6 +212,42 @@ _HF = _Layout(
 )
 _HF_PREFIXES = ("convnext.", "convnextv2.")
 
+KeyMap = _Layout  # the public name of a rule table, for the whole-model maps of weights/dense_files.py
+
+DENSE_NAMINGS = ("openmmlab", "fair")
+
+
+def _fix_grn_official(t: torch.Tensor, to_ours: bool, opts: dict) -> torch.Tensor:
+    return t.reshape(1, 1, 1, -1) if to_ours else t  # official (1, 1, 1, C); (C,) copies accepted
+
+
+def _fix_pointwise(t: torch.Tensor, to_ours: bool, opts: dict) -> torch.Tensor:
+    return t.flatten(1) if to_ours and t.ndim == 4 else t  # mmpretrain linear_pw_conv=False: 1x1 conv
+
+
+def _dense_backbone_rules(block: Mapping[str, str], grn_fix: Fix) -> tuple[Rule, ...]:
+    """Backbone of a dense checkpoint (without `backbone.`): ours <-> theirs, block layers renamed by `block`."""
+    rules = [
+        Rule("stage_norms.{i}.{p}", "norm{i}.{p}"),  # LayerNorm of stage i's output
+        Rule("downsample_layers.{s}.{k}.{p}", "downsample_layers.{s}.{k}.{p}"),  # stem / [LN, 2x2 conv]
+        Rule("stages.{s}.{b}.gamma", "stages.{s}.{b}.gamma"),  # layer scale (C,)
+        Rule("stages.{s}.{b}.grn.gamma", "stages.{s}.{b}.grn.gamma", grn_fix),
+        Rule("stages.{s}.{b}.grn.beta", "stages.{s}.{b}.grn.beta", grn_fix),
+    ]
+    for ours, theirs in block.items():
+        rules.append(Rule(f"stages.{{s}}.{{b}}.{ours}.{{p}}", f"stages.{{s}}.{{b}}.{theirs}.{{p}}",
+                          _fix_pointwise if ours.startswith("pwconv") else None))
+    return tuple(rules)
+
+
+DENSE_BACKBONE: dict[str, _Layout] = {
+    "fair": _Layout("fair", _dense_backbone_rules(
+        {"dwconv": "dwconv", "norm": "norm", "pwconv1": "pwconv1", "pwconv2": "pwconv2"}, _fix_grn_official)),
+    "openmmlab": _Layout("openmmlab", _dense_backbone_rules(
+        {"dwconv": "depthwise_conv", "norm": "norm", "pwconv1": "pointwise_conv1", "pwconv2": "pointwise_conv2"},
+        _fix_grn_vector)),
+}
+
 _FOREIGN = {layout.name: layout for layout in (_TIMM, _TORCHVISION, _HF)}
 
 
@@ -226,6 +276,12 @@ def detect_layout(sd: Mapping[str, torch.Tensor]) -> str:
         f"unrecognised ConvNeXt state-dict layout (keys start with: {sample}); supported layouts: "
         f"official FAIR / V2, timm, torchvision, HF transformers"
     )
+
+
+def dense_naming(sd: Mapping[str, object], prefix: str = "backbone.") -> str:
+    """"openmmlab" (mmcls / mmpretrain block names) or "fair" for the backbone of a dense checkpoint."""
+    mm = re.compile(re.escape(prefix) + r"stages\.\d+\.\d+\.(?:depthwise_conv|pointwise_conv[12])\.")
+    return "openmmlab" if any(mm.match(k) for k in sd) else "fair"
 
 
 def summarize_keys(keys: Iterable[str], limit: int = 8, sep: str = "\n") -> str:
@@ -275,8 +331,10 @@ def _to_official(sd: Mapping[str, torch.Tensor], src: str) -> dict[str, torch.Te
     if src == "fcmae":
         sd, src = _fcmae_encoder(sd), "v2"
     if src == "dense":  # the backbone only; its per-stage output norms become our stage_norms
+        naming = dense_naming(sd)
         backbone = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
-        sd = {re.sub(r"^norm(\d+)\.", r"stage_norms.\1.", k): v for k, v in backbone.items()}
+        sd = _translate(backbone, DENSE_BACKBONE[naming], to_ours=True, opts={},
+                        what=f"backbone tensor(s) of the dense ({naming} naming) layout have no official equivalent")
         src = "official"  # (V2 backbones too: the official branch below treats both alike)
     if src in ("official", "v2"):
         # Official V2 GRN parameters are (1, 1, 1, C); accept (C,) copies too.
@@ -286,6 +344,13 @@ def _to_official(sd: Mapping[str, torch.Tensor], src: str) -> dict[str, torch.Te
         sd = {next((k[len(p):] for p in _HF_PREFIXES if k.startswith(p)), k): v for k, v in sd.items()}
     return _translate(sd, layout, to_ours=True, opts={},
                       what=f"tensor(s) of the {src} layout have no official-layout equivalent")
+
+
+def translate_state_dict(sd: Mapping[str, torch.Tensor], layout: _Layout, *, to_ours: bool, opts: dict | None = None,
+                         what: str = "tensor(s) have no counterpart") -> dict[str, torch.Tensor]:
+    """Every key through `layout`'s rules (with their shape fixes); keys no rule matches are a
+    CheckpointError "<n> <what>: <keys>". `to_ours` picks the direction."""
+    return _translate(sd, layout, to_ours=to_ours, opts=opts or {}, what=what)
 
 
 def _translate(sd: Mapping[str, torch.Tensor], layout: _Layout, *, to_ours: bool, opts: dict,

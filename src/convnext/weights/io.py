@@ -3,7 +3,10 @@
 Only two formats are ever read: safetensors, and PyTorch pickles loaded with
 `torch.load(..., weights_only=True)`, whose restricted unpickler refuses any object other than
 tensors and plain containers. A pickle carrying code (a `__reduce__` payload) is therefore refused
-before anything in it runs.
+before anything in it runs. One exception, read without running anything either: OpenMMLab
+training checkpoints (mmengine / mmcv Runner files: `state_dict` beside `meta` / `message_hub`
+holding mmengine objects and numpy arrays) are read by `runner_unpickle`'s allow-list unpickler,
+which turns every other object into an inert placeholder, and the reader says so.
 
 A weight file holds either a bare state dict or a wrapper around one:
 `{"model": sd}` / `{"model_ema": sd}` (official FAIR checkpoints), `{"state_dict": sd}`
@@ -94,6 +97,9 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, An
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         # torch names a forbidden global ("... GLOBAL posix.system ..."): a pickle carrying code.
         culprit = next((line for line in lines if "GLOBAL" in line), None)
+        runner = _openmmlab_runner_file(p) if culprit is not None else None
+        if runner is not None:
+            return runner
         if culprit is not None:
             raise CheckpointError(
                 f"{p}: refused to load. Only weights-only checkpoints (tensors, dicts, lists, numbers, strings; "
@@ -110,6 +116,31 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, An
         raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({reason})") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{p}: expected a state dict or a dict wrapping one, found {type(obj).__name__}")
+    return dict(obj)
+
+
+def _openmmlab_runner_file(p: Path) -> dict[str, Any] | None:
+    """An OpenMMLab checkpoint (mmcv / mmengine Runner: `state_dict` of tensors beside `meta` or
+    `message_hub`) read with placeholders for its other objects (`runner_unpickle`), else None.
+
+    Nothing in the file is imported or called; a file of any other structure stays refused.
+    """
+    import sys
+
+    from .runner_unpickle import Placeholder, restricted_load
+
+    try:
+        obj, replaced = restricted_load(p)
+    except Exception:  # noqa: BLE001 - any failure: keep the weights-only refusal
+        return None
+    if not isinstance(obj, Mapping) or not ({"meta", "message_hub"} & set(obj)):
+        return None
+    sd = obj.get("state_dict")
+    if not _is_state_dict(sd) or isinstance(sd, Placeholder):
+        return None
+    shown = ", ".join(replaced[:4]) + (f" and {len(replaced) - 4} more" if len(replaced) > 4 else "")
+    print(f"{p}: OpenMMLab training checkpoint; {len(replaced)} kind(s) of Python object not loaded, replaced by "
+          f"inert placeholders ({shown}); nothing from the file was executed", file=sys.stderr)
     return dict(obj)
 
 

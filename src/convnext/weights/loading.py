@@ -25,7 +25,7 @@ from .convert import convert_state_dict, detect_layout, summarize_keys
 from .io import CheckpointError, read_checkpoint, select_weights, unwrap_state_dict
 
 __all__ = [
-    "LoadReport", "load_checkpoint", "from_checkpoint", "checkpoint_config", "infer_config", "match_model_name",
+    "LoadReport", "BackboneLoadReport", "load_backbone", "load_checkpoint", "from_checkpoint", "checkpoint_config", "infer_config", "match_model_name",
     "to_official", "check_fit",
 ]
 
@@ -50,8 +50,11 @@ class LoadReport:
     head_reinitialized: bool = False  # checkpoint head dropped and a fresh head initialised
     dropped: list[str] = field(default_factory=list)  # checkpoint keys not loaded (only the head)
     weights: str | None = None  # "ema" | "model" when read from a file that may hold both
+    description: str | None = None  # dense models: what was loaded (whole model / backbone), in words
 
     def __str__(self) -> str:
+        if self.description:
+            return self.description
         which = f", {self.weights} weights" if self.weights else ""
         s = f"loaded {self.num_tensors} tensors from {self.source} ({self.layout} layout{which})"
         if self.head_reinitialized:
@@ -160,6 +163,14 @@ def load_checkpoint(
     Raises:
         CheckpointError: one line naming the missing / unexpected / mis-shaped keys.
     """
+    from .dense_files import is_dense_model, load_dense
+
+    if is_dense_model(model):  # detectors / UperNet: a whole dense file, or backbone weights
+        dense, what = load_dense(model, path_or_state_dict, source=source)
+        if dense is None:
+            return LoadReport(source or str(path_or_state_dict) if not isinstance(path_or_state_dict, Mapping)
+                              else "<state dict>", "backbone", len(model.backbone.state_dict()), description=what)
+        return LoadReport(dense.source, f"{dense.family} {dense.layout}", len(dense.state_dict), description=what)
     if isinstance(path_or_state_dict, Mapping):
         source = source or "<state dict>"
         sd = unwrap_state_dict(path_or_state_dict, ema=ema, source=source)
@@ -185,6 +196,51 @@ def load_checkpoint(
     if head_problem:
         model.reset_classifier(model.num_classes)
     return LoadReport(source, layout, len(sd), bool(head_problem), dropped)
+
+
+@dataclass
+class BackboneLoadReport:
+    """What `load_backbone` did."""
+
+    source: str
+    layout: str  # layout the checkpoint was stored in
+    num_tensors: int  # tensors copied into the backbone
+    new: list[str] = field(default_factory=list)  # backbone tensors the checkpoint lacks (kept as initialised)
+    dropped: list[str] = field(default_factory=list)  # checkpoint tensors with no place in a backbone (head, final norm)
+
+    def __str__(self) -> str:
+        s = f"backbone: loaded {self.num_tensors} tensors from {self.source} ({self.layout} layout)"
+        if self.new:
+            s += f"; newly initialised: {', '.join(self.new)}"
+        if self.dropped:
+            s += f"; dropped from the checkpoint: {', '.join(self.dropped)}"
+        return s
+
+
+def load_backbone(backbone: nn.Module, path_or_state_dict: str | os.PathLike | Mapping[str, Any], *,
+                  ema: bool = False) -> BackboneLoadReport:
+    """Load a classification (or backbone-only dense) checkpoint into a dense backbone (a ConvNeXt
+    with `stage_norms=True` and no classifier, e.g. `convnext.dense.backbone.DenseConvNeXt`).
+
+    The checkpoint is read in any supported layout and loaded strictly into a plain ConvNeXt of the
+    same architecture (classifier dropped); its weights are then copied into `backbone`. The stage
+    LayerNorms, which classification checkpoints do not have, stay as initialised and are reported.
+    """
+    if isinstance(path_or_state_dict, Mapping):
+        source, raw = "<state dict>", dict(path_or_state_dict)
+    else:
+        source, raw = str(path_or_state_dict), read_checkpoint(path_or_state_dict)
+    layout, sd = to_official(unwrap_state_dict(raw, ema=ema, source=source), source)
+    has_norms = "stage_norms.0.weight" in sd
+    config = dataclasses.replace(backbone.config, num_classes=0, stage_norms=has_norms, drop_path_rate=0.0)
+    plain = build_model(config)
+    report = load_checkpoint(plain, sd, reinit_head=True, source=source)  # strict body; head (if any) dropped
+    state = {k: v for k, v in plain.state_dict().items() if not k.startswith(("norm.", "head."))}
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if unexpected:  # cannot happen for the same config; guards against a future layout change
+        raise CheckpointError(f"{source}: tensors with no place in the backbone: {', '.join(unexpected)}")
+    dropped = [k for k in sd if k.startswith(("norm.", "head."))]
+    return BackboneLoadReport(source, layout, len(state), sorted(missing), dropped or report.dropped)
 
 
 def _has_official_layout(arch: str) -> bool:

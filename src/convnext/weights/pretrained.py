@@ -6,6 +6,14 @@ the top-1 accuracy the official README reports for that file. The FAIR site publ
 so `sha256` is None for every entry: the download is then not hash-checked (only `torch.hub`'s
 cache is used), and this is said in the log line. Entries are data; add a sha256 once known.
 
+Dense models (detection / segmentation) have entries too: FAIR's own fine-tuned files
+(object_detection/ and semantic_segmentation/ READMEs, FAIR naming) and the OpenMMLab zoo's
+(mmdet / mmseg `configs/convnext/README.md`, OpenMMLab naming), each with the paper's box AP /
+mask AP (Table 3) or single- / multi-scale mIoU (Table 4) of that model and, for the zoo files, the
+numbers the zoo reports for its own file. `load_pretrained` loads a dense model's whole file when
+one is registered for its name (or for the tag asked), else the backbone's ImageNet weights, and
+its report says which.
+
 `load_pretrained` never falls back to random weights: offline, or with `CONVNEXT_NO_DOWNLOAD=1`,
 it raises an error that says how to pass a local file instead.
 """
@@ -41,10 +49,19 @@ class PretrainedWeights:
     crop_pct: float = 0.875  # 1.0 (square warp, no crop) at 384
     interpolation: str = "bicubic"
     sha256: str | None = None  # FAIR publishes none; None = download not hash-checked
+    # Dense models (detection / segmentation) only:
+    task: str = "classification"  # | "detection" | "segmentation"
+    source_url: str | None = None  # full URL when the file is not under the FAIR base URL
+    box_ap: float | None = None  # paper Table 3 (COCO val2017)
+    mask_ap: float | None = None
+    miou: float | None = None  # paper Table 4 (ADE20K val), single-scale
+    miou_ms: float | None = None  # multi-scale + flip
+    zoo_reported: str | None = None  # what the zoo itself reports for this file, when it is not the paper's
+    naming: str | None = None  # dense files: backbone naming "fair" | "openmmlab"
 
     @property
     def url(self) -> str:
-        return _BASE_URL + self.filename
+        return self.source_url or _BASE_URL + self.filename
 
 
 def _entries() -> list[PretrainedWeights]:
@@ -76,7 +93,64 @@ def _entries() -> list[PretrainedWeights]:
     return out
 
 
-_PRETRAINED: dict[tuple[str, str], PretrainedWeights] = {(w.model, w.tag): w for w in _entries()}
+_MMDET = "https://download.openmmlab.com/mmdetection/v2.0/convnext/"
+_MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5/convnext/"
+
+
+def _dense_entries() -> list[PretrainedWeights]:
+    """The official fine-tuned detection / segmentation files, with the paper's results of each model."""
+    out = []
+    # FAIR object_detection/README.md: COCO 3x schedule; box AP / mask AP as in PAPER.md Table 3.
+    for det, size, pre, box, mask in [("mask_rcnn", "tiny", "1k", 46.2, 41.7),
+                                      ("cascade_mask_rcnn", "tiny", "1k", 50.4, 43.7),
+                                      ("cascade_mask_rcnn", "small", "1k", 51.9, 45.0),
+                                      ("cascade_mask_rcnn", "base", "1k", 52.7, 45.6),
+                                      ("cascade_mask_rcnn", "base", "22k", 54.0, 46.9),
+                                      ("cascade_mask_rcnn", "large", "22k", 54.8, 47.6),
+                                      ("cascade_mask_rcnn", "xlarge", "22k", 55.2, 47.7)]:
+        out.append(PretrainedWeights(
+            f"{det}_convnext_{size}", f"coco_in{pre}_3x", f"{det}_convnext_{size}_{pre}_3x.pth", 800, 80, "coco",
+            None, task="detection", source_url=f"{_BASE_URL}coco/{det}_convnext_{size}_{pre}_3x.pth",
+            box_ap=box, mask_ap=mask, naming="fair"))
+    # mmdet configs/convnext/README.md (mmcls backbone names); the zoo's own AP beside the paper's.
+    for det, size, stem, box, mask, zoo in [
+        ("mask_rcnn", "tiny", "mask_rcnn_convnext-t_p4_w7_fpn_fp16_ms-crop_3x_coco/"
+         "mask_rcnn_convnext-t_p4_w7_fpn_fp16_ms-crop_3x_coco_20220426_154953-050731f4.pth", 46.2, 41.7, "46.2 / 41.7"),
+        ("cascade_mask_rcnn", "tiny", "cascade_mask_rcnn_convnext-t_p4_w7_fpn_giou_4conv1f_fp16_ms-crop_3x_coco/"
+         "cascade_mask_rcnn_convnext-t_p4_w7_fpn_giou_4conv1f_fp16_ms-crop_3x_coco_20220509_204200-8f07c40b.pth",
+         50.4, 43.7, "50.3 / 43.6"),
+        ("cascade_mask_rcnn", "small", "cascade_mask_rcnn_convnext-s_p4_w7_fpn_giou_4conv1f_fp16_ms-crop_3x_coco/"
+         "cascade_mask_rcnn_convnext-s_p4_w7_fpn_giou_4conv1f_fp16_ms-crop_3x_coco_20220510_201004-3d24f5a4.pth",
+         51.9, 45.0, "51.8 / 44.8")]:
+        out.append(PretrainedWeights(
+            f"{det}_convnext_{size}", "coco_in1k_3x_mmdet", stem.split("/")[-1], 800, 80, "coco", None,
+            task="detection", source_url=_MMDET + stem, box_ap=box, mask_ap=mask,
+            zoo_reported=f"box AP / mask AP {zoo} (mmdet zoo)", naming="openmmlab"))
+    # FAIR semantic_segmentation/README.md: ADE20K 160K iterations; mIoU ss / ms as in PAPER.md Table 4.
+    for size, pre, crop, ss, ms in [("tiny", "1k", 512, 46.0, 46.7), ("small", "1k", 512, 48.7, 49.6),
+                                    ("base", "1k", 512, 49.1, 49.9), ("base", "22k", 640, 52.6, 53.1),
+                                    ("large", "22k", 640, 53.2, 53.7), ("xlarge", "22k", 640, 53.6, 54.0)]:
+        fname = f"upernet_convnext_{size}_{pre}_{crop}x{crop}.pth"
+        out.append(PretrainedWeights(
+            f"upernet_convnext_{size}", f"ade20k_in{pre}_{crop}", fname, crop, 150, "ade20k", None,
+            task="segmentation", source_url=f"{_BASE_URL}ade20k/{fname}", miou=ss, miou_ms=ms, naming="fair"))
+    # mmseg configs/convnext/README.md (converted from FAIR's files, mmcls backbone names).
+    for size, pre, crop, ss, ms, stem, zoo in [
+        ("tiny", "1k", 512, 46.0, 46.7, "upernet_convnext_tiny_fp16_512x512_160k_ade20k_20220227_124553-cad485de", "46.11 / 46.62"),
+        ("small", "1k", 512, 48.7, 49.6, "upernet_convnext_small_fp16_512x512_160k_ade20k_20220227_131208-1b1e394f", "48.56 / 49.02"),
+        ("base", "1k", 512, 49.1, 49.9, "upernet_convnext_base_fp16_512x512_160k_ade20k_20220227_181227-02a24fc6", "48.71 / 49.54"),
+        ("base", "22k", 640, 52.6, 53.1, "upernet_convnext_base_fp16_640x640_160k_ade20k_20220227_182859-9280e39b", "52.13 / 52.66"),
+        ("large", "22k", 640, 53.2, 53.7, "upernet_convnext_large_fp16_640x640_160k_ade20k_20220226_040532-e57aa54d", "53.16 / 53.38"),
+        ("xlarge", "22k", 640, 53.6, 54.0, "upernet_convnext_xlarge_fp16_640x640_160k_ade20k_20220226_080344-95fc38c2", "53.58 / 54.11")]:
+        folder = stem.rsplit("_", 2)[0]
+        out.append(PretrainedWeights(
+            f"upernet_convnext_{size}", f"ade20k_in{pre}_{crop}_mmseg", stem + ".pth", crop, 150, "ade20k", None,
+            task="segmentation", source_url=f"{_MMSEG}{folder}/{stem}.pth", miou=ss, miou_ms=ms,
+            zoo_reported=f"mIoU ss / ms {zoo} (mmseg zoo)", naming="openmmlab"))
+    return out
+
+
+_PRETRAINED: dict[tuple[str, str], PretrainedWeights] = {(w.model, w.tag): w for w in _entries() + _dense_entries()}
 
 
 def list_pretrained(name: str | None = None) -> list[PretrainedWeights]:
@@ -163,11 +237,38 @@ def download_pretrained(weights: PretrainedWeights) -> Path:
 def load_pretrained(model: nn.Module, name: str, tag: str | None = None, reinit_head: bool = False) -> LoadReport:
     """Load the official pretrained weights of `name` into `model` (see `load_checkpoint`).
 
+    A dense model (detector / UperNet) gets its whole official file when one is registered for
+    `name` (`tag` picks which; `list_pretrained(name)`), else, or when `tag` is a tag of its
+    backbone (e.g. "in22k"), the backbone's ImageNet weights; `str(report)` says which.
+
     Args:
         model: the model, built with the same architecture as `name`.
-        name: registered model name, e.g. "convnext_tiny".
+        name: registered model name, e.g. "convnext_tiny" or "upernet_convnext_tiny".
         tag: which checkpoint (`list_pretrained(name)`); default IN-1K (XL: 22K fine-tuned on 1K).
         reinit_head: allow a different number of classes (e.g. 22K weights into a 10-class model).
     """
+    from .dense_files import is_dense_model
+
+    if is_dense_model(model):
+        own = list_pretrained(name)
+        if own and (tag is None or any(w.tag == tag for w in own)):
+            weights = get_pretrained(name, tag)
+            report = load_checkpoint(model, download_pretrained(weights))
+            report.description = f"{report} (official {weights.tag} file of {name})"
+            return report
+        backbone = _dense_backbone_name(model, name)
+        weights = get_pretrained(backbone, tag)
+        report = load_checkpoint(model, download_pretrained(weights))  # a classification file: backbone only
+        report.description = (f"{report} ({backbone} {weights.tag} ImageNet weights; "
+                              f"{'no official dense file is registered for ' + name if not own else 'tag ' + str(tag)})")
+        return report
     weights = get_pretrained(name, tag)
     return load_checkpoint(model, download_pretrained(weights), reinit_head=reinit_head)
+
+
+def _dense_backbone_name(model: nn.Module, name: str) -> str:
+    """The classification model a dense model's backbone is (its config's `backbone`, else read from `name`)."""
+    backbone = getattr(model.config, "backbone", None)
+    if isinstance(backbone, str):
+        return backbone
+    return name[name.index("convnext"):] if "convnext" in name else name
