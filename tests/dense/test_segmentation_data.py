@@ -114,6 +114,7 @@ def test_collate_pads():
 
 
 def test_errors_name_the_file(ade, tmp_path):
+    """Checked once at construction, before any training step (not mid-epoch in a loader worker)."""
     with pytest.raises(DataError, match="annotations/testing"):
         SegmentationFolder(ade, "testing")
     (ade / "images" / "training" / "c.jpg").write_bytes(b"")
@@ -124,20 +125,111 @@ def test_errors_name_the_file(ade, tmp_path):
     with pytest.raises(DataError, match=r"d\.png: annotation without image"):
         SegmentationFolder(ade, "training", num_classes=4)
     (ade / "images" / "training" / "d.jpg").write_bytes(b"not a jpeg")
-    ds = SegmentationFolder(ade, "training", num_classes=4)
-    with pytest.raises(DataError, match=r"d\.jpg: unreadable image"):
-        ds.load(2)
-    with pytest.raises(DataError, match=r"a\.png: label value 4 beyond 3 classes"):
-        SegmentationFolder(ade, "training", num_classes=3).load(0)
+    with pytest.raises(DataError, match=r"d\.png: unreadable label image"):
+        SegmentationFolder(ade, "training", num_classes=4)
+    (ade / "annotations" / "training" / "d.png").unlink()
+    (ade / "images" / "training" / "d.jpg").unlink()
+    with pytest.raises(DataError, match=r"a\.png: label value 4 beyond 3 classes \(values 1\.\.3 are classes"):
+        SegmentationFolder(ade, "training", num_classes=3)
     other = tmp_path / "mismatch"
     _write(other, "training", "m", np.ones((10, 10)), size=(12, 10))
-    with pytest.raises(DataError, match=r"m\.png: label size 10x10 differs from its image m\.jpg \(10x12\)"):
-        SegmentationFolder(other, "training").load(0)
+    with pytest.raises(DataError, match=r"label size differs from its image for 1 file\(s\): .*m\.png is 10x10, "
+                                        r"its image m\.jpg 10x12"):
+        SegmentationFolder(other, "training")
     rgb = tmp_path / "rgb"
     _write(rgb, "training", "r", np.ones((4, 4)))
     Image.new("RGB", (4, 4)).save(rgb / "annotations" / "training" / "r.png")
-    with pytest.raises(DataError, match=r"r\.png: expected a single-channel"):
-        SegmentationFolder(rgb, "training")
+    with pytest.raises(DataError, match=r"r\.png: expected a single-channel \(mode L or P\) label PNG, got mode RGB"):
+        SegmentationFolder(rgb, "training", num_classes=2)
+    Image.fromarray(np.ones((4, 4), np.uint16) * 300).save(rgb / "annotations" / "training" / "r.png")
+    with pytest.raises(DataError, match=r"r\.png: 16/32-bit label PNG \(mode I;16\); expected an 8-bit"):
+        SegmentationFolder(rgb, "training", num_classes=2)
+
+
+def test_two_images_of_one_stem_are_refused(ade):
+    """a.jpg and a.png would pair with the one a.png label: one of them was silently dropped."""
+    Image.new("RGB", (60, 40)).save(ade / "images" / "training" / "a.png")
+    with pytest.raises(DataError, match=r"training: a\.jpg and a\.png share the stem 'a'"):
+        SegmentationFolder(ade, "training")
+
+
+def test_unreadable_images_are_skipped_and_counted_or_strict(ade):
+    path = ade / "images" / "training" / "b.png"
+    path.write_bytes(path.read_bytes()[:60])  # truncated after the header
+    ds = SegmentationFolder(ade, "training", crop_size=32)
+    assert ds[1] is None and ds[0] is not None
+    images, labels = collate_segmentation([ds[0], ds[1]])
+    assert images.shape[0] == labels.shape[0] == 1
+    assert collate_segmentation([None])[0].shape[0] == 0
+    with pytest.raises(DataError, match=r"b\.png: unreadable image .*drop --strict-images"):
+        SegmentationFolder(ade, "training", crop_size=32, strict=True)[1]
+    path.write_bytes(b"garbage")  # not even a header: known at construction
+    ds = SegmentationFolder(ade, "training", crop_size=32)
+    assert ds.unreadable == {1} and ds[1] is None and "1 unreadable image(s) will be skipped: b.png" in ds.warnings[0]
+    with pytest.raises(DataError, match=r"b\.png: unreadable image"):
+        SegmentationFolder(ade, "training", strict=True)
+
+
+def test_label_maps_without_labelled_pixels_are_warned_or_refused(ade):
+    Image.fromarray(np.zeros((48, 32), np.uint8)).save(ade / "annotations" / "training" / "b.png")
+    ds = SegmentationFolder(ade, "training", num_classes=4)
+    assert ds.unlabelled_images == 1
+    assert "1 of 2 label map(s) have no labelled pixel (only 0 and 255) and add nothing to the loss: b.png" \
+        in ds.warnings[0]
+    Image.fromarray(np.full((40, 60), 255, np.uint8)).save(ade / "annotations" / "training" / "a.png")
+    with pytest.raises(DataError, match=r"none of the 2 label maps has a labelled pixel \(only 0 and 255"):
+        SegmentationFolder(ade, "training", num_classes=4)
+
+
+def test_class_names_and_label_values(ade):
+    ds = SegmentationFolder(ade, "training")
+    assert ds.label_values == [1, 2, 3, 4] and ds.class_names == ["1", "2", "3", "4"]  # the values on disk
+    raw = SegmentationFolder(ade, "training", reduce_zero_label=False)
+    assert raw.label_values == [0, 1, 2, 3, 4] and raw.class_names == ["0", "1", "2", "3", "4"]
+    # ADE20K's own objectInfo150 files: names by Idx (the value on disk), first synonym
+    (ade / "objectInfo150.txt").write_text("Idx\tRatio\tTrain\tVal\tName\n1\t0.1\t1\t1\twall\n"
+                                           "2\t0.1\t1\t1\tbuilding, edifice\n3\t0.1\t1\t1\tsky\n"
+                                           "4\t0.1\t1\t1\tfloor, flooring\n")
+    assert SegmentationFolder(ade, "training").class_names == ["wall", "building", "sky", "floor"]
+    (ade / "objectInfo150.csv").write_text("Idx,Ratio,Train,Val,Name\n1,0.1,1,1,wall\n2,0.1,1,1,building;edifice\n"
+                                           "3,0.1,1,1,sky\n4,0.1,1,1,floor;flooring\n")
+    assert SegmentationFolder(ade, "training").class_names == ["wall", "building", "sky", "floor"]
+    (ade / "classes.txt").write_text("a\nb\nc\nd\n\n\n")  # trailing blank lines: no class ''
+    ds = SegmentationFolder(ade, "training")
+    assert ds.class_names == ["a", "b", "c", "d"] and ds.num_classes == 4
+    (ade / "classes.txt").write_text("a\n\nc\nd\n")
+    with pytest.raises(DataError, match=r"classes.txt: line\(s\) 2 are empty"):
+        SegmentationFolder(ade, "training")
+    (ade / "classes.txt").write_text("a\nb\na\nd\n")
+    with pytest.raises(DataError, match=r"classes.txt: class name\(s\) a appear more than once"):
+        SegmentationFolder(ade, "training")
+
+
+def test_exif_rotated_image_is_turned_to_fit_its_label(tmp_path):
+    """A 90-degree EXIF orientation is applied when the label map has the shown size, else not."""
+    for split, label_hw in (("training", (40, 20)), ("validation", (20, 40))):  # shown 20x40 / stored 40x20
+        (tmp_path / "images" / split).mkdir(parents=True)
+        (tmp_path / "annotations" / split).mkdir(parents=True)
+        pixels = np.zeros((20, 40, 3), np.uint8)
+        pixels[:, 20:] = 255  # stored: right half white
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.fromarray(pixels).save(tmp_path / "images" / split / "x.jpg", exif=exif.tobytes(), quality=95)
+        Image.fromarray(np.ones(label_hw, np.uint8)).save(tmp_path / "annotations" / split / "x.png")
+    image, label = SegmentationFolder(tmp_path, "training", num_classes=1).load(0)
+    assert image.shape == (3, 40, 20) and image[:, 22:].mean() > 200 and image[:, :18].mean() < 50  # turned
+    image, label = SegmentationFolder(tmp_path, "validation", num_classes=1).load(0)
+    assert image.shape == (3, 20, 40) and image[:, :, 22:].mean() > 200  # as stored
+
+
+def test_data_error_from_a_loader_worker_is_one_line(ade):
+    ds = SegmentationFolder(ade, "training", crop_size=32)
+    ds.num_classes = 2  # as if a label file changed after the up-front check
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1, collate_fn=collate_segmentation)
+    with pytest.raises(DataError) as e:
+        list(loader)
+    assert str(e.value).endswith("a.png: label value 4 beyond 2 classes (reduce_zero_label=True)")
+    assert "Traceback" not in str(e.value)
 
 
 @pytest.fixture(scope="module")
