@@ -206,3 +206,29 @@ def test_crop_draws_map_the_uniforms_like_box_params():
     assert torch.allclose(rows[:, 0], 0.2 + 0.5 * u[:, 0].double())
     assert torch.allclose(rows[:, 1], torch.exp(math.log(0.5) + math.log(4.0) * u[:, 1].double()))
     assert torch.equal(rows[:, 22], (u[:, 22] < 0.3).double())
+
+
+def test_bench_data_mode_times_every_loader(folder, tmp_path, capsys):
+    from convnext.cli import main
+
+    rng = np.random.default_rng(2)
+    for i in range(6):  # one size: the device-resident loader needs it
+        (tmp_path / "imgs").mkdir(exist_ok=True)
+        _smooth(rng, 40, 30).save(tmp_path / "imgs" / f"{i}.jpg")
+    (tmp_path / "mixed").mkdir()
+    for i, (w, h) in enumerate(SIZES[:2]):
+        _smooth(rng, w, h).save(tmp_path / "mixed" / f"{i}.jpg")
+    assert main(["bench", "--mode", "data", "--data", str(tmp_path / "mixed"), "--images", "2", "--repeats", "1",
+                 "--img-size", "16", "--batch-size", "2", "--num-workers", "1", "--loaders", "device",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "not timed: image 1 of the training set is 60x40" in printed  # a skipped loader, not a failed run
+    out = tmp_path / "data.json"
+    rc = main(["bench", "--mode", "data", "--data", str(tmp_path / "imgs"), "--images", "6", "--repeats", "1",
+               "--img-size", "16",
+               "--batch-size", "4", "--num-workers", "1", "--json", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    loaders = json.loads(out.read_text())["loaders"]
+    assert sorted(loaders) == sorted(f"{k}, {s}" for k in ("workers", "device", "dali")
+                                     for s in ("as stored", "upscaled to 500x375, re-encoded q90"))
+    assert all(r["loader"] == k.split(",")[0] and r["img_per_s"] > 0 and r["images"] == 6 for k, r in loaders.items())

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tarfile
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import DataError, UserError
 from .options import DTYPE_NAMES, MODES, PEERS
 
 __all__ = ["register"]
@@ -47,14 +48,45 @@ def _cmd_data(args: argparse.Namespace) -> int:
         raise UserError(f"--data {args.data}: {e}") from None
     transform = train_transform(args.img_size)
     report = {"machine": machine_info("cpu"), "transform": repr(transform), "data": str(args.data), "results": {}}
-    for label, images in (("as stored", jpegs), ("upscaled to 500x375, re-encoded q90", upscaled_jpegs(jpegs))):
+    sources = (("as stored", jpegs), ("upscaled to 500x375, re-encoded q90", upscaled_jpegs(jpegs)))
+    for label, images in sources:
         r = bench_transform(images, transform, repeats=args.repeats)
         report["results"][label] = r
         print(f"{label:<38} {r['source_size'][0]}x{r['source_size'][1]} ({r['mean_jpeg_kib']:.1f} KiB): "
               f"{r['img_per_s_per_worker']:.1f} img/s per worker "
               f"(range {r['img_per_s_min']:.1f}..{r['img_per_s_max']:.1f} over {r['repeats']} passes of {r['images']})")
+    _bench_loaders(args, sources, report)
     _write_json(args.json, report)
     return 0
+
+
+def _bench_loaders(args: argparse.Namespace, sources, report: dict) -> None:
+    """img/s of each training loader (`--loader workers|device|dali`) on args.device, per image source."""
+    from ..data.dali import dali_available
+    from ..data.pipeline import loader_throughput
+
+    kinds = [k.strip() for k in args.loaders.split(",") if k.strip() and k.strip() != "none"]
+    unknown = sorted(set(kinds) - {"workers", "device", "dali"})
+    if unknown:
+        raise UserError(f"--loaders: unknown loader(s) {unknown}; choose from workers, device, dali or 'none'")
+    if "dali" in kinds and not dali_available():
+        print("dali: not timed, NVIDIA DALI does not import (pip install 'convnext[dali]')")
+        kinds.remove("dali")
+    report["loaders"] = {}
+    for label, images in sources:
+        for kind in kinds:
+            try:
+                r = loader_throughput(kind, images, args.img_size, device=args.device,
+                                      batch_size=args.batch_size or 64, repeats=args.repeats,
+                                      num_workers=args.num_workers)
+            except DataError as e:  # e.g. images of several sizes for the device-resident loader
+                report["loaders"][f"{kind}, {label}"] = {"loader": kind, "error": str(e)}
+                print(f"--loader {kind:<8} {label:<38} not timed: {e}")
+                continue
+            report["loaders"][f"{kind}, {label}"] = r
+            print(f"--loader {kind:<8} {label:<38} {r['img_per_s']:.1f} img/s on {r['device']} "
+                  f"(range {r['img_per_s_min']:.1f}..{r['img_per_s_max']:.1f} over {r['repeats']} epochs of "
+                  f"{r['images']}, batch {r['batch_size']}, {r['num_workers']} workers/threads)")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -142,5 +174,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="--mode data: .tar(.gz) of JPEGs (e.g. cifar10-train-jpeg.tar.gz), an ImageFolder root or a "
                    "folder of images")
     p.add_argument("--images", type=int, default=500, help="--mode data: number of images per pass")
+    p.add_argument("--loaders", default="workers,device,dali",
+                   help="--mode data: training loaders also timed whole (batches on --device), or 'none'")
+    p.add_argument("--num-workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="--mode data: DataLoader workers / DALI CPU threads of the loader timings")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_bench)
