@@ -133,3 +133,37 @@ def test_randaugment_posterize_survives_zero_bits():
         if op.aug_fn is _posterize:
             op.magnitude, op.magnitude_std, op.prob = 10, 0, 1.0  # the level that used to raise
             assert np.asarray(op(img)).max() == 0
+
+
+def test_link_from_a_class_folder_to_the_root_counts_each_image_once(tmp_path):
+    """A robustness benchmark root/<wnid>/ with a link wnid/up -> root: 399 scored for 200 images before."""
+    import os
+
+    from convnext.data.robustness import imagenet_wnids, wnid_dataset
+
+    wnids = imagenet_wnids()[:2]
+    root = tmp_path / "imagenet-r"
+    for w in wnids:
+        (root / w).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(root / w / f"{i}.jpg")
+    os.symlink(root, root / wnids[0] / "up")  # class folder -> the benchmark root
+    os.symlink(root / wnids[1] / "0.jpg", root / wnids[1] / "again.jpg")  # a second name of one file
+    ds, missing = wnid_dataset(root, None, imagenet_wnids(), "ImageNet-1K")
+    assert len(ds) == 6 and ds.duplicate_files == [str(root / wnids[1] / "again.jpg")]
+    labels = {os.path.relpath(p, root): t for p, t in ds.samples}  # each image once, by its own folder
+    assert labels == {f"{w}/{i}.jpg": k for k, w in enumerate(wnids) for i in range(3)}
+    # folders outside the benchmark reached through links are still followed (sets assembled from links)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.new("RGB", (8, 8)).save(outside / "x.jpg")
+    os.symlink(outside, root / wnids[0] / "more")
+    ds, _ = wnid_dataset(root, None, imagenet_wnids(), "ImageNet-1K")
+    assert len(ds) == 7
+
+
+def test_same_stem_of_two_formats_are_two_images(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "a" / "x.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "a" / "x.png")
+    assert len(build_dataset(str(tmp_path), "train", None)) == 2

@@ -32,15 +32,19 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
 
 
-def list_images(folder: str | Path) -> list[str]:
+def list_images(folder: str | Path, within: str | Path | None = None) -> list[str]:
     """Every image file under `folder`, sorted, following symlinks but each real folder only once.
 
     Symlinked folders are followed (datasets are often assembled from links), so a link back to an
     ancestor would be walked again and again (`os.walk` stops only at the OS's path-length limit):
     a class folder of 5 images was counted as 205. Folders already seen, by (st_dev, st_ino), are
-    pruned from the walk.
+    pruned from the walk. With `within` (the data set's root), a link leading to another part of
+    that root (e.g. a class folder linking to the benchmark root) is not followed either: those
+    images belong to other classes, not to `folder`.
     """
     seen: set[tuple[int, int]] = set()
+    inside = os.path.realpath(folder)
+    root = os.path.realpath(within) if within is not None else None
     files = []
     for dirpath, dirnames, names in os.walk(folder, followlinks=True):
         st = os.stat(dirpath)
@@ -48,8 +52,17 @@ def list_images(folder: str | Path) -> list[str]:
             dirnames[:] = []  # a cycle (or a second link to a folder already listed): skip its subtree
             continue
         seen.add((st.st_dev, st.st_ino))
+        if root is not None:
+            real = os.path.realpath(dirpath)
+            if _under(real, root) and not _under(real, inside):
+                dirnames[:] = []  # a link into the data set outside this folder: not this folder's images
+                continue
         files.extend(os.path.join(dirpath, f) for f in names if _is_image(f))
     return sorted(files)
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def error_line(e: BaseException) -> str:
@@ -97,12 +110,22 @@ class ImageFolderDataset(Dataset):
         self.transform, self.strict = transform, strict
         self.samples: list[tuple[str, int]] = []
         self.empty_classes: list[str] = []
+        self.duplicate_files: list[str] = []  # links to a file already listed: each real file counts once
+        seen: set[str] = set()
         for idx, name in enumerate(self.classes):
             folder = self.root / name
-            files = list_images(folder) if folder.is_dir() else []
-            if not files:
+            files = list_images(folder, within=self.root) if folder.is_dir() else []
+            kept = []
+            for f in files:
+                real = os.path.realpath(f)
+                if real in seen:
+                    self.duplicate_files.append(f)
+                    continue
+                seen.add(real)
+                kept.append(f)
+            if not kept:
                 self.empty_classes.append(name)
-            self.samples.extend((f, idx) for f in files)
+            self.samples.extend((f, idx) for f in kept)
         if not self.samples:
             raise DataError(f"{self.root} holds no images ({', '.join(IMG_EXTENSIONS)}) in its class folders")
 
