@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..models.convnext import ConvNeXt, ConvNeXtConfig
 from ..models.registry import get_spec
 from ..weights.loading import BackboneLoadReport, load_backbone

@@ -45,7 +45,6 @@ stride goes from 4 to 1. The ResNet stem becomes one 3x3/1 conv + norm + act wit
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
@@ -54,6 +53,7 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
+from ..keymap import KeyMap, Rule, translate_state_dict
 from .convnext import ClassifierMixin, ConvNeXt, ConvNeXtConfig, _channel_norm
 from .layers import Block, LayerNorm2d, drop_path_rates, init_weights
 from .registry import ModelSpec, register_arch, register_model
@@ -282,30 +282,26 @@ def build_roadmap(config: RoadmapConfig) -> nn.Module:
     return ConvNeXt(config.to_convnext()) if config.sep_downsample else RoadmapNet(config)
 
 
-# torchvision ResNet -> RoadmapNet keys (regex, replacement), applied in order.
-_TORCHVISION_KEYS = [
-    (r"^conv1\.", "stem.conv."),
-    (r"^bn1\.", "stem.norm."),
-    (r"^layer(\d+)\.", lambda m: f"stages.{int(m.group(1)) - 1}."),
-    (r"\.bn(\d)\.", r".norm\1."),
-    (r"\.downsample\.0\.", ".shortcut.conv."),
-    (r"\.downsample\.1\.", ".shortcut.norm."),
-    (r"^fc\.", "head."),
-]
+# torchvision ResNet (bottleneck) <-> RoadmapNet baseline keys, a rule table on `convnext.keymap`'s engine.
+TORCHVISION_RESNET = KeyMap("torchvision-resnet", (
+    Rule("stem.conv.weight", "conv1.weight"),
+    Rule("stem.norm.{q}", "bn1.{q}"),
+    Rule("stages.{s}.{b}.conv{k}.weight", "layer{s+1}.{b}.conv{k}.weight"),  # torchvision layers count from 1
+    Rule("stages.{s}.{b}.norm{k}.{q}", "layer{s+1}.{b}.bn{k}.{q}"),
+    Rule("stages.{s}.{b}.shortcut.conv.weight", "layer{s+1}.{b}.downsample.0.weight"),
+    Rule("stages.{s}.{b}.shortcut.norm.{q}", "layer{s+1}.{b}.downsample.1.{q}"),
+    Rule("head.{p}", "fc.{p}"),
+))
 
 
 def from_torchvision_resnet(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a torchvision ResNet (bottleneck) state dict to the `RoadmapNet` baseline layout.
 
     E.g. `torchvision.models.resnet50(weights=...).state_dict()` loads strictly into
-    `create_model("roadmap_r50_baseline")`.
+    `create_model("roadmap_r50_baseline")`. A key outside the table is a CheckpointError naming it.
     """
-    out = {}
-    for key, value in state_dict.items():
-        for pattern, repl in _TORCHVISION_KEYS:
-            key = re.sub(pattern, repl, key)
-        out[key] = value
-    return out
+    return translate_state_dict(state_dict, TORCHVISION_RESNET, to_ours=True,
+                                what="tensor(s) of the torchvision ResNet layout have no RoadmapNet equivalent")
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 The canonical layout is the official FAIR one (`downsample_layers.i`, `stages.i.j.*`, `norm`,
 `head`), which our models use, so official checkpoints need no conversion. Each foreign layout is a
 declarative table of `Rule(ours, theirs, fix)`: two key templates and, where the tensor is stored
-with another shape, a shape fix. The same table converts in both directions.
+with another shape, a shape fix. The same table converts in both directions (the engine, shared with
+every other key map of the project, is `convnext/keymap.py`).
 
 Template placeholders: any single letter is an index (`{s}` stage, `{b}` block, `{i}` ...), `{p}`
 weight|bias, `{q}` a norm layer's tensors (weight|bias|running_mean|running_var|num_batches_tracked),
@@ -50,13 +51,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections import defaultdict
-from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Mapping
 
 import torch
 
+from ..keymap import Fix, KeyMap, Rule, summarize_keys, translate_state_dict
 from .io import CheckpointError
+
 
 __all__ = ["LAYOUTS", "DENSE_NAMINGS", "Rule", "KeyMap", "detect_layout", "dense_naming", "convert_state_dict",
            "translate_state_dict", "summarize_keys", "hf_config"]
@@ -64,8 +65,11 @@ __all__ = ["LAYOUTS", "DENSE_NAMINGS", "Rule", "KeyMap", "detect_layout", "dense
 LAYOUTS = ("official", "timm", "torchvision", "hf", "v2")
 _SOURCE_LAYOUTS = LAYOUTS + ("dense", "fcmae")  # read, never written
 
-# A shape fix: (tensor, to_ours, options) -> tensor.
-Fix = Callable[[torch.Tensor, bool, dict], torch.Tensor]
+
+def _translate(sd: Mapping[str, torch.Tensor], layout: KeyMap, *, to_ours: bool, opts: dict,
+               what: str) -> dict[str, torch.Tensor]:
+    return translate_state_dict(sd, layout, to_ours=to_ours, opts=opts, what=what)
+
 
 
 def _fix_layer_scale_chw(t: torch.Tensor, to_ours: bool, opts: dict) -> torch.Tensor:
@@ -82,79 +86,7 @@ def _fix_grn_vector(t: torch.Tensor, to_ours: bool, opts: dict) -> torch.Tensor:
     return t.reshape(1, 1, 1, -1) if to_ours else t.reshape(-1)  # timm: (C,)
 
 
-@dataclass(frozen=True)
-class Rule:
-    ours: str
-    theirs: str
-    fix: Fix | None = None
-
-
-_PLACEHOLDER = re.compile(r"\{(\w)(?:\*(\d+))?(?:\+(\d+))?\}")
-_WORDS = {"p": "(weight|bias)", "q": "(weight|bias|running_mean|running_var|num_batches_tracked)"}
-
-
-class _Template:
-    """A key template compiled to a regex; `match` solves its placeholders, `format` fills them."""
-
-    def __init__(self, text: str):
-        self.text = text
-        self.slots: list[tuple[str, int, int]] = []  # (variable, mul, add) per regex group
-        pattern, pos = "", 0
-        for m in _PLACEHOLDER.finditer(text):
-            pattern += re.escape(text[pos:m.start()])
-            var, mul, add = m.group(1), int(m.group(2) or 1), int(m.group(3) or 0)
-            pattern += _WORDS.get(var, r"(\d+)")
-            self.slots.append((var, mul, add))
-            pos = m.end()
-        self.regex = re.compile(pattern + re.escape(text[pos:]) + "$")
-
-    def match(self, key: str) -> dict[str, str | int] | None:
-        m = self.regex.match(key)
-        if m is None:
-            return None
-        values: dict[str, str | int] = {}
-        for (var, mul, add), raw in zip(self.slots, m.groups()):
-            if var in _WORDS:
-                value: str | int = raw
-            else:
-                n = int(raw) - add
-                if n < 0 or n % mul:
-                    return None  # e.g. an odd torchvision index cannot be a downsampling layer
-                value = n // mul
-            if values.setdefault(var, value) != value:  # a variable used twice must agree
-                return None
-        return values
-
-    def format(self, values: Mapping[str, str | int]) -> str:
-        def sub(m: re.Match) -> str:
-            var, mul, add = m.group(1), int(m.group(2) or 1), int(m.group(3) or 0)
-            return str(values[var]) if var in _WORDS else str(int(values[var]) * mul + add)
-
-        return _PLACEHOLDER.sub(sub, self.text)
-
-
-class _Layout:
-    """A foreign layout: its rules compiled once; `translate` maps one key in either direction.
-
-    Rules are tried in order, first match wins (in both directions), so specific rules come first.
-    """
-
-    def __init__(self, name: str, rules: tuple[Rule, ...]):
-        self.name = name
-        self.rules = rules
-        self._compiled = [(_Template(r.ours), _Template(r.theirs), r.fix) for r in rules]
-
-    def translate(self, key: str, to_ours: bool) -> tuple[str, Fix | None] | None:
-        """(translated key, shape fix or None), or None when no rule matches."""
-        for ours, theirs, fix in self._compiled:
-            src, dst = (theirs, ours) if to_ours else (ours, theirs)
-            values = src.match(key)
-            if values is not None:
-                return dst.format(values), fix
-        return None
-
-
-_TIMM = _Layout(
+_TIMM = KeyMap(
     "timm",
     (
         Rule("downsample_layers.0.0.{p}", "stem.0.{p}"),  # 4x4/4 patchify conv
@@ -173,7 +105,7 @@ _TIMM = _Layout(
     ),
 )
 
-_TORCHVISION = _Layout(
+_TORCHVISION = KeyMap(
     "torchvision",
     (
         Rule("downsample_layers.0.0.{p}", "features.0.0.{p}"),
@@ -192,7 +124,7 @@ _TORCHVISION = _Layout(
 )
 
 # HF transformers, without the `convnext.` / `convnextv2.` model prefix (added/stripped separately).
-_HF = _Layout(
+_HF = KeyMap(
     "hf",
     (
         Rule("downsample_layers.0.0.{p}", "embeddings.patch_embeddings.{p}"),
@@ -211,8 +143,6 @@ _HF = _Layout(
     ),
 )
 _HF_PREFIXES = ("convnext.", "convnextv2.")
-
-KeyMap = _Layout  # the public name of a rule table, for the whole-model maps of weights/dense_files.py
 
 DENSE_NAMINGS = ("openmmlab", "fair")
 
@@ -240,10 +170,10 @@ def _dense_backbone_rules(block: Mapping[str, str], grn_fix: Fix) -> tuple[Rule,
     return tuple(rules)
 
 
-DENSE_BACKBONE: dict[str, _Layout] = {
-    "fair": _Layout("fair", _dense_backbone_rules(
+DENSE_BACKBONE: dict[str, KeyMap] = {
+    "fair": KeyMap("fair", _dense_backbone_rules(
         {"dwconv": "dwconv", "norm": "norm", "pwconv1": "pwconv1", "pwconv2": "pwconv2"}, _fix_grn_official)),
-    "openmmlab": _Layout("openmmlab", _dense_backbone_rules(
+    "openmmlab": KeyMap("openmmlab", _dense_backbone_rules(
         {"dwconv": "depthwise_conv", "norm": "norm", "pwconv1": "pointwise_conv1", "pwconv2": "pointwise_conv2"},
         _fix_grn_vector)),
 }
@@ -282,20 +212,6 @@ def dense_naming(sd: Mapping[str, object], prefix: str = "backbone.") -> str:
     """"openmmlab" (mmcls / mmpretrain block names) or "fair" for the backbone of a dense checkpoint."""
     mm = re.compile(re.escape(prefix) + r"stages\.\d+\.\d+\.(?:depthwise_conv|pointwise_conv[12])\.")
     return "openmmlab" if any(mm.match(k) for k in sd) else "fair"
-
-
-def summarize_keys(keys: Iterable[str], limit: int = 8, sep: str = "\n") -> str:
-    """Readable summary of many keys: indices folded to `*`, with counts, at most `limit` groups.
-
-    One indented line per group by default; `sep="; "` gives one line (for CLI error messages).
-    """
-    groups: dict[str, list[str]] = defaultdict(list)
-    for k in keys:
-        groups[re.sub(r"\.\d+(?=\.|$)", ".*", k)].append(k)
-    items = [f"{pat}  ({len(ks)} tensors, e.g. {ks[0]})" if len(ks) > 1 else ks[0] for pat, ks in groups.items()]
-    if len(items) > limit:
-        items = items[:limit] + [f"... and {len(items) - limit} more groups"]
-    return "\n".join("  " + i for i in items) if sep == "\n" else sep.join(items)
 
 
 def _is_isotropic(sd: Mapping[str, torch.Tensor]) -> bool:
@@ -344,29 +260,6 @@ def _to_official(sd: Mapping[str, torch.Tensor], src: str) -> dict[str, torch.Te
         sd = {next((k[len(p):] for p in _HF_PREFIXES if k.startswith(p)), k): v for k, v in sd.items()}
     return _translate(sd, layout, to_ours=True, opts={},
                       what=f"tensor(s) of the {src} layout have no official-layout equivalent")
-
-
-def translate_state_dict(sd: Mapping[str, torch.Tensor], layout: _Layout, *, to_ours: bool, opts: dict | None = None,
-                         what: str = "tensor(s) have no counterpart") -> dict[str, torch.Tensor]:
-    """Every key through `layout`'s rules (with their shape fixes); keys no rule matches are a
-    CheckpointError "<n> <what>: <keys>". `to_ours` picks the direction."""
-    return _translate(sd, layout, to_ours=to_ours, opts=opts or {}, what=what)
-
-
-def _translate(sd: Mapping[str, torch.Tensor], layout: _Layout, *, to_ours: bool, opts: dict,
-               what: str) -> dict[str, torch.Tensor]:
-    """Every key through `layout`'s rules (with their shape fixes); keys no rule matches are an error."""
-    out, unmatched = {}, []
-    for key, value in sd.items():
-        hit = layout.translate(key, to_ours=to_ours)
-        if hit is None:
-            unmatched.append(key)
-            continue
-        new_key, fix = hit
-        out[new_key] = fix(value, to_ours, opts) if fix else value
-    if unmatched:
-        raise CheckpointError(f"{len(unmatched)} {what}: {summarize_keys(unmatched, sep='; ')}")
-    return out
 
 
 def _from_official(sd: Mapping[str, torch.Tensor], dst: str, conv_mlp: bool | None) -> dict[str, torch.Tensor]:
