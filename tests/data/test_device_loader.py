@@ -199,6 +199,22 @@ def test_build_loader_kinds_and_the_raw_view_of_a_transformed_dataset():
         build_loader("dali", ds, **kw)
 
 
+def test_explicit_device_loader_checks_the_decoded_size(monkeypatch):
+    """--loader device asked for explicitly: a one-line error before allocating a set that cannot fit."""
+    import convnext.data.device_loader as dl
+
+    ds = SeededSamples(Pictures(8, transform=eval_transform(8, crop_pct=1.0)), seed=0)
+    kw = dict(batch_size=4, sampler=range(8), device="cpu", augment=DeviceAugment(img_size=8), seed=0)
+    need = dl.decoded_bytes(ds)
+    assert need > 0
+    monkeypatch.setattr(dl, "free_bytes", lambda device: need)  # fits in 100%, not in 80%
+    with pytest.raises(ConfigError, match=r"^--loader device: the decoded training set takes \d\.\d MiB \(8 images\), "
+                                          r"more than 80% of the \d\.\d MiB of available RAM free; use --loader workers"):
+        build_loader("device", ds, **kw)
+    monkeypatch.setattr(dl, "free_bytes", lambda device: 2 * need)
+    assert build_loader("device", ds, **kw)[1] == "device"
+
+
 def test_randaug_strings():
     assert DeviceAugment(8).rand_params() == (2, 9.0, 0.5)
     assert DeviceAugment(8, randaug="rand-m7-n3-mstd1-inc1").rand_params() == (3, 7.0, 1.0)

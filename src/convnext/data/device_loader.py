@@ -477,6 +477,23 @@ def decoded_bytes(dataset: Dataset, pre_size: int | None = None) -> int:
     return _to_uint8(first[0], pre_size).numel() * len(raw)
 
 
+# `--loader device` asked for explicitly may use up to this share of the free memory.
+EXPLICIT_FRACTION = 0.8
+
+
+def free_bytes(device: torch.device) -> int:
+    """Free memory of a CUDA device, or the available RAM for the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def build_loader(kind: str, dataset: Dataset, *, batch_size: int, sampler, device: torch.device | str,
                  augment: DeviceAugment, seed: int, num_workers: int = 0, generator: torch.Generator | None = None,
                  even: bool = False, pre_size: int | None = None, memory_fraction: float = 0.25):
@@ -486,6 +503,8 @@ def build_loader(kind: str, dataset: Dataset, *, batch_size: int, sampler, devic
     decodes the raw images; "dali" reads its image files). "auto" picks "device" when the decoded images
     take at most `memory_fraction` of the device's free memory (CUDA) or of the available RAM (CPU);
     otherwise "dali" on CUDA for a JPEG folder when DALI imports (`convnext.data.dali`), else "workers".
+    "device" asked for explicitly is a ConfigError when the decoded images would take more than
+    `EXPLICIT_FRACTION` of that free memory (the whole set is allocated at once).
     """
     import functools
 
@@ -496,14 +515,16 @@ def build_loader(kind: str, dataset: Dataset, *, batch_size: int, sampler, devic
     if kind not in LOADER_KINDS:
         raise ConfigError(f"--loader {kind}: expected one of {', '.join(LOADER_KINDS)}")
     device = torch.device(device)
+    if kind == "device":  # asked for explicitly: refuse what cannot fit, before allocating it
+        need, free = decoded_bytes(dataset, pre_size), free_bytes(device)
+        if need > EXPLICIT_FRACTION * free:
+            where = f"{device} memory" if device.type == "cuda" else "available RAM"
+            raise ConfigError(f"--loader device: the decoded training set takes {_gib(need)} "
+                              f"({len(_raw_view(dataset))} images), more than {EXPLICIT_FRACTION:.0%} of the "
+                              f"{_gib(free)} of {where} free; use --loader workers (or auto, which picks a loader "
+                              f"that fits)")
     if kind == "auto":
-        need = decoded_bytes(dataset, pre_size)
-        if device.type == "cuda":
-            free = torch.cuda.mem_get_info(device)[0]
-        else:
-            import os
-
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        need, free = decoded_bytes(dataset, pre_size), free_bytes(device)
         if need <= memory_fraction * free:
             kind = "device"
         else:  # too large to hold decoded: DALI streams JPEG folders through nvJPEG, else worker processes
