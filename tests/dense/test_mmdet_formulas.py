@@ -131,3 +131,37 @@ def test_mask_targets_are_binarised_aligned_roialign():
     t = mask_targets(gt, rois, torch.tensor([0, 1]), 2)
     assert t.tolist() == [[[1.0, 1.0], [1.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]]
     assert mask_targets(gt, rois[:0], torch.tensor([], dtype=torch.long), 2).shape == (0, 2, 2)
+
+
+def test_max_iou_matcher_is_mmdets_assigner():
+    from convnext.dense.cascade import MaxIoUMatcher
+
+    # RPN assigner: IoU >= 0.7 positive, < 0.3 negative (-1), between ignored (-2); each ground truth's
+    # best boxes positive when that IoU >= 0.3. Rows: ground truths, columns: boxes.
+    iou = torch.tensor([[0.6, 0.2, 0.6, 0.1],
+                        [0.1, 0.25, 0.2, 0.8],
+                        [0.05, 0.2, 0.0, 0.0]])  # gt 2's best is 0.2 < 0.3: it claims nothing
+    # box 0, 2: 0.6 (ignored by the thresholds) but gt 0's best -> gt 0; box 1: 0.25 -> negative;
+    # box 3: 0.8 -> gt 1. torchvision's rule would also make box 1 positive (for gt 2's sake, as gt 1).
+    assert MaxIoUMatcher(0.7, 0.3, min_pos_iou=0.3)(iou).tolist() == [0, -1, 0, 1]
+    # a tie: both ground truths' best box is box 0 (IoU 0.5): the later one wins, as mmdet's loop
+    tie = torch.tensor([[0.5, 0.1], [0.5, 0.4]])
+    assert MaxIoUMatcher(0.7, 0.3, min_pos_iou=0.3)(tie).tolist() == [1, -2]
+    assert MaxIoUMatcher(0.7, 0.3, min_pos_iou=0.3, allow_low_quality_matches=False)(tie).tolist() == [-2, -2]
+
+
+@pytest.mark.parametrize("head,loss", [("mask_rcnn", "l1"), ("cascade_mask_rcnn", "smooth_l1")])
+def test_rpn_losses_as_the_configs(head, loss):
+    model = convnext.create_model(f"{head}_convnext_atto", num_classes=3, fpn_channels=32)
+    assert model.config.rpn_box_loss == loss
+    # 4 anchors: 2 positive, 1 negative, 1 ignored -> all 3 labelled ones sampled (under 256 / 50%)
+    labels = [torch.tensor([1.0, 0.0, -1.0, 1.0])]
+    pred = torch.tensor([[0.1, 0.2, 0.0, 0.0], [5.0, 5.0, 5.0, 5.0], [9.0, 9.0, 9.0, 9.0], [0.0, 0.0, 0.3, -0.05]])
+    target = [torch.zeros(4, 4)]
+    logits = torch.tensor([2.0, -1.0, 7.0, 0.5])
+    obj, box = model.rpn.compute_loss(logits[:, None], pred, labels, target)
+    # L1: (0.1 + 0.2 + 0.3 + 0.05) / 3 sampled; smooth L1 (beta 1/9): |d| - 1/18 where |d| >= 1/9, else 4.5 d^2
+    want = 0.65 / 3 if loss == "l1" else (4.5 * 0.1 ** 2 + (0.2 - 1 / 18) + (0.3 - 1 / 18) + 4.5 * 0.05 ** 2) / 3
+    assert box.item() == pytest.approx(want, rel=1e-5)
+    want_obj = F.binary_cross_entropy_with_logits(logits[[0, 3, 1]], torch.tensor([1.0, 1.0, 0.0]))
+    assert obj.item() == pytest.approx(want_obj.item(), rel=1e-6)

@@ -30,12 +30,29 @@ from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, generalized_box_iou_loss, roi_align
 
-__all__ = ["FPNRoIAlign", "BoxHead", "MaskHead", "CascadeRoIHeads", "mask_targets"]
+__all__ = ["FPNRoIAlign", "BoxHead", "MaskHead", "CascadeRoIHeads", "MaxIoUMatcher", "mask_targets"]
 
 
 def _rois(boxes: list[Tensor]) -> Tensor:
     """Per-image boxes -> (K, 5) rows (image index, x1, y1, x2, y2), the roi_align format."""
     return torch.cat([torch.cat([b.new_full((len(b), 1), i), b], 1) for i, b in enumerate(boxes)])
+
+
+class MaxIoUMatcher(det_utils.Matcher):
+    """torchvision's Matcher with mmdet's low-quality rule (`MaxIoUAssigner`, match_low_quality,
+    gt_max_assign_all): each ground truth i whose best IoU reaches `min_pos_iou` also gets every
+    box at that IoU, assigned to i itself (later ground truths win ties). torchvision's rule keeps
+    such boxes at any IoU (even 0) and assigns them to their own best ground truth instead."""
+
+    def __init__(self, high_threshold: float, low_threshold: float, min_pos_iou: float,
+                 allow_low_quality_matches: bool = True):
+        super().__init__(high_threshold, low_threshold, allow_low_quality_matches=allow_low_quality_matches)
+        self.min_pos_iou = min_pos_iou
+
+    def set_low_quality_matches_(self, matches: Tensor, all_matches: Tensor, match_quality_matrix: Tensor) -> None:
+        best, _ = match_quality_matrix.max(dim=1)  # (G,) best IoU of each ground truth
+        for i in torch.nonzero(best >= self.min_pos_iou).flatten().tolist():
+            matches[match_quality_matrix[i] == best[i]] = i
 
 
 def mask_targets(gt_masks: Tensor, rois: Tensor, matched: Tensor, size: int) -> Tensor:
@@ -173,7 +190,8 @@ class CascadeRoIHeads(nn.Module):
         self.num_classes = num_classes
         self.box_heads, self.mask_heads = nn.ModuleList(box_heads), nn.ModuleList(mask_heads)
         self.box_pool, self.mask_pool = FPNRoIAlign(7), FPNRoIAlign(14)
-        self.matchers = [det_utils.Matcher(t, t, allow_low_quality_matches=match_low_quality) for t in iou_thresholds]
+        self.matchers = [MaxIoUMatcher(t, t, min_pos_iou=t, allow_low_quality_matches=match_low_quality)
+                         for t in iou_thresholds]  # mmdet rcnn assigners: min_pos_iou = pos_iou_thr
         self.coders = [det_utils.BoxCoder(tuple(1.0 / s for s in stds)) for stds in target_stds]
         self.sampler = det_utils.BalancedPositiveNegativeSampler(rois_per_image, positive_fraction)
         self.stage_weights, self.box_loss, self.box_loss_weight = stage_weights, box_loss, box_loss_weight

@@ -45,7 +45,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from ..errors import ConfigError, DataError
 from ..models.registry import ModelSpec, register_arch, register_model
 from .backbone import BackboneLoadReport, dense_backbone, load_backbone_checkpoint
-from .cascade import BoxHead, CascadeRoIHeads, MaskHead
+from .cascade import BoxHead, CascadeRoIHeads, MaskHead, MaxIoUMatcher
 
 __all__ = ["DetectionConfig", "ConvNeXtDetector", "create_detector", "HEADS", "MMDetAnchorGenerator", "paste_masks"]
 
@@ -63,6 +63,7 @@ class DetectionConfig:
     fpn_channels: int = 256
     rpn_post_nms_train: int = 1000  # proposals per image after NMS, training (Mask R-CNN 1000, Cascade 2000)
     rpn_post_nms_test: int = 1000
+    rpn_box_loss: str = "l1"  # RPN box loss: "l1" (Mask R-CNN config) or "smooth_l1" (beta 1/9, Cascade config)
     box_convs: int = 0  # conv3x3+BN layers of each box head (Cascade: 4)
     box_fcs: int = 2  # FC layers of each box head (Cascade: 1)
     iou_thresholds: tuple[float, ...] = (0.5,)  # one per cascade stage
@@ -88,6 +89,8 @@ class DetectionConfig:
                 f"{len(self.stage_weights)} and {len(self.target_stds)}")
         if self.box_loss not in ("l1", "giou"):
             raise ConfigError(f"detection config: box_loss must be 'l1' or 'giou', got {self.box_loss!r}")
+        if self.rpn_box_loss not in ("l1", "smooth_l1"):
+            raise ConfigError(f"detection config: rpn_box_loss must be 'l1' or 'smooth_l1', got {self.rpn_box_loss!r}")
         for field, value in (("anchors", self.anchors), ("mask_paste", self.mask_paste)):
             if value not in ("mmdet", "torchvision"):
                 raise ConfigError(f"detection config: {field} must be 'mmdet' or 'torchvision', got {value!r}")
@@ -99,7 +102,7 @@ class DetectionConfig:
 HEADS: dict[str, dict] = {
     "mask_rcnn": {},
     "cascade_mask_rcnn": dict(
-        rpn_post_nms_train=2000, box_convs=4, box_fcs=1, iou_thresholds=(0.5, 0.6, 0.7),
+        rpn_post_nms_train=2000, rpn_box_loss="smooth_l1", box_convs=4, box_fcs=1, iou_thresholds=(0.5, 0.6, 0.7),
         stage_weights=(1.0, 0.5, 0.25),
         target_stds=(0.1, 0.1, 0.2, 0.2, 0.05, 0.05, 0.1, 0.1, 0.033, 0.033, 0.067, 0.067),
         box_loss="giou", box_loss_weight=10.0, match_low_quality=False,
@@ -178,6 +181,30 @@ def paste_masks(masks: Tensor, boxes: Tensor, size: tuple[int, int]) -> Tensor:
     return out
 
 
+class _RPN(RegionProposalNetwork):
+    """torchvision's RPN with the box loss of the config (mmdet: L1 for Mask R-CNN, smooth L1 with
+    beta 1/9 for Cascade) and mmdet's assigner (IoU >= 0.7 positive, < 0.3 negative, each ground
+    truth's best anchors positive from IoU 0.3). Both losses are averaged over the sampled anchors."""
+
+    def __init__(self, *args, box_loss: str = "l1", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.box_loss = box_loss
+        self.proposal_matcher = MaxIoUMatcher(0.7, 0.3, min_pos_iou=0.3)
+
+    def compute_loss(self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor],
+                     regression_targets: list[Tensor]) -> tuple[Tensor, Tensor]:
+        pos, neg = self.fg_bg_sampler(labels)
+        pos, neg = torch.where(torch.cat(pos))[0], torch.where(torch.cat(neg))[0]
+        sampled = torch.cat([pos, neg])
+        labels_t, targets_t = torch.cat(labels), torch.cat(regression_targets)
+        if self.box_loss == "l1":
+            box = F.l1_loss(pred_bbox_deltas[pos], targets_t[pos], reduction="sum")
+        else:
+            box = F.smooth_l1_loss(pred_bbox_deltas[pos], targets_t[pos], beta=1 / 9, reduction="sum")
+        objectness_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels_t[sampled])
+        return objectness_loss, box / max(sampled.numel(), 1)
+
+
 class _NormalizePad(GeneralizedRCNNTransform):
     """torchvision's detection transform without its resize: images arrive resized by the data pipeline.
     Test-time output: boxes rescaled to the requested sizes, masks pasted there (`paste_masks` or
@@ -218,10 +245,11 @@ class ConvNeXtDetector(GeneralizedRCNN):
             anchors = MMDetAnchorGenerator((4, 8, 16, 32, 64), (0.5, 1.0, 2.0), (8.0,))
         else:  # torchvision's: corners rounded to integers, strides from image size // feature size
             anchors = AnchorGenerator(tuple((8 * s,) for s in (4, 8, 16, 32, 64)), ((0.5, 1.0, 2.0),) * 5)
-        rpn = RegionProposalNetwork(
+        rpn = _RPN(
             anchors, RPNHead(c, 3), fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=256,
             positive_fraction=0.5, pre_nms_top_n=dict(training=2000, testing=1000),  # per level
             post_nms_top_n=dict(training=config.rpn_post_nms_train, testing=config.rpn_post_nms_test), nms_thresh=0.7,
+            box_loss=config.rpn_box_loss,
         )
         n = len(config.iou_thresholds)
         roi_heads = CascadeRoIHeads(
