@@ -122,7 +122,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
 
 
 def test_cli_train_errors_are_clear(tmp_path, capsys):
-    assert main(["train", "--data", str(tmp_path / "nope"), "--recipe", "digits", "--no-progress"]) == 2
+    # --output: the default runs/ folder of the working directory may hold a README run already
+    assert main(["train", "--data", str(tmp_path / "nope"), "--recipe", "digits", "--no-progress",
+                 "--output", str(tmp_path / "w")]) == 2
     assert "no such folder" in capsys.readouterr().err
     assert main(["train", "--model", "convnext_tinyy", "--epochs", "1", "--output", str(tmp_path / "x")]) == 2
     assert "convnext_tiny" in capsys.readouterr().err  # did-you-mean
