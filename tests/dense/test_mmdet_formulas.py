@@ -165,3 +165,23 @@ def test_rpn_losses_as_the_configs(head, loss):
     assert box.item() == pytest.approx(want, rel=1e-5)
     want_obj = F.binary_cross_entropy_with_logits(logits[[0, 3, 1]], torch.tensor([1.0, 1.0, 0.0]))
     assert obj.item() == pytest.approx(want_obj.item(), rel=1e-6)
+
+
+def test_rpn_assigns_only_mmdets_valid_or_inside_anchors():
+    # One 70 x 100 image in a batch padded to 128 x 160: its own 32-padded area is 96 x 128.
+    image = ImageList(torch.zeros(1, 3, 128, 160), [(70, 100)])
+    gt = [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([1])}]
+    for head, inside in (("mask_rcnn", False), ("cascade_mask_rcnn", True)):
+        model = convnext.create_model(f"{head}_convnext_atto", num_classes=3, fpn_channels=32)
+        rpn = model.rpn
+        assert rpn.allowed_border == (0 if inside else -1)
+        rpn._image_sizes = image.image_sizes
+        feats = [torch.zeros(1, 1, 128 // s, 160 // s) for s in (4, 8, 16, 32)] + [torch.zeros(1, 1, 2, 3)]
+        (anchors,) = rpn.anchor_generator(image, feats)
+        (labels,), _ = rpn.assign_targets_to_anchors([anchors], gt)
+        cx, cy = (anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2
+        in_pad = (cx < 128) & (cy < 96)  # Mask R-CNN (allowed_border=-1): valid flags of the 96 x 128 area
+        if inside:  # Cascade (allowed_border=0): the anchor lies inside the 70 x 100 image
+            in_pad &= (anchors[:, :2] >= 0).all(1) & (anchors[:, 2] < 100) & (anchors[:, 3] < 70)
+        assert torch.equal(labels != -1, in_pad & (labels != -1)) and (labels[~in_pad] == -1).all()
+        assert (labels[in_pad] != -1).any() and (labels == 1).any()

@@ -64,6 +64,8 @@ class DetectionConfig:
     rpn_post_nms_train: int = 1000  # proposals per image after NMS, training (Mask R-CNN 1000, Cascade 2000)
     rpn_post_nms_test: int = 1000
     rpn_box_loss: str = "l1"  # RPN box loss: "l1" (Mask R-CNN config) or "smooth_l1" (beta 1/9, Cascade config)
+    rpn_allowed_border: int = -1  # RPN training: -1 every anchor of the image's own 32-padded area (Mask
+    # R-CNN), >= 0 only anchors inside the image grown by this many pixels (Cascade: 0); mmdet allowed_border
     box_convs: int = 0  # conv3x3+BN layers of each box head (Cascade: 4)
     box_fcs: int = 2  # FC layers of each box head (Cascade: 1)
     iou_thresholds: tuple[float, ...] = (0.5,)  # one per cascade stage
@@ -102,7 +104,7 @@ class DetectionConfig:
 HEADS: dict[str, dict] = {
     "mask_rcnn": {},
     "cascade_mask_rcnn": dict(
-        rpn_post_nms_train=2000, rpn_box_loss="smooth_l1", box_convs=4, box_fcs=1, iou_thresholds=(0.5, 0.6, 0.7),
+        rpn_post_nms_train=2000, rpn_box_loss="smooth_l1", rpn_allowed_border=0, box_convs=4, box_fcs=1, iou_thresholds=(0.5, 0.6, 0.7),
         stage_weights=(1.0, 0.5, 0.25),
         target_stds=(0.1, 0.1, 0.2, 0.2, 0.05, 0.05, 0.1, 0.1, 0.033, 0.033, 0.067, 0.067),
         box_loss="giou", box_loss_weight=10.0, match_low_quality=False,
@@ -182,14 +184,43 @@ def paste_masks(masks: Tensor, boxes: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 class _RPN(RegionProposalNetwork):
-    """torchvision's RPN with the box loss of the config (mmdet: L1 for Mask R-CNN, smooth L1 with
-    beta 1/9 for Cascade) and mmdet's assigner (IoU >= 0.7 positive, < 0.3 negative, each ground
-    truth's best anchors positive from IoU 0.3). Both losses are averaged over the sampled anchors."""
+    """torchvision's RPN with mmdet's training rules: the box loss of the config (L1 for Mask R-CNN,
+    smooth L1 with beta 1/9 for Cascade), mmdet's assigner (IoU >= 0.7 positive, < 0.3 negative,
+    each ground truth's best anchors positive from IoU 0.3), and only the anchors mmdet assigns:
+    those of the image's own 32-padded area (batch padding excluded), or with `allowed_border` >= 0
+    those inside the image grown by that many pixels. The others are ignored, as mmdet's
+    valid / inside flags. Both losses are averaged over the sampled anchors."""
 
-    def __init__(self, *args, box_loss: str = "l1", **kwargs):
+    def __init__(self, *args, box_loss: str = "l1", allowed_border: int = -1, **kwargs):
         super().__init__(*args, **kwargs)
-        self.box_loss = box_loss
+        self.box_loss, self.allowed_border = box_loss, allowed_border
         self.proposal_matcher = MaxIoUMatcher(0.7, 0.3, min_pos_iou=0.3)
+        self._image_sizes: list[tuple[int, int]] = []
+
+    def forward(self, images: ImageList, features: dict[str, Tensor], targets=None):
+        self._image_sizes = list(images.image_sizes)  # unpadded (H, W), for the anchor flags
+        return super().forward(images, features, targets)
+
+    def _usable(self, anchors: Tensor, size: tuple[int, int]) -> Tensor:
+        """(A,) bool: anchors mmdet's RPN assigns for an image of `size` (H, W)."""
+        h, w = size
+        # mmdet valid_flags on the image's pad_shape (padded to 32): grid location x with x * s <
+        # padded width (likewise y); our anchors are centred on (x * s, y * s)
+        cx, cy = (anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2
+        usable = (cx < math.ceil(w / 32) * 32) & (cy < math.ceil(h / 32) * 32)
+        if self.allowed_border >= 0:  # mmdet anchor_inside_flags
+            b = self.allowed_border
+            usable &= (anchors[:, 0] >= -b) & (anchors[:, 1] >= -b) & (anchors[:, 2] < w + b) & (anchors[:, 3] < h + b)
+        return usable
+
+    def assign_targets_to_anchors(self, anchors: list[Tensor], targets: list[dict[str, Tensor]]):
+        labels, matched = [], []
+        for a, t, size in zip(anchors, targets, self._image_sizes):
+            usable = self._usable(a, size)
+            (lab,), (gt,) = super().assign_targets_to_anchors([a[usable]], [t])
+            labels.append(lab.new_full((len(a),), -1.0).index_put_((usable,), lab))  # -1: never sampled
+            matched.append(gt.new_zeros(len(a), 4).index_put_((usable,), gt))
+        return labels, matched
 
     def compute_loss(self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor],
                      regression_targets: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -249,7 +280,7 @@ class ConvNeXtDetector(GeneralizedRCNN):
             anchors, RPNHead(c, 3), fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=256,
             positive_fraction=0.5, pre_nms_top_n=dict(training=2000, testing=1000),  # per level
             post_nms_top_n=dict(training=config.rpn_post_nms_train, testing=config.rpn_post_nms_test), nms_thresh=0.7,
-            box_loss=config.rpn_box_loss,
+            box_loss=config.rpn_box_loss, allowed_border=config.rpn_allowed_border,
         )
         n = len(config.iou_thresholds)
         roi_heads = CascadeRoIHeads(
