@@ -8,7 +8,7 @@ import tarfile
 from pathlib import Path
 
 from ..errors import DataError, UserError
-from .options import DTYPE_NAMES, MODES, PEERS
+from .options import COMPARE_NAMES, DTYPE_NAMES, MODES
 
 __all__ = ["register"]
 
@@ -17,9 +17,9 @@ def _parse_compare(text: str) -> tuple[str, ...]:
     if text.strip().lower() in ("", "none"):
         return ()
     names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in PEERS]
+    unknown = [n for n in names if n not in COMPARE_NAMES]
     if unknown:
-        raise UserError(f"--compare: unknown implementation(s) {unknown}; choose from {', '.join(PEERS)} or 'none'")
+        raise UserError(f"--compare: unknown implementation(s) {unknown}; choose from {', '.join(COMPARE_NAMES)} or 'none'")
     return names
 
 
@@ -133,7 +133,7 @@ def _cmd_bench_dense(args: argparse.Namespace) -> int:
     if args.mode != "infer":
         raise UserError(f"--mode {args.mode}: dense models are timed for inference only")
     report = run_dense_benchmark(args.model, batch_size=args.batch_size or 1,
-                                 device=args.device, dtype=args.dtype, warmup=min(args.warmup, 2),
+                                 device=args.device, dtype="fp32" if args.dtype == "auto" else args.dtype, warmup=min(args.warmup, 2),
                                  repeats=min(args.repeats, 5), progress=not args.no_progress)
     print(format_dense_report(report))
     _write_json(args.json, report)
@@ -153,11 +153,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--mode", choices=(*MODES, "data"), default="infer",
                    help="infer: forward; train: forward+backward+AdamW step; data: train transform img/s per worker")
-    p.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32", help="fp32, or bf16/fp16 autocast")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="auto",
+                   help="auto (default): bf16 where the CPU has AMX-BF16/AVX512-BF16, else fp32; on CPU inference "
+                   "ours then runs convnext.deploy.fast_cpu_model (bf16 end to end, or fp32 with layer scale "
+                   "folded) and the peers run under autocast. fp32: exact fp32, ours as built. bf16: as auto's bf16. "
+                   "fp16: autocast")
     p.add_argument("--channels-last", action="store_true", help="models and input in channels_last memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile every implementation")
     p.add_argument("--compare", default="timm,torchvision",
-                   help="comma-separated peers among: timm, torchvision; 'none' for ours alone")
+                   help="comma-separated among: timm, torchvision (same weights), onnxruntime, openvino (its "
+                   "default precision: bf16 on AMX CPUs), openvino-f32 (our ONNX export of the same weights, CPU "
+                   "inference); 'none' for ours alone")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA")
     p.add_argument("--preset", choices=("paper",), default=None,

@@ -8,16 +8,18 @@ hold *identical* weights and must produce the same outputs.
 from __future__ import annotations
 
 import importlib
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..models import create_model
 from ..weights import convert_state_dict
-from .options import PEERS
+from .options import PEERS, RUNTIMES
 
-__all__ = ["PEERS", "Implementation", "build_implementations"]
+__all__ = ["PEERS", "RUNTIMES", "Implementation", "build_implementations", "build_runtimes"]
 
 # Our registry name -> the peer library's name for the same architecture.
 _TIMM_NAMES = {
@@ -35,6 +37,8 @@ class Implementation:
     name: str  # "ours", "timm", "torchvision"
     model: nn.Module
     source: str  # e.g. "timm.create_model('convnext_tiny')"
+    own_precision: bool = False  # runs in its own precision: no autocast, no torch.compile, no inference_mode
+    tolerance: float | None = None  # max |logit diff| vs ours; None: the benchmark's dtype default
 
 
 def _timm_model(name: str, num_classes: int) -> tuple[nn.Module, str]:
@@ -109,3 +113,55 @@ def build_implementations(
         torch.manual_seed(seed)
         _spread_scales(ours, generator)
     return [Implementation("ours", ours, f"convnext.create_model({model_name!r})"), *built], skipped
+
+
+def build_runtimes(
+    ours: nn.Module, runtimes: list[str], img_size: int, workdir: str | Path | None = None,
+    in_chans: int = 3,
+) -> tuple[list[Implementation], dict[str, str]]:
+    """ONNX Runtime / OpenVINO running our ONNX export of `ours` (same weights, same graph).
+
+    "openvino" keeps OpenVINO's default CPU precision (bf16 where the CPU has AMX / AVX512-BF16),
+    "openvino-f32" pins the f32 hint. Files go to `workdir` (default a temporary folder that lives
+    as long as the process). Returns the implementations and, per runtime not installed, why.
+    """
+    from ..deploy.runtimes import OnnxRuntimeModule, OpenVINOModule, export_onnx
+
+    skipped: dict[str, str] = {}
+    wanted = []
+    for name in runtimes:
+        module = "onnxruntime" if name == "onnxruntime" else "openvino"
+        try:
+            importlib.import_module(module)
+            importlib.import_module("onnx")
+        except ImportError:
+            extra = "export" if module == "onnxruntime" else "openvino"
+            skipped[name] = f"{module} is not installed (pip install 'convnext[{extra}]')"
+            continue
+        wanted.append(name)
+    if not wanted:
+        return [], skipped
+    if workdir is None:
+        workdir = tempfile.mkdtemp(prefix="convnext-bench-")  # kept: OpenVINO may map the weights file
+    onnx_path = Path(workdir) / "ours.onnx"
+    export_onnx(ours, onnx_path, torch.randn(2, in_chans, img_size, img_size))
+    built = []
+    xml = None
+    for name in wanted:
+        if name == "onnxruntime":
+            model = OnnxRuntimeModule(onnx_path)
+            built.append(Implementation(name, model, f"onnxruntime {model.version}, CPU EP, our ONNX export",
+                                        own_precision=True, tolerance=1e-3))
+            continue
+        if xml is None:
+            import openvino as ov
+
+            xml = Path(workdir) / "ours.xml"
+            ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+        model = OpenVINOModule(xml, precision="f32" if name == "openvino-f32" else None)
+        low = any(t in model.precision.lower() for t in ("bf16", "f16", "bfloat16", "float16"))
+        built.append(Implementation(
+            name, model, f"OpenVINO {model.version}, CPU, IR from our ONNX, precision {model.precision}"
+            + (" (hint pinned)" if name == "openvino-f32" else " (its default)"),
+            own_precision=True, tolerance=None if low else 1e-3))
+    return built, skipped

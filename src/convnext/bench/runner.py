@@ -28,14 +28,14 @@ from torch import nn
 from tqdm import tqdm
 
 from ..models.inference import optimize_for_inference
-from .options import DTYPE_NAMES, MODES
+from .options import DTYPE_NAMES, MODES, RUNTIMES
 from .paper import paper_throughput
-from .peers import Implementation, build_implementations
+from .peers import Implementation, build_implementations, build_runtimes
 
 __all__ = ["BenchConfig", "OutputMismatch", "run_benchmark", "check_outputs_agree", "machine_info", "paper_reference",
            "DTYPES"]
 
-DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16, None)))  # auto: resolved per machine
 
 # Default max |logit difference| between implementations. fp32 on CPU: the issue's 1e-4. CUDA
 # convolutions may use TF32 even in "fp32", and autocast rounds to 8 (bf16) or 11 (fp16) bits.
@@ -52,7 +52,7 @@ class BenchConfig:
     batch_size: int = 16
     img_size: int = 224
     mode: str = "infer"  # "infer": forward only; "train": forward + backward + AdamW step
-    dtype: str = "fp32"  # fp32, or bf16 / fp16 autocast
+    dtype: str = "fp32"  # fp32; bf16 (ours bf16 end to end on CPU inference, else autocast); fp16; auto
     channels_last: bool = False  # convert every model and the input (ours is channels-last inside anyway)
     compile: bool = False  # torch.compile every implementation (default inductor backend)
     compare: tuple[str, ...] = ("timm", "torchvision")
@@ -77,10 +77,25 @@ class BenchConfig:
             raise ValueError("batch_size, img_size, repeats and iters must be >= 1, warmup >= 0")
 
     @property
+    def resolved_dtype(self) -> str:
+        """fp32 / bf16 / fp16: "auto" decided by the CPU's features (`convnext.deploy.select_dtype`)."""
+        if self.dtype != "auto":
+            return self.dtype
+        from ..deploy.features import select_dtype
+
+        return select_dtype("auto", "cpu" if self.device == "cpu" else self.device)[0]
+
+    @property
+    def fast_cpu_path(self) -> bool:
+        """Ours runs `convnext.deploy.fast_cpu_model`: CPU inference with --dtype auto or bf16."""
+        return self.mode == "infer" and self.device == "cpu" and self.dtype in ("auto", "bf16")
+
+    @property
     def default_tolerance(self) -> float:
-        if self.dtype == "fp32":
+        dtype = self.resolved_dtype
+        if dtype == "fp32":
             return _TOLERANCE[("cuda" if self.device.startswith("cuda") else "cpu", "fp32")]
-        return _TOLERANCE[self.dtype]
+        return _TOLERANCE[dtype]
 
 
 # ----------------------------------------------------------------------------------- machine
@@ -116,6 +131,10 @@ def machine_info(device: str = "cpu") -> dict:
         info["timm"] = None
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    else:
+        from ..deploy.features import cpu_features
+
+        info["cpu_features"] = cpu_features().describe()
     return info
 
 
@@ -176,14 +195,19 @@ def _peak_memory(step: Callable[[], None], device: torch.device) -> tuple[float 
 
 # ------------------------------------------------------------------------------------- steps
 def _autocast(cfg: BenchConfig, device: torch.device):
-    if cfg.dtype == "fp32":
+    dtype = cfg.resolved_dtype
+    if dtype == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[cfg.dtype])
+    return torch.autocast(device.type, dtype=DTYPES[dtype])
 
 
-def _make_step(model: nn.Module, cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor, device: torch.device):
+def _make_step(model: nn.Module, cfg: BenchConfig, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+               own_precision: bool = False):
     """(step, forward): one benchmark step of `model`, a forward (infer) or forward + backward +
-    AdamW (train), and the forward it calls (compiled with `cfg.compile`)."""
+    AdamW (train), and the forward it calls (compiled with `cfg.compile`). A model that runs in its
+    own precision (ours on the fast CPU path, ONNX Runtime, OpenVINO) is called as it is."""
+    if own_precision:
+        return (lambda: model(x)), model
     forward = torch.compile(model) if cfg.compile else model
     if cfg.mode == "infer":
         model.eval()
@@ -239,17 +263,19 @@ def check_outputs_agree(
     for impl in impls:
         impl.model.eval()
         forward = (forwards or {}).get(impl.name, impl.model)
-        with autocast():
+        with contextlib.nullcontext() if impl.own_precision else autocast():
             outputs[impl.name] = forward(x).float()
     ours = outputs[impls[0].name]
     report = {}
     for impl in impls[1:]:
         diff = (outputs[impl.name] - ours).abs().max().item()
+        allowed = impl.tolerance if impl.tolerance is not None else tolerance
         report[impl.name] = {
             "max_abs_diff": diff,
             "max_abs_logit": ours.abs().max().item(),
-            "tolerance": tolerance,
-            "ok": diff <= tolerance,
+            "argmax_agreement": (outputs[impl.name].argmax(-1) == ours.argmax(-1)).float().mean().item(),
+            "tolerance": allowed,
+            "ok": diff <= allowed,
         }
     bad = {k: v["max_abs_diff"] for k, v in report.items() if not v["ok"]}
     if bad:
@@ -298,17 +324,38 @@ def run_benchmark(
     """
     device = _resolve_device(cfg.device)
     skipped: dict[str, str] = {}
+    runtimes = [n for n in cfg.compare if n in RUNTIMES]
     if implementations is None:
         implementations, skipped = build_implementations(
-            cfg.model, list(cfg.compare), num_classes=cfg.num_classes, seed=cfg.seed
+            cfg.model, [n for n in cfg.compare if n not in RUNTIMES], num_classes=cfg.num_classes, seed=cfg.seed
         )
-    if cfg.optimize_ours:
+    if runtimes:
+        if device.type != "cpu" or cfg.mode != "infer":
+            raise ValueError(f"--compare {','.join(runtimes)}: ONNX Runtime / OpenVINO are timed for CPU inference only")
+        built, why = build_runtimes(implementations[0].model, runtimes, cfg.img_size,
+                                    in_chans=getattr(implementations[0].model, "in_chans", 3))
+        implementations, skipped = [*implementations, *built], {**skipped, **why}
+    ours_path = None
+    if cfg.fast_cpu_path:
+        from ..deploy.cpu import fast_cpu_model
+
+        ours = implementations[0]
+        fast = fast_cpu_model(ours.model, cfg.dtype, cfg.batch_size, cfg.img_size,
+                              candidates=("compile",) if cfg.compile else None, inplace=True)
+        ours_path = fast.describe()
+        implementations[0] = Implementation(ours.name, fast, f"{ours.source} via convnext.deploy.fast_cpu_model "
+                                            f"({fast.path})", own_precision=True)
+        if cfg.resolved_dtype == "bf16":  # ours bf16 end to end vs the peers' bf16 autocast: both round
+            for impl in implementations[1:]:
+                impl.tolerance = None  # the bf16 bound, also for fp32 runtimes
+    elif cfg.optimize_ours:
         ours = implementations[0]
         optimize_for_inference(ours.model)
         ours.source += " + optimize_for_inference()"
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     for impl in implementations:
-        impl.model.to(device=device, memory_format=memory_format)
+        if not impl.own_precision:
+            impl.model.to(device=device, memory_format=memory_format)
 
     generator = torch.Generator().manual_seed(cfg.seed)
     x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, generator=generator)
@@ -322,13 +369,16 @@ def run_benchmark(
         torch.backends.cudnn.benchmark = True  # every implementation alike: cuDNN picks its fastest kernels
     try:
         tolerance = cfg.tolerance if cfg.tolerance is not None else cfg.default_tolerance
+        for impl in implementations:  # a runtime in bf16 (OpenVINO's default on AMX) is held to the bf16 bound
+            if impl.own_precision and impl.tolerance is None and impl is not implementations[0]:
+                impl.tolerance = _TOLERANCE["bf16"]
         agreement = check_outputs_agree(implementations, x, tolerance, lambda: _autocast(cfg, device))
         load_before = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
         names = [impl.name for impl in implementations]
         steps, forwards = {}, {}
         for impl in implementations:
-            steps[impl.name], forwards[impl.name] = _make_step(impl.model, cfg, x, y, device)
+            steps[impl.name], forwards[impl.name] = _make_step(impl.model, cfg, x, y, device, impl.own_precision)
         total = len(names) * (cfg.warmup + cfg.repeats * cfg.iters)
         bar = tqdm(total=total, desc=f"bench {cfg.model} {cfg.mode}", unit="step", disable=not progress)
         first_call_s = {}
@@ -376,7 +426,8 @@ def run_benchmark(
             "speedup_per_round_max": max(per_round),
         }
     report = {
-        "config": asdict(cfg),
+        "config": {**asdict(cfg), "resolved_dtype": cfg.resolved_dtype},
+        "ours_path": ours_path,
         "machine": machine_info(cfg.device),
         "load_avg_before_after": [load_before, load_after],
         "memory_measure": memory[ours][1],
@@ -410,8 +461,10 @@ def _floats(values: list[float] | None, digits: int = 2) -> str:
 def format_report(report: dict) -> str:
     """Human-readable table of a `run_benchmark` report."""
     cfg = report["config"]
+    dtype = cfg["dtype"] if cfg.get("resolved_dtype", cfg["dtype"]) == cfg["dtype"] else \
+        f"{cfg['dtype']} -> {cfg['resolved_dtype']}"
     title = (
-        f"{cfg['model']} | {cfg['mode']} | batch {cfg['batch_size']} | {cfg['img_size']}px | {cfg['dtype']}"
+        f"{cfg['model']} | {cfg['mode']} | batch {cfg['batch_size']} | {cfg['img_size']}px | {dtype}"
         f"{' | channels_last' if cfg['channels_last'] else ''}{' | compiled' if cfg['compile'] else ' | eager'}"
         f" | {cfg['device']} ({report['machine'].get('gpu') or report['machine']['cpu']},"
         f" {report['machine']['torch_threads']} threads)"
@@ -420,10 +473,13 @@ def format_report(report: dict) -> str:
         title,
         f"load average (1, 5, 15 min): before {_floats(report['load_avg_before_after'][0])}, "
         f"after {_floats(report['load_avg_before_after'][1])}",
+        *([f"CPU features: {report['machine']['cpu_features']}"] if report["machine"].get("cpu_features") else []),
+        *([f"ours: {report['ours_path']}"] if report.get("ours_path") else []),
     ]
     for name, a in report["agreement"].items():
         lines.append(f"outputs agree: ours vs {name}: max|diff| = {a['max_abs_diff']:.2e} "
-                     f"(tolerance {a['tolerance']:g}, max|logit| {a['max_abs_logit']:.2f})")
+                     f"(tolerance {a['tolerance']:g}, max|logit| {a['max_abs_logit']:.2f}, "
+                     f"argmax agreement {a.get('argmax_agreement', 1.0):.0%})")
     header = f"{'impl':<12} {'img/s':>9} {'latency ms':>11} {'min..max ms':>19} {'peak MiB':>9} {'1st call s':>10}"
     lines += ["", header, "-" * len(header)]
     for name, r in report["results"].items():

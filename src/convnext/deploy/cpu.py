@@ -1,0 +1,193 @@
+"""The fastest CPU inference path of a ConvNeXt, chosen by feature detection and by measurement.
+
+`fast_cpu_model(model, dtype="auto")` returns a module that takes the usual fp32 (B, 3, H, W) batch
+and returns fp32 logits, running inside in the precision `select_dtype` picks (bf16 on CPUs with
+AMX-BF16 / AVX512-BF16, fp32 elsewhere). In bf16 the whole network is bf16 end to end: weights are
+cast once (after folding layer scale into pwconv2 in fp32, `optimize_for_inference`), the input is
+cast once at the stem, and the depthwise convs, LayerNorms (fp32 statistics inside the kernel,
+bf16 in and out), GELUs and both pointwise GEMMs all read and write bf16 channels-last tensors;
+only the logits are cast back to fp32. No autocast is involved, so nothing is re-cast per op.
+
+Candidate paths, timed on the caller's batch size and resolution (interleaved rounds, median):
+
+- "eager": the module itself, channels-last, under no_grad (fp32: our oneDNN-fused Linears).
+- "compile": `torch.compile` with inductor's CPU backend, `freezing=True` (weights become constants,
+  so inductor pre-packs them for oneDNN / AMX GEMMs: `cpp.weight_prepack`) and, with
+  `max_autotune=True`, inductor's C++ GEMM templates (AMX micro-kernels where the CPU has them).
+- "jit": `torch.jit.trace` + `torch.jit.freeze` + `torch.jit.optimize_for_inference` (oneDNN
+  convolutions with folded weights).
+
+The winner and every candidate's time are recorded in `.path` / `.timings`, which the CLI prints.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..models.inference import optimize_for_inference
+from .features import CpuFeatures, select_dtype
+
+__all__ = ["CpuInferenceModel", "fast_cpu_model", "CANDIDATES", "prepare_eager"]
+
+CANDIDATES = ("eager", "compile", "jit")
+_TORCH_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+class CpuInferenceModel(nn.Module):
+    """fp32 (B, 3, H, W) in, fp32 logits out; runs `runner` in `dtype` on channels-last input.
+
+    Attributes: `dtype` ("bf16"/"fp32"), `path` (what runs, in words), `reason` (why this dtype),
+    `timings` (seconds per batch of each measured candidate), `module` (the prepared nn.Module).
+    """
+
+    def __init__(self, module: nn.Module, runner: Callable, dtype: str, path: str, reason: str,
+                 timings: dict[str, float] | None = None):
+        super().__init__()
+        self.module = module
+        self._runner = runner
+        self.dtype, self.path, self.reason = dtype, path, reason
+        self.timings = dict(timings or {})
+        self._torch_dtype = _TORCH_DTYPES[dtype]
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, num_classes), fp32
+        x = x.to(dtype=self._torch_dtype).contiguous(memory_format=torch.channels_last)
+        return self._runner(x).float()
+
+    def describe(self) -> str:
+        line = f"CPU inference: {self.path}; {self.reason}"
+        if len(self.timings) > 1:
+            line += " (measured s/batch: " + ", ".join(f"{k} {v:.3g}" for k, v in self.timings.items()) + ")"
+        return line
+
+
+def prepare_eager(model: nn.Module, dtype: str, inplace: bool = False) -> nn.Module:
+    """Eval mode, frozen parameters, layer scale folded (in fp32), cast to `dtype`, channels-last."""
+    model = model if inplace else copy.deepcopy(model)
+    optimize_for_inference(model.float())  # fold gamma * W in fp32, then round once to bf16
+    return model.to(dtype=_TORCH_DTYPES[dtype], memory_format=torch.channels_last)
+
+
+def freezing(max_autotune: bool = False):
+    """Inductor config for inference compiles: weights frozen into constants and pre-packed.
+
+    A global config patch, active whenever inductor may compile (each new input shape), rather
+    than `torch.compile(options=...)`: with the options dict, int8 graphs fail to compile here.
+    """
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(freezing=True, max_autotune=max_autotune, **{"cpp.weight_prepack": True})
+
+
+def _compiled(module: nn.Module, example: torch.Tensor, max_autotune: bool) -> Callable:
+    fn = torch.compile(module, dynamic=False)
+    shape = tuple(example.shape)
+
+    def run(x):
+        if tuple(x.shape) != shape:  # another batch size (a last partial batch): eager, no recompile
+            return module(x)
+        with torch.no_grad(), freezing(max_autotune):  # freezing needs no_grad
+            return fn(x)
+
+    run(example)  # compile now
+    return run
+
+
+def _jit(module: nn.Module, example: torch.Tensor) -> Callable:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TracerWarnings on shape checks; torch.jit deprecation notes
+        traced = torch.jit.trace(module, example, check_trace=False)
+        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+        frozen(example)
+    return frozen
+
+
+def _time(fn: Callable, x: torch.Tensor) -> float:
+    start = time.perf_counter()
+    with torch.no_grad():
+        fn(x)
+    return time.perf_counter() - start
+
+
+def _measure(runners: dict[str, Callable], x: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each runner over `repeats` rounds; the order rotates per round."""
+    names = list(runners)
+    for name in names:
+        _time(runners[name], x)  # warm-up (allocator, oneDNN primitive cache)
+    samples = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            samples[name].append(_time(runners[name], x))
+    return {n: statistics.median(s) for n, s in samples.items()}
+
+
+def fast_cpu_model(
+    model: nn.Module,
+    dtype: str = "auto",
+    batch: int = 16,
+    img_size: int = 224,
+    *,
+    candidates: Sequence[str] | None = None,
+    max_autotune: bool = False,
+    repeats: int = 3,
+    in_chans: int | None = None,
+    features: CpuFeatures | None = None,
+    inplace: bool = False,
+) -> CpuInferenceModel:
+    """The fastest CPU inference path of `model` for (batch, in_chans, img_size, img_size) inputs.
+
+    Args:
+        model: a classification ConvNeXt (any nn.Module taking NCHW images works).
+        dtype: "auto" (bf16 where the CPU multiplies bf16 natively, else fp32), "bf16" or "fp32".
+        batch, img_size: the input shape the candidates are timed (and compiled) for.
+        candidates: subset of `CANDIDATES` to try; default: all three in bf16, only "eager" in fp32
+            (our fp32 eager path already uses oneDNN-fused GEMMs; compiled it measured at parity).
+            With one candidate nothing is timed.
+        max_autotune: let inductor benchmark its C++ GEMM templates (slower compile).
+        repeats: timed rounds per candidate.
+        features: CPU features to decide on (tests pass made-up ones); default this machine's.
+        inplace: prepare `model` itself instead of a copy (saves one copy of the weights).
+    """
+    chosen, reason = select_dtype(dtype, "cpu", features)
+    if candidates is None:
+        candidates = CANDIDATES if chosen == "bf16" else ("eager",)
+    unknown = [c for c in candidates if c not in CANDIDATES]
+    if unknown or not candidates:
+        raise ValueError(f"candidates must be a non-empty subset of {CANDIDATES}, got {tuple(candidates)}")
+    module = prepare_eager(model, chosen, inplace=inplace)
+    in_chans = in_chans or getattr(model, "in_chans", 3)
+    example = torch.randn(batch, in_chans, img_size, img_size).to(_TORCH_DTYPES[chosen])
+    example = example.contiguous(memory_format=torch.channels_last)
+
+    runners: dict[str, Callable] = {}
+    failures: dict[str, str] = {}
+    for name in candidates:
+        try:
+            if name == "eager":
+                runners[name] = module
+            elif name == "compile":
+                runners[name] = _compiled(module, example, max_autotune)
+            else:
+                runners[name] = _jit(module, example)
+        except Exception as e:  # noqa: BLE001 - a backend that fails here is skipped, and said so
+            failures[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+    if not runners:
+        raise RuntimeError(f"no CPU inference path could be built: {failures}")
+    timings = _measure(runners, example, repeats) if len(runners) > 1 else {}
+    best = min(timings, key=timings.get) if timings else next(iter(runners))
+    words = {"eager": "eager channels-last (oneDNN kernels)",
+             "compile": "torch.compile inductor CPU, freezing + weight prepack" + (", max-autotune" if max_autotune
+                                                                                 else ""),
+             "jit": "torch.jit freeze + optimize_for_inference (oneDNN)"}
+    path = f"{chosen} {words[best]}, layer scale folded"
+    if len(timings) > 1:
+        path += f", fastest of {len(timings)} measured at batch {batch}, {img_size}px"
+    if failures:
+        path += "; failed: " + "; ".join(f"{k} ({v})" for k, v in failures.items())
+    return CpuInferenceModel(module, runners[best], chosen, path, reason, timings)

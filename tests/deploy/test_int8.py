@@ -1,0 +1,34 @@
+"""int8 PT2E: quantize -> save (.pt2) -> load -> run, on atto at a tiny size (eager, not compiled: fast)."""
+import pytest
+import torch
+
+pytest.importorskip("torchao")
+
+from convnext.bench.peers import _spread_scales  # noqa: E402
+from convnext.deploy.int8 import load_int8, quantize_int8, save_int8  # noqa: E402
+from convnext.models import create_model  # noqa: E402
+
+
+def test_int8_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("convnext_atto", num_classes=10).eval()
+    _spread_scales(model, torch.Generator().manual_seed(0))
+    calib = [torch.randn(4, 3, 32, 32) for _ in range(2)]
+    program = quantize_int8(model, calib, img_size=32)
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert any("quantize_per_tensor" in t for t in targets)  # activations quantized
+    assert any("dequantize_per_channel" in t for t in targets)  # per-channel int8 weights
+    assert any("layer_norm" in t for t in targets) and any("gelu" in t for t in targets)  # stay float
+    path = tmp_path / "atto.pt2"
+    save_int8(program, path, {"classes": "a\nb"})
+    loaded, meta = load_int8(path, mixed_bf16=False, compile=False)
+    assert meta["classes"] == "a\nb"
+    x = torch.randn(3, 3, 32, 32)  # another batch size than calibrated / exported with
+    with torch.no_grad():
+        ref = model(x)
+    out = loaded(x)
+    assert out.shape == (3, 10) and out.dtype == torch.float32
+    rel = ((out - ref).norm() / ref.norm()).item()
+    assert rel < 0.2, rel  # int8 noise, not a broken graph (a wrong model is O(1))
+    with pytest.raises(ValueError, match="at least one image"):
+        quantize_int8(model, [], img_size=32)
