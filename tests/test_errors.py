@@ -106,7 +106,7 @@ CASES = [
     Case(["export", "--checkpoint", "{ckpt}", "--format", "onnx", "{tmp}/m.onnx", "--img-size", "-32"],
          "--img-size -32: must be a positive multiple of 32", None, "export-negative-size"),
     Case(["export", "convnext_atoo", "--checkpoint", "{ckpt}", "--format", "onnx", "{tmp}/m.onnx"],
-         "--model: ", None, "export-unknown-model"),
+         "unknown model 'convnext_atoo'. Did you mean: convnext_atto", None, "export-unknown-model"),
     # --- predict: flags and images
     Case(["predict", "--checkpoint", "{ckpt}", "{img}", "--img-size", "0"],
          "--img-size 0: must be a positive multiple of 32", None, "predict-zero-size"),

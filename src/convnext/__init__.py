@@ -5,7 +5,10 @@ torch, so the `convnext` command starts fast.
 """
 from __future__ import annotations
 
+from . import _registry_plugins
 from ._lazy import lazy_attributes
+
+_registry_plugins.install()  # dense / roadmap models and tasks, registered lazily from the top (imports point down)
 
 __version__ = "0.1.0"
 
@@ -13,10 +16,12 @@ __version__ = "0.1.0"
 _PUBLIC: dict[str, str] = {
     **dict.fromkeys(
         ("ConvNeXt", "ConvNeXtConfig", "IsotropicConfig", "IsotropicConvNeXt", "count_flops", "count_params",
-         "create_model", "get_spec", "list_models", "optimize_for_inference"),
+         "get_spec", "list_models", "optimize_for_inference"),
         "convnext.models",
     ),
-    # Inference API (convnext.api): load any checkpoint, classify images.
+    # Build + load weights (convnext.api composes models/ and weights/); using a trained model
+    # (convnext.inference): load any checkpoint of any task, predict.
+    "create_model": "convnext.api",
     **dict.fromkeys(("Loaded", "load", "predict"), "convnext.api"),
 }
 

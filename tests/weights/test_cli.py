@@ -11,7 +11,8 @@ from PIL import Image
 
 from convnext.cli import main
 from convnext.data import eval_transform
-from convnext.models import config_to_dict, create_model
+from convnext import create_model  # builds and loads (convnext.models.create_model only builds)
+from convnext.models import config_to_dict
 from convnext.weights import load_state_dict_file, read_labels, save_state_dict
 
 from .conftest import randomize_

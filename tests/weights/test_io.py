@@ -5,7 +5,8 @@ import pickle
 import pytest
 import torch
 
-from convnext.models import config_to_dict, create_model
+from convnext import create_model  # builds and loads (convnext.models.create_model only builds)
+from convnext.models import config_to_dict
 from convnext.weights import (
     CheckpointError, TRAIN_FORMAT, from_checkpoint, infer_config, load_checkpoint, load_state_dict_file,
     match_model_name, read_labels, save_state_dict,

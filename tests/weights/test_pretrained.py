@@ -4,7 +4,8 @@ import dataclasses
 import pytest
 import torch
 
-from convnext.models import create_model, get_spec
+from convnext import create_model  # builds and loads (convnext.models.create_model only builds)
+from convnext.models import get_spec
 from convnext.weights import CheckpointError, get_pretrained, list_pretrained, load_pretrained
 from convnext.weights.pretrained import download_pretrained
 

@@ -1,8 +1,7 @@
-"""`create_model`: the one builder between names/checkpoints and `nn.Module`."""
+"""`create_model`: the one builder between registered names and `nn.Module` (weights: `convnext.weights`)."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from torch import nn
 
@@ -15,27 +14,22 @@ def create_model(
     name: str,
     *,
     num_classes: int = 1000,
-    pretrained: bool | str = False,
-    checkpoint: str | Path | None = None,
     drop_path_rate: float | None = None,
-    reinit_head: bool = False,
     **overrides,
 ) -> nn.Module:
-    """Build a registered model, optionally loading weights.
+    """Build a registered model with freshly initialised weights (loading lives in `convnext.weights`;
+    `convnext.create_model(name, checkpoint=..., pretrained=...)` builds and loads).
 
     Args:
         name: a name from `list_models()`.
         num_classes: classifier width (0 removes the head).
-        pretrained: True for the registry's default checkpoint of `name`, or a checkpoint tag
-            (see `convnext.weights.list_pretrained(name)`); downloads through torch's hub cache.
-        checkpoint: path of a local checkpoint in any supported layout (official, timm,
-            torchvision, HF transformers, ConvNeXt-V2; .pt/.pth/.bin or .safetensors).
         drop_path_rate: stochastic depth of the last block (None keeps the config's value).
-        reinit_head: allow a checkpoint whose head has a different number of classes; the head
-            is then freshly initialised (scaled by `head_init_scale`). Without it a mismatch is an error.
         **overrides: any other field of the model's config dataclass (e.g. `layer_scale_init_value`,
             `head_init_scale`, `stem_patch_size`, `in_chans`).
     """
+    if {"checkpoint", "pretrained", "reinit_head"} & set(overrides):
+        raise TypeError("convnext.models.create_model only builds a model; load weights with "
+                        "convnext.create_model(name, checkpoint=... or pretrained=...)")
     spec = get_spec(name)
     fields = {f.name for f in dataclasses.fields(spec.config)}
     unknown = set(overrides) - fields
@@ -44,16 +38,4 @@ def create_model(
     changes = dict(overrides, num_classes=num_classes)
     if drop_path_rate is not None:
         changes["drop_path_rate"] = drop_path_rate
-    config = dataclasses.replace(spec.config, **changes)
-    model = build_model(config)
-    if pretrained and checkpoint is not None:
-        raise ValueError("pass either pretrained=... or checkpoint=..., not both")
-    if pretrained:
-        from ..weights import load_pretrained
-
-        load_pretrained(model, name, tag=None if pretrained is True else str(pretrained), reinit_head=reinit_head)
-    elif checkpoint is not None:
-        from ..weights import load_checkpoint
-
-        load_checkpoint(model, checkpoint, reinit_head=reinit_head)
-    return model
+    return build_model(dataclasses.replace(spec.config, **changes))

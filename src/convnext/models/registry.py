@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 from torch import nn
 
+from .._providers import take_model_providers
+from ..errors import UnknownModelError
 from .convnext import ConvNeXt, ConvNeXtConfig
 from .isotropic import IsotropicConfig, IsotropicConvNeXt
 
@@ -63,17 +65,20 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Registered model names (in registration order), optionally filtered by a glob pattern."""
+def list_models(pattern: str | None = None, *, arch: str | None = None) -> list[str]:
+    """Registered model names (in registration order), optionally filtered by a glob pattern
+    and by architecture tag (`arch="convnext"` lists without importing the dense models)."""
     import fnmatch
 
-    _load_plugins()
-    names = list(_REGISTRY)
+    _load_plugins(arch=arch)
+    names = [n for n, s in _REGISTRY.items() if arch is None or s.config.arch == arch]
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
 
 
 def get_spec(name: str) -> ModelSpec:
-    _load_plugins()
+    """The registry entry of `name`; `UnknownModelError` (a KeyError) with close names otherwise."""
+    if name not in _REGISTRY:
+        _load_plugins(name=name)
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -81,11 +86,12 @@ def get_spec(name: str) -> ModelSpec:
 
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else " See `convnext models`."
-        raise KeyError(f"unknown model {name!r}.{hint}") from None
+        raise UnknownModelError(f"unknown model {name!r}.{hint}") from None
 
 
 def build_model(config: Any) -> nn.Module:
-    _load_plugins()
+    if config.arch not in _ARCHS:
+        _load_plugins(arch=config.arch)
     return _ARCHS[config.arch][1](config)
 
 
@@ -96,9 +102,10 @@ def config_to_dict(config: Any) -> dict:
 
 
 def config_from_dict(d: dict) -> Any:
-    _load_plugins()
     d = dict(d)
     arch = d.pop("arch", "convnext")
+    if arch not in _ARCHS:
+        _load_plugins(arch=arch)
     if arch not in _ARCHS:
         raise ValueError(f"unknown architecture {arch!r} (known: {', '.join(_ARCHS)})")
     config_cls = _ARCHS[arch][0]
@@ -110,23 +117,14 @@ def config_from_dict(d: dict) -> Any:
     return config_cls(**kwargs)
 
 
-_PLUGINS = ("convnext.models.roadmap", "convnext.dense.detection", "convnext.dense.segmentation")  # modules that register more architectures on import
-_plugins_loaded = False
+def _load_plugins(name: str | None = None, arch: str | None = None) -> None:
+    """Run the providers the top layer registered (`convnext._providers`) for `name` / `arch`, or all.
 
-
-def _load_plugins() -> None:
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    import importlib
-
-    for mod in _PLUGINS:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # plugin not present in this build
-            if e.name != mod:
-                raise
+    The registry names no module above it: the dense and roadmap models register themselves when
+    their module is imported, and `convnext/_registry_plugins.py` says which module provides what.
+    """
+    for load in take_model_providers(name=name, arch=arch):
+        load()
 
 
 # --------------------------------------------------------------------------------------------

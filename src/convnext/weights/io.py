@@ -237,37 +237,8 @@ def select_weights(
     return unwrap_state_dict(ckpt, ema=which == "ema", source=source), which
 
 
-def check_output_path(path: str | os.PathLike, flag: str, *, force: bool = False, directory: bool = False) -> Path:
-    """`path` as an output the command may write, or a CheckpointError naming `flag` before any work.
-
-    Refused: an existing file without `force`; a directory where a file is written (or, with
-    `directory`, an existing non-empty folder without `force`); a path under a file; a folder we
-    cannot write to.
-    """
-    p = Path(path).expanduser()
-    if p.is_dir() and not directory:
-        raise CheckpointError(f"{flag} {p}: is a directory; expected a file path")
-    if p.exists() and not p.is_dir() and directory:
-        raise CheckpointError(f"{flag} {p}: is a file; expected a directory path")
-    if p.exists() and not force and (not p.is_dir() or any(p.iterdir())):
-        raise CheckpointError(f"{flag} {p}: already exists; pass --force to overwrite it")
-    parent = p.parent
-    while not parent.exists():  # the first folder that exists must be a writable folder
-        parent = parent.parent
-    if not parent.is_dir():
-        raise CheckpointError(f"{flag} {p}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise CheckpointError(f"{flag} {p}: folder {parent} is not writable")
-    return p
-
-
-def printable(text: Any) -> str:
-    """`text` safe to print: control and other non-printable characters escaped (`\\x1b`, `\\n`).
-
-    Class names come from checkpoint files; printed raw, a crafted name could clear the terminal or
-    forge extra result lines.
-    """
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
+# The CLI's output helpers live in `convnext.outputs` (re-exported here for older callers).
+from ..outputs import check_output_path, printable  # noqa: E402,F401
 
 
 def load_state_dict_file(path: str | os.PathLike, *, ema: bool = False) -> dict[str, torch.Tensor]:

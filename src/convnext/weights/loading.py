@@ -296,7 +296,7 @@ def match_model_name(config: Any) -> str | None:
         return dataclasses.replace(cfg, **{k: v for k, v in ignore.items() if hasattr(cfg, k)})
 
     want = architecture(config)
-    for name in list_models():
+    for name in list_models(arch=config.arch):  # this family only: no other family's module imported
         spec = get_spec(name).config
         if type(spec) is type(config) and architecture(spec) == want:
             return name
@@ -332,7 +332,7 @@ def checkpoint_config(
 
 def from_checkpoint(
     path: str | os.PathLike, *, weights: str = "auto", ema: bool | None = None, model_name: str | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu", checkpoint: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Rebuild and load the model stored in a checkpoint.
 
@@ -352,9 +352,11 @@ def from_checkpoint(
         model_name: build this registered model instead (head sized from the checkpoint); the
             weights must fit it strictly.
         device: where the weights are materialised.
+        checkpoint: the file's content when the caller has already read it (`read_checkpoint(path)`),
+            so that it is read once.
     """
     source = str(path)
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path) if checkpoint is None else checkpoint
     sd, which = select_weights(ckpt, weights if ema is None else ("ema" if ema else "model"),
                                 source=source)
     stored = ckpt.get("model_config")
