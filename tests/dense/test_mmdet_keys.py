@@ -98,6 +98,8 @@ def test_architecture_not_readable_says_pass_model(tmp_path):
         read_dense_file({"state_dict": sd})
     assert read_dense_file({"state_dict": sd}, model_name="mask_rcnn_mine").model_name == "mask_rcnn_mine"
     assert read_dense_file({"state_dict": {"head.weight": torch.zeros(2, 2)}}) is None  # not a dense file
+    with pytest.raises(CheckpointError, match="--model upernet_convnext_atto is not a Mask R-CNN"):
+        read_dense_file({"state_dict": mmdet_state_dict(False, "fair")}, model_name="upernet_convnext_atto")
 
 
 def test_mmdet3_runner_checkpoint_loads_and_runs_nothing(tmp_path, capsys):

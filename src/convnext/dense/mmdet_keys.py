@@ -40,8 +40,8 @@ def from_mmdet(sd: Mapping[str, torch.Tensor], layout: str | None = None, source
     """
     layout = layout or mmdet_layout(sd)
     if layout is None:
-        raise CheckpointError(f"{source}: not an mmdet Mask R-CNN / Cascade Mask R-CNN ConvNeXt checkpoint "
-                              f"(no backbone.downsample_layers.0.0.weight, rpn_head.rpn_conv.weight, roi_head.bbox_head.*fc_cls)")
+        raise CheckpointError(f"{source}: not an mmdet Mask R-CNN / Cascade Mask R-CNN ConvNeXt checkpoint (no "
+                              f"backbone.downsample_layers.0.0.weight, rpn_head.rpn_conv.weight, roi_head.bbox_head.*fc_cls)")
     if layout not in _LAYOUTS:
         raise ValueError(f"mmdet layout must be one of {_LAYOUTS}, got {layout!r}")
     return to_dense_layout(sd, layout, naming or dense_naming(sd), source)

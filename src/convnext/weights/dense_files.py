@@ -170,8 +170,8 @@ def to_dense_layout(sd: Mapping[str, torch.Tensor], kind: str, naming: str, sour
 def from_dense_layout(sd: Mapping[str, torch.Tensor], kind: str, naming: str = "openmmlab",
                       source: str = "<state dict>") -> dict[str, torch.Tensor]:
     """Our dense state dict -> mmdet ("standard" | "cascade") or mmseg ("mmseg") keys in `naming`."""
-    return _translate(sd, _key_map(kind, naming), False, f"key(s) of our {'UperNet' if kind == 'mmseg' else 'detector'}",
-                      source)
+    model = "UperNet" if kind == "mmseg" else "detector"
+    return _translate(sd, _key_map(kind, naming), False, f"key(s) of our {model}", source)
 
 
 def _translate(sd, key_map: KeyMap, to_ours: bool, what: str, source: str) -> dict[str, torch.Tensor]:
@@ -226,6 +226,7 @@ class DenseFile:
 
 
 _PREFIX = {"standard": "mask_rcnn_", "cascade": "cascade_mask_rcnn_", "mmseg": "upernet_"}
+_WHAT = {"standard": "Mask R-CNN", "cascade": "Cascade Mask R-CNN", "mmseg": "UperNet"}
 
 
 def _class_names(raw: Mapping[str, Any]) -> list[str] | None:
@@ -237,7 +238,7 @@ def _class_names(raw: Mapping[str, Any]) -> list[str] | None:
     return None
 
 
-def _backbone_name(ours: Mapping[str, torch.Tensor], source: str) -> str | None:
+def _backbone_name(ours: Mapping[str, torch.Tensor]) -> str | None:
     from .loading import infer_config, match_model_name
 
     backbone = {k[len("backbone."):]: v for k, v in ours.items() if k.startswith("backbone.")}
@@ -250,8 +251,8 @@ def _backbone_name(ours: Mapping[str, torch.Tensor], source: str) -> str | None:
 def _infer_name(kind: str, ours: Mapping[str, torch.Tensor], source: str) -> str:
     from ..models.registry import list_models
 
-    backbone = _backbone_name(ours, source)
-    what = {"standard": "Mask R-CNN", "cascade": "Cascade Mask R-CNN", "mmseg": "UperNet"}[kind]
+    backbone = _backbone_name(ours)
+    what = _WHAT[kind]
     if backbone is None:
         raise CheckpointError(f"{source}: a {what} whose backbone (depths and widths) matches no registered "
                               f"ConvNeXt; pass --model NAME (Python: model_name=NAME)")
@@ -312,6 +313,9 @@ def _read_dense(path, model_name: str | None, need_name: bool, source: str | Non
     ours = dict(sd) if naming == "native" else to_dense_layout(sd, kind, naming, source)
     if model_name is None and naming == "native" and isinstance(raw.get("model_name"), str):
         model_name = raw["model_name"]
+    wrong = [pre for pre in _PREFIX.values() if model_name and model_name.startswith(pre) and pre != _PREFIX[kind]]
+    if wrong and not model_name.startswith(_PREFIX[kind]):  # (cascade_mask_rcnn_ also ends in mask_rcnn_)
+        raise CheckpointError(f"{source}: --model {model_name} is not a {_WHAT[kind]}, which this file holds")
     try:
         name = model_name or _infer_name(kind, ours, source)
     except CheckpointError:
@@ -336,10 +340,6 @@ def is_dense_model(model: torch.nn.Module) -> bool:
     return getattr(getattr(model, "config", None), "arch", None) in _DENSE_ARCHS
 
 
-def _model_kind(own: Mapping[str, torch.Tensor]) -> str | None:
-    return _ours_kind(own)
-
-
 def load_dense(model: torch.nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any], *,
                source: str | None = None) -> tuple[DenseFile | None, str]:
     """Load a checkpoint into one of our dense models: a whole mmdet / mmseg / our dense file
@@ -356,17 +356,17 @@ def load_dense(model: torch.nn.Module, checkpoint: str | os.PathLike | Mapping[s
         return None, str(report)
     src = source or dense.source
     own = model.state_dict()
-    want, have = _model_kind(own), dense_kind(dense.state_dict)
+    want, have = _ours_kind(own), dense_kind(dense.state_dict)
     if have is not None and want is not None and have[0] != want:
-        names = {"standard": "a Mask R-CNN", "cascade": "a Cascade Mask R-CNN", "mmseg": "a UperNet"}
         try:
             hint = f"; it holds {_infer_name(have[0], dense.state_dict, src)}"
         except CheckpointError:
             hint = ""
-        raise CheckpointError(f"{src} is {names[have[0]]} checkpoint ({dense.family}), this model is "
-                              f"{names[want]}{hint}")
+        raise CheckpointError(f"{src} is a {_WHAT[have[0]]} checkpoint ({dense.family}), this model is a "
+                              f"{_WHAT[want]}{hint}")
     strict_load(model, dense.state_dict, src)
-    return dense, f"{dense.describe().split(':')[0]}: loaded the whole model, {len(dense.state_dict)} tensors from {src}"
+    found = dense.describe().split(":")[0]  # "read mmseg checkpoint (OpenMMLab naming)"
+    return dense, f"{found}: loaded the whole model, {len(dense.state_dict)} tensors from {src}"
 
 
 # ------------------------------------------------------------------------------------- convert
@@ -404,7 +404,8 @@ def convert_dense(raw: Mapping[str, Any], source: str, to: str, naming: str | No
     out = from_dense_layout(dense.state_dict, kind, naming, source)
     back = to_dense_layout(out, kind, naming, source)
     if back.keys() != dense.state_dict.keys() or any(not torch.equal(back[k], v) for k, v in dense.state_dict.items()):
-        raise CheckpointError(f"{source}: the {to} ({naming}) tensors do not convert back to the input; nothing written")
+        raise CheckpointError(f"{source}: the {to} ({naming}) tensors do not convert back to the input; "
+                              f"nothing written")
     meta: dict[str, Any] = {}
     if dense.classes:  # both conventions: mmengine (mmdet 3 / mmseg 1) and mmcv 1.x
         meta = {"dataset_meta": {"classes": list(dense.classes)}, "CLASSES": list(dense.classes)}

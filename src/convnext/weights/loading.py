@@ -25,7 +25,8 @@ from .convert import convert_state_dict, detect_layout, summarize_keys
 from .io import CheckpointError, read_checkpoint, select_weights, unwrap_state_dict
 
 __all__ = [
-    "LoadReport", "BackboneLoadReport", "load_backbone", "load_checkpoint", "from_checkpoint", "checkpoint_config", "infer_config", "match_model_name",
+    "LoadReport", "BackboneLoadReport", "load_backbone", "load_checkpoint", "from_checkpoint", "checkpoint_config",
+    "infer_config", "match_model_name",
     "to_official", "check_fit",
 ]
 
@@ -206,7 +207,7 @@ class BackboneLoadReport:
     layout: str  # layout the checkpoint was stored in
     num_tensors: int  # tensors copied into the backbone
     new: list[str] = field(default_factory=list)  # backbone tensors the checkpoint lacks (kept as initialised)
-    dropped: list[str] = field(default_factory=list)  # checkpoint tensors with no place in a backbone (head, final norm)
+    dropped: list[str] = field(default_factory=list)  # checkpoint tensors with no place in a backbone (head, norm)
 
     def __str__(self) -> str:
         s = f"backbone: loaded {self.num_tensors} tensors from {self.source} ({self.layout} layout)"

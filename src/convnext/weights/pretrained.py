@@ -135,14 +135,15 @@ def _dense_entries() -> list[PretrainedWeights]:
             f"upernet_convnext_{size}", f"ade20k_in{pre}_{crop}", fname, crop, 150, "ade20k", None,
             task="segmentation", source_url=f"{_BASE_URL}ade20k/{fname}", miou=ss, miou_ms=ms, naming="fair"))
     # mmseg configs/convnext/README.md (converted from FAIR's files, mmcls backbone names).
-    for size, pre, crop, ss, ms, stem, zoo in [
-        ("tiny", "1k", 512, 46.0, 46.7, "upernet_convnext_tiny_fp16_512x512_160k_ade20k_20220227_124553-cad485de", "46.11 / 46.62"),
-        ("small", "1k", 512, 48.7, 49.6, "upernet_convnext_small_fp16_512x512_160k_ade20k_20220227_131208-1b1e394f", "48.56 / 49.02"),
-        ("base", "1k", 512, 49.1, 49.9, "upernet_convnext_base_fp16_512x512_160k_ade20k_20220227_181227-02a24fc6", "48.71 / 49.54"),
-        ("base", "22k", 640, 52.6, 53.1, "upernet_convnext_base_fp16_640x640_160k_ade20k_20220227_182859-9280e39b", "52.13 / 52.66"),
-        ("large", "22k", 640, 53.2, 53.7, "upernet_convnext_large_fp16_640x640_160k_ade20k_20220226_040532-e57aa54d", "53.16 / 53.38"),
-        ("xlarge", "22k", 640, 53.6, 54.0, "upernet_convnext_xlarge_fp16_640x640_160k_ade20k_20220226_080344-95fc38c2", "53.58 / 54.11")]:
-        folder = stem.rsplit("_", 2)[0]
+    for size, pre, crop, ss, ms, run, stamp, zoo in [
+        ("tiny", "1k", 512, 46.0, 46.7, "tiny_fp16_512x512_160k_ade20k", "20220227_124553-cad485de", "46.11 / 46.62"),
+        ("small", "1k", 512, 48.7, 49.6, "small_fp16_512x512_160k_ade20k", "20220227_131208-1b1e394f", "48.56 / 49.02"),
+        ("base", "1k", 512, 49.1, 49.9, "base_fp16_512x512_160k_ade20k", "20220227_181227-02a24fc6", "48.71 / 49.54"),
+        ("base", "22k", 640, 52.6, 53.1, "base_fp16_640x640_160k_ade20k", "20220227_182859-9280e39b", "52.13 / 52.66"),
+        ("large", "22k", 640, 53.2, 53.7, "large_fp16_640x640_160k_ade20k", "20220226_040532-e57aa54d", "53.16 / 53.38"),
+        ("xlarge", "22k", 640, 53.6, 54.0, "xlarge_fp16_640x640_160k_ade20k", "20220226_080344-95fc38c2", "53.58 / 54.11")]:
+        folder = f"upernet_convnext_{run}"
+        stem = f"{folder}_{stamp}"
         out.append(PretrainedWeights(
             f"upernet_convnext_{size}", f"ade20k_in{pre}_{crop}_mmseg", stem + ".pth", crop, 150, "ade20k", None,
             task="segmentation", source_url=f"{_MMSEG}{folder}/{stem}.pth", miou=ss, miou_ms=ms,
@@ -259,8 +260,8 @@ def load_pretrained(model: nn.Module, name: str, tag: str | None = None, reinit_
         backbone = _dense_backbone_name(model, name)
         weights = get_pretrained(backbone, tag)
         report = load_checkpoint(model, download_pretrained(weights))  # a classification file: backbone only
-        report.description = (f"{report} ({backbone} {weights.tag} ImageNet weights; "
-                              f"{'no official dense file is registered for ' + name if not own else 'tag ' + str(tag)})")
+        why = f"tag {tag}" if own else f"no official dense file is registered for {name}"
+        report.description = f"{report} ({backbone} {weights.tag} ImageNet weights; {why})"
         return report
     weights = get_pretrained(name, tag)
     return load_checkpoint(model, download_pretrained(weights), reinit_head=reinit_head)
