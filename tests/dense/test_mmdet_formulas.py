@@ -185,3 +185,13 @@ def test_rpn_assigns_only_mmdets_valid_or_inside_anchors():
             in_pad &= (anchors[:, :2] >= 0).all(1) & (anchors[:, 2] < 100) & (anchors[:, 3] < 70)
         assert torch.equal(labels != -1, in_pad & (labels != -1)) and (labels[~in_pad] == -1).all()
         assert (labels[in_pad] != -1).any() and (labels == 1).any()
+
+
+def test_fpn_starts_from_mmdets_xavier_init():
+    torch.manual_seed(0)
+    model = convnext.create_model("mask_rcnn_convnext_atto", num_classes=3)
+    # lateral 1x1 conv 40 -> 256: xavier-uniform bound sqrt(6 / (40 + 256)) = 0.142; torchvision's
+    # kaiming-uniform (a=1) would be sqrt(3 / 40) = 0.274
+    conv = model.neck.inner_blocks[0][0]
+    bound = math.sqrt(6 / (40 + 256))
+    assert bound * 0.95 < conv.weight.abs().max() <= bound and not conv.bias.any()

@@ -32,7 +32,7 @@ from typing import Mapping
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.image_list import ImageList
@@ -295,6 +295,10 @@ class ConvNeXtDetector(GeneralizedRCNN):
         )
         super().__init__(backbone, rpn, roi_heads, _NormalizePad(config.mask_paste))
         self.neck = FeaturePyramidNetwork(backbone.out_channels, c, extra_blocks=LastLevelMaxPool())
+        for m in self.neck.modules():  # mmdet FPN's init (xavier-uniform, bias 0), not torchvision's kaiming
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
         self.config = config
         self.num_classes = config.num_classes
 
