@@ -155,10 +155,10 @@ def test_bad_json_errors_name_the_file(synthetic_coco):
     (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), r"annotation id\(s\) 100: bbox must be 4 numbers"),
     (lambda d: d["annotations"][0].update(bbox=[1, "2", 3, 4]), r"annotation id\(s\) 100: bbox must be 4 numbers"),
     # duplicate ids: the evaluation index keeps one annotation per id, images one entry per id
-    (lambda d: d["annotations"][2].update(id=101), r"duplicate annotations ids 101 "),
-    (lambda d: d["images"][1].update(id=11), r"duplicate images ids 11 "),
-    (lambda d: d["categories"][1].update(id=7), r"duplicate categories ids 7 "),
-    (lambda d: d["annotations"][3].update(id="a"), r"annotations ids must be integers, got 'a'"),
+    (lambda d: d["annotations"][2].update(id=101), r"duplicate annotation ids 101 in 'annotations'"),
+    (lambda d: d["images"][1].update(id=11), r"duplicate image ids 11 in 'images'"),
+    (lambda d: d["categories"][1].update(id=7), r"duplicate category ids 7 in 'categories'"),
+    (lambda d: d["annotations"][3].update(id="a"), r"annotation ids must be integers, got 'a'"),
     (lambda d: d["annotations"][0].pop("id"), r"annotations\[0\] lacks key 'id'"),
     # types that would end in a traceback of the COCO tools or of torch
     (lambda d: d["annotations"][0].update(category_id="7"), r"annotation id\(s\) 100: 'category_id' must be an "

@@ -200,14 +200,15 @@ def _is_num(v: Any) -> bool:
 
 def _ids_of(records: list[dict], where: str, path: Path) -> list:
     """The records' ids, refused by name when not integers or not unique."""
+    one = {"images": "image", "annotations": "annotation", "categories": "category"}[where]
     ids = [r["id"] for r in records]
     bad = [i for i in ids if not _is_int(i)]
     if bad:
-        raise DataError(f"{path}: {where} ids must be integers, got {_first([repr(b) for b in bad])}")
+        raise DataError(f"{path}: {one} ids must be integers, got {_first([repr(b) for b in bad])}")
     seen: set[int] = set()
     dup = sorted({i for i in ids if i in seen or seen.add(i)})
     if dup:
-        raise DataError(f"{path}: duplicate {where} ids {_first(dup)} (every {where[:-1]} needs its own id)")
+        raise DataError(f"{path}: duplicate {one} ids {_first(dup)} in '{where}' (every {one} needs its own id)")
     return ids
 
 
