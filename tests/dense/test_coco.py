@@ -355,3 +355,23 @@ def test_data_error_in_a_loader_worker_reaches_the_user_as_one_line(synthetic_co
         list(loader)
     assert str(e.value).endswith("33.png: image is 32x32 but " + str(ds.ann_file) + " says 32x31")
     assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
+
+
+def test_detection_task_honours_strict_num_classes_and_prints_the_warnings(synthetic_coco):
+    from convnext.dense.tasks import DetectionTask
+    from convnext.errors import ConfigError
+    from convnext.train import load_config
+
+    cfg = load_config("coco_detection", data=str(synthetic_coco), img_size=32, num_classes=5)
+    with pytest.raises(ConfigError, match=r"--num-classes 5: .* has 3 categories"):
+        DetectionTask().build_data(cfg)
+    (synthetic_coco / "train2017" / "22.png").write_bytes(b"broken")
+    data = DetectionTask().build_data(load_config("coco_detection", data=str(synthetic_coco), img_size=32))
+    assert any("1 unreadable image(s) will be skipped: 22.png" in n for n in data.notes)
+    assert any("skipped 2 annotation(s) with boxes of 1 pixel or less" in n for n in data.notes)
+    batch = [data.train[i] for i in range(len(data.train))]
+    images, targets, skipped = data.collate_train(batch)
+    assert len(images) == 3 and skipped == 1
+    with pytest.raises(DataError, match=r"22.png: unreadable image"):
+        DetectionTask().build_data(load_config("coco_detection", data=str(synthetic_coco), img_size=32,
+                                               strict_images=True))

@@ -218,3 +218,11 @@ def test_pycocotools_fallback(synthetic_coco, monkeypatch):
     assert isinstance(ev.coco, COCO)
     m = ev.summarize()
     assert m["bbox_AP"] == m["segm_AP"] == pytest.approx((100 * 34 / 101 + 200) / 3)
+
+
+def test_summary_line_says_no_ground_truth():
+    from convnext.dense.tasks import DetectionTask
+
+    line = DetectionTask().summary_line({"bbox_AP": math.nan, "segm_AP": math.nan})
+    assert line == "box AP n/a (no ground truth)  mask AP n/a (no ground truth)" and "-1" not in line
+    assert DetectionTask().summary_line({"bbox_AP": 49.2, "segm_AP": 42.81}) == "box AP 49.20  mask AP 42.81"
