@@ -205,9 +205,12 @@ def _task_evaluator(task, dataset):
 
 
 def _same_classes(ours: list[str], theirs: list[str]) -> bool:
-    """Equal names; classes numbered only ("0", "1", ...) on either side need only equal counts."""
-    numbered = [str(i) for i in range(len(theirs))]
-    if ours == numbered or theirs == [str(i) for i in range(len(ours))] or not ours:
+    """Equal names; classes numbered only on either side ("0", "1", ..., or by label value on disk
+    "1", "2", ... as segmentation data without names) need only equal counts."""
+    def numbered(names: list[str]) -> bool:
+        return names in ([str(i) for i in range(len(names))], [str(i + 1) for i in range(len(names))])
+
+    if numbered(list(ours)) or numbered(list(theirs)) or not ours:
         return len(ours) in (0, len(theirs))
     return list(ours) == list(theirs)
 
