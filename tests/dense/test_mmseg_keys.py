@@ -119,6 +119,12 @@ def test_convert_cli_round_trips_bit_exactly(naming, tmp_path, capsys):
         ("convnext", "native", "upernet_convnext_atto", list("abcdefg"))
     assert main(["convert", str(src), str(tmp_path / "x.pth"), "--to", "mmdet"]) == 2
     assert "use --to mmseg" in capsys.readouterr().err
+    partial = {k: v for k, v in sd.items() if k != "auxiliary_head.conv_seg.bias"}
+    torch.save({"state_dict": partial}, tmp_path / "partial.pth")
+    assert main(["convert", str(tmp_path / "partial.pth"), str(tmp_path / "y.pth"), "--to", "mmseg"]) == 2
+    assert "not a whole upernet_convnext_atto (missing from the checkpoint (1): aux_head.classifier.conv.bias)" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "y.pth").exists()
 
 
 def test_dense_pretrained_is_the_whole_file_and_offline_is_clear(tmp_path, monkeypatch):

@@ -182,10 +182,8 @@ def _translate(sd, key_map: KeyMap, to_ours: bool, what: str, source: str) -> di
         raise CheckpointError(f"{source}: {e}") from None
 
 
-def strict_load(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load a whole-model state dict strictly, or raise a CheckpointError naming every key that is
-    missing, has no counterpart, or has another shape."""
-    own = model.state_dict()
+def _fit_problems(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor]) -> list[str]:
+    """Keys missing / without counterpart / of another shape between a model's state dict and `sd`."""
     problems = []
     missing = sorted(set(own) - set(sd))
     if missing:
@@ -197,6 +195,13 @@ def strict_load(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: 
              for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
     if shape:
         problems.append(f"shape mismatch ({len(shape)}): " + "; ".join(shape))
+    return problems
+
+
+def strict_load(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load a whole-model state dict strictly, or raise a CheckpointError naming every key that is
+    missing, has no counterpart, or has another shape."""
+    problems = _fit_problems(model.state_dict(), sd)
     if problems:
         raise CheckpointError(f"{source} does not fit this {type(model).__name__}: " + " | ".join(problems))
     with torch.no_grad():
@@ -381,17 +386,12 @@ def convert_dense(raw: Mapping[str, Any], source: str, to: str, naming: str | No
         raise CheckpointError(f"{source}: --to {to} needs a detection / segmentation checkpoint (mmdet Mask R-CNN / "
                               f"Cascade Mask R-CNN, mmseg UperNet, or ours); this file is not one")
     kind = _ours_kind(dense.state_dict)
+    config = _checked_config(dense)
     if to == "official":
         if naming is not None:
             raise CheckpointError("--layout applies to --to mmdet / mmseg only")
-        import dataclasses
+        from ..models.registry import config_to_dict
 
-        from ..models.registry import config_to_dict, get_spec
-
-        config = get_spec(dense.model_name).config
-        fields = {f.name for f in dataclasses.fields(config)}
-        config = dataclasses.replace(config, num_classes=dense.num_classes,
-                                     **{k: v for k, v in dense.overrides.items() if k in fields})
         return dense, dense.state_dict, {"model_config": config_to_dict(config), "model_name": dense.model_name,
                                          "labels": dense.classes}
     if to not in FAMILIES:
@@ -410,6 +410,29 @@ def convert_dense(raw: Mapping[str, Any], source: str, to: str, naming: str | No
     if dense.classes:  # both conventions: mmengine (mmdet 3 / mmseg 1) and mmcv 1.x
         meta = {"dataset_meta": {"classes": list(dense.classes)}, "CLASSES": list(dense.classes)}
     return dense, out, {"meta": meta}
+
+
+def _checked_config(dense: DenseFile) -> Any:
+    """The config of the model the file holds (registered name, classes and head widths from the
+    tensors); the tensors must fit it exactly (checked on the meta device, nothing allocated)."""
+    import dataclasses
+
+    from ..models.registry import build_model, get_spec
+
+    try:
+        config = get_spec(dense.model_name).config
+    except KeyError as e:
+        raise CheckpointError(f"{dense.source}: --model: {e.args[0]}") from None
+    fields = {f.name for f in dataclasses.fields(config)}
+    config = dataclasses.replace(config, num_classes=dense.num_classes,
+                                 **{k: v for k, v in dense.overrides.items() if k in fields})
+    with torch.device("meta"):
+        own = build_model(config).state_dict()
+    problems = _fit_problems(own, dense.state_dict)
+    if problems:
+        raise CheckpointError(f"{dense.source}: not a whole {dense.model_name} ({' | '.join(problems)}); "
+                              f"nothing written")
+    return config
 
 
 def save_openmmlab(sd: Mapping[str, torch.Tensor], path: str | os.PathLike, meta: Mapping[str, Any]) -> None:
