@@ -80,8 +80,8 @@ def detection(head: str, backbone: str, size: tuple[int, int], images: int, scor
         m = match(ref, other)
         kept += int((m >= 0).sum())
         total += len(m)
-    print(f"{name} {size[0]}x{size[1]}, {images} images, score > {score_thresh}: torchvision anchors reproduce {kept}/{total} "
-          f"({100 * kept / max(total, 1):.1f}%) of the mmdet-anchor detections")
+    print(f"{name} {size[0]}x{size[1]}, {images} images, score > {score_thresh}: torchvision anchors reproduce "
+          f"{kept}/{total} ({100 * kept / max(total, 1):.1f}%) of the mmdet-anchor detections")
 
     # Mask paste: the same smooth 28x28 probabilities (random-weight masks are noise, unlike a
     # trained model's), an ellipse of random radius per box, pasted both ways on the model's boxes.

@@ -22,7 +22,8 @@ def test_base_anchors_are_mmdets_float_corners():
     gen = MMDetAnchorGenerator((4, 8, 16, 32, 64), (0.5, 1.0, 2.0), (8.0,))
     s4 = gen.cell_anchors[0]
     # ratio 0.5: w = 4 * sqrt(2) * 8 = 45.2548, h = 4 / sqrt(2) * 8 = 22.6274; ratio 1: 32 x 32; ratio 2: transposed
-    want = torch.tensor([[-16 * R2, -8 * R2, 16 * R2, 8 * R2], [-16.0, -16.0, 16.0, 16.0], [-8 * R2, -16 * R2, 8 * R2, 16 * R2]])
+    want = torch.tensor([[-16 * R2, -8 * R2, 16 * R2, 8 * R2], [-16.0, -16.0, 16.0, 16.0],
+                         [-8 * R2, -16 * R2, 8 * R2, 16 * R2]])
     assert torch.allclose(s4, want, atol=1e-5, rtol=0)
     assert s4[0, 0].item() == pytest.approx(-22.627417, abs=1e-5)  # not rounded to -23 (torchvision)
     # stride 64: 512 x 512 for ratio 1, 724.08 x 362.04 for ratio 0.5
@@ -44,7 +45,8 @@ def test_anchor_grid_order_and_fixed_strides():
     # last anchor of P6: location (12, 18) at mmdet's stride 64 -> centre (1152, 768); torchvision
     # would use 800 // 13 = 61 for the rows (centre y 732)
     last = anchors[-1]  # ratio 2: w = 64 / sqrt(2) * 8 = 362.04, h = 724.08
-    assert ((last[0] + last[2]) / 2).item() == pytest.approx(1152.0) and ((last[1] + last[3]) / 2).item() == pytest.approx(768.0)
+    assert ((last[0] + last[2]) / 2).item() == pytest.approx(1152.0)
+    assert ((last[1] + last[3]) / 2).item() == pytest.approx(768.0)
     assert (last[2] - last[0]).item() == pytest.approx(256 * R2, abs=1e-3)
 
 
@@ -115,7 +117,8 @@ def test_detector_output_uses_the_configured_paste():
     # pasted at another output size: boxes scaled first (mmdet rescale=True), then pasted there
     out = model.transform.postprocess([dict(r) for r in result], [(5, 8)], [(10, 16)])
     assert out[0]["boxes"][0].tolist() == [4.0, 2.0, 12.0, 6.0] and out[0]["masks"].shape == (1, 1, 10, 16)
-    tv = convnext.create_model("mask_rcnn_convnext_atto", num_classes=3, fpn_channels=32, mask_paste="torchvision").eval()
+    tv = convnext.create_model("mask_rcnn_convnext_atto", num_classes=3, fpn_channels=32,
+                               mask_paste="torchvision").eval()
     out = tv.transform.postprocess([dict(r) for r in result], [(5, 8)], [(5, 8)])
     assert torch.equal(out[0]["masks"], paste_masks_in_image(MASK[None, None], BOX[None], (5, 8)))
 

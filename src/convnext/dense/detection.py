@@ -104,7 +104,8 @@ class DetectionConfig:
 HEADS: dict[str, dict] = {
     "mask_rcnn": {},
     "cascade_mask_rcnn": dict(
-        rpn_post_nms_train=2000, rpn_box_loss="smooth_l1", rpn_allowed_border=0, box_convs=4, box_fcs=1, iou_thresholds=(0.5, 0.6, 0.7),
+        rpn_post_nms_train=2000, rpn_box_loss="smooth_l1", rpn_allowed_border=0,
+        box_convs=4, box_fcs=1, iou_thresholds=(0.5, 0.6, 0.7),
         stage_weights=(1.0, 0.5, 0.25),
         target_stds=(0.1, 0.1, 0.2, 0.2, 0.05, 0.05, 0.1, 0.1, 0.033, 0.033, 0.067, 0.067),
         box_loss="giou", box_loss_weight=10.0, match_low_quality=False,
@@ -131,7 +132,8 @@ class MMDetAnchorGenerator(AnchorGenerator):
     def __init__(self, strides: tuple[int, ...] = (4, 8, 16, 32, 64), ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
                  scales: tuple[float, ...] = (8.0,)):
         self.strides = tuple(strides)
-        super().__init__(tuple(tuple(s * float(c) for c in scales) for s in self.strides), (tuple(ratios),) * len(strides))
+        sizes = tuple(tuple(s * float(c) for c in scales) for s in self.strides)
+        super().__init__(sizes, (tuple(ratios),) * len(strides))
         self.cell_anchors = [self.base_anchors(s, ratios, scales) for s in self.strides]  # replaces the rounded ones
 
     @staticmethod
