@@ -12,7 +12,7 @@ from convnext.errors import CheckpointError
 from convnext.weights import load_checkpoint, load_pretrained
 from convnext.weights.dense_files import read_dense_file
 
-from openmmlab_files import BLOCK_NAMES, mmseg_state_dict, save_runner_checkpoint
+from openmmlab_files import BLOCK_NAMES, mmdet_state_dict, mmseg_state_dict, save_runner_checkpoint
 
 SMALL_HEAD = dict(channels=32, aux_channels=16)
 
@@ -68,6 +68,18 @@ def test_read_dense_file_and_load_checkpoint(naming, tmp_path, capsys):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in dense.state_dict.items())
     with pytest.raises(CheckpointError, match="is a UperNet checkpoint.*this model is a Mask R-CNN"):
         load_checkpoint(convnext.models.create_model("mask_rcnn_convnext_atto", num_classes=7), path)
+
+
+def test_finetune_loads_a_whole_file_of_its_task_and_says_which(tmp_path):
+    from convnext.dense.backbone import load_whole_dense
+
+    seg, det = tmp_path / "seg.pth", tmp_path / "det.pth"
+    torch.save({"state_dict": mmseg_state_dict("openmmlab")}, seg)
+    torch.save({"state_dict": mmdet_state_dict(True, "fair")}, det)
+    model = _model()
+    line = load_whole_dense(model, seg, "segmentation")
+    assert line == f"read mmseg checkpoint (OpenMMLab naming): loaded the whole model, 214 tensors from {seg}"
+    assert load_whole_dense(model, det, "segmentation") is None  # another task: the caller loads the backbone
 
 
 def test_backbone_only_and_classification_files_into_upernet(tmp_path):

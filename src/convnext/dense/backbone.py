@@ -24,8 +24,8 @@ from ..models.convnext import ConvNeXt, ConvNeXtConfig
 from ..models.registry import get_spec
 from ..weights.loading import BackboneLoadReport, load_backbone
 
-__all__ = ["DenseConvNeXt", "dense_backbone", "load_backbone_checkpoint", "BackboneLoadReport", "load_whole_strict",
-           "read_any"]
+__all__ = ["DenseConvNeXt", "dense_backbone", "load_backbone_checkpoint", "BackboneLoadReport", "load_whole_dense",
+           "load_whole_strict", "read_any"]
 
 
 class DenseConvNeXt(ConvNeXt):
@@ -84,6 +84,21 @@ def load_backbone_checkpoint(
         CheckpointError: the checkpoint is unreadable or is another architecture.
     """
     return load_backbone(backbone, path_or_state_dict, ema=ema)
+
+
+def load_whole_dense(model: nn.Module, path: str | os.PathLike, task: str) -> str | None:
+    """`train --finetune FILE`: a whole mmdet / mmseg (either naming) or our own dense checkpoint of
+    `task` ("detection" | "segmentation") into `model`, strictly; the line saying what was read
+    (e.g. "read mmseg checkpoint (OpenMMLab naming): ..."), or None when the file is not one (the
+    caller then loads its backbone)."""
+    from ..weights.dense_files import _read_dense, strict_load
+
+    dense = _read_dense(path, None, need_name=False)
+    if dense is None or dense.task != task:
+        return None
+    strict_load(model, dense.state_dict, dense.source)
+    found = dense.describe().split(":")[0]
+    return f"{found}: loaded the whole model, {len(dense.state_dict)} tensors from {dense.source}"
 
 
 def load_whole_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
