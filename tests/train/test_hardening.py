@@ -1,4 +1,5 @@
 """Nothing lost, nothing silently wrong: run folders, resume, interrupts, validation, adapted defaults."""
+import dataclasses
 import json
 import os
 import stat
@@ -9,7 +10,7 @@ import yaml
 
 import convnext.train.trainer as trainer
 from convnext.cli import main
-from convnext.errors import ConfigError, UserError
+from convnext.errors import CheckpointError, ConfigError, UserError
 from convnext.train import load_config, run
 from convnext.train.adapt import adapt_config
 from convnext.train.distributed import SeededSamples, TrainSampler
@@ -128,15 +129,29 @@ def test_stale_temporaries_are_removed_and_checkpoints_honour_the_umask(tmp_path
     assert mode == 0o644
 
 
-def test_best_checkpoint_is_written_before_last(tmp_path, monkeypatch):
+def test_last_is_written_before_best_and_best_holds_only_its_weights(tmp_path, monkeypatch):
     order = []
     real = trainer.save_checkpoint
     monkeypatch.setattr(trainer, "save_checkpoint", lambda state, path: (order.append(path.name), real(state, path)))
     run(cfg(tmp_path, epochs=1))
-    assert order == ["checkpoint-best.pt", "checkpoint-last.pt"]
+    assert order == ["checkpoint-last.pt", "checkpoint-best.pt"]
     best = torch.load(tmp_path / "run" / "checkpoint-best.pt", weights_only=True)
+    last = torch.load(tmp_path / "run" / "checkpoint-last.pt", weights_only=True)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert best["epoch"] == metrics["best_epoch"]
+    assert best["epoch"] == metrics["best_epoch"] and best["reported_weights"] == "model"
+    assert {"optimizer", "rng", "scaler"} & set(best) == set() and {"optimizer", "rng"} <= set(last)
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+    # A kill between the two writes leaves no best: the resume writes it from the last (the best epoch).
+    (tmp_path / "run" / "checkpoint-best.pt").unlink()
+    order.clear()
+    run(cfg(tmp_path, epochs=1, resume="auto"))
+    assert order == ["checkpoint-best.pt"]
+    again = torch.load(tmp_path / "run" / "checkpoint-best.pt", weights_only=True)
+    assert again["epoch"] == 1 and "optimizer" not in again
+    # Resuming from weights only is refused in one line (no checkpoint-last.pt to continue).
+    (tmp_path / "run" / "checkpoint-last.pt").unlink()
+    with pytest.raises(CheckpointError, match="holds weights only"):
+        run(cfg(tmp_path, epochs=1, resume="auto"))
 
 
 @pytest.mark.parametrize("argv, flag", [
@@ -176,12 +191,15 @@ def test_defaults_that_cannot_make_sense_are_adapted_and_said():
     c = load_config(None, data="folder", model="convnext_atto", epochs=2)  # the paper's ImageNet defaults
     new, notes = adapt_config(c, num_train=245, cpus=2, explicit={"data", "model", "epochs"})
     assert new.batch_size == 24 and new.num_workers == 2 and not new.ema and new.warmup_epochs == 0.2
-    assert new.drop_last is False and len(notes) == 5
+    assert new.drop_last is False and new.threads == 1 and len(notes) == 6
+    assert "threads -> 1: 2 CPU(s), 2 of them for the loader workers" in notes
     # Explicit flags are kept; ImageNet scale triggers nothing; --no-adapt keeps everything.
     kept, notes = adapt_config(c, num_train=245, cpus=2, explicit={"batch_size", "warmup_epochs", "ema"})
     assert kept.batch_size == 128 and kept.warmup_epochs == 20 and kept.ema
-    paper = load_config("in1k_convnext_tiny")
-    assert adapt_config(paper, num_train=1_281_167, world_size=32, cpus=64, local_world_size=8)[1] == []
+    paper = load_config("in1k_convnext_tiny")  # at ImageNet scale only the thread count is set
+    big, notes = adapt_config(paper, num_train=1_281_167, world_size=32, cpus=64, local_world_size=8)
+    assert notes == ["threads -> 4: 64 CPU(s) for 8 processes, 4 of them for the loader workers"]
+    assert big == dataclasses.replace(paper, threads=4)
     assert adapt_config(load_config(None, adapt=False, epochs=2), num_train=245, cpus=2)[1] == []
 
 
@@ -227,3 +245,179 @@ def test_sampler_without_drop_last_covers_every_image_with_equal_batches_per_ran
 def test_cuda_without_a_gpu_is_one_line(capsys, tmp_path):
     assert main(["train", "--device", "cuda", "--output", str(tmp_path / "r")]) == 2
     assert "no CUDA GPU is available" in capsys.readouterr().err
+
+
+def _signal_inside_forward(monkeypatch, task_cls, signum, at_call):
+    """Send `signum` to this process right after the forward pass of loss call `at_call` (the batch's
+    random numbers are drawn and its BatchNorm statistics updated): the one path of Ctrl-C and SIGTERM."""
+    import signal
+
+    real = task_cls.loss
+    calls = {"n": 0}
+
+    def patched(self, *args):
+        out = real(self, *args)
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            os.kill(os.getpid(), getattr(signal, signum))
+        return out
+
+    monkeypatch.setattr(task_cls, "loss", patched)
+
+
+def _all_tensors(path):
+    ckpt = torch.load(path, weights_only=True)
+    out = {f"model.{k}": v for k, v in ckpt["model"].items()}
+    for pid, st in ckpt["optimizer"]["state"].items():
+        out.update({f"optimizer.{pid}.{k}": v for k, v in st.items() if torch.is_tensor(v)})
+    return out
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_and_sigterm_save_and_resume_bit_identically(tmp_path, monkeypatch, signum, capsys):
+    run(cfg(tmp_path, "full", **STOCHASTIC))
+    _signal_inside_forward(monkeypatch, ClassificationTask, signum, at_call=9)  # batch 3 of epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg(tmp_path, "cut", **STOCHASTIC))
+    monkeypatch.undo()
+    printed = capsys.readouterr().out
+    assert ("terminated (SIGTERM)" if signum == "SIGTERM" else "interrupted:") in printed
+    assert "epoch 2, batch 2" in printed and "--resume auto" in printed
+    ckpt = torch.load(tmp_path / "cut" / "checkpoint-last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]) == (1, 2, 8)
+    assert (tmp_path / "cut" / "curves.png").is_file()  # the curves of the epoch that finished
+    run(cfg(tmp_path, "cut", resume="auto", **STOCHASTIC))
+    full, resumed = _all_tensors(tmp_path / "full" / "checkpoint-last.pt"), _all_tensors(tmp_path / "cut" / "checkpoint-last.pt")
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+@pytest.mark.parametrize("what", ["interrupt", "bad file"])
+def test_interrupt_or_bad_file_in_the_evaluation_saves_the_trained_epoch(tmp_path, monkeypatch, what, capsys):
+    from convnext.errors import DataError
+
+    run(cfg(tmp_path, "full", **STOCHASTIC))
+    real = ClassificationTask.evaluate
+
+    def failing(self, *args, **kw):
+        raise KeyboardInterrupt if what == "interrupt" else DataError("val/3/x.png: cannot be read")
+
+    monkeypatch.setattr(ClassificationTask, "evaluate", failing)
+    with pytest.raises(KeyboardInterrupt if what == "interrupt" else DataError):
+        run(cfg(tmp_path, "cut", **STOCHASTIC))
+    monkeypatch.setattr(ClassificationTask, "evaluate", real)
+    ckpt = torch.load(tmp_path / "cut" / "checkpoint-last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]) == (1, 0, 6)  # the epoch is not retrained
+    assert ckpt["pending_record"]["epoch"] == 1
+    assert "before its evaluation" in capsys.readouterr().out
+    metrics = run(cfg(tmp_path, "cut", resume="auto", **STOCHASTIC))
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert [h["train_loss"] for h in metrics["history"]] == [h["train_loss"] for h in full["history"]]
+    assert [h["top1"] for h in metrics["history"]] == [h["top1"] for h in full["history"]]
+    a, b = _all_tensors(tmp_path / "full" / "checkpoint-last.pt"), _all_tensors(tmp_path / "cut" / "checkpoint-last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_signal_during_a_checkpoint_write_waits_for_it(tmp_path, monkeypatch, capsys):
+    import signal
+
+    real = trainer.save_checkpoint
+
+    def signalled(state, path):
+        if path.name == "checkpoint-last.pt" and state["epoch"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the first save
+        real(state, path)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", signalled)
+    out = tmp_path / "cli"
+    argv = ["train", "--data", "digits", "--model-overrides", json.dumps(TINY), "--train-subset", "96", "--epochs",
+            "2", "--batch-size", "16", "--num-workers", "0", "--threads", "1", "--output", str(out), "--no-progress",
+            "--no-adapt"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "interrupted" in err
+    # The write finished, and so did the rest of the epoch's files (best, metrics) before it stopped.
+    assert torch.load(out / "checkpoint-last.pt", weights_only=True)["epoch"] == 1
+    assert (out / "checkpoint-best.pt").is_file() and json.loads((out / "metrics.json").read_text())["epochs"] == 1
+    assert not list(out.glob(".*.tmp"))
+    monkeypatch.undo()
+    assert main(["train", "--resume", "auto", "--output", str(out), "--no-progress"]) == 0
+    assert torch.load(out / "checkpoint-last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoints(tmp_path, monkeypatch, capsys):
+    import errno
+
+    real = torch.save
+    calls = {"n": 0}
+
+    def full_disk(obj, f, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] > 2:  # epoch 1 wrote last + best; epoch 2 finds the disk full
+            f.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    out = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--model-overrides", json.dumps(TINY), "--train-subset", "96", "--epochs",
+                 "2", "--batch-size", "16", "--num-workers", "0", "--threads", "1", "--output", str(out),
+                 "--no-progress", "--no-adapt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"cannot write {out / 'checkpoint-last.pt'}: No space left on device" in err and "intact" in err
+    monkeypatch.undo()
+    assert torch.load(out / "checkpoint-last.pt", weights_only=True)["epoch"] == 1
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_a_folder_without_a_checkpoint_does_not_block_a_new_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "tensorboard").mkdir(parents=True)
+    (out / "tensorboard" / "events.out.tfevents.1").write_bytes(b"")
+    (out / "config.yaml").write_text("epochs: 9\n")  # left by a run killed before its first save
+    assert run(cfg(tmp_path, epochs=1))["epochs"] == 1
+    assert "no checkpoint was saved in this folder: removed the previous run's config.yaml, tensorboard" in \
+        capsys.readouterr().out
+    assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 1
+
+
+def test_explicit_means_what_the_user_set_never_a_recipe_file_name(tmp_path):
+    from types import SimpleNamespace
+
+    from convnext.train import TrainConfig
+    from convnext.train.config import given_fields, is_shipped_recipe, replace_config
+    from convnext.train.distributed import DistInfo
+
+    data = SimpleNamespace(train=list(range(200)))
+
+    def adapted(config):
+        return trainer._adapt(config, DistInfo(), given_fields(config), data)[0]
+
+    # A user's file that happens to be called digits.yaml is theirs: every key in it is kept.
+    mine = tmp_path / "x" / "digits.yaml"
+    mine.parent.mkdir()
+    mine.write_text("epochs: 3\nwarmup_epochs: 2\nbatch_size: 128\n")
+    c = load_config(str(mine), data="folder")
+    assert c.recipe == str(mine) and not is_shipped_recipe(c.recipe)
+    assert {"epochs", "warmup_epochs", "batch_size", "data"} <= given_fields(c)
+    kept = adapted(c)
+    assert (kept.warmup_epochs, kept.batch_size) == (2, 128)
+    assert trainer.default_output(c).name == "digits-convnext_tiny"
+    # The shipped digits recipe: its batch is kept, its warm-up (2 of 3 epochs) is shortened.
+    shipped = adapted(load_config("digits", epochs=3))
+    assert shipped.batch_size == 64 and shipped.warmup_epochs == 0.3
+    # Fields set in Python are kept; defaults are adapted; replace_config keeps the record.
+    assert adapted(TrainConfig(data="folder", epochs=3, warmup_epochs=2)).warmup_epochs == 2
+    assert adapted(replace_config(TrainConfig(data="folder", epochs=3, warmup_epochs=2), seed=1)).warmup_epochs == 2
+    assert adapted(TrainConfig(data="folder", epochs=3)).warmup_epochs == 0.3
+
+
+def test_the_thread_count_leaves_the_cores_to_the_loader_workers():
+    c = load_config(None, data="folder", model="convnext_atto", epochs=300)
+    two = adapt_config(c, num_train=100_000, cpus=2)[0]
+    assert (two.num_workers, two.threads) == (2, 1)
+    alone, notes = adapt_config(load_config(None, data="folder", num_workers=0), num_train=100_000, cpus=2,
+                                explicit={"num_workers"})
+    assert alone.threads == 2 and not any("threads" in n for n in notes)
+    assert adapt_config(c, num_train=100_000, cpus=2, explicit={"threads"})[0].threads is None
+    assert adapt_config(load_config(None, threads=3), num_train=100_000, cpus=2)[0].threads == 3

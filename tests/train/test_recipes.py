@@ -38,7 +38,25 @@ def test_defaults_are_the_in1k_recipe():
 
 @pytest.mark.parametrize("name", list_recipes())
 def test_every_recipe_parses(name):
-    assert isinstance(load_recipe(name), dict)
+    """A recipe is a non-empty mapping of known options, and the resolved config holds each value as written."""
+    import dataclasses
+
+    d = load_recipe(name)
+    assert d, f"{name}: empty recipe"
+    cfg = load_config(name)
+    assert cfg.recipe == name
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in d.items():
+        assert key in fields, key
+        got = getattr(cfg, key)
+        if key == "model_overrides":
+            assert got == value
+        elif isinstance(got, tuple):
+            assert list(got) == pytest.approx(list(value)), key
+        elif isinstance(got, float):
+            assert got == pytest.approx(float(value)), key
+        else:
+            assert got == value, key
     cfg = load_config(name)
     assert cfg.recipe == name
     get_spec(cfg.model)  # a registered model

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from ..errors import DataError
-from ..train.tasks import Task, TaskData
+from ..train.tasks import Task, TaskData, register_task
 
-__all__ = ["DetectionTask", "SegmentationTask", "dense_param_groups", "num_decay_layers"]
+__all__ = ["DetectionTask", "SegmentationTask", "CocoMetrics", "SegMetrics", "dense_param_groups", "num_decay_layers"]
 
 
 def _with_skipped(collate):
@@ -24,7 +24,8 @@ def _with_skipped(collate):
 
     @functools.wraps(collate)
     def wrapped(batch):
-        return (*collate(batch), 0)
+        good = [b for b in batch if b is not None]  # None: an image the dataset could not read
+        return (*collate(good), len(batch) - len(good))
 
     return wrapped
 
@@ -56,8 +57,65 @@ def dense_param_groups(model: nn.Module, weight_decay: float, layer_decay: float
     return [groups[k] for k in sorted(groups)]
 
 
+class CocoMetrics:
+    """Evaluator of the one evaluation loop (`train.engine.evaluate`): COCO box / mask AP."""
+
+    def __init__(self, dataset):
+        from .coco_eval import CocoEvaluator
+
+        self.coco = CocoEvaluator(dataset)
+
+    predict_takes_targets = True  # the original image sizes are in the targets
+
+    def predict(self, model, images, device, targets=None):
+        """[{"boxes", "labels", "scores", "masks", "size"}] per image, at the original image size
+        (`targets[i]["orig_size"]`) as mmdet's rescale=True: boxes divided by the per-axis scale
+        factor, masks pasted there; without targets in the network input's pixels."""
+        sizes = None if targets is None else [tuple(int(v) for v in t["orig_size"]) for t in targets]
+        outputs = model([im.to(device) for im in images], out_sizes=sizes)
+        return outputs if sizes is None else [{**o, "size": s} for o, s in zip(outputs, sizes)]
+
+    def update(self, outputs, targets) -> None:
+        self.coco.update([{k: v.float().cpu() if torch.is_tensor(v) else v for k, v in o.items()} for o in outputs],
+                         targets)
+
+    def summarize(self) -> dict:
+        return self.coco.summarize()
+
+
+class SegMetrics:
+    """Evaluator of the one evaluation loop: mIoU / aAcc with the paper's sliding window (crop, stride 2/3
+    of it: 512 -> 341), single-scale or, with `multiscale`, averaged over ratios 0.5-1.75 and flips."""
+
+    def __init__(self, num_classes: int, crop: int, multiscale: bool = False, class_names=None):
+        from .seg_eval import SegEvaluator
+
+        self.num_classes, self.crop, self.multiscale = num_classes, crop, multiscale
+        self.seg = SegEvaluator(num_classes, class_names=class_names)
+
+    def predict(self, model, images, device):
+        from .seg_inference import multiscale_inference, slide_inference
+
+        infer = multiscale_inference if self.multiscale else slide_inference
+        return infer(model, images.to(device), crop=self.crop, stride=max(self.crop * 2 // 3, 1),
+                     num_classes=self.num_classes)  # (B, num_classes, H, W) scores
+
+    def update(self, scores, labels) -> None:
+        self.seg.update(scores.float().cpu(), labels)
+
+    def summarize(self) -> dict:
+        res = self.seg.summarize()
+        per_class = res.pop("IoU", None)
+        if per_class is not None:
+            res["per_class"] = {"IoU": per_class}
+        return res
+
+
 class _DenseTask(Task):
     """What detection and segmentation share: model building and backbone initialisation."""
+
+    sync_batchnorm = True  # the official configs use SyncBN in the heads
+    finetune_hint = "--pretrained (the official ImageNet weights of the backbone)"
 
     def build_model(self, config, data: TaskData) -> nn.Module:
         return self.create_model(config, len(data.classes))  # drop path: the official value registered
@@ -84,12 +142,6 @@ class _DenseTask(Task):
         return None
 
 
-def _state_dict(path) -> dict:
-    from ..weights.io import read_checkpoint, unwrap_state_dict
-
-    return unwrap_state_dict(read_checkpoint(path), source=str(path))
-
-
 def _backbone_name(model_name: str) -> str:
     return model_name[model_name.index("convnext"):]
 
@@ -104,23 +156,26 @@ class DetectionTask(_DenseTask):
         from .coco import build_coco_dataset, collate_detection
 
         collate = _with_skipped(collate_detection)
+        # unreadable images are skipped and counted (or refused with strict); --num-classes must match
+        coco = functools.partial(build_coco_dataset, config.data, img_size=config.img_size,
+                                 strict=getattr(config, "strict_images", False),
+                                 num_classes=getattr(config, "num_classes", None))
         if not train:  # evaluation only: the (possibly large) training JSON is not read
-            val = build_coco_dataset(config.data, "val", img_size=config.img_size)
+            val = coco("val")
             return TaskData(train=None, val=val, classes=list(val.classes), collate_train=collate,
-                            collate_eval=collate)
-        train_set = build_coco_dataset(config.data, "train", img_size=config.img_size)
-        notes = []
+                            collate_eval=collate, notes=[f"warning: {w}" for w in val.warnings])
+        train_set = coco("train")
+        notes = [f"warning: {w}" for w in train_set.warnings]
         try:
-            val = build_coco_dataset(config.data, "val", img_size=config.img_size)
+            val = coco("val")
             if getattr(val, "warning", None):
                 notes.append(f"warning: {val.warning}")
+            if val.ann_file != train_set.ann_file:
+                notes += [f"warning: {w}" for w in val.warnings]
         except DataError:
             if config.eval_every != 0:
                 raise
             val = None
-        if train_set.skipped_annotations:
-            notes.append(f"warning: {train_set.skipped_annotations} degenerate box(es) (width or height <= 1 px) "
-                         "skipped in the training annotations")
         if config.train_subset is not None:
             from ..data import subset
 
@@ -142,33 +197,18 @@ class DetectionTask(_DenseTask):
         losses = model(images, targets)  # {"loss_classifier": ..., "loss_box_reg": ..., "loss_mask": ...}
         return sum(losses.values())
 
-    @torch.no_grad()
-    def evaluate(self, model, loader, device, amp: str) -> dict:
-        from ..train.engine import autocast
-        from .coco_eval import CocoEvaluator
-
-        model.eval()
-        evaluator = CocoEvaluator(loader.dataset)
-        n = 0
-        for images, targets, _ in loader:
-            with autocast(device, amp):
-                outputs = model([im.to(device) for im in images])
-            evaluator.update([{k: v.float().cpu() for k, v in o.items()} for o in outputs], targets)
-            n += len(images)
-        res = evaluator.summarize()
-        res["images"] = n
-        return res
+    def evaluator(self, dataset):
+        return CocoMetrics(dataset)
 
     def summary_line(self, metrics: dict) -> str:
-        return f"box AP {metrics['bbox_AP']:.2f}  mask AP {metrics.get('segm_AP', float('nan')):.2f}"
+        from .coco_eval import format_ap
+
+        return f"box AP {format_ap(metrics['bbox_AP'])}  mask AP {format_ap(metrics.get('segm_AP', float('nan')))}"
 
     def _load_whole(self, model, path):
-        from .mmdet_keys import load_mmdet_checkpoint, mmdet_layout
+        from .backbone import load_whole_dense
 
-        if mmdet_layout(_state_dict(path)) is None:
-            return None
-        load_mmdet_checkpoint(model, path)
-        return f"loaded the whole detector from {path} (official mmdet layout)"
+        return load_whole_dense(model, path, "detection")  # mmdet (either naming) or ours; None: backbone only
 
 
 class SegmentationTask(_DenseTask):
@@ -187,17 +227,19 @@ class SegmentationTask(_DenseTask):
 
         self.crop = config.img_size
         collate = _with_skipped(collate_segmentation)
+        folder = functools.partial(SegmentationFolder, config.data, crop_size=config.img_size,
+                                   strict=getattr(config, "strict_images", False))
         if not train:  # evaluation only
-            val = SegmentationFolder(config.data, "validation", crop_size=config.img_size,
-                                     num_classes=config.num_classes)
+            val = folder("validation", num_classes=config.num_classes)
             self.num_classes = val.num_classes
             return TaskData(train=None, val=val, classes=val.class_names or [str(i) for i in range(val.num_classes)],
-                            collate_train=collate, collate_eval=collate, eval_batch_size=1)
-        train_set = SegmentationFolder(config.data, "training", crop_size=config.img_size,
-                                       num_classes=config.num_classes)
+                            collate_train=collate, collate_eval=collate, eval_batch_size=1,
+                            notes=[f"warning: {w}" for w in val.warnings])
+        train_set = folder("training", num_classes=config.num_classes)
+        notes = [f"warning: {w}" for w in train_set.warnings]
         try:
-            val = SegmentationFolder(config.data, "validation", crop_size=config.img_size,
-                                     num_classes=train_set.num_classes)
+            val = folder("validation", num_classes=train_set.num_classes)
+            notes += [f"warning: {w}" for w in val.warnings]
         except DataError:
             if config.eval_every != 0:
                 raise
@@ -211,7 +253,7 @@ class SegmentationTask(_DenseTask):
             train_set = subset(train_set, config.train_subset, seed=config.seed)
         # Validation images keep their own sizes: one per batch, so no padding enters the metric.
         return TaskData(train=train_set, val=val, classes=classes, collate_train=collate, collate_eval=collate,
-                        eval_batch_size=1)
+                        eval_batch_size=1, notes=notes)
 
     def param_groups(self, model: nn.Module, config) -> list[dict]:
         from .layer_decay import stage_wise_layer_id
@@ -222,43 +264,17 @@ class SegmentationTask(_DenseTask):
         losses = model(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
         return sum(losses.values())  # loss_seg + 0.4 x loss_aux
 
-    @torch.no_grad()
-    def evaluate(self, model, loader, device, amp: str) -> dict:
-        """mIoU with the paper's sliding window (crop, stride 2/3 of it: 512 -> 341), single-scale or,
-        with `multiscale`, averaged over ratios 0.5-1.75 and flips as the paper's main metric."""
-        from ..train.engine import autocast
-        from .seg_eval import SegEvaluator
-        from .seg_inference import multiscale_inference, slide_inference
-
-        model.eval()
-        names = getattr(loader.dataset, "class_names", None)
-        evaluator = SegEvaluator(self.num_classes, class_names=names)
-        stride = max(self.crop * 2 // 3, 1)
-        n = 0
-        for images, labels, _ in loader:
-            with autocast(device, amp):
-                if self.multiscale:
-                    scores = multiscale_inference(model, images.to(device), crop=self.crop, stride=stride,
-                                                  num_classes=self.num_classes)
-                else:
-                    scores = slide_inference(model, images.to(device), crop=self.crop, stride=stride,
-                                             num_classes=self.num_classes)
-            evaluator.update(scores.float().cpu(), labels)
-            n += len(images)
-        res = evaluator.summarize()
-        per_class = res.pop("IoU", None)
-        if per_class is not None:
-            res["per_class"] = {"IoU": per_class}
-        res["images"] = n
-        return res
+    def evaluator(self, dataset):
+        return SegMetrics(self.num_classes, self.crop, self.multiscale, getattr(dataset, "class_names", None))
 
     def summary_line(self, metrics: dict) -> str:
         return f"mIoU {metrics['mIoU']:.2f}  aAcc {metrics['aAcc']:.2f}"
 
     def _load_whole(self, model, path):
-        from .mmseg_keys import is_mmseg_checkpoint, load_mmseg_checkpoint
+        from .backbone import load_whole_dense
 
-        if not is_mmseg_checkpoint(_state_dict(path)):
-            return None
-        load_mmseg_checkpoint(model, path)
-        return f"loaded the whole UperNet from {path} (official mmseg layout)"
+        return load_whole_dense(model, path, "segmentation")  # mmseg (either naming) or ours; None: backbone only
+
+
+register_task("detection", DetectionTask)
+register_task("segmentation", SegmentationTask)

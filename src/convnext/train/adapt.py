@@ -4,17 +4,17 @@ The defaults are the paper's ImageNet-1K recipe (300 epochs of 1.28M images at b
 user's folder of a few hundred images for 2 epochs, some of them silently break the run: 20
 warm-up epochs never finish, an EMA of decay 0.9999 (a horizon of 10,000 steps) never moves from
 its initial weights, a batch of 128 leaves one step per epoch and drops the rest of the images,
-and 4 loader workers oversubscribe a 2-core machine. `adapt_config` changes only such values,
-only when the user did not give them explicitly, and returns one line per change; the trainer
-prints the lines and records them in config.yaml. At ImageNet scale nothing triggers, so the
-named recipes run exactly as written. `--no-adapt` turns it off.
+and 4 loader workers plus torch's one thread per core oversubscribe a 2-core machine (measured:
+benchmarks/threads.py and docs/benchmarks.md, "Thread defaults"). `adapt_config` changes
+only such values, only when the user did not set them, and returns one line per change; the
+trainer prints the lines and records them in config.yaml. At ImageNet scale nothing triggers but
+the thread count, so the named recipes run as written. `--no-adapt` turns it off.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 
-from .config import TrainConfig
+from .config import TrainConfig, replace_config
 
 __all__ = ["adapt_config", "available_cpus", "MIN_STEPS_PER_EPOCH"]
 
@@ -40,7 +40,7 @@ def adapt_config(
     explicit: frozenset[str] | set[str] = frozenset(),
     cpus: int | None = None,
 ) -> tuple[TrainConfig, list[str]]:
-    """(adapted config, one line per change). `explicit`: fields the user set on the command line."""
+    """(adapted config, one line per change). `explicit`: the fields to keep as they are (the user's)."""
     if not config.adapt:
         return config, []
     changes: dict = {}
@@ -99,4 +99,14 @@ def adapt_config(
             notes.append(f"ema -> off: decay {config.ema_decay:g} averages over ~{horizon:.0f} steps, the run has "
                          f"about {steps} (pass --ema to keep it)")
 
-    return (dataclasses.replace(config, **changes) if changes else config), notes
+    # Torch threads: the CPUs the loader workers leave (both at full speed oversubscribe the cores).
+    if config.threads is None and "threads" not in explicit:
+        workers = changes.get("num_workers", config.num_workers)
+        threads = max(1, per_process - workers) if workers > 0 else per_process
+        changes["threads"] = threads
+        if threads != cpus:
+            notes.append(f"threads -> {threads}: {cpus} CPU(s)"
+                         + (f" for {local_world_size} processes" if local_world_size > 1 else "")
+                         + (f", {workers} of them for the loader workers" if workers > 0 else ""))
+
+    return (replace_config(config, **changes) if changes else config), notes

@@ -20,7 +20,37 @@ import yaml
 
 from ..errors import ConfigError
 
-__all__ = ["TrainConfig", "list_recipes", "recipe_description", "recipe_keys", "load_recipe", "load_config", "config_to_dict", "save_config_yaml"]
+__all__ = ["TrainConfig", "CHOICES", "choice_help", "given_fields", "replace_config", "list_recipes",
+           "recipe_description", "recipe_keys", "is_shipped_recipe", "load_recipe", "load_config", "config_to_dict",
+           "save_config_yaml"]
+
+# The choice fields of TrainConfig, declared once: this table drives validation (`TrainConfig._validate`),
+# the `--flag {a,b,c}` choices of `convnext train` and their help text. Adding a choice is one line here
+# plus its implementation (a schedule in schedule.py, a task registered with `tasks.register_task`).
+CHOICES: dict[str, dict[str, str]] = {
+    "task": {
+        "classification": "image folders / digits / CIFAR (top-1)",
+        "detection": "COCO-format JSON, Mask R-CNN / Cascade Mask R-CNN (box AP)",
+        "segmentation": "ADE20K-layout folders, UperNet (mIoU)",
+    },
+    "loader": {
+        "auto": "device on CUDA when the decoded set fits in a quarter of free GPU memory, else workers",
+        "workers": "DataLoader worker processes + PIL (the recipe's exact pipeline)",
+        "device": "decode once, augment batched on the device (GPU-resident for small sets)",
+        "dali": "NVIDIA DALI GPU decoding",
+    },
+    "amp": {"bf16": "bfloat16 autocast", "fp16": "float16 autocast with loss scaling", "off": "fp32"},
+    "schedule": {
+        "cosine": "linear warm-up from 0, half-cosine to min_lr (classification)",
+        "step": "mmdet: warm-up from warmup_ratio, x0.1 at each of lr_milestones (detection)",
+        "poly": "mmseg: warm-up from warmup_ratio, linear decay to min_lr (segmentation)",
+    },
+}
+
+
+def choice_help(name: str) -> str:
+    """`a: what a does; b: ...` for a choice field (its --help text)."""
+    return "; ".join(f"{k}: {v}" for k, v in CHOICES[name].items())
 
 
 def _f(default: Any, help: str) -> Any:
@@ -33,16 +63,14 @@ def _f(default: Any, help: str) -> Any:
 @dataclass
 class TrainConfig:
     # --- task and data -----------------------------------------------------------------------
-    task: str | None = _f(None, "classification | detection | segmentation (None = implied by --model)")
+    task: str | None = _f(None, "what is trained (None = implied by --model)")
     data: str = _f("digits", "dataset: a folder with train/ and val/ (or test/), or digits | cifar10 | cifar100")
     data_dir: str | None = _f(None, "where cifar10/cifar100 are downloaded (default ~/.cache/convnext/data)")
     strict_images: bool = _f(False, "fail on an unreadable image instead of skipping it (skips are counted)")
     train_subset: int | None = _f(None, "use only the first N images of a fixed shuffle of the training set")
     num_workers: int = _f(4, "data-loading worker processes per device (0 = load in the main process; "
                           "capped by the CPUs available)")
-    loader: str = _f("auto", "training input pipeline: workers (DataLoader + PIL, today's), device (decode once, "
-                     "augment batched on the device: GPU-resident for small sets), dali (not implemented), auto "
-                     "(device on CUDA when the decoded set fits in a quarter of free GPU memory, else workers)")
+    loader: str = _f("auto", "training input pipeline")
     drop_last: bool = _f(True, "leave out the images that do not fill the last batch of an epoch (the official "
                          "recipe; a different set each epoch); --no-drop-last trains on a short last batch")
     # --- model -------------------------------------------------------------------------------
@@ -68,7 +96,7 @@ class TrainConfig:
     warmup_steps: int | None = _f(None, "linear warm-up in optimizer steps, instead of warmup_epochs "
                                   "(detection 500 / segmentation 1500 as mmdet/mmseg)")
     warmup_ratio: float = _f(0.0, "lr at the start of warm-up, as a fraction of the peak (step/poly schedules)")
-    schedule: str = _f("cosine", "lr schedule: cosine (classification) | step (x0.1 at lr_milestones) | poly")
+    schedule: str = _f("cosine", "lr schedule, per optimizer step")
     lr_milestones: tuple = _f((), "where the step schedule multiplies the lr by 0.1, as fractions of the run "
                               "(3x detection: 0.75 0.9167 = epochs 27 and 33 of 36)")
     weight_decay: float = _f(0.05, "AdamW weight decay (never on biases, norms and layer scale)")
@@ -78,7 +106,7 @@ class TrainConfig:
     clip_grad: float | None = _f(None, "clip the gradient norm to this value (None = no clipping)")
     ema: bool = _f(True, "keep an exponential moving average of the weights and evaluate it")
     ema_decay: float = _f(0.9999, "EMA decay per optimizer step")
-    amp: str = _f("off", "mixed precision: bf16 | fp16 (with loss scaling) | off")
+    amp: str = _f("off", "mixed precision")
     fsdp: bool = _f(False, "shard parameters, gradients and optimizer state with FSDP (multi-device, large models)")
     # --- augmentation and regularisation (timm data utilities, paper Table 5) ----------------
     img_size: int = _f(224, "training and evaluation resolution")
@@ -92,7 +120,7 @@ class TrainConfig:
     mixup_switch_prob: float = _f(0.5, "probability of CutMix instead of Mixup when both are on")
     smoothing: float = _f(0.1, "label smoothing (folded into the soft targets under Mixup/CutMix)")
     # --- run ---------------------------------------------------------------------------------
-    recipe: str | None = _f(None, "name of the recipe this config was resolved from (informational)")
+    recipe: str | None = _f(None, "the recipe this config was resolved from: a shipped name or the YAML file given")
     finetune: str | None = _f(None, "checkpoint to fine-tune from (any layout); the head is re-initialised")
     resume: str | None = _f(None, "checkpoint to resume, or 'auto' for OUTPUT/checkpoint-last.pt if present")
     overwrite: bool = _f(False, "start afresh in a run folder that already holds a run (its checkpoints, metrics "
@@ -104,7 +132,8 @@ class TrainConfig:
     seed: int = _f(0, "random seed (each rank adds its rank)")
     eval_every: int = _f(1, "evaluate every N epochs (0 = only after the last epoch)")
     device: str | None = _f(None, "cuda | cpu | cuda:N (None = cuda if available, else cpu)")
-    threads: int | None = _f(None, "CPU threads for torch ops (None = torch's default; 1 suits tiny models, busy CPUs)")
+    threads: int | None = _f(None, "CPU threads for torch ops (None = the CPUs left by the loader workers: "
+                             "max(1, CPUs - workers), said as an adapted line; torch's default without --adapt)")
     deterministic: bool = _f(False, "deterministic algorithms (slower; for exact reproducibility tests)")
     progress: bool = _f(True, "show a tqdm progress bar")
 
@@ -118,14 +147,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not ok(value):
                 raise ConfigError(f"{_flag(name)} must be {allowed}, got {_show(value)}")
-        if self.amp not in ("bf16", "fp16", "off"):
-            raise ConfigError(f"--amp must be bf16, fp16 or off, got {self.amp!r}")
-        if self.loader not in ("auto", "workers", "device", "dali"):
-            raise ConfigError(f"--loader must be auto, workers, device or dali, got {self.loader!r}")
-        if self.schedule not in ("cosine", "step", "poly"):
-            raise ConfigError(f"--schedule must be cosine, step or poly, got {self.schedule!r}")
-        if self.task not in (None, "classification", "detection", "segmentation"):
-            raise ConfigError(f"--task must be classification, detection or segmentation, got {self.task!r}")
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ConfigError(f"{_flag(name)} must be one of {', '.join(allowed)}, got {value!r}")
         if any(not 0.0 < m <= 1.0 for m in self.lr_milestones):
             raise ConfigError(f"--lr-milestones must be fractions of the run in (0, 1], got {list(self.lr_milestones)}")
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
@@ -168,6 +193,35 @@ class TrainConfig:
     def from_recipe(cls, recipe: str | None = None, **overrides: Any) -> "TrainConfig":
         """The paper's defaults, then the recipe's differences, then `overrides` (e.g. CLI flags)."""
         return load_config(recipe, **overrides)
+
+
+# Which fields the caller set: `TrainConfig(lr=0.1)` sets lr; `load_config` records the flags given and
+# the keys of the user's own YAML file (not a shipped recipe's). Only the other fields may be adapted to
+# the data (`adapt.py`) or taken from a resumed checkpoint. `dataclasses.replace` would mark every field
+# as set; `replace_config` keeps the record.
+_dataclass_init = TrainConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_recording_given(self, *args, **kwargs):
+    _dataclass_init(self, *args, **kwargs)
+    positional = [f.name for f in dataclasses.fields(TrainConfig)][: len(args)]
+    self.__dict__["_given"] = frozenset(positional) | frozenset(kwargs)
+
+
+TrainConfig.__init__ = _init_recording_given
+
+
+def given_fields(config: TrainConfig) -> frozenset[str]:
+    """The fields the user set (see `_init_recording_given`)."""
+    return config.__dict__.get("_given", frozenset())
+
+
+def replace_config(config: TrainConfig, **changes: Any) -> TrainConfig:
+    """`dataclasses.replace` that keeps the record of which fields the user set."""
+    new = dataclasses.replace(config, **changes)
+    new.__dict__["_given"] = given_fields(config)
+    return new
 
 
 def _flag(name: str) -> str:
@@ -247,9 +301,14 @@ def list_recipes() -> list[str]:
     return sorted(p.name[:-5] for p in _recipe_dir().iterdir() if p.name.endswith(".yaml"))
 
 
+def is_shipped_recipe(name: str | None) -> bool:
+    """True for the name of a recipe in `convnext/recipes/` (a user's `x/digits.yaml` is not `digits`)."""
+    return name is not None and not name.endswith((".yaml", ".yml")) and name in list_recipes()
+
+
 def recipe_keys(name: str | None) -> set[str]:
-    """The options a shipped recipe sets (kept as written: `adapt.py` changes only defaults)."""
-    return set(load_recipe(name)) if name in list_recipes() else set()
+    """The options a shipped recipe sets (kept as written, but for a warm-up longer than the run: `adapt.py`)."""
+    return set(load_recipe(name)) if is_shipped_recipe(name) else set()
 
 
 def recipe_description(name: str) -> str:
@@ -303,16 +362,21 @@ def load_recipe(name_or_path: str) -> dict:
 def load_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
     """Resolve defaults <- recipe <- overrides into a `TrainConfig` (an override of None sets None)."""
     values: dict[str, Any] = {}
+    given = set(overrides)
     if recipe is not None:
         values.update(load_recipe(recipe))
-        values["recipe"] = Path(recipe).stem if recipe.endswith((".yaml", ".yml")) else recipe
+        if not is_shipped_recipe(recipe):  # the user's own YAML file: its keys are theirs
+            given |= set(values)
+        values["recipe"] = recipe
     _check_keys(overrides, "overrides")
     if "model_overrides" in overrides:  # merge with the recipe's stem adaptation etc.
         overrides["model_overrides"] = {**values.get("model_overrides", {}), **overrides["model_overrides"]}
     if overrides.get("finetune") and "pretrained" not in overrides:
         values["pretrained"] = False  # a file given on the command line replaces the recipe's --pretrained
     values.update(overrides)
-    return TrainConfig(**values)
+    config = TrainConfig(**values)
+    config.__dict__["_given"] = frozenset(given)
+    return config
 
 
 def config_to_dict(config: TrainConfig) -> dict:
@@ -328,9 +392,11 @@ def save_config_yaml(config: TrainConfig, path: str | Path, extra: dict | None =
 
 
 def config_from_dict(d: dict) -> TrainConfig:
-    d = {k: v for k, v in d.items() if k != "resolved"}
+    d = {k: v for k, v in d.items() if k not in ("resolved", "resumed")}
     _check_keys(d, "train config")
-    return TrainConfig(**d)
+    config = TrainConfig(**d)
+    config.__dict__["_given"] = frozenset()
+    return config
 
 
 def cli_type(name: str) -> tuple[type, bool]:

@@ -17,7 +17,7 @@ from torch import nn
 
 from .distributed import all_reduce_sum
 
-__all__ = ["ModelEMA", "NonFiniteLossError", "StepContext", "train_one_epoch", "evaluate", "autocast"]
+__all__ = ["ModelEMA", "NonFiniteLossError", "StepContext", "train_one_epoch", "Accuracy", "evaluate", "autocast"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -67,6 +67,34 @@ class StepContext:
     ema: ModelEMA | None = None
     unwrapped: nn.Module | None = None  # the model under DDP, for the EMA update
     on_step: Callable[[dict], None] | None = None  # called after every optimizer step with its stats
+    # A context manager around each optimizer step, its EMA update and `on_step`: the trainer defers
+    # Ctrl-C / SIGTERM there, so an interrupt never lands between two parameter updates of one step.
+    critical: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+
+def _optimizer_step(model: nn.Module, ctx: StepContext, step: int, loss: float, images_per_sec: float) -> int:
+    """lr of this step, clipping, the (scaled) optimizer step, EMA; returns the new step count."""
+    opt = ctx.optimizer
+    lr = ctx.lr_at(step)
+    for group in opt.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    grad_norm = None
+    if ctx.clip_grad is not None:
+        if ctx.scaler is not None:
+            ctx.scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), ctx.clip_grad).item()
+    if ctx.scaler is not None:
+        ctx.scaler.step(opt)  # skipped when the scaled gradients overflowed
+        ctx.scaler.update()
+    else:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    if ctx.ema is not None:
+        ctx.ema.update(ctx.unwrapped if ctx.unwrapped is not None else model)
+    step += 1
+    if ctx.on_step is not None:
+        ctx.on_step({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "images_per_sec": images_per_sec})
+    return step
 
 
 def train_one_epoch(model: nn.Module, batches: Iterable, ctx: StepContext, step: int) -> dict:
@@ -108,28 +136,9 @@ def train_one_epoch(model: nn.Module, batches: Iterable, ctx: StepContext, step:
         if not last_micro:
             continue
 
-        lr = ctx.lr_at(step)
-        for group in opt.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        grad_norm = None
-        if ctx.clip_grad is not None:
-            if ctx.scaler is not None:
-                ctx.scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), ctx.clip_grad).item()
-        if ctx.scaler is not None:
-            ctx.scaler.step(opt)  # skipped when the scaled gradients overflowed
-            ctx.scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-        if ctx.ema is not None:
-            ctx.ema.update(ctx.unwrapped if ctx.unwrapped is not None else model)
-        step += 1
+        with ctx.critical():
+            step = _optimizer_step(model, ctx, step, loss.item(), n_images / max(time.perf_counter() - t0, 1e-9))
         micro = 0
-        if ctx.on_step is not None:
-            elapsed = time.perf_counter() - t0
-            ctx.on_step({"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm,
-                         "images_per_sec": n_images / max(elapsed, 1e-9)})
 
     elapsed = time.perf_counter() - t0
     loss_total, images_total, skipped_total = all_reduce_sum([loss_sum, n_images, n_skipped], ctx.device)
@@ -143,31 +152,77 @@ def train_one_epoch(model: nn.Module, batches: Iterable, ctx: StepContext, step:
     }
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp: str = "off") -> dict:
-    """Top-1 / top-5 accuracy (percent) and cross-entropy over `batches`, summed across ranks."""
-    model.eval()
-    correct1 = correct5 = loss_sum = n = skipped = 0.0
-    for images, targets, bad in batches:
-        skipped += bad
-        if images.numel() == 0:
-            continue
-        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        with autocast(device, amp):
-            logits = model(images)
-        logits = logits.float()
-        loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices  # (B, k)
+class Accuracy:
+    """Classification evaluator: top-1 / top-5 accuracy (percent) and cross-entropy, summed across ranks.
+
+    The evaluator protocol of `evaluate`: `predict(model, inputs, device)` runs the model (under
+    autocast; an evaluator with `predict_takes_targets = True` gets the batch's targets as a 4th
+    argument, e.g. detection for the original image sizes), `update(outputs, targets)` accumulates, `summarize()` returns the metrics. Detection and
+    segmentation bring their own (`convnext.dense.tasks`); the loop around them is the same.
+    """
+
+    def __init__(self, num_classes: int | None = None):
+        self.num_classes = num_classes  # <= 5 classes: top-5 is always 100%, reported as None
+        self.device = torch.device("cpu")
+        self.correct1 = self.correct5 = self.loss_sum = self.n = 0.0
+
+    def predict(self, model: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+        self.device = device
+        return model(images.to(device, non_blocking=True))
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        logits, targets = logits.float(), targets.to(logits.device, non_blocking=True)
+        self.loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, k)
         hit = top == targets[:, None]
-        correct1 += hit[:, 0].sum().item()
-        correct5 += hit.any(dim=1).sum().item()
-        n += targets.shape[0]
-    correct1, correct5, loss_sum, n, skipped = all_reduce_sum([correct1, correct5, loss_sum, n, skipped], device)
-    return {
-        "top1": 100.0 * correct1 / max(n, 1),
-        "top5": 100.0 * correct5 / max(n, 1),
-        "loss": loss_sum / max(n, 1),
-        "images": int(n),
-        "skipped_images": int(skipped),
-    }
+        self.correct1 += hit[:, 0].sum().item()
+        self.correct5 += hit.any(dim=1).sum().item()
+        self.n += targets.shape[0]
+
+    def summarize(self) -> dict:
+        c1, c5, loss, n = all_reduce_sum([self.correct1, self.correct5, self.loss_sum, self.n], self.device)
+        top5 = 100.0 * c5 / max(n, 1)
+        return {"top1": 100.0 * c1 / max(n, 1), "top5": None if (self.num_classes or 6) <= 5 else top5,
+                "loss": loss / max(n, 1)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp: str = "off", evaluator=None,
+             progress: bool = False) -> dict:
+    """The one evaluation loop of every task: the evaluator's metrics plus image counts, summed across ranks.
+
+    Args:
+        model: the model (put in eval mode here).
+        batches: yields (inputs, targets, num_skipped_images), as the training batches.
+        device: where the model runs.
+        amp: "bf16" | "fp16" | "off" (autocast of the forward pass).
+        evaluator: `predict` / `update` / `summarize` (default `Accuracy()`: top-1, top-5, loss).
+        progress: a tqdm bar on stderr.
+    """
+    evaluator = Accuracy() if evaluator is None else evaluator
+    model.eval()
+    n = skipped = 0
+    bar = None
+    if progress:
+        import sys
+
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(batches) if hasattr(batches, "__len__") else None, desc="evaluate", unit="batch",
+                   leave=False, file=sys.stderr, dynamic_ncols=True)
+    for inputs, targets, bad in batches:
+        skipped += bad
+        if len(inputs) > 0:
+            with autocast(device, amp):
+                if getattr(evaluator, "predict_takes_targets", False):  # detection: original image sizes
+                    outputs = evaluator.predict(model, inputs, device, targets)
+                else:
+                    outputs = evaluator.predict(model, inputs, device)
+            evaluator.update(outputs, targets)
+            n += len(inputs)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    n, skipped = all_reduce_sum([n, skipped], device)
+    return {**evaluator.summarize(), "images": int(n), "skipped_images": int(skipped)}

@@ -17,14 +17,16 @@ from pathlib import Path
 
 from ..errors import ConfigError, UserError
 
-__all__ = ["RUN_FILES", "holds_run", "check_run_folder", "clear_run", "RunLock"]
+__all__ = ["RUN_FILES", "RESULT_FILES", "holds_run", "check_run_folder", "clear_run", "clear_leftovers", "RunLock"]
 
-# What `convnext train` writes; any of these marks a folder as holding a run.
+# What `convnext train` writes; the result files mark a folder as holding a run. The others alone
+# (config.yaml, tensorboard/: a run stopped before its first save) hold nothing to lose.
 RUN_FILES = ("config.yaml", "checkpoint-last.pt", "checkpoint-best.pt", "metrics.json", "curves.png", "tensorboard")
+RESULT_FILES = ("checkpoint-last.pt", "checkpoint-best.pt", "metrics.json")
 
 
 def holds_run(out: Path) -> bool:
-    return out.is_dir() and any((out / name).exists() for name in RUN_FILES)
+    return out.is_dir() and any((out / name).exists() for name in RESULT_FILES)
 
 
 def check_run_folder(out: Path, *, resuming: bool, overwrite: bool) -> None:
@@ -56,6 +58,11 @@ def clear_run(out: Path) -> list[str]:
             continue
         removed.append(name)
     return removed
+
+
+def clear_leftovers(out: Path) -> list[str]:
+    """Delete what a run that saved no checkpoint left (config.yaml, tensorboard/...); nothing if it saved one."""
+    return [] if holds_run(out) else clear_run(out)
 
 
 class RunLock:

@@ -6,9 +6,13 @@ is dropped, as in the official code.
 """
 from __future__ import annotations
 
+import functools
 import math
 
-__all__ = ["scaled_lr", "steps_per_epoch", "lr_at_step", "lr_step_schedule", "lr_poly", "make_schedule"]
+from ..errors import ConfigError
+
+__all__ = ["scaled_lr", "steps_per_epoch", "lr_at_step", "lr_step_schedule", "lr_poly", "make_schedule", "SCHEDULES",
+           "warmup_steps_of"]
 
 
 def scaled_lr(base_lr: float, effective_batch: int, base_batch: int = 4096) -> float:
@@ -55,19 +59,40 @@ def lr_poly(step: int, *, peak_lr: float, total_steps: int, power: float = 1.0, 
     return lr
 
 
-def make_schedule(config, *, peak_lr: float, steps_per_epoch: int):
-    """(step -> lr, warm-up steps) for the config's `schedule` (cosine | step | poly)."""
-    import functools
+def _cosine(config, peak_lr: float, warmup: int, total: int):
+    return functools.partial(lr_at_step, peak_lr=peak_lr, min_lr=config.min_lr, warmup_steps=warmup, total_steps=total)
 
-    total = config.epochs * steps_per_epoch
-    warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_epochs * steps_per_epoch)
-    warmup = min(warmup, total)
-    if config.schedule == "cosine":
-        return functools.partial(lr_at_step, peak_lr=peak_lr, min_lr=config.min_lr, warmup_steps=warmup,
-                                 total_steps=total), warmup
-    if config.schedule == "step":
-        milestones = [round(f * total) for f in config.lr_milestones]
-        return functools.partial(lr_step_schedule, peak_lr=peak_lr, milestones=milestones, warmup_steps=warmup,
-                                 warmup_ratio=config.warmup_ratio), warmup
+
+def _step(config, peak_lr: float, warmup: int, total: int):
+    milestones = [round(f * total) for f in config.lr_milestones]
+    return functools.partial(lr_step_schedule, peak_lr=peak_lr, milestones=milestones, warmup_steps=warmup,
+                             warmup_ratio=config.warmup_ratio)
+
+
+def _poly(config, peak_lr: float, warmup: int, total: int):
     return functools.partial(lr_poly, peak_lr=peak_lr, total_steps=total, min_lr=config.min_lr, warmup_steps=warmup,
-                             warmup_ratio=config.warmup_ratio), warmup
+                             warmup_ratio=config.warmup_ratio)
+
+
+# The implementation of each `--schedule` choice (the choices and their help: `config.CHOICES["schedule"]`).
+SCHEDULES = {"cosine": _cosine, "step": _step, "poly": _poly}
+
+
+def warmup_steps_of(config, steps_per_epoch: int) -> int:
+    """The warm-up in optimizer steps as configured (`warmup_steps`, else `warmup_epochs` x steps per epoch)."""
+    if config.warmup_steps is not None:
+        return config.warmup_steps
+    return round(config.warmup_epochs * steps_per_epoch)
+
+
+def make_schedule(config, *, peak_lr: float, steps_per_epoch: int):
+    """(step -> lr, warm-up steps) for the config's `schedule` (cosine | step | poly).
+
+    A warm-up longer than the run is cut to the run (`adapt.py` shortens it earlier, and says so, unless
+    the user set it); an unknown schedule name is a ConfigError naming the choices.
+    """
+    if config.schedule not in SCHEDULES:
+        raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {config.schedule!r}")
+    total = config.epochs * steps_per_epoch
+    warmup = min(warmup_steps_of(config, steps_per_epoch), total)
+    return SCHEDULES[config.schedule](config, peak_lr, warmup, total), warmup

@@ -8,14 +8,16 @@ the loss of one batch, how to evaluate, and which metric picks the best checkpoi
     data = task.build_data(config)            # TaskData: datasets, classes, collate functions
     model = task.build_model(config, data)
     loss = task.loss(model, inputs, targets, device)      # one micro-batch, under autocast
-    metrics = task.evaluate(model, loader, device, amp)   # summed over ranks
+    loader, kind = task.train_loader(config, data, dataset, sampler, device, generator)
+    metrics = engine.evaluate(model, loader, device, amp, task.evaluator(data.val))  # the one eval loop
 
-Classification lives here; detection and segmentation live in `convnext.dense.tasks`.
+Tasks register by name (`register_task`, as torchvision's `register_model`): classification here;
+detection and segmentation register themselves when their module (in the dense package, above this
+one) is imported by the top layer. This package never imports the dense one.
 """
 from __future__ import annotations
 
 import functools
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -25,7 +27,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 
-__all__ = ["TaskData", "Task", "ClassificationTask", "get_task", "TASKS", "task_of_model"]
+__all__ = ["TaskData", "Task", "ClassificationTask", "get_task", "register_task", "TASKS", "task_of_model"]
 
 
 @dataclass
@@ -45,6 +47,10 @@ class Task:
 
     name = "task"
     primary = "loss"  # metric that picks checkpoint-best.pt (higher is better)
+    # Convert BatchNorm to SyncBatchNorm under multi-GPU DDP (the dense heads' BN is SyncBN in the
+    # official configs; torch's SyncBatchNorm runs on CUDA only, so gloo/CPU runs keep plain BN).
+    sync_batchnorm = False
+    finetune_hint: str | None = None  # what to try instead of training from scratch on a small data set
 
     def build_data(self, config, train: bool = True) -> TaskData:
         """The datasets of `config.data`; `train=False` (evaluation only) may leave `TaskData.train` None."""
@@ -97,8 +103,26 @@ class Task:
     def loss(self, model: nn.Module, inputs: Any, targets: Any, device: torch.device) -> torch.Tensor:
         raise NotImplementedError
 
-    def evaluate(self, model: nn.Module, loader, device: torch.device, amp: str) -> dict:
+    def train_loader(self, config, data: TaskData, dataset, sampler, device: torch.device, generator: torch.Generator):
+        """(training loader, which kind runs): a DataLoader over worker processes (`--loader workers`)."""
+        if config.loader not in ("auto", "workers"):
+            raise ConfigError(f"--loader {config.loader}: only classification has a device-side pipeline; "
+                              "use --loader workers")
+        from torch.utils.data import DataLoader
+
+        return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
+                          generator=generator, collate_fn=data.collate_train,
+                          pin_memory=device.type == "cuda"), "workers"
+
+    def evaluator(self, dataset):
+        """A fresh evaluator (`predict` / `update` / `summarize`, see `engine.Accuracy`) for `dataset`."""
         raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, loader, device: torch.device, amp: str, progress: bool = False) -> dict:
+        """The one evaluation loop (`engine.evaluate`) with this task's evaluator."""
+        from .engine import evaluate
+
+        return evaluate(model, loader, device, amp, self.evaluator(loader.dataset), progress=progress)
 
     def summary_line(self, metrics: dict) -> str:
         """The result of an evaluation in one line (for the epoch log and the final report)."""
@@ -110,6 +134,7 @@ class ClassificationTask(Task):
 
     name = "classification"
     primary = "top1"
+    finetune_hint = "--recipe finetune_small (the official weights of --model, a fine-tuning lr) or --pretrained"
 
     def __init__(self):
         self.mixup = None
@@ -160,13 +185,25 @@ class ClassificationTask(Task):
             images, targets = self.mixup(images, targets)  # soft targets (B, num_classes)
         return self.criterion(model(images), targets)
 
-    def evaluate(self, model: nn.Module, loader, device: torch.device, amp: str) -> dict:
-        from .engine import evaluate
+    def train_loader(self, config, data: TaskData, dataset, sampler, device: torch.device, generator: torch.Generator):
+        """`--loader`: workers (DataLoader + PIL), or decode once and augment batched on the device."""
+        kind = config.loader
+        if kind == "auto" and device.type != "cuda":
+            kind = "workers"  # on CPU the DataLoader keeps the exact PIL pipeline of the recipe
+        if kind == "workers":
+            return super().train_loader(config, data, dataset, sampler, device, generator)
+        from ..data.device_loader import DeviceAugment, build_loader
 
-        res = evaluate(model, loader, device, amp)
-        if self.num_classes <= 5:  # top-5 of 5 classes or fewer is always 100%: not a result
-            res["top5"] = None
-        return res
+        augment = DeviceAugment(config.img_size, scale=config.scale, hflip=config.hflip, randaug=config.randaug,
+                                reprob=config.reprob)
+        return build_loader(kind, dataset, batch_size=config.batch_size, sampler=sampler, device=device,
+                            augment=augment, seed=config.seed, num_workers=config.num_workers, generator=generator,
+                            even=data.pair_multiple == 2)
+
+    def evaluator(self, dataset):
+        from .engine import Accuracy
+
+        return Accuracy(self.num_classes)  # top-5 of 5 classes or fewer is always 100%: reported as None
 
     def summary_line(self, metrics: dict) -> str:
         line = f"top-1 {metrics['top1']:.2f}%"
@@ -175,13 +212,20 @@ class ClassificationTask(Task):
         return line
 
 
-# Tasks by name; a value is a class or "module:Class" (imported on first use: dense tasks pull in
-# torchvision's detection code only when asked for).
-TASKS: dict[str, Any] = {
-    "classification": ClassificationTask,
-    "detection": "convnext.dense.tasks:DetectionTask",
-    "segmentation": "convnext.dense.tasks:SegmentationTask",
-}
+# Tasks by name (the names are declared in `config.CHOICES["task"]`); dense tasks add themselves.
+TASKS: dict[str, type[Task]] = {"classification": ClassificationTask}
+
+
+def register_task(name: str, cls: type[Task]) -> type[Task]:
+    """Make `cls` the task `--task NAME` runs; a name is registered once (re-registering the same class is a no-op)."""
+    from .config import CHOICES
+
+    if name not in CHOICES["task"]:
+        raise ValueError(f"task {name!r} is not declared in convnext.train.config.CHOICES['task']")
+    if TASKS.get(name, cls) is not cls:
+        raise ValueError(f"task {name!r} is already registered ({TASKS[name].__module__}.{TASKS[name].__name__})")
+    TASKS[name] = cls
+    return cls
 
 
 def task_of_model(model: str) -> str:
@@ -196,12 +240,14 @@ def task_of_model(model: str) -> str:
 
 def get_task(name: str) -> Task:
     if name not in TASKS:
-        raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {name!r}")
-    cls = TASKS[name]
-    if isinstance(cls, str):
-        module, attr = cls.split(":")
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(f"--task {name}: not available in this installation ({e})") from None
-    return cls()
+        from .._providers import load_task
+
+        load_task(name)  # a task the top layer registered lazily (convnext/_registry_plugins.py)
+    if name not in TASKS:
+        from .config import CHOICES
+
+        if name in CHOICES["task"]:
+            raise ConfigError(f"--task {name}: not registered (the module that registers it was not imported; "
+                              "the `convnext` command and `import convnext` register every task)")
+        raise ConfigError(f"--task must be one of {', '.join(CHOICES['task'])}, got {name!r}")
+    return TASKS[name]()
