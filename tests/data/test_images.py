@@ -10,6 +10,7 @@ from PIL import Image
 
 from convnext.data import DataError, ImageFolderDataset, eval_transform, to_rgb
 from convnext.data.datasets import error_line, list_images
+from convnext.errors import ConfigError
 
 
 def _png16(arr: np.ndarray) -> bytes:
@@ -69,3 +70,26 @@ def test_worker_error_is_one_line_naming_the_file(tmp_path):
         next(iter(loader))
     line = error_line(e.value)
     assert "\n" not in line and line.startswith("unreadable image") and "bad.png" in line
+
+
+class _Raises(torch.utils.data.Dataset):
+    def __init__(self, error):
+        self.error = error
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [DataError("a.png: label value 9 beyond 3 classes (x: y)"),
+                                   ConfigError("--num-classes 5: data has 3 categories")])
+def test_typed_errors_keep_their_message_through_a_loader_worker(error):
+    """torch rebuilds a worker's exception as type(msg) with its traceback text: the type and the
+    one-line message both survive, so the CLI prints `convnext <cmd>: error: <message>`."""
+    loader = torch.utils.data.DataLoader(_Raises(error), batch_size=1, num_workers=1)
+    with pytest.raises(type(error)) as e:
+        next(iter(loader))
+    assert str(e.value) == str(error) and error_line(e.value) == str(error)
+    assert str(DataError("Caught nothing")) == "Caught nothing"  # ordinary messages are left alone
