@@ -20,7 +20,8 @@ Dataset item: `(image (3, H, W) float in [0, 1], target)`, target = {boxes (N, 4
 the transformed image's pixels, labels (N,) int64 in 1..C (category ids in sorted order; 0 is
 background), masks (N, H, W) uint8, image_id, orig_size (H0, W0), size (H, W)}. Crowd regions are
 not in the targets (as in MMDetection); they stay in `dataset.coco`, where COCO evaluation ignores
-detections on them.
+detections on them. The annotation file and the image headers are validated when the dataset is
+built (`validate_coco`, `CocoDataset`); an image that cannot be decoded is the item `None`.
 """
 from __future__ import annotations
 
