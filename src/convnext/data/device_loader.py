@@ -144,17 +144,19 @@ def _randint(u: torch.Tensor, low: torch.Tensor | int, high: torch.Tensor | int)
     return low + torch.minimum((u * span).floor().long(), span - 1)
 
 
-def _box_params(d: _Draws, h: int, w: int, area_range, log_ratio, strict: bool):
+def _box_params(d: _Draws, h, w, area_range, log_ratio, strict: bool):
     """Ten vectorised attempts of timm's box sampling; first fitting attempt per image.
 
+    `h`, `w`: the image size, ints (one for the batch) or (B,) int64 tensors (one per image).
     Returns (top, left, box_h, box_w, found) as (B,) tensors. `strict` uses `<` (Random Erasing),
     otherwise `<=` (RandomResizedCrop)."""
     u = d.take(20).view(-1, 10, 2)
-    target = (area_range[0] + (area_range[1] - area_range[0]) * u[..., 0].double()) * (h * w)
+    hh, ww = (h[:, None], w[:, None]) if torch.is_tensor(h) else (h, w)  # against the 10 attempts
+    target = (area_range[0] + (area_range[1] - area_range[0]) * u[..., 0].double()) * (hh * ww)
     aspect = torch.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[..., 1].double())
     bw = torch.sqrt(target * aspect).round().long()  # Python's round(): half to even, like torch
     bh = torch.sqrt(target / aspect).round().long()
-    ok = (bw < w) & (bh < h) if strict else (bw <= w) & (bh <= h)
+    ok = (bw < ww) & (bh < hh) if strict else (bw <= ww) & (bh <= hh)
     found = ok.any(1)
     first = ok.long().argmax(1)  # index of the first fitting attempt (0 when none)
     bh, bw = bh.gather(1, first[:, None])[:, 0], bw.gather(1, first[:, None])[:, 0]
@@ -306,19 +308,29 @@ def _rand_augment(x: torch.Tensor, d: _Draws, params: tuple[int, float, float], 
 
 # ---- the loader ------------------------------------------------------------------------------------
 
+def crop_window(d: _Draws, h, w, aug: DeviceAugment):
+    """RandomResizedCrop's window per image: timm's 10 attempts, then the centre-crop fallback.
+
+    `h`, `w`: the image size, ints or (B,) int64 tensors (the DALI loader's images differ in size).
+    Returns (top, left, height, width) as (B,) int64 tensors."""
+    log_ratio = (math.log(aug.ratio[0]), math.log(aug.ratio[1]))
+    top, left, ch, cw, found = _box_params(d, h, w, aug.scale, log_ratio, strict=False)
+    hd, wd = (torch.as_tensor(v, dtype=torch.float64, device=found.device) for v in (h, w))
+    hi, wi = (torch.as_tensor(v, dtype=torch.long, device=found.device) for v in (h, w))
+    in_ratio = wd / hd
+    fw = torch.where(in_ratio <= max(aug.ratio), wi, (hd * max(aug.ratio)).round().long())
+    fh = torch.where(in_ratio < min(aug.ratio), (wd / min(aug.ratio)).round().long(), hi)
+    ch, cw = torch.where(found, ch, fh), torch.where(found, cw, fw)
+    top, left = torch.where(found, top, (hi - fh) // 2), torch.where(found, left, (wi - fw) // 2)
+    return top, left, ch, cw
+
+
 def augment_batch(images: torch.Tensor, indices: torch.Tensor, epoch: int, seed: int, aug: DeviceAugment) -> torch.Tensor:
     """uint8 (B, 3, H, W) images of data-set `indices` -> augmented, normalised float (B, 3, S, S)."""
     b, _, h, w = images.shape
     rand = aug.rand_params()
     d = _Draws(sample_uniforms(seed, epoch, indices, _columns(rand[0] if rand else 0)))
-    # RandomResizedCrop: timm's 10 attempts, then the centre-crop fallback.
-    log_ratio = (math.log(aug.ratio[0]), math.log(aug.ratio[1]))
-    top, left, ch, cw, found = _box_params(d, h, w, aug.scale, log_ratio, strict=False)
-    in_ratio = w / h
-    fw = w if in_ratio <= max(aug.ratio) else int(round(h * max(aug.ratio)))
-    fh = int(round(w / min(aug.ratio))) if in_ratio < min(aug.ratio) else h
-    ch, cw = torch.where(found, ch, fh), torch.where(found, cw, fw)
-    top, left = torch.where(found, top, (h - fh) // 2), torch.where(found, left, (w - fw) // 2)
+    top, left, ch, cw = crop_window(d, h, w, aug)
     flip = d.take() < aug.hflip  # (B,)
     s = aug.img_size
     sx, sy = cw.float() / s, ch.float() / s  # input pixels per output pixel
