@@ -264,3 +264,14 @@ def test_coco128_rasterised_and_loaded(coco128, tmp_path):
     assert (label[mask] == expected).all() and (label[~mask] == 255).all()
     image, label = ds[index]
     assert image.shape == (3, 64, 64) and label.shape == (64, 64)
+
+
+def test_coco_to_semantic_checks_the_annotation_file(synthetic_coco, tmp_path):
+    import json
+
+    path = synthetic_coco / "annotations" / "instances_train2017.json"
+    data = json.loads(path.read_text())
+    data["annotations"][0]["segmentation"] = [[10, 8, 30, 28]]  # pycocotools would paint it as a box
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"annotation id\(s\) 100: segmentation has a polygon of 4 coordinates"):
+        coco_to_semantic(path, synthetic_coco / "train2017", tmp_path / "out")

@@ -512,6 +512,9 @@ def coco_to_semantic(coco_json: str | os.PathLike, images_dir: str | os.PathLike
         raise DataError(f"{images_dir}: image folder not found")
     from pycocotools.coco import COCO
 
+    from .coco import _load_json, validate_coco
+
+    validate_coco(_load_json(coco_json), coco_json)  # ids, polygons, RLE: as the detection data checks them
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             coco = COCO(str(coco_json))
