@@ -34,10 +34,12 @@ CHOICES: dict[str, dict[str, str]] = {
         "segmentation": "ADE20K-layout folders, UperNet (mIoU)",
     },
     "loader": {
-        "auto": "device on CUDA when the decoded set fits in a quarter of free GPU memory, else workers",
+        "auto": "device on CUDA when the decoded set fits in a quarter of free GPU memory, else dali for a JPEG "
+                "folder when DALI imports, else workers (workers on CPU)",
         "workers": "DataLoader worker processes + PIL (the recipe's exact pipeline)",
         "device": "decode once, augment batched on the device (GPU-resident for small sets)",
-        "dali": "NVIDIA DALI GPU decoding",
+        "dali": "NVIDIA DALI reads image folders, decodes the crop window (nvJPEG on CUDA), resizes, flips; "
+                "the rest as device",
     },
     "amp": {"bf16": "bfloat16 autocast", "fp16": "float16 autocast with loss scaling", "off": "fp32"},
     "schedule": {
