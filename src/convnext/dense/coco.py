@@ -337,7 +337,8 @@ def _image_header(path: Path) -> tuple[int, int, int] | None:
 
     try:
         with Image.open(path) as im:
-            orientation = im.getexif().get(0x0112, 1) if im.format in ("JPEG", "MPO", "TIFF", "WEBP", "PNG") else 1
+            # JPEG-like headers hold EXIF up front; PIL would decode a whole PNG to find its eXIf chunk
+            orientation = im.getexif().get(0x0112, 1) if im.format in ("JPEG", "MPO", "TIFF", "WEBP") else 1
             return im.size[0], im.size[1], orientation if orientation in range(1, 9) else 1
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
