@@ -230,3 +230,56 @@ def test_summary_line_says_no_ground_truth():
     line = DetectionTask().summary_line({"bbox_AP": math.nan, "segm_AP": math.nan})
     assert line == "box AP n/a (no ground truth)  mask AP n/a (no ground truth)" and "-1" not in line
     assert DetectionTask().summary_line({"bbox_AP": 49.2, "segm_AP": 42.81}) == "box AP 49.20  mask AP 42.81"
+
+
+def test_evaluation_is_the_detector_at_the_original_size(synthetic_coco):
+    """The evaluation loop feeds COCO exactly `model(images, out_sizes=orig_sizes)` (mmdet's rescale=True):
+    boxes divided by the per-axis resize factor, masks pasted at the original size, kept at >= 0.5;
+    the evaluator rescales nothing more."""
+    from convnext.dense.coco import collate_detection
+    from convnext.dense.tasks import CocoMetrics
+    from convnext.models import create_model
+    from convnext.train.engine import evaluate
+
+    ds = CocoDataset(synthetic_coco / "annotations/instances_train2017.json", synthetic_coco / "train2017",
+                     transforms=coco_eval_transforms(64))
+    (image, t), (image2, t2) = ds[0], ds[1]
+    assert t["orig_size"] == (48, 64) and t["size"] == (64, 85)  # factors 85/64 (x) and 64/48 (y) differ
+    torch.manual_seed(0)
+    model = create_model("mask_rcnn_convnext_atto", num_classes=3, fpn_channels=32).eval()
+    metrics = CocoMetrics(ds)
+    batches = [(*collate_detection([ds[0], ds[1]]), 0)]  # one batch of two sizes: padded together
+    evaluate(model, batches, torch.device("cpu"), evaluator=metrics)
+    with torch.no_grad():
+        direct = model([image, image2], out_sizes=[t["orig_size"], t2["orig_size"]])
+        at_input = model([image, image2])
+    mask_api = coco_backend()[2]
+    for tgt, out, raw in zip((t, t2), direct, at_input):
+        (h0, w0), (h, w) = tgt["orig_size"], tgt["size"]
+        assert len(out["boxes"]) > 0 and out["masks"].shape[-2:] == (h0, w0)
+        factor = torch.tensor([w / w0, h / h0, w / w0, h / h0], dtype=torch.float32)
+        assert torch.equal(out["boxes"], raw["boxes"] / factor)  # mmdet: bboxes /= scale_factor
+        res = metrics.coco.predictions[tgt["image_id"]]
+        xywh = torch.tensor([r["bbox"] for r in res["bbox"]])
+        assert torch.allclose(xywh[:, :2], out["boxes"][:, :2]) and \
+            torch.allclose(xywh[:, :2] + xywh[:, 2:], out["boxes"][:, 2:], atol=1e-4)
+        assert [r["score"] for r in res["bbox"]] == pytest.approx(out["scores"].tolist(), abs=0)
+        decoded = mask_api.decode([r["segmentation"] for r in res["segm"]])  # (h0, w0, K)
+        assert np.array_equal(decoded.transpose(2, 0, 1), (out["masks"][:, 0] >= 0.5).numpy())
+        # the old way (paste at the network input, resize the probabilities) is another mask
+        assert not np.array_equal(decoded, mask_api.decode(CocoEvaluator._encode(raw["masks"], h, w, h0, w0, mask_api)))
+
+    # `convnext predict` feeds the same and gets the same (one image per call)
+    from torchvision.io import ImageReadMode, decode_image
+
+    from convnext.inference.loaded import Loaded, dense_transform
+    from convnext.inference.predict import detect, full_masks
+
+    loaded = Loaded(model=model, transform=dense_transform("detection", 64), classes=list(ds.classes), img_size=64,
+                    weights="model", config=model.config, task="detection")
+    det = detect(loaded, decode_image(str(synthetic_coco / "train2017" / "11.png"), mode=ImageReadMode.RGB))
+    with torch.no_grad():
+        alone = model([image], out_sizes=[t["orig_size"]])[0]
+    assert det["size"] == (64, 85) and torch.equal(det["boxes"], alone["boxes"])
+    assert torch.equal(det["mask_probs"], alone["masks"])
+    assert torch.equal(full_masks(det["mask_probs"], (48, 64), (48, 64)), alone["masks"][:, 0] >= 0.5)

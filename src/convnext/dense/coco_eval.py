@@ -1,8 +1,11 @@
 """COCO box and mask AP (PAPER.md §4.1 reports AP^box and AP^mask on COCO val2017).
 
-The evaluator takes the model's per-image outputs in the transformed image's pixels, maps them back
-to the original image (boxes scaled by orig_size / size; mask probabilities resized bilinearly, then
-thresholded at 0.5 and RLE-encoded) and runs COCOeval (faster-coco-eval, else pycocotools) with the
+The evaluator takes the model's per-image outputs either already at the original image size (what
+`model(images, out_sizes=orig_sizes)` returns, mmdet's `rescale=True`: boxes divided by the per-axis
+scale factor, masks pasted at the original size; the evaluation loop feeds these) or in the
+transformed image's pixels, which it maps back (boxes divided by size / orig_size per axis; mask
+probabilities resized bilinearly). Masks are binarised at >= 0.5 (mmdet's mask_thr_binary),
+RLE-encoded, and COCOeval runs (faster-coco-eval, else pycocotools) with the
 standard parameters. Under torch.distributed every rank calls `summarize()`: predictions are
 gathered, rank 0 evaluates, all ranks return the same dict.
 """
@@ -75,13 +78,17 @@ class CocoEvaluator:
     @torch.no_grad()
     def update(self, outputs: Sequence[dict[str, torch.Tensor]], targets: Sequence[dict[str, Any]]) -> None:
         """Add one batch: outputs[i] = {boxes (K, 4) xyxy, scores (K,), labels (K,) in 1..C,
-        masks (K, 1, H, W) probabilities} in the pixels of targets[i]["size"]."""
+        masks (K, 1, H, W) probabilities, optional size (H, W)} in the pixels of outputs[i]["size"]
+        when given (`tgt["orig_size"]`: already at the original size, nothing is rescaled), else of
+        targets[i]["size"] (the network input)."""
         _, _, mask_api = coco_backend()
         for out, tgt in zip(outputs, targets):
             image_id = int(tgt["image_id"])
-            (h0, w0), (h, w) = tgt["orig_size"], tgt["size"]
+            h0, w0 = (int(v) for v in tgt["orig_size"])
+            h, w = (int(v) for v in out.get("size", tgt["size"]))
             boxes = out["boxes"].detach().float().cpu().reshape(-1, 4)
-            boxes = boxes * torch.tensor([w0 / w, h0 / h, w0 / w, h0 / h])  # to original pixels
+            if (h, w) != (h0, w0):  # to original pixels: / the per-axis scale factor, as mmdet
+                boxes = boxes / torch.tensor([w / w0, h / h0, w / w0, h / h0], dtype=torch.float32)
             boxes[:, 2:] -= boxes[:, :2]  # xyxy -> xywh
             scores = out["scores"].detach().float().cpu().tolist()
             cats = [self.cat_ids[int(lab) - 1] for lab in out["labels"].cpu()]
@@ -96,13 +103,14 @@ class CocoEvaluator:
 
     @staticmethod
     def _encode(masks: torch.Tensor, h: int, w: int, h0: int, w0: int, mask_api: Any) -> list[dict]:
-        """(K, 1, >=H, >=W) probabilities -> K RLEs of the original (h0, w0) image."""
+        """(K, 1, >=H, >=W) probabilities in (h, w) pixels -> K RLEs of the original (h0, w0) image
+        (bilinear resize when the sizes differ), binarised at >= 0.5."""
         masks = masks.detach().float().cpu()[:, :, :h, :w]  # drop any batch padding
         rles = []
         for chunk in masks.split(16):  # bound the (16, 1, h0, w0) float buffer
             if (h, w) != (h0, w0):
                 chunk = nnF.interpolate(chunk, size=(h0, w0), mode="bilinear", align_corners=False)
-            binary = chunk[:, 0] > 0.5
+            binary = chunk[:, 0] >= 0.5  # mmdet mask_thr_binary
             # pycocotools wants (H, W, K) Fortran-ordered uint8
             rles += mask_api.encode(np.asfortranarray(binary.permute(1, 2, 0).numpy().astype(np.uint8)))
         for r in rles:

@@ -38,7 +38,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -238,6 +238,16 @@ class _RPN(RegionProposalNetwork):
         return objectness_loss, box / max(sampled.numel(), 1)
 
 
+def rescale_boxes(boxes: Tensor, size: tuple[int, int], out_size: tuple[int, int]) -> Tensor:
+    """(K, 4) xyxy boxes in an image of `size` (H, W) -> in one of `out_size` (H0, W0), as mmdet's
+    `rescale=True`: divided by the per-axis scale factor of the resize, (W / W0, H / H0) in float64
+    (mmdet `Resize` keep_ratio: new_w / w, new_h / h), applied in the boxes' float32."""
+    (h, w), (h0, w0) = size, out_size
+    if (int(h), int(w)) == (int(h0), int(w0)):
+        return boxes
+    return boxes / boxes.new_tensor([w / w0, h / h0, w / w0, h / h0])
+
+
 class _NormalizePad(GeneralizedRCNNTransform):
     """torchvision's detection transform without its resize: images arrive resized by the data pipeline.
     Test-time output: boxes rescaled to the requested sizes, masks pasted there (`paste_masks` or
@@ -257,7 +267,7 @@ class _NormalizePad(GeneralizedRCNNTransform):
             return result
         paste = paste_masks if self.mask_paste == "mmdet" else paste_masks_in_image
         for pred, shape, out_size in zip(result, image_shapes, original_image_sizes):
-            pred["boxes"] = resize_boxes(pred["boxes"], shape, out_size)
+            pred["boxes"] = rescale_boxes(pred["boxes"], shape, out_size)
             if "masks" in pred:
                 pred["masks"] = paste(pred["masks"], pred["boxes"], out_size)
         return result
