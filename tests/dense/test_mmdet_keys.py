@@ -43,9 +43,11 @@ def test_whole_checkpoint_loads_strictly_and_round_trips(cascade, naming, tmp_pa
     fc_cls = sd[f"roi_head.bbox_head.{last}fc_cls.weight"]
     assert torch.equal(ours[f"roi_heads.box_heads.{stage}.cls_score.weight"][0], fc_cls[-1])  # background
     assert torch.equal(ours[f"roi_heads.box_heads.{stage}.cls_score.weight"][1:], fc_cls[:-1])
-    assert torch.equal(ours[f"roi_heads.mask_heads.{stage}.logits.weight"], sd[f"roi_head.mask_head.{last}conv_logits.weight"])
+    assert torch.equal(ours[f"roi_heads.mask_heads.{stage}.logits.weight"],
+                       sd[f"roi_head.mask_head.{last}conv_logits.weight"])
     if cascade:
-        assert torch.equal(ours["roi_heads.box_heads.1.convs.3.bn.running_var"], sd["roi_head.bbox_head.1.shared_convs.3.bn.running_var"])
+        assert torch.equal(ours["roi_heads.box_heads.1.convs.3.bn.running_var"],
+                           sd["roi_head.bbox_head.1.shared_convs.3.bn.running_var"])
     # and back: the same tensors under the same mmdet names, bit for bit
     back = to_mmdet(ours, "cascade" if cascade else "standard", naming=naming)
     assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)
@@ -129,3 +131,17 @@ def test_wrong_detector_is_refused():
         load_mmdet_checkpoint(detector("cascade_mask_rcnn_convnext_atto"), mmdet_state_dict(False, "fair"))
     with pytest.raises(CheckpointError, match="not an mmdet"):
         from_mmdet({"downsample_layers.0.0.weight": torch.zeros(1)})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cascade, params", [(False, 48_095_376), (True, 85_930_578)])
+def test_tiny_files_of_the_official_size_load_into_the_registered_model(cascade, params):
+    # mmdet 3.3 counts Mask R-CNN-T 48,095,376 and Cascade-T 85,930,578 parameters (issue 14's peer run).
+    sd = mmdet_state_dict(cascade, "openmmlab", fpn=256, classes=80, arch=((3, 3, 9, 3), (96, 192, 384, 768)))
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    assert sum(v.numel() for k, v in sd.items() if not k.endswith(buffers)) == params
+    dense = read_dense_file({"state_dict": sd})
+    assert dense.model_name == ("cascade_mask_rcnn_convnext_tiny" if cascade else "mask_rcnn_convnext_tiny")
+    model = convnext.models.create_model(dense.model_name, num_classes=dense.num_classes)
+    model.load_state_dict(dense.state_dict, strict=True)
+    assert convnext.count_params(model) == params

@@ -156,3 +156,17 @@ def test_dense_pretrained_is_the_whole_file_and_offline_is_clear(tmp_path, monke
     report = load_pretrained(fresh, "upernet_convnext_tiny")
     assert "read mmseg checkpoint (FAIR naming)" in str(report) and "official ade20k_in1k_512 file" in str(report)
     assert torch.equal(fresh.decode_head.classifier.conv.weight, model.decode_head.classifier.conv.weight)
+
+
+@pytest.mark.slow
+def test_tiny_file_of_the_official_size_loads_into_the_registered_model():
+    # mmseg 1.2.2 counts UperNet-T 60,242,636 parameters (issue 14's peer run).
+    sd = mmseg_state_dict("openmmlab", channels=512, aux_channels=256, classes=150,
+                          arch=((3, 3, 9, 3), (96, 192, 384, 768)))
+    n = sum(v.numel() for k, v in sd.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert n == 60_242_636
+    dense = read_dense_file({"state_dict": sd})
+    assert (dense.model_name, dense.num_classes) == ("upernet_convnext_tiny", 150)
+    model = convnext.models.create_model(dense.model_name, num_classes=dense.num_classes)
+    model.load_state_dict(dense.state_dict, strict=True)
+    assert convnext.count_params(model) == n
