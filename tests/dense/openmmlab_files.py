@@ -38,7 +38,8 @@ def bn(t, prefix, c):
 def backbone(t, naming, arch=ATTO, v2=False):
     depths, dims = arch
     dw, norm, pw1, pw2 = BLOCK_NAMES[naming]
-    sd = {"backbone.downsample_layers.0.0.weight": t(dims[0], 3, 4, 4), "backbone.downsample_layers.0.0.bias": t(dims[0]),
+    sd = {"backbone.downsample_layers.0.0.weight": t(dims[0], 3, 4, 4),  # stem: [Conv2d 4x4/4, LN2d]
+          "backbone.downsample_layers.0.0.bias": t(dims[0]),
           "backbone.downsample_layers.0.1.weight": t(dims[0]), "backbone.downsample_layers.0.1.bias": t(dims[0])}
     for i in range(1, 4):
         sd[f"backbone.downsample_layers.{i}.0.weight"] = t(dims[i - 1])
@@ -93,7 +94,8 @@ def mmdet_state_dict(cascade, naming, seed=0, fpn=64, classes=3, arch=ATTO, v2=F
 
 
 def mmseg_state_dict(naming, seed=0, channels=32, aux_channels=16, classes=7, arch=ATTO):
-    """UPerHead (pool scales 1, 2, 3, 6) + FCNHead on stage 2 (0-based), as configs/_base_/models/upernet_convnext.py."""
+    """UPerHead (pool scales 1, 2, 3, 6) + FCNHead on stage 2 (0-based), as mmseg's
+    configs/_base_/models/upernet_convnext.py."""
     t = draw(seed)
     sd = backbone(t, naming, arch)
     dims = arch[1]
@@ -112,7 +114,8 @@ def mmseg_state_dict(naming, seed=0, channels=32, aux_channels=16, classes=7, ar
     sd["decode_head.conv_seg.weight"], sd["decode_head.conv_seg.bias"] = t(classes, channels, 1, 1), t(classes)
     sd["auxiliary_head.convs.0.conv.weight"] = t(aux_channels, dims[2], 3, 3)
     sd.update(bn(t, "auxiliary_head.convs.0", aux_channels))
-    sd["auxiliary_head.conv_seg.weight"], sd["auxiliary_head.conv_seg.bias"] = t(classes, aux_channels, 1, 1), t(classes)
+    sd["auxiliary_head.conv_seg.weight"] = t(classes, aux_channels, 1, 1)
+    sd["auxiliary_head.conv_seg.bias"] = t(classes)
     return sd
 
 

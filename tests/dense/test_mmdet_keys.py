@@ -88,8 +88,10 @@ def test_read_dense_file_detects_everything_from_the_tensors(cascade, naming, tm
     dense = read_dense_file(path)
     assert (dense.task, dense.family, dense.layout) == ("detection", "mmdet", naming)
     assert dense.model_name == ("cascade_mask_rcnn_convnext_atto" if cascade else "mask_rcnn_convnext_atto")
-    assert dense.num_classes == C and dense.classes == ["cat", "dog", "cow"] and dense.overrides == {"fpn_channels": FPN}
-    assert dense.describe().startswith(f"read mmdet checkpoint ({'OpenMMLab' if naming == 'openmmlab' else 'FAIR'} naming)")
+    assert dense.num_classes == C and dense.classes == ["cat", "dog", "cow"]
+    assert dense.overrides == {"fpn_channels": FPN}
+    said = "OpenMMLab" if naming == "openmmlab" else "FAIR"
+    assert dense.describe().startswith(f"read mmdet checkpoint ({said} naming)")
     model = detector(dense.model_name)
     model.load_state_dict(dense.state_dict, strict=True)
 

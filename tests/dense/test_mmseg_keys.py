@@ -46,7 +46,8 @@ def test_whole_file_loads_strictly_with_equal_logits(naming, tmp_path):
     assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)  # bit for bit
     # the other naming of the same tensors gives the same network
     other = _model(3)
-    load_mmseg_checkpoint(other, {"state_dict": mmseg_state_dict("fair" if naming == "openmmlab" else "openmmlab", seed=1)})
+    flipped = "fair" if naming == "openmmlab" else "openmmlab"
+    load_mmseg_checkpoint(other, {"state_dict": mmseg_state_dict(flipped, seed=1)})
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         assert torch.equal(model(x), other(x))
