@@ -32,6 +32,10 @@ def test_detection_runs_on_the_loop_and_eval_and_predict_reproduce_it(synthetic_
     metrics = run(load_config("coco_detection", data=str(synthetic_coco), model="mask_rcnn_convnext_atto",
                               model_overrides=FAST_DET, img_size=64, epochs=1, batch_size=2, num_workers=0,
                               threads=1, progress=False, output=str(out)))
+    printed = capsys.readouterr().out
+    # 500 warm-up steps of a 2-step run: shortened (to 10% of the run) and said.
+    assert "adapted: warmup_steps 500 -> 0: the run has about 2 steps" in printed
+    assert "lr: 0.0001 x 2/16 = 1.25e-05 (linear scaling rule" in printed
     saved = json.loads((out / "metrics.json").read_text())
     for key in ("bbox_AP", "bbox_AP50", "bbox_ARl", "segm_AP", "segm_AR100"):
         assert key in saved and (saved[key] != saved[key] or 0 <= saved[key] <= 100), key  # NaN: undefined

@@ -219,6 +219,8 @@ def test_small_folder_with_defaults_trains_every_image_and_records_the_adaptatio
                  "32", "--output", str(out), "--no-progress", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     assert "adapted: batch_size 128 -> 8" in printed and "adapted: ema -> off" in printed
+    assert "lr: 0.004 x 8/4096 = 7.81e-06 (linear scaling rule" in printed
+    assert printed.count("note: from scratch on 90 images") == 1 and "--recipe finetune_small" in printed
     assert "top-5" not in printed  # 2 classes
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["batch_size"] == 8 and resolved["ema"] is False and resolved["drop_last"] is False
@@ -287,7 +289,8 @@ def test_ctrl_c_and_sigterm_save_and_resume_bit_identically(tmp_path, monkeypatc
     assert (ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]) == (1, 2, 8)
     assert (tmp_path / "cut" / "curves.png").is_file()  # the curves of the epoch that finished
     run(cfg(tmp_path, "cut", resume="auto", **STOCHASTIC))
-    full, resumed = _all_tensors(tmp_path / "full" / "checkpoint-last.pt"), _all_tensors(tmp_path / "cut" / "checkpoint-last.pt")
+    full = _all_tensors(tmp_path / "full" / "checkpoint-last.pt")
+    resumed = _all_tensors(tmp_path / "cut" / "checkpoint-last.pt")
     assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
 
 

@@ -46,7 +46,8 @@ def test_step_schedule_warms_up_from_the_ratio_then_divides_by_ten_at_each_miles
     got = [lr_step_schedule(s, **kw) for s in (0, 2, 4, 5, 6, 8, 9, 100)]
     assert got == pytest.approx([0.001, 0.5005, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
     # A milestone inside the warm-up: both factors apply (0.1 x (0.001 + 0.999 x 3/4)).
-    assert lr_step_schedule(3, peak_lr=1.0, milestones=[2], warmup_steps=4, warmup_ratio=0.001) == pytest.approx(0.075025)
+    got = lr_step_schedule(3, peak_lr=1.0, milestones=[2], warmup_steps=4, warmup_ratio=0.001)
+    assert got == pytest.approx(0.075025)
 
 
 def test_poly_schedule_decays_linearly_to_min_and_clamps():

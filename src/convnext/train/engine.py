@@ -157,8 +157,9 @@ class Accuracy:
 
     The evaluator protocol of `evaluate`: `predict(model, inputs, device)` runs the model (under
     autocast; an evaluator with `predict_takes_targets = True` gets the batch's targets as a 4th
-    argument, e.g. detection for the original image sizes), `update(outputs, targets)` accumulates, `summarize()` returns the metrics. Detection and
-    segmentation bring their own (`convnext.dense.tasks`); the loop around them is the same.
+    argument, e.g. detection for the original image sizes), `update(outputs, targets)` accumulates,
+    `summarize()` returns the metrics. Detection and segmentation bring their own
+    (`convnext.dense.tasks`); the loop around them is the same.
     """
 
     def __init__(self, num_classes: int | None = None):
@@ -200,6 +201,8 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp: str
         progress: a tqdm bar on stderr.
     """
     evaluator = Accuracy() if evaluator is None else evaluator
+    if isinstance(evaluator, Accuracy):
+        evaluator.device = device  # its sums are all-reduced there, also by a rank that got no batch
     model.eval()
     n = skipped = 0
     bar = None

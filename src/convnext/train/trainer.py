@@ -418,12 +418,14 @@ def _restore(r: Run, ckpt: dict | None, changes: dict) -> Position:
     if r.fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        set_optimizer_state_dict(r.wrapped, r.optimizer, ckpt["optimizer"], options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(r.wrapped, r.optimizer, ckpt["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True))
     else:
         r.optimizer.load_state_dict(ckpt["optimizer"])
     if r.scaler is not None and ckpt.get("scaler"):
         r.scaler.load_state_dict(ckpt["scaler"])
-    pos = Position(ckpt["epoch"], ckpt.get("batch_in_epoch", 0), ckpt["step"], pending_record=ckpt.get("pending_record"))
+    pos = Position(ckpt["epoch"], ckpt.get("batch_in_epoch", 0), ckpt["step"],
+                   pending_record=ckpt.get("pending_record"))
     if r.info.rank == 0:
         set_rng_state(ckpt["rng"])
     else:
