@@ -97,8 +97,7 @@ def load_whole_dense(model: nn.Module, path: str | os.PathLike, task: str) -> st
     if dense is None or dense.task != task:
         return None
     strict_load(model, dense.state_dict, dense.source)
-    found = dense.describe().split(":")[0]
-    return f"{found}: loaded the whole model, {len(dense.state_dict)} tensors from {dense.source}"
+    return dense.loaded()
 
 
 def load_whole_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:

@@ -11,8 +11,8 @@ and the backbone in either naming (`convert.DENSE_NAMINGS`): "fair" (FAIR's obje
 semantic_segmentation/ files, the official block names `dwconv/pwconv1/pwconv2`) or "openmmlab"
 (mmcls / mmpretrain `ConvNeXt`: `depthwise_conv/pointwise_conv1/pointwise_conv2`; the mmdet 2.x/3.x
 and mmseg 0.x/1.x model zoos and everything their Runners save). The head names are the same in
-mmdet 2.x and 3.x and in mmseg 0.x and 1.x. Each file is a rule table on the engine of
-`convert.py` (ours <-> theirs, read both ways, first match wins):
+mmdet 2.x and 3.x and in mmseg 0.x and 1.x. Each is a rule table on the project's one key-map
+engine (`convnext/keymap.py`; ours <-> theirs, read both ways, first match wins):
 
     ours                                             mmdet
     backbone.* (official layout + stage_norms.{i})   backbone.* (`convert.DENSE_BACKBONE`, norm{i})
@@ -229,6 +229,11 @@ class DenseFile:
         naming = {"openmmlab": "OpenMMLab naming", "fair": "FAIR naming", "native": "our layout"}[self.layout]
         return f"read {self.family} checkpoint ({naming}): {self.model_name}, {self.num_classes} classes"
 
+    def loaded(self) -> str:
+        """The line for a model this file was loaded into, whole."""
+        found = self.describe().split(":")[0]  # "read mmseg checkpoint (OpenMMLab naming)"
+        return f"{found}: loaded the whole model, {len(self.state_dict)} tensors from {self.source}"
+
 
 _PREFIX = {"standard": "mask_rcnn_", "cascade": "cascade_mask_rcnn_", "mmseg": "upernet_"}
 _WHAT = {"standard": "Mask R-CNN", "cascade": "Cascade Mask R-CNN", "mmseg": "UperNet"}
@@ -370,8 +375,7 @@ def load_dense(model: torch.nn.Module, checkpoint: str | os.PathLike | Mapping[s
         raise CheckpointError(f"{src} is a {_WHAT[have[0]]} checkpoint ({dense.family}), this model is a "
                               f"{_WHAT[want]}{hint}")
     strict_load(model, dense.state_dict, src)
-    found = dense.describe().split(":")[0]  # "read mmseg checkpoint (OpenMMLab naming)"
-    return dense, f"{found}: loaded the whole model, {len(dense.state_dict)} tensors from {src}"
+    return dense, dense.loaded()
 
 
 # ------------------------------------------------------------------------------------- convert
