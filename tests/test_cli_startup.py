@@ -60,10 +60,18 @@ def test_models_default_and_filtered(capsys):
 
 def test_models_default_leaves_out_slow_groups(monkeypatch, capsys):
     import convnext.cli as cli
-    from convnext.models import list_models
+    from convnext.models import get_spec, list_models
 
     names, left_out = cli._shown_models(None, None)
     assert "convnext_tiny" in names and not any(n.startswith("roadmap_") for n in names)
-    assert sorted(names + left_out) == sorted(list_models())
-    assert any(n.startswith("roadmap_") for n in left_out)
+    assert sorted(names) == sorted(n for n in list_models() if get_spec(n).task == "classification"
+                                   and not n.startswith("roadmap_"))
+    assert left_out == ["roadmap", "detection", "segmentation"]
     assert cli._shown_models("roadmap_r50_*", "segmentation")[0] == []
+
+
+def test_models_table_builds_no_model_and_imports_no_dense_module():
+    code = ("import sys\nimport convnext.models.registry as r\nbuilt = []\norig = r.build_model\n"
+            "r.build_model = lambda c: built.append(c) or orig(c)\nfrom convnext.cli import main\n"
+            "main(['models'])\nprint(len(built), any(k.startswith('convnext.dense') for k in sys.modules))")
+    assert _fresh_python(code).splitlines()[-1] == "0 False"

@@ -38,39 +38,49 @@ _ROADMAP_PREFIX = "roadmap_"  # the roadmap ladder's networks, `convnext roadmap
 
 
 def _shown_models(pattern: str | None, task: str | None) -> tuple[list[str], list[str]]:
-    """(names to list, names left out). Without a pattern or --task: the classification family only,
-    since counting MACs of the 32 roadmap steps and the dense models (up to 1280x800) takes minutes."""
+    """(names to list, kinds left out). Without a pattern or --task: the classification family only
+    (ConvNeXt, isotropic, V2), found without importing the dense and roadmap modules."""
     from .models import get_spec, list_models
 
+    if task is None and pattern is None:
+        names = list_models(arch="convnext") + list_models(arch="isotropic")
+        return names, ["roadmap", "detection", "segmentation"]
     names = list_models(pattern)
-    if task == "all" or (task is None and pattern is not None):
+    if task == "all" or task is None:
         return names, []
-    shown = [n for n in names if get_spec(n).task == (task or "classification")
-             and (task is not None or not n.startswith(_ROADMAP_PREFIX))]
-    return shown, [n for n in names if n not in shown]
+    shown = [n for n in names if get_spec(n).task == task]
+    return shown, []
+
+
+def _reference_size(spec) -> tuple[float, float] | None:
+    """(params M, GMACs at spec.flops_size) from the registry's reference numbers, or None."""
+    gmacs = spec.ref_gmacs if spec.ref_gmacs is not None else (
+        spec.gmacs.get(spec.flops_size[0]) if spec.flops_size[0] == spec.flops_size[1] else None)
+    return (spec.params_m, gmacs) if spec.params_m is not None and gmacs is not None else None
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    import torch
-
-    from .models import build_model, count_flops, count_params, get_spec
+    from .models import get_spec
 
     names, left_out = _shown_models(args.filter, args.task)
     if not names:
         raise UserError(f"no registered model matches {args.filter or '*'!r}" + (f" with --task {args.task}"
                                                                                   if args.task else ""))
     sizes: dict[tuple, tuple[int, int]] = {}  # (config, resolution) -> (params, MACs): equal configs built once
-    rows = []
+    rows, counted = [], False
     for name in names:
         spec = get_spec(name)
-        key = (spec.config, spec.flops_size)
-        if key not in sizes:
-            with torch.device("meta"):  # no weights allocated: sizes and MACs only
-                model = build_model(spec.config)
-            sizes[key] = count_params(model), count_flops(model, spec.flops_size)
-        params, macs = sizes[key]
+        ref = _reference_size(spec)
+        if ref is not None:  # the registry's numbers (tests/models/test_registry.py checks them): nothing built
+            params, gmacs, mark = f"{ref[0]:.2f}", f"{ref[1]:.2f}", ""
+        else:
+            key = (spec.config, spec.flops_size)
+            if key not in sizes:
+                sizes[key] = _count(spec)
+            params, gmacs, mark = f"{sizes[key][0] / 1e6:.2f}", f"{sizes[key][1] / 1e9:.2f}", "*"
+            counted = True
         rows.append((
-            name, spec.task, f"{params / 1e6:.2f}", f"{macs / 1e9:.2f}", "x".join(map(str, spec.flops_size)),
+            name, spec.task, params + mark, gmacs + mark, "x".join(map(str, spec.flops_size)),
             f"{spec.top1:.1f}" if spec.top1 is not None else "-",
             f"{spec.top1_22k:.1f}" if spec.top1_22k is not None else "-",
         ))
@@ -81,17 +91,25 @@ def _cmd_models(args: argparse.Namespace) -> int:
     print(fmt.format(*("-" * w for w in widths)))
     for r in rows:
         print(fmt.format(*r))
-    print("\nGFLOPs are multiply-accumulates of conv and linear layers (the paper's convention) at the paper's "
+    print("\nParams and GFLOPs are the registry's reference numbers (paper, timm), which the test suite checks "
+          "against the built networks" + ("; * = counted here on the built network (no reference)" if counted else "")
+          + ". GFLOPs are multiply-accumulates of conv and linear layers (the paper's convention) at the paper's "
           "resolution for the task; top-1 is the paper's ImageNet-1K accuracy at 224 where reported.")
     if left_out:
-        counts = {}
-        for n in left_out:
-            kind = "roadmap" if n.startswith(_ROADMAP_PREFIX) else get_spec(n).task
-            counts[kind] = counts.get(kind, 0) + 1
-        print("Not listed: " + ", ".join(f"{c} {k}" for k, c in counts.items()) + " models; see "
-              "`convnext models --task detection|segmentation|all`, `convnext models 'roadmap_*'` "
-              "or `convnext roadmap --list`.")
+        print(f"Not listed: the {', '.join(left_out)} models; see `convnext models --task "
+              "detection|segmentation|all`, `convnext models 'roadmap_*'` or `convnext roadmap --list`.")
     return 0
+
+
+def _count(spec) -> tuple[int, int]:
+    """(params, MACs at spec.flops_size) of a model built on the meta device (no weights allocated)."""
+    import torch
+
+    from .models import build_model, count_flops, count_params
+
+    with torch.device("meta"):
+        model = build_model(spec.config)
+    return count_params(model), count_flops(model, spec.flops_size)
 
 
 def _cmd_flops(args: argparse.Namespace) -> int:
@@ -101,10 +119,7 @@ def _cmd_flops(args: argparse.Namespace) -> int:
 
     from .models import build_model, count_flops, count_params, get_spec
 
-    try:
-        spec = get_spec(args.model)
-    except KeyError as e:
-        raise UserError(e.args[0]) from None
+    spec = get_spec(args.model)  # UnknownModelError: one line with close names
     size = spec.flops_size if args.img_size is None else (args.img_size, args.img_size)
     with torch.device("meta"):
         model = build_model(spec.config)
@@ -126,7 +141,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "models", help=_COMMANDS["models"][1],
         description="Without arguments: the classification family (ConvNeXt, isotropic, V2). A glob pattern "
                     "lists every task's matching models; --task picks one task (or all). Params and MACs are "
-                    "counted on the built network (meta device: no weights allocated).",
+                    "the registry's reference numbers; models without them are counted on the built network "
+                    "(meta device: no weights allocated).",
     )
     p.add_argument("filter", nargs="?", default=None, help="glob pattern, e.g. 'convnext_*' or 'mask_rcnn_*'")
     p.add_argument("--task", choices=_TASKS, default=None,

@@ -96,7 +96,7 @@ def _print_eval(loaded, args: argparse.Namespace, res: dict) -> None:
             if f"{kind}_AP" in res:
                 vals = [res.get(f"{kind}_{k}") for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
                 # COCO's -1: no ground truth of that size in the data, not a result
-                print(f"{kind:<5}" + "".join("      -" if v is None or v < 0 else f" {v:6.2f}" for v in vals))
+                print(f"{kind:<5}" + "".join("      -" if v is None or v != v or v < 0 else f" {v:6.2f}" for v in vals))
     else:
         print(printable(f"{head}: mIoU {res['mIoU']:.2f}  aAcc {res['aAcc']:.2f}  "
                         f"mAcc {res.get('mAcc', float('nan')):.2f}"))

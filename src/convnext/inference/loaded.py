@@ -22,7 +22,6 @@ from ..errors import CheckpointError, ConfigError, UserError
 __all__ = ["Loaded", "load", "resolve_resolution", "dense_task_of", "as_loaded"]
 
 _DENSE_ARCHS = {"detection": "detection", "upernet": "segmentation"}
-_OPENMMLAB_HEADS = ("decode_head.", "roi_head.", "rpn_head.", "neck.")
 
 
 @dataclass
@@ -206,28 +205,23 @@ def _load_ours_dense(ckpt, path, task: str, weights: str, img_size: int | None) 
                   train_config=train_config, model_name=name, labels_stored=bool(ckpt.get("labels")))
 
 
-def _looks_openmmlab(ckpt: Mapping) -> bool:
-    sd = ckpt.get("state_dict") if isinstance(ckpt.get("state_dict"), Mapping) else ckpt
-    return any(isinstance(k, str) and k.startswith(_OPENMMLAB_HEADS) for k in sd)
-
-
 def _read_foreign_dense(path, ckpt: Mapping, model_name: str | None):
     """The `DenseFile` of an mmdet / mmseg checkpoint (`convnext.weights.dense_files`), else None."""
-    if not _looks_openmmlab(ckpt):
-        return None
+    import dataclasses
+
     try:
         from ..weights.dense_files import read_dense_file
     except ImportError:  # a build without the OpenMMLab reader
-        raise CheckpointError(f"{path}: an OpenMMLab (mmdet / mmseg) checkpoint, and this installation has no "
-                              "reader for them (convnext.weights.dense_files)") from None
-    return read_dense_file(path, model_name=model_name)
+        return None
+    df = read_dense_file(ckpt, model_name=model_name)  # the content already read: not read again
+    return None if df is None else dataclasses.replace(df, source=str(path))
 
 
 def _load_foreign_dense(df, img_size: int | None) -> Loaded:
     from ..dense.backbone import load_whole_strict
     from ..models import create_model
 
-    model = create_model(df.model_name, num_classes=df.num_classes)
+    model = create_model(df.model_name, num_classes=df.num_classes, **(getattr(df, "overrides", None) or {}))
     load_whole_strict(model, df.state_dict, df.source)
     classes = list(df.classes) if df.classes else [str(i) for i in range(df.num_classes)]
     size = img_size or _dense_default_size(df.task, df.model_name)
@@ -235,7 +229,7 @@ def _load_foreign_dense(df, img_size: int | None) -> Loaded:
     return Loaded(model=model, transform=dense_transform(df.task, size), classes=classes, img_size=size,
                   weights="model", config=model.config, source=str(df.source),
                   resolution_source="--img-size" if img_size else f"the {df.family} standard",
-                  report=f"{df.task} model {df.model_name} from {df.source}: {layout}, {df.num_classes} classes",
+                  report=f"{df.source}: {df.describe() if hasattr(df, 'describe') else layout}",
                   task=df.task, layout=layout, model_name=df.model_name, labels_stored=bool(df.classes))
 
 

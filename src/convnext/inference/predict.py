@@ -326,8 +326,8 @@ def predict_dense(loaded: Loaded, image_path: str | os.PathLike, output: str | o
         names = list(loaded.classes or [])
         label_names = [names[int(lb) - 1] if 0 < int(lb) <= len(names) else str(int(lb)) for lb in labels]
         result = {"image": str(image_path), "task": "detection", "score_thresh": score_thresh,
-                  "detections": [{"label": n, "label_index": int(lb), "score": round(float(s), 4),
-                                  "box": [round(float(v), 1) for v in b]}
+                  "detections": [{"label": n, "label_index": int(lb), "score": round(float(s), 5),
+                                  "box": [round(float(v), 2) for v in b]}
                                  for n, lb, s, b in zip(label_names, labels, scores, boxes)]}
         if output is not None:
             probs = det["mask_probs"][keep] if det["mask_probs"] is not None else None
