@@ -78,8 +78,10 @@ def test_registry_names_no_module_above_it():
 def test_segmentation_eval_saves_the_label_maps_predict_writes(seg_setup, tmp_path, capsys):
     data, ckpt = seg_setup
     preds = tmp_path / "preds"
+    js = tmp_path / "seg.json"
     assert main(["eval", "--checkpoint", str(ckpt), "--data", str(data), "--save-predictions", str(preds),
-                 "--no-progress", "--num-workers", "0"]) == 0
+                 "--no-progress", "--num-workers", "0", "--json", str(js)]) == 0
+    assert set(json.loads(js.read_text())["per_class"]["IoU"]) == {"1", "2", "3"}  # values on disk, not value - 1
     for img in sorted((data / "images" / "validation").iterdir()):
         mine = tmp_path / f"{img.stem}-predict.png"
         assert main(["predict", "--checkpoint", str(ckpt), str(img), "--label-map", str(mine)]) == 0

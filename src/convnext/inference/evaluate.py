@@ -258,9 +258,21 @@ def evaluate_dense(
                  _SegmentationSaver(td.val, Path(save_predictions)))
         evaluator = _Recording(evaluator, saver)
     res = run_eval(loaded.model, loader, dev, loaded_amp(amp), evaluator, progress=progress)
+    if loaded.task == "segmentation":
+        _name_classes_as_on_disk(res, list(td.classes), getattr(td.val, "reduce_zero_label", True))
     if saver is not None:
         res["predictions"] = saver.write(Path(save_predictions))
     return res
+
+
+def _name_classes_as_on_disk(res: dict, classes: list[str], reduce_zero_label: bool) -> None:
+    """Unnamed segmentation classes ("0", "1", ...: class indices) renamed to their label value in the
+    annotation files (index + 1 under reduce_zero_label), the numbers a user finds on disk."""
+    if not reduce_zero_label or classes != [str(i) for i in range(len(classes))]:
+        return
+    for metric, values in (res.get("per_class") or {}).items():
+        if isinstance(values, dict):
+            res["per_class"][metric] = {str(int(k) + 1) if k.isdigit() else k: v for k, v in values.items()}
 
 
 class _DetectionSaver:
