@@ -331,7 +331,8 @@ def run_benchmark(
         )
     if runtimes:
         if device.type != "cpu" or cfg.mode != "infer":
-            raise ValueError(f"--compare {','.join(runtimes)}: ONNX Runtime / OpenVINO are timed for CPU inference only")
+            raise ValueError(f"--compare {','.join(runtimes)}: ONNX Runtime / OpenVINO are timed for CPU inference "
+                             "only")
         built, why = build_runtimes(implementations[0].model, runtimes, cfg.img_size,
                                     in_chans=getattr(implementations[0].model, "in_chans", 3))
         implementations, skipped = [*implementations, *built], {**skipped, **why}

@@ -33,7 +33,7 @@ from torch import nn
 from ..models.inference import optimize_for_inference
 from .features import CpuFeatures, select_dtype
 
-__all__ = ["CpuInferenceModel", "fast_cpu_model", "CANDIDATES", "prepare_eager"]
+__all__ = ["CpuInferenceModel", "fast_cpu_model", "CANDIDATES", "prepare_eager", "model_for_dtype"]
 
 CANDIDATES = ("eager", "compile", "jit")
 _TORCH_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -54,6 +54,9 @@ class CpuInferenceModel(nn.Module):
         self.dtype, self.path, self.reason = dtype, path, reason
         self.timings = dict(timings or {})
         self._torch_dtype = _TORCH_DTYPES[dtype]
+        for name in ("num_classes", "in_chans", "stride", "config", "checkpoint_info"):  # what callers read off a model
+            if hasattr(module, name):
+                setattr(self, name, getattr(module, name))
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, num_classes), fp32
@@ -191,3 +194,27 @@ def fast_cpu_model(
     if failures:
         path += "; failed: " + "; ".join(f"{k} ({v})" for k, v in failures.items())
     return CpuInferenceModel(module, runners[best], chosen, path, reason, timings)
+
+
+def model_for_dtype(model: nn.Module, dtype: str, device, batch_size: int, img_size: int, *,
+                    task: str = "classification", amp: str = "off", compile: bool = False) -> tuple[nn.Module, str]:
+    """(the module to run, a line saying what runs) for `convnext predict` / `eval --dtype`.
+
+    On CPU with "auto" on a CPU with native bf16, or with "bf16": `fast_cpu_model` (eager and
+    TorchScript-oneDNN timed; with `compile` also inductor). "fp32", and "auto" elsewhere: the model
+    as it is (exact fp32, today's eager path). Other devices, other tasks, or an --amp run: as it is.
+    """
+    from ..errors import UserError
+
+    device_type = getattr(device, "type", str(device).split(":")[0])
+    if device_type != "cpu" or task != "classification" or amp != "off":
+        if dtype == "bf16" and amp == "off":
+            raise UserError(f"--dtype bf16: the bf16 path is for classifiers on CPU (here {task} on {device_type}); "
+                            "use --amp bf16")
+        return model, ""
+    chosen, reason = select_dtype(dtype, "cpu")
+    if chosen == "fp32":
+        return model, f"CPU inference: fp32 eager, the model as built; {reason}"
+    candidates = CANDIDATES if compile else ("eager", "jit")
+    fast = fast_cpu_model(model, dtype, batch_size, img_size, candidates=candidates, inplace=True)
+    return fast, fast.describe()

@@ -27,7 +27,8 @@ from torch import nn
 from .cpu import freezing, prepare_eager
 from .features import cpu_features
 
-__all__ = ["quantize_int8", "save_int8", "load_int8", "Int8Model", "FLOAT_OPS_NOTE"]
+__all__ = ["quantize_int8", "save_int8", "load_int8", "Int8Model", "FLOAT_OPS_NOTE", "export_int8",
+           "format_int8_report", "export_int8_cli"]
 
 FLOAT_OPS_NOTE = ("int8: convolutions (stem, depthwise 7x7, downsampling) and Linears (pwconv1, pwconv2, head); "
                   "LayerNorm, GELU, residual adds and pooling stay in {mixed}")
@@ -102,7 +103,7 @@ class Int8Model(nn.Module):
 def load_int8(path: str | Path, mixed_bf16: bool | None = None, compile: bool = True) -> tuple[Int8Model, dict]:
     """(model, meta) from a file written by `save_int8`. `mixed_bf16` None: on where the CPU has native bf16."""
     _pt2e()  # registers the quantized_decomposed ops the program calls
-    meta: dict[str, str] = {"classes": "", "preprocessing": ""}
+    meta: dict[str, str] = {"classes": "", "preprocessing": "", "quantization": "", "img_size": ""}
     program = torch.export.load(str(path), extra_files=meta)
     if mixed_bf16 is None:
         mixed_bf16 = cpu_features().native_bf16
@@ -119,3 +120,150 @@ def time_per_batch(fn: Callable, x: torch.Tensor, repeats: int = 3) -> float:
             fn(x)
             samples.append(time.perf_counter() - start)
     return statistics.median(samples)
+
+
+# ------------------------------------------------------------------------- export on user data
+def _labelled_images(data: str | Path, classes: list[str] | None, seed: int = 0) -> tuple[list[Path], list[int] | None]:
+    """Every image under `data` in a fixed shuffle, with labels when each image's parent folder is a class name."""
+    from ..data.datasets import list_images
+    from ..errors import DataError
+
+    root = Path(data)
+    if not root.is_dir():
+        raise DataError(f"--calib-data {data}: no such folder (expected a folder of images, e.g. an ImageFolder split)")
+    paths = [Path(p) for p in list_images(root)]
+    if not paths:
+        raise DataError(f"--calib-data {data}: no image files found")
+    order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist()
+    paths = [paths[i] for i in order]  # classes mixed in both the calibration and the evaluation part
+    index = {c: i for i, c in enumerate(classes or [])}
+    labels = [index.get(p.parent.name) for p in paths]
+    return paths, (labels if all(x is not None for x in labels) else None)
+
+
+def _batches(paths: list[Path], transform: Callable, batch_size: int):
+    from PIL import Image
+
+    for start in range(0, len(paths), batch_size):
+        images = []
+        for p in paths[start : start + batch_size]:
+            with Image.open(p) as im:
+                images.append(transform(im.convert("RGB")))
+        yield torch.stack(images)
+
+
+def _logits(fn: Callable, batches: list[torch.Tensor], batch_size: int) -> torch.Tensor:
+    """fn over every batch; a last partial batch is padded to `batch_size` (one compiled shape)."""
+    outs = []
+    with torch.no_grad():
+        for b in batches:
+            n = b.shape[0]
+            if n < batch_size:
+                b = torch.cat([b, b[-1:].expand(batch_size - n, *b.shape[1:])])
+            outs.append(fn(b)[:n].float())
+    return torch.cat(outs)
+
+
+def export_int8(
+    model: nn.Module,
+    out: str | Path,
+    *,
+    data: str | Path,
+    transform: Callable,
+    img_size: int,
+    classes: list[str] | None = None,
+    metadata: dict[str, str] | None = None,
+    calib_images: int = 256,
+    eval_images: int = 256,
+    batch_size: int = 16,
+    compile: bool = True,
+) -> dict:
+    """Quantize `model` calibrated on `calib_images` images of `data`, write `out` (.pt2), and measure.
+
+    The next `eval_images` images of `data` (disjoint from the calibration ones when there are
+    enough) are run through fp32 PyTorch (`fast_cpu_model(dtype="fp32")`) and the int8 program;
+    returns top-1 of both when the images' folder names are class names, their top-1 agreement,
+    the max |logit difference|, and img/s of both on the last timed batch size.
+    """
+    from .cpu import fast_cpu_model
+
+    paths, labels = _labelled_images(data, classes)
+    calib = paths[:calib_images]
+    rest = paths[calib_images : calib_images + eval_images]
+    held_out = bool(rest)
+    evaluate = rest if held_out else calib[:eval_images]
+    eval_labels = None
+    if labels is not None:
+        start = calib_images if held_out else 0
+        eval_labels = torch.tensor(labels[start : start + len(evaluate)])
+    in_chans = getattr(model, "in_chans", 3)
+    calibrate_t = time.perf_counter()
+    program = quantize_int8(model, _batches(calib, transform, batch_size), img_size, in_chans)
+    calibrate_s = time.perf_counter() - calibrate_t
+    meta = {**(metadata or {}), "quantization": "static int8, PT2E X86InductorQuantizer, "
+            f"calibrated on {len(calib)} images of {Path(data).name}"}
+    save_int8(program, out, meta)
+    int8_model, _ = load_int8(out, compile=compile)
+    fp32 = fast_cpu_model(model, "fp32", batch_size, img_size)
+    batches = list(_batches(evaluate, transform, batch_size))
+    ref = _logits(fp32, batches, batch_size)
+    got = _logits(int8_model, batches, batch_size)  # the first call compiles
+    x = batches[0] if batches[0].shape[0] == batch_size else torch.cat([batches[0]] * batch_size)[:batch_size]
+    report = {
+        "path": str(out), "calibration_images": len(calib), "eval_images": len(evaluate), "held_out": held_out,
+        "calibrate_s": calibrate_s, "top1_agreement": (got.argmax(1) == ref.argmax(1)).float().mean().item(),
+        "max_abs_logit_diff": (got - ref).abs().max().item(), "max_abs_logit": ref.abs().max().item(),
+        "fp32_top1": None, "int8_top1": None, "batch_size": batch_size,
+        "fp32_img_per_s": batch_size / time_per_batch(fp32, x),
+        "int8_img_per_s": batch_size / time_per_batch(int8_model, x),
+        "fp32_path": fp32.path, "int8_mixed_bf16": int8_model.mixed_bf16, "compiled": compile,
+    }
+    if eval_labels is not None:
+        report["fp32_top1"] = 100 * (ref.argmax(1) == eval_labels).float().mean().item()
+        report["int8_top1"] = 100 * (got.argmax(1) == eval_labels).float().mean().item()
+    return report
+
+
+def format_int8_report(r: dict) -> str:
+    where = "held-out" if r["held_out"] else "calibration (too few images for a held-out set)"
+    lines = [f"wrote {r['path']}: int8 (PT2E, X86InductorQuantizer), calibrated on {r['calibration_images']} images "
+             f"(export + calibration + convert: {r['calibrate_s']:.1f} s)"]
+    if r["fp32_top1"] is not None:
+        lines.append(f"top-1 on {r['eval_images']} {where} images: fp32 {r['fp32_top1']:.2f}% -> int8 "
+                     f"{r['int8_top1']:.2f}% (change {r['int8_top1'] - r['fp32_top1']:+.2f} points)")
+    else:
+        lines.append(f"(no labels: the images' folder names are not the model's classes; agreement only)")
+    lines.append(f"int8 vs fp32 on {r['eval_images']} {where} images: top-1 agreement {r['top1_agreement']:.2%}, "
+                 f"max |logit diff| {r['max_abs_logit_diff']:.3g} (max |logit| {r['max_abs_logit']:.3g})")
+    lines.append(f"speed at batch {r['batch_size']}: fp32 {r['fp32_img_per_s']:.1f} img/s ({r['fp32_path']}), "
+                 f"int8 {r['int8_img_per_s']:.1f} img/s (inductor{'' if r['compiled'] else ' off'})")
+    lines.append(FLOAT_OPS_NOTE.format(mixed="bf16 (int8-mixed-bf16)" if r["int8_mixed_bf16"] else "fp32"))
+    return "\n".join(lines)
+
+
+def export_int8_cli(loaded, out: Path, args) -> int:
+    """`convnext export --format int8`: `export_int8` on a loaded classifier, its report printed."""
+    from ..errors import ConfigError, UserError
+
+    if loaded.task != "classification":
+        raise UserError(f"--format int8: classifiers only (this checkpoint is a {loaded.task} model)")
+    if not args.calib_data:
+        raise UserError("--format int8 needs --calib-data DIR: a folder of your images to calibrate on")
+    for flag, value in (("--calib-images", args.calib_images), ("--eval-images", args.eval_images),
+                        ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ConfigError(f"{flag} {value}: must be >= 1")
+    meta = {"classes": "\n".join(loaded.classes or []), "img_size": str(loaded.img_size),
+            "crop_pct": "" if loaded.crop_pct is None else str(loaded.crop_pct), "source": str(loaded.source)}
+    try:
+        from ..inference.export import export_metadata
+
+        meta.update(export_metadata(loaded, loaded.img_size))
+    except ImportError:
+        pass
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = export_int8(loaded.model, out, data=args.calib_data, transform=loaded.transform, img_size=loaded.img_size,
+                         classes=loaded.classes, metadata=meta, calib_images=args.calib_images,
+                         eval_images=args.eval_images, batch_size=args.batch_size)
+    print(format_int8_report(report))
+    return 0

@@ -54,17 +54,17 @@ def _openvino():
     try:
         import openvino as ov
     except ImportError:
-        raise UserError("--format openvino needs OpenVINO: pip install openvino (or pip install 'convnext[openvino]')") \
-            from None
+        raise UserError("--format openvino needs OpenVINO: pip install openvino "
+                        "(or pip install 'convnext[openvino]')") from None
     return ov
 
 
 def export_openvino(model: nn.Module, path: str | Path, example: torch.Tensor, classes: list[str] | None,
-                    preprocessing: dict, onnx_path: str | Path | None = None):
+                    preprocessing: dict, onnx_path: str | Path | None = None, extra: dict[str, str] | None = None):
     """Write the OpenVINO IR of `model` to `path` (.xml, with its .bin beside it); returns the ov.Model.
 
     The IR is converted from our ONNX export (`onnx_path` when the caller already has it) so that
-    OpenVINO and ONNX Runtime run the very same graph.
+    OpenVINO and ONNX Runtime run the very same graph. `extra` (str -> str) goes to rt_info `convnext/*` too.
     """
     ov = _openvino()
     path = Path(path)
@@ -73,19 +73,34 @@ def export_openvino(model: nn.Module, path: str | Path, example: torch.Tensor, c
             onnx_path = Path(tmp) / "model.onnx"
             export_onnx(model, onnx_path, example)
         ov_model = ov.convert_model(str(onnx_path))
-    mean = [round(255 * m, 4) for m in preprocessing["mean"]]
-    scale = [round(255 * s, 4) for s in preprocessing["std"]]
-    info = {"model_type": "Classification", "mean_values": " ".join(map(str, mean)),
-            "scale_values": " ".join(map(str, scale)), "resize_type": "standard", "reverse_input_channels": "False",
-            "pad_value": "0", "confidence_threshold": "0"}
+    task = (extra or {}).get("task", "classification")
+    info = {"model_type": task.capitalize()}
+    if task == "classification":  # mean / std of 0..1 pixels, as OpenVINO's 0..255 mean_values / scale_values
+        mean = [round(255 * m, 4) for m in preprocessing["mean"]]
+        scale = [round(255 * s, 4) for s in preprocessing["std"]]
+        info.update({"mean_values": " ".join(map(str, mean)), "scale_values": " ".join(map(str, scale)),
+                     "resize_type": "standard", "reverse_input_channels": "False", "pad_value": "0",
+                     "confidence_threshold": "0"})
     if classes:
         info["labels"] = " ".join(c.replace(" ", "_") for c in classes)
     for key, value in info.items():
         ov_model.set_rt_info(value, ["model_info", key])
+    for key, value in (extra or {}).items():
+        ov_model.set_rt_info(str(value), ["convnext", key])
     ov_model.set_rt_info(json.dumps(classes), ["convnext", "classes"])
     ov_model.set_rt_info(json.dumps(preprocessing), ["convnext", "preprocessing"])
     ov.save_model(ov_model, str(path), compress_to_fp16=False)  # fp32 weights: parity with PyTorch
     return ov_model
+
+
+def openvino_writer(model: nn.Module, x: torch.Tensor, out: str | Path, metadata: dict[str, str]) -> torch.Tensor:
+    """`convnext export --format openvino`: the IR of `model` with `metadata` (str -> str; "classes" and
+    "preprocessing" as JSON) in its rt_info; returns the IR's output on `x` under the f32 hint (parity)."""
+    classes = json.loads(metadata.get("classes", "null")) or None
+    pre = json.loads(metadata["preprocessing"]) if "preprocessing" in metadata else preprocessing_meta(x.shape[-1])
+    ov_model = export_openvino(model, out, x, classes, pre, extra=metadata)
+    del ov_model
+    return OpenVINOModule(out, precision="f32")(x)
 
 
 def read_openvino_meta(path: str | Path) -> dict:
