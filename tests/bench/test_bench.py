@@ -160,3 +160,18 @@ def test_dense_models_are_timed_at_a_given_resolution():
         r = run_dense_benchmark(name, size=(64, 96), warmup=1, repeats=1, progress=False)
         assert r["input_hw"] == [64, 96] and r["img_per_s"] > 0 and r["gmacs"] > 0
         assert "ours only" in format_dense_report(r)
+
+
+def test_auto_dtype_follows_the_cpu_features(monkeypatch):
+    import convnext.deploy.features as features
+
+    amx = features.CpuFeatures(amx_bf16=True, avx512_bf16=True, source="given")
+    monkeypatch.setattr(features, "cpu_features", lambda: amx)
+    cfg = BenchConfig(**TINY, dtype="auto")
+    assert cfg.resolved_dtype == "bf16" and cfg.fast_cpu_path and cfg.default_tolerance == 0.1
+    assert not BenchConfig(**TINY, dtype="auto", mode="train").fast_cpu_path  # training: bf16 autocast
+    assert BenchConfig(**TINY, dtype="fp32").resolved_dtype == "fp32"
+    assert not BenchConfig(**TINY, dtype="fp32").fast_cpu_path  # exact fp32: ours as built
+    monkeypatch.setattr(features, "cpu_features", lambda: features.CpuFeatures(avx512_vnni=True, source="given"))
+    cfg = BenchConfig(**TINY, dtype="auto")
+    assert cfg.resolved_dtype == "fp32" and cfg.fast_cpu_path and cfg.default_tolerance == 1e-4

@@ -341,6 +341,9 @@ def run_benchmark(
         from ..deploy.cpu import fast_cpu_model
 
         ours = implementations[0]
+        if progress and cfg.resolved_dtype == "bf16":
+            tqdm.write("timing ours' bf16 CPU paths (eager, inductor, TorchScript; compiling can take minutes)...",
+                       file=sys.stderr)
         fast = fast_cpu_model(ours.model, cfg.dtype, cfg.batch_size, cfg.img_size,
                               candidates=("compile",) if cfg.compile else None, inplace=True)
         ours_path = fast.describe()
