@@ -68,16 +68,16 @@ def test_item_at_original_size(synthetic_coco):
 def test_eval_transform_sizes_and_alignment(synthetic_coco):
     ds = _dataset(synthetic_coco, transforms=coco_eval_transforms(img_size=32))  # max side 1333*32/800 = 53
     image, t = ds[0]
-    assert image.shape == (3, 32, 42)  # short side 32 (48x64 -> 32x42, torchvision floors the long side)
-    assert t["orig_size"] == (48, 64) and t["size"] == (32, 42)
+    assert image.shape == (3, 32, 43)  # short side 32 (48x64 -> 32x43: mmcv rounds int(64 * 2/3 + 0.5))
+    assert t["orig_size"] == (48, 64) and t["size"] == (32, 43)
     assert torch.allclose(t["boxes"], torch.tensor([[10, 8, 30, 28], [40, 20, 60, 44]]) * torch.tensor(
-        [42 / 64, 32 / 48, 42 / 64, 32 / 48]))
+        [43 / 64, 32 / 48, 43 / 64, 32 / 48]))  # mmdet's per-axis scale_factor new / old
     _check_aligned(image, t, tol=1.5)
     image, t = ds[3]  # 10x100: the long side hits the cap first
     assert t["size"] == (5, 53)
     assert ds[2][0].shape == (3, 32, 32)
     ds = _dataset(synthetic_coco, transforms=coco_eval_transforms())  # default 800
-    assert ds[0][1]["size"] == (800, 1066)
+    assert ds[0][1]["size"] == (800, 1067)  # mmdet 3 / mmcv: int(64 * 800 / 48 + 0.5)
 
 
 def test_train_transforms_scales_flips_crops_and_stays_aligned(synthetic_coco):
@@ -206,7 +206,7 @@ def test_split_layout_and_val_fallback(synthetic_coco, caplog):
         val = build_coco_dataset(synthetic_coco, "val", img_size=32)
     assert "no annotations/instances_val2017.json, evaluating on the train split" in val.warning
     assert val.warning in caplog.text and "\n" not in val.warning
-    assert val[0][1]["size"] == (32, 42)  # val -> test transforms
+    assert val[0][1]["size"] == (32, 43)  # val -> test transforms (mmcv's rescale of 48x64)
     with pytest.raises(DataError, match="instances_val2017.json: COCO annotation file not found"):
         coco_split_paths(synthetic_coco / "train2017", "val")
     with pytest.raises(DataError, match="split must be 'train' or 'val'"):

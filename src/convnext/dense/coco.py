@@ -13,8 +13,9 @@ Test: short side 800, long side at most 1333, no flip.
 
 `img_size` scales every length of the recipe by img_size / 800 for small runs. The geometry is
 torchvision.transforms.v2 on tv_tensors, so boxes and masks move with the image; ours are only the
-random-size crop and nearest-exact mask resizing (`InstanceMasks`). Sizes round like torchvision's
-Resize (floor), MMDetection rounds to nearest: the two can differ by one pixel.
+random-size crop and nearest-exact mask resizing (`InstanceMasks`). Train sizes round like
+torchvision's Resize (floor), MMDetection rounds to nearest: the two can differ by one pixel. The
+test resize is mmcv's own (`data.preprocess.detection_eval_transform`: sizes and cv2 pixels).
 
 Dataset item: `(image (3, H, W) float in [0, 1], target)`, target = {boxes (N, 4) float32 xyxy in
 the transformed image's pixels, labels (N,) int64 in 1..C (category ids in sorted order; 0 is
