@@ -53,7 +53,7 @@ def test_a_classifier_built_run_and_predicted_imports_no_detection_stack(tmp_pat
     assert _fresh(code) == "[]"
 
 
-@pytest.mark.parametrize("command", ["eval", "predict", "export"])
+@pytest.mark.parametrize("command", ["eval", "predict", "export", "train", "convert"])
 def test_subcommand_help_imports_no_torch(command):
     code = (f"import sys\nfrom convnext.cli import main\ntry:\n    main([{command!r}, '--help'])\n"
             "except SystemExit:\n    pass\nprint('torch' in sys.modules)")

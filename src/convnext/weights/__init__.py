@@ -7,16 +7,20 @@ Public API (others code against these names):
     load_pretrained, list_pretrained, get_pretrained                    -- pretrained.py
     read_dense_file, DenseFile (mmdet / mmseg / our dense files)        -- dense_files.py
 """
-from .convert import LAYOUTS, convert_state_dict, detect_layout
-from .dense_files import DenseFile, read_dense_file
-from .io import CheckpointError, TRAIN_FORMAT, load_state_dict_file, read_labels, read_metadata, save_state_dict
-from .loading import LoadReport, checkpoint_config, from_checkpoint, infer_config, load_checkpoint, match_model_name
-from .pretrained import PretrainedWeights, get_pretrained, list_pretrained, load_pretrained
+from .._lazy import lazy_attributes
 
-__all__ = [
-    "CheckpointError", "DenseFile", "LAYOUTS", "LoadReport", "PretrainedWeights", "TRAIN_FORMAT", "checkpoint_config",
-    "convert_state_dict",
-    "detect_layout", "from_checkpoint", "get_pretrained", "infer_config", "list_pretrained", "load_checkpoint",
-    "load_pretrained", "load_state_dict_file", "match_model_name", "read_dense_file", "read_labels", "read_metadata",
-    "save_state_dict",
-]
+# Names are imported on first use (`convnext._lazy`): `convnext convert --help` imports no torch.
+_PUBLIC: dict[str, str] = {
+    **dict.fromkeys(("LAYOUTS",), "convnext.weights.layouts"),
+    **dict.fromkeys(("convert_state_dict", "detect_layout"), "convnext.weights.convert"),
+    **dict.fromkeys(("DenseFile", "read_dense_file"), "convnext.weights.dense_files"),
+    **dict.fromkeys(("CheckpointError", "TRAIN_FORMAT", "load_state_dict_file", "read_labels", "read_metadata",
+                     "save_state_dict"), "convnext.weights.io"),
+    **dict.fromkeys(("LoadReport", "checkpoint_config", "from_checkpoint", "infer_config", "load_checkpoint",
+                     "match_model_name"), "convnext.weights.loading"),
+    **dict.fromkeys(("PretrainedWeights", "get_pretrained", "list_pretrained", "load_pretrained"),
+                    "convnext.weights.pretrained"),
+}
+
+__all__ = sorted(_PUBLIC)
+__getattr__, __dir__ = lazy_attributes(__name__, _PUBLIC)

@@ -183,7 +183,7 @@ def _convert_dense(args: argparse.Namespace, ckpt: dict, src: Path, dst: Path) -
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .convert import LAYOUTS
+    from .layouts import LAYOUTS  # not .convert: building the parser imports no torch
 
     p = sub.add_parser("convert", help="convert a checkpoint between official/timm/torchvision/HF/mmdet/mmseg layouts",
                        description="Read a ConvNeXt checkpoint in any supported layout (detected from its keys) and "

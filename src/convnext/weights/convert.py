@@ -62,7 +62,7 @@ from .io import CheckpointError
 __all__ = ["LAYOUTS", "DENSE_NAMINGS", "Rule", "KeyMap", "detect_layout", "dense_naming", "convert_state_dict",
            "translate_state_dict", "summarize_keys", "hf_config"]
 
-LAYOUTS = ("official", "timm", "torchvision", "hf", "v2")
+from .layouts import LAYOUTS  # noqa: E402  (torch-free, for the convert parser)
 _SOURCE_LAYOUTS = LAYOUTS + ("dense", "fcmae")  # read, never written
 
 
