@@ -276,3 +276,28 @@ def test_resume_and_eval_refuse_code_carrying_or_foreign_files(tmp_path, capsys)
     assert not marker.exists()
     assert main(["eval", "--checkpoint", str(notes), "--data", "digits"]) == 2
     assert "not a PyTorch checkpoint or a safetensors file" in capsys.readouterr().err
+
+
+def test_deterministic_makes_the_indexing_backward_of_the_detection_losses_exact():
+    """torchvision's Mask R-CNN losses index `box_regression[pos, labels]` and `mask_logits[arange, labels]`:
+    their backward is index_put_(accumulate=True), whose CPU kernel adds in a varying order on several
+    threads. `--deterministic` (torch.use_deterministic_algorithms) makes it exact; `run` restores the flag."""
+    threads, was = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 91, 4, generator=g)
+    pos, labels = torch.randint(0, 64, (200_000,), generator=g), torch.randint(0, 91, (200_000,), generator=g)
+    w = torch.randn(200_000, 4, generator=g)
+
+    def grad():
+        xx = x.clone().requires_grad_()
+        (xx[pos, labels] * w).sum().backward()
+        return xx.grad
+
+    try:
+        torch.set_num_threads(2)
+        torch.use_deterministic_algorithms(True)
+        first = grad()
+        assert all(torch.equal(first, grad()) for _ in range(4))
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(was)

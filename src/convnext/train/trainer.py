@@ -214,9 +214,11 @@ def run(config: TrainConfig, explicit: frozenset[str] | set[str] | None = None) 
     NonFiniteLossError when the loss diverges, KeyboardInterrupt after saving on Ctrl-C or SIGTERM.
     """
     info = init_distributed(config.device)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         return _run(config, info, given_fields(config) | frozenset(explicit or ()))
     finally:
+        torch.use_deterministic_algorithms(deterministic)  # --deterministic holds for this run only
         if info.enabled and os.environ.get("CONVNEXT_KEEP_PROCESS_GROUP") is None:
             from .distributed import cleanup_distributed
 
@@ -477,8 +479,8 @@ def _say_what_runs(r: Run, pos: Position, fresh: bool) -> None:
         _log(info, f"warning: the warm-up ({configured} steps) is longer than the run ({r.total_steps} steps): the lr "
              f"never reaches {r.peak_lr:.3g}")
     if c.lr is None and not (c.pretrained or c.finetune) and len(r.train_ds) < SMALL_DATA and r.task.finetune_hint:
-        _log(info, f"note: from scratch on {len(r.train_ds)} images, the ImageNet recipe's lr ({r.peak_lr:.3g}) rarely "
-             f"gets past chance; start from trained weights instead: {r.task.finetune_hint}")
+        _log(info, f"note: from scratch on {len(r.train_ds)} images, a recipe written for a large data set (lr "
+             f"{r.peak_lr:.3g}) rarely gets past chance; start from trained weights instead: {r.task.finetune_hint}")
 
 
 # ---- the loop -------------------------------------------------------------------------------------
