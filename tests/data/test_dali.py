@@ -179,7 +179,8 @@ def test_refusals_and_auto(folder, tmp_path):
         list(_loader(ImageFolderDataset(bad.parent), [0, 1], DeviceAugment(8, **PLAIN), batch=2))
 
 
-def test_trainer_runs_dali_and_records_it(folder, tmp_path):
+def test_trainer_runs_dali_records_it_and_resumes_exactly(folder, tmp_path, monkeypatch):
+    import convnext.train.trainer as trainer
     from convnext.train import load_config, run
 
     data = folder.parent
@@ -187,15 +188,40 @@ def test_trainer_runs_dali_and_records_it(folder, tmp_path):
     for name in ("cat", "dog", "eel"):
         (data / "val" / name).mkdir(exist_ok=True)
         (data / "val" / name / "0.jpg").write_bytes((folder / name / "00.jpg").read_bytes())
-    cfg = load_config("digits", data=str(data), model_overrides={"stem_patch_size": 1, "depths": [1, 1],
-                                                                 "dims": [8, 16]},
-                      batch_size=12, epochs=1, num_workers=1, progress=False, output=str(tmp_path / "run"),
-                      seed=3, adapt=False, loader="dali", randaug="rand-m9-mstd0.5-inc1", reprob=0.25, mixup=0.8,
-                      cutmix=1.0)
-    metrics = run(cfg)
-    assert metrics["loader"] == "dali"
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["loader"] == "dali"
-    assert math.isfinite(metrics["history"][0]["train_loss"])
+
+    def cfg(name, **kw):
+        return load_config("digits", data=str(data), model_overrides={"stem_patch_size": 1, "depths": [1, 1],
+                                                                      "dims": [8, 16]},
+                           batch_size=6, epochs=2, num_workers=1, progress=False, output=str(tmp_path / name),
+                           seed=3, adapt=False, loader="dali", randaug="rand-m9-mstd0.5-inc1", reprob=0.25,
+                           mixup=0.8, cutmix=1.0, **kw)
+
+    metrics = run(cfg("full"))
+    assert metrics["loader"] == "dali" and metrics["epochs"] == 2
+    assert json.loads((tmp_path / "full" / "metrics.json").read_text())["loader"] == "dali"
+    assert all(math.isfinite(h["train_loss"]) for h in metrics["history"])
+
+    real = trainer.train_one_epoch
+
+    def interrupted(model, batches, ctx, step):  # Ctrl-C after optimizer step 8 (epoch 2, batch 2)
+        on_step = ctx.on_step
+
+        def hook(s):
+            on_step(s)
+            if s["step"] == 8:
+                raise KeyboardInterrupt
+
+        ctx.on_step = hook
+        return real(model, batches, ctx, step)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg("cut"))
+    monkeypatch.undo()
+    run(cfg("cut", resume="auto"))
+    a = torch.load(tmp_path / "full" / "checkpoint-last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "checkpoint-last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the resumed run saw the same batches
 
 
 def test_bench_data_mode_times_every_loader(folder, tmp_path, capsys):
