@@ -424,3 +424,35 @@ def test_the_thread_count_leaves_the_cores_to_the_loader_workers():
     assert alone.threads == 2 and not any("threads" in n for n in notes)
     assert adapt_config(c, num_train=100_000, cpus=2, explicit={"threads"})[0].threads is None
     assert adapt_config(load_config(None, threads=3), num_train=100_000, cpus=2)[0].threads == 3
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_saves_and_resumes(tmp_path):
+    """As `timeout` or a scheduler sends it: SIGTERM reaches the main process and its DataLoader workers."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def argv(out, *extra):
+        return [sys.executable, "-m", "convnext", "train", "--data", "digits", "--model-overrides", json.dumps(TINY),
+                "--train-subset", "192", "--epochs", "2", "--batch-size", "16", "--num-workers", "2", "--threads", "1",
+                "--seed", "3", "--no-adapt", "--no-progress", "--deterministic", "--output", str(out), *extra]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    assert subprocess.run(argv(tmp_path / "full"), env=env, capture_output=True).returncode == 0
+    proc = subprocess.Popen(argv(tmp_path / "cut"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, text=True)
+    deadline = time.time() + 300
+    while not (tmp_path / "cut" / "checkpoint-last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into epoch 2
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal (a very fast machine)")
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "terminated (SIGTERM): saved" in out
+    done = subprocess.run(argv(tmp_path / "cut", "--resume", "auto"), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    a, b = _all_tensors(tmp_path / "full" / "checkpoint-last.pt"), _all_tensors(tmp_path / "cut" / "checkpoint-last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)

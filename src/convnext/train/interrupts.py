@@ -47,12 +47,22 @@ class Interrupts:
 
     @contextlib.contextmanager
     def deferred(self):
-        """A block that signals do not interrupt; a signal received inside is raised at its end."""
+        """A block that signals do not interrupt; a signal received inside is raised at its end.
+
+        DataLoader's SIGCHLD handler is held off too: after a SIGTERM to the process group, the
+        workers' deaths must not raise inside the checkpoint write that saves the run.
+        """
+        sigchld = getattr(signal, "SIGCHLD", None)
+        held = None
+        if sigchld is not None and self._depth == 0 and threading.current_thread() is threading.main_thread():
+            held = signal.signal(sigchld, signal.SIG_DFL)
         self._depth += 1
         try:
             yield
         finally:
             self._depth -= 1
+            if held is not None:
+                signal.signal(sigchld, held)
         if self._depth == 0 and self._pending:
             self._pending = False
             raise KeyboardInterrupt

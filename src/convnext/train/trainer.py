@@ -100,6 +100,35 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class _Loader:
+    """A loader that remembers its running iterator, so an interrupt can stop its worker processes.
+
+    After a SIGTERM to the process group the workers are dead; DataLoader would report that (its
+    SIGCHLD handler) whenever the iterator is next touched or garbage-collected, as a traceback.
+    `close()` shuts them down first (inside `Interrupts.deferred`, where SIGCHLD is held off).
+    """
+
+    def __init__(self, loader):
+        self.loader, self.iterator = loader, None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        self.iterator = iter(self.loader)
+        return self.iterator
+
+    @property
+    def dataset(self):
+        return self.loader.dataset
+
+    def close(self) -> None:
+        shutdown = getattr(self.iterator, "_shutdown_workers", None)  # torch's multi-process iterator
+        if shutdown is not None:
+            shutdown()
+        self.iterator = None
+
+
 @dataclass
 class History:
     """The per-epoch records of a run and its best epoch (rebuilt from a checkpoint's metrics on resume)."""
@@ -153,10 +182,10 @@ class Run:
     warmup_steps: int
     steps_per_epoch: int
     effective_batch: int
-    train_loader: Any
+    train_loader: _Loader
     loader_kind: str
     loader_rng: torch.Generator
-    val_loader: DataLoader | None
+    val_loader: _Loader | None
     writer: Any = None
     bar: Any = None
     saved: str = ""  # what the last save wrote, for the interrupt message
@@ -374,11 +403,11 @@ def _build(config: TrainConfig, info: DistInfo, task: Task, data: TaskData, out:
     # Inside workers, `SeededSamples` then reseeds per image, so batches may change workers on resume.
     loader_rng = torch.Generator()
     train_loader, kind = task.train_loader(config, data, train_ds, sampler, device, loader_rng)
-    val_loader = (make_eval_loader(data.val, data.eval_batch_size or config.batch_size, config.num_workers, info,
-                                   data.collate_eval) if data.val is not None else None)
+    val_loader = (_Loader(make_eval_loader(data.val, data.eval_batch_size or config.batch_size, config.num_workers,
+                                           info, data.collate_eval)) if data.val is not None else None)
     return Run(config, info, task, data, out, adapted, requested, train_ds, sampler, model, wrapped, train_model,
-               ema, optimizer, scaler, lr_at, peak_lr, warmup, spe, effective_batch, train_loader, kind, loader_rng,
-               val_loader)
+               ema, optimizer, scaler, lr_at, peak_lr, warmup, spe, effective_batch, _Loader(train_loader), kind,
+               loader_rng, val_loader)
 
 
 def _build_model(config: TrainConfig, info: DistInfo, task: Task, data: TaskData, ckpt: dict | None):
@@ -515,8 +544,10 @@ def _train_epoch(r: Run, hist: History, pos: Position, epoch: int, interrupts: I
     except BaseException as e:
         if not interrupts.explains(e):
             raise
-        if r.info.is_main and not r.fsdp:  # (FSDP would need every rank in a collective here)
-            _save(r, _state(r, hist, boundary), improved=None)
+        with interrupts.deferred():
+            r.train_loader.close()
+            if r.info.is_main and not r.fsdp:  # (FSDP would need every rank in a collective here)
+                _save(r, _state(r, hist, boundary), improved=None)
         raise KeyboardInterrupt from None
     pos.epoch, pos.batch_in_epoch, pos.step = epoch + 1, 0, stats["step"]
     if stats["skipped_images"]:
@@ -539,8 +570,10 @@ def _end_epoch(r: Run, hist: History, pos: Position, record: dict, interrupts: I
         except BaseException as e:
             if not (interrupts.explains(e) or isinstance(e, UserError)):
                 raise
-            if r.info.is_main or r.fsdp:
-                _save(r, _state(r, hist, before), improved=None)
+            with interrupts.deferred():
+                r.val_loader.close()
+                if r.info.is_main or r.fsdp:
+                    _save(r, _state(r, hist, before), improved=None)
             if isinstance(e, UserError):
                 _log(r.info, f"evaluation failed: saved the trained epoch {epoch} in {r.saved}; fix the data, then "
                      f"--resume auto --output {r.out} evaluates it and goes on")
