@@ -141,7 +141,8 @@ class OpenVINOModule(nn.Module):
         if precision:
             config["INFERENCE_PRECISION_HINT"] = precision
         self.compiled = ov.Core().compile_model(str(model_path), "CPU", config)
-        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))  # what it runs: f32 / bf16
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # what it runs: f32 / bf16
+        self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         self.version = ov.__version__
         self._request = self.compiled.create_infer_request()
 
