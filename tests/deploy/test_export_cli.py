@@ -73,8 +73,13 @@ def test_export_int8_cli_errors(ckpt, tmp_path, capsys):
 def test_predict_says_which_path_ran(ckpt, images, capsys):
     img = str(images / "cat" / "0.jpg")
     assert main(["predict", img, "--checkpoint", str(ckpt), "--model", "convnext_atto", "--img-size", "32"]) == 0
-    err = capsys.readouterr().err
-    assert "CPU inference: " in err  # auto: which dtype and why (this CPU's features)
+    from convnext.deploy.features import cpu_features
+
+    err = capsys.readouterr().err  # auto says so where it changes what runs (a CPU with native bf16)
+    assert ("CPU inference: bf16" in err) == cpu_features().native_bf16
+    assert main(["predict", img, "--checkpoint", str(ckpt), "--model", "convnext_atto", "--img-size", "32",
+                 "--dtype", "fp32"]) == 0
+    assert "CPU inference: fp32" in capsys.readouterr().err
     assert main(["predict", img, "--checkpoint", str(ckpt), "--model", "convnext_atto", "--img-size", "32",
                  "--dtype", "bf16"]) == 0
     assert "CPU inference: bf16" in capsys.readouterr().err

@@ -19,6 +19,14 @@ def test_int8_round_trip(tmp_path):
     assert any("quantize_per_tensor" in t for t in targets)  # activations quantized
     assert any("dequantize_per_channel" in t for t in targets)  # per-channel int8 weights
     assert any("layer_norm" in t for t in targets) and any("gelu" in t for t in targets)  # stay float
+    def int8_weight(node):
+        return "dequantize" in str(getattr(node.args[1], "target", ""))
+
+    convs = [n for n in program.graph.nodes if n.op == "call_function" and "conv2d" in str(n.target)]
+    assert len(convs) == 16 and all(int8_weight(n) for n in convs)  # stem, 12 depthwise, 3 downsampling
+    linears = [n for n in program.graph.nodes if n.op == "call_function" and "linear" in str(n.target)]
+    # pwconv1 of each of the 12 blocks and the head in int8; pwconv2 (after GELU) stays float
+    assert len(linears) == 25 and sum(map(int8_weight, linears)) == 13
     path = tmp_path / "atto.pt2"
     save_int8(program, path, {"classes": "a\nb"})
     loaded, meta = load_int8(path, mixed_bf16=False, compile=False)

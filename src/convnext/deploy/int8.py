@@ -8,9 +8,11 @@ affine uint8 activations, histogram observers) -> run N calibration images -> `c
 compiled by inductor with `freezing=True`, which replaces each quantize -> dequantize -> conv /
 linear pattern by oneDNN int8 kernels (VNNI / AMX-INT8).
 
-What stays in floating point: the X86 inductor quantizer annotates convolutions (stem, depthwise,
-downsampling) and Linears (both pointwise GEMMs and the head) only. LayerNorm, GELU, the residual
-adds and the pooling run on dequantized values: fp32, or bf16 when the program is run under
+What stays in floating point: the X86 inductor quantizer annotates convolutions and Linears only.
+In the converted ConvNeXt graph the convolutions (stem, depthwise 7x7, downsampling), pwconv1 and
+the head are int8; pwconv2, whose input is the GELU output, is left unannotated by the quantizer's
+default config (its weight stays float: 12 of the 25 Linears of atto, checked in
+tests/deploy/test_int8.py). LayerNorm, GELU, the residual adds and the pooling run on dequantized values: fp32, or bf16 when the program is run under
 `torch.autocast("cpu", torch.bfloat16)` (`run_int8(..., mixed_bf16=True)`, the "int8-mixed-bf16"
 mode; `load_int8` turns it on where the CPU has native bf16).
 """
@@ -30,11 +32,11 @@ from .features import cpu_features
 __all__ = ["quantize_int8", "save_int8", "load_int8", "Int8Model", "FLOAT_OPS_NOTE", "export_int8",
            "format_int8_report", "export_int8_cli"]
 
-FLOAT_OPS_NOTE = ("int8: convolutions (stem, depthwise 7x7, downsampling) and Linears (pwconv1, pwconv2, head); "
-                  "LayerNorm, GELU, residual adds and pooling stay in {mixed}")
+FLOAT_OPS_NOTE = ("int8: convolutions (stem, depthwise 7x7, downsampling), pwconv1 and the head; pwconv2 (after GELU, "
+                  "left unannotated by the quantizer), LayerNorm, GELU, residual adds and pooling stay in {mixed}")
 
 
-def _pt2e():
+def _pt2e(quantize_convs: bool = True):
     try:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
@@ -47,6 +49,8 @@ def _pt2e():
         raise UserError(f"int8 export needs torchao (pip install torchao, or pip install 'convnext[deploy]'): {e}") \
             from None
     quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    if not quantize_convs:  # Linears only
+        quantizer.set_module_type_qconfig(torch.nn.Conv2d, None)
     return prepare_pt2e, convert_pt2e, quantizer
 
 
@@ -56,13 +60,15 @@ def _export(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedPr
 
 
 def quantize_int8(
-    model: nn.Module, calibration: Iterable[torch.Tensor], img_size: int, in_chans: int = 3
+    model: nn.Module, calibration: Iterable[torch.Tensor], img_size: int, in_chans: int = 3,
+    quantize_convs: bool = True,
 ) -> torch.export.ExportedProgram:
     """Calibrate `model` on the fp32 (B, C, S, S) batches of `calibration`; the int8 ExportedProgram.
 
-    The program takes any batch size (dynamic batch dimension) at `img_size`.
+    The program takes any batch size (dynamic batch dimension) at `img_size`. `quantize_convs=False`
+    leaves the stem, depthwise and downsampling convolutions in float (measured no faster).
     """
-    prepare_pt2e, convert_pt2e, quantizer = _pt2e()
+    prepare_pt2e, convert_pt2e, quantizer = _pt2e(quantize_convs)
     module = prepare_eager(model, "fp32")  # fp32, layer scale folded into pwconv2 (one GEMM fewer inputs)
     example = torch.randn(2, in_chans, img_size, img_size)
     graph = _export(module, example).module()
