@@ -6,6 +6,7 @@ set -euo pipefail
 OUT=${1:-benchmarks/results/deploy}
 mkdir -p "$OUT"
 B="python -m convnext bench --model convnext_tiny --img-size 224 --no-progress"
+# int8 speed, interleaved: python benchmarks/int8_speed.py
 # inference, batch 16 and 1: --dtype auto (the default) picks bf16 on AMX/AVX512-BF16 CPUs, fp32 elsewhere
 $B --batch-size 16 --compare timm,onnxruntime,openvino,openvino-f32 --repeats 10 --json "$OUT/infer_b16_auto.json"
 $B --batch-size 1 --compare timm,onnxruntime,openvino --repeats 20 --json "$OUT/infer_b1_auto.json"
@@ -14,11 +15,12 @@ $B --batch-size 16 --dtype fp32 --compare timm --repeats 10 --json "$OUT/infer_b
 # int8: PT2E static quantization of random-weight ConvNeXt-T, calibrated / compared on CIFAR-10 test JPEGs
 DATA=${DATA:-/tmp/cifar10-jpeg}
 [ -d "$DATA/test" ] || { mkdir -p "$DATA"; tar -xzf ../shared/data/cifar10-test-jpeg.tar.gz -C "$DATA"; }
+TMP=$(mktemp -d)
 python -c "import torch; from convnext.models import create_model; torch.manual_seed(0); \
-torch.save(create_model('convnext_tiny').state_dict(), '$OUT/../tiny_random.pth')"
-python -m convnext export convnext_tiny "$OUT/../tiny_int8.pt2" --checkpoint "$OUT/../tiny_random.pth" --format int8 \
+torch.save(create_model('convnext_tiny').state_dict(), '$TMP/tiny_random.pth')"
+python -m convnext export convnext_tiny "$TMP/tiny_int8.pt2" --checkpoint "$TMP/tiny_random.pth" --format int8 \
   --calib-data "$DATA/test" --calib-images 64 --eval-images 64 --batch-size 16 --force | tee "$OUT/export_int8.txt"
-rm -f "$OUT/../tiny_random.pth" "$OUT/../tiny_int8.pt2"
+rm -rf "$TMP"
 # training step (forward + backward + AdamW), fp32 vs bf16 autocast, ours vs timm
 $B --mode train --batch-size 16 --dtype fp32 --compare timm --repeats 5 --warmup 1 --json "$OUT/train_b16_fp32.json"
 $B --mode train --batch-size 16 --dtype bf16 --compare timm --repeats 5 --warmup 1 --json "$OUT/train_b16_bf16.json"
