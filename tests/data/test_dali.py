@@ -248,3 +248,15 @@ def test_bench_data_mode_times_every_loader(folder, tmp_path, capsys):
     assert sorted(loaders) == sorted(f"{k}, {s}" for k in ("workers", "device", "dali")
                                      for s in ("as stored", "upscaled to 500x375, re-encoded q90"))
     assert all(r["loader"] == k.split(",")[0] and r["img_per_s"] > 0 and r["images"] == 6 for k, r in loaders.items())
+
+
+def test_loader_workers_spawn_once_dali_is_loaded(folder):
+    """Workers forked from a process holding DALI's threads can segfault: loaders spawn them instead."""
+    import pickle
+
+    from convnext.data.datasets import worker_context
+    from convnext.dense.coco import collate_detection
+    from convnext.dense.tasks import _with_skipped
+
+    assert worker_context(2) == "spawn" and worker_context(0) is None  # nvidia.dali is imported in this module
+    pickle.dumps(_with_skipped(collate_detection))  # what a spawned dense worker must receive

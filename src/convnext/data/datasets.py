@@ -21,7 +21,21 @@ from .transforms import to_rgb
 __all__ = [
     "IMG_EXTENSIONS", "BUILTIN_DATASETS", "DataError", "ImageFolderDataset", "DigitsDataset",
     "build_dataset", "find_split", "collate_skip_bad", "subset", "list_images", "error_line",
+    "worker_context",
 ]
+
+
+def worker_context(num_workers: int) -> str | None:
+    """The multiprocessing start method for DataLoader workers: "spawn" once NVIDIA DALI is loaded.
+
+    DALI runs its own threads; a worker forked from a process that holds them can crash with a
+    segmentation fault (DALI's documentation asks for spawn), so every loader created after a DALI
+    pipeline (the evaluation loader of a `--loader dali` run, `bench --mode data`) spawns instead.
+    """
+    import sys
+
+    return "spawn" if num_workers > 0 and "nvidia.dali" in sys.modules else None
+
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 BUILTIN_DATASETS = ("digits", "cifar10", "cifar100")

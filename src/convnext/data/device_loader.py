@@ -522,7 +522,7 @@ def build_loader(kind: str, dataset: Dataset, *, batch_size: int, sampler, devic
 
     from torch.utils.data import DataLoader
 
-    from .datasets import collate_skip_bad
+    from .datasets import collate_skip_bad, worker_context
 
     if kind not in LOADER_KINDS:
         raise ConfigError(f"--loader {kind}: expected one of {', '.join(LOADER_KINDS)}")
@@ -551,5 +551,5 @@ def build_loader(kind: str, dataset: Dataset, *, batch_size: int, sampler, devic
         return DeviceLoader(dataset, batch_size, sampler, device, augment, seed, pre_size=pre_size, even=even), kind
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, generator=generator,
                         collate_fn=functools.partial(collate_skip_bad, even=even), pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+                        persistent_workers=False, multiprocessing_context=worker_context(num_workers))
     return loader, "workers"

@@ -19,15 +19,17 @@ from ..train.tasks import Task, TaskData, register_task
 __all__ = ["DetectionTask", "SegmentationTask", "CocoMetrics", "SegMetrics", "dense_param_groups", "num_decay_layers"]
 
 
+def _collate_counting_skipped(collate, batch):
+    good = [b for b in batch if b is not None]  # None: an image the dataset could not read
+    return (*collate(good), len(batch) - len(good))
+
+
 def _with_skipped(collate):
-    """Adapt a (inputs, targets) collate to the loop's (inputs, targets, skipped images) batches."""
+    """Adapt a (inputs, targets) collate to the loop's (inputs, targets, skipped images) batches.
 
-    @functools.wraps(collate)
-    def wrapped(batch):
-        good = [b for b in batch if b is not None]  # None: an image the dataset could not read
-        return (*collate(good), len(batch) - len(good))
-
-    return wrapped
+    A partial of module-level functions, so spawned loader workers can unpickle it (data.worker_context).
+    """
+    return functools.partial(_collate_counting_skipped, collate)
 
 
 def num_decay_layers(model: nn.Module) -> int:
