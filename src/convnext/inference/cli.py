@@ -40,6 +40,19 @@ def _load(args: argparse.Namespace, announce: bool = True, **kw):
     return loaded
 
 
+def _fast_cpu(args: argparse.Namespace, loaded, batch_size: int, compile: bool = False) -> None:
+    """--dtype: a classifier on CPU runs `convnext.deploy.model_for_dtype` (bf16 end to end on AMX /
+    AVX512-BF16 CPUs with auto); the line saying what runs goes to stderr."""
+    from ..deploy.cpu import model_for_dtype
+
+    device = next(loaded.model.parameters()).device
+    built = loaded.model
+    loaded.model, line = model_for_dtype(loaded.model, args.dtype, device, batch_size, loaded.img_size,
+                                         task=loaded.task, amp=getattr(args, "amp", "off"), compile=compile)
+    if line and (loaded.model is not built or args.dtype != "auto"):  # said when it changes what runs
+        print(line, file=sys.stderr)
+
+
 # ------------------------------------------------------------------------------------------- eval
 def _cmd_eval(args: argparse.Namespace) -> int:
     from ..devices import set_threads
@@ -63,6 +76,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     loaded = _load(args, announce=False, device=resolve_device(args.device), crop_pct=args.crop_pct)
+    _fast_cpu(args, loaded, args.batch_size or 100, compile=True)
     if args.multi_scale and loaded.task != "segmentation":
         raise UserError("--multi-scale applies to segmentation checkpoints only")
     res = evaluate(loaded, args.data, batch_size=args.batch_size, num_workers=args.num_workers, amp=args.amp,
@@ -116,6 +130,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not any(Path(p).is_file() for p in paths):  # nothing to predict: fail before loading the model
         open_image(paths[0])
     loaded = _load(args, device=resolve_device(args.device), pretrained=args.pretrained_tag or args.pretrained or None)
+    _fast_cpu(args, loaded, min(args.batch_size, len(paths)))
     if loaded.task == "classification":
         if args.output or args.label_map:
             raise UserError("--output and --label-map apply to detection/segmentation checkpoints")
@@ -223,6 +238,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = check_output_path(args.out, "OUT", force=args.force)
     _positive("--img-size", args.img_size)
     loaded = _load(args)
+    if args.format == "int8":
+        from ..deploy.int8 import export_int8_cli
+
+        return export_int8_cli(loaded, out, args)
     res = export(loaded, out, args.format, img_size=args.img_size if loaded.task != "classification" else None)
     shape = res["input_shape"]
     if res["max_abs_diff"] is None:
@@ -267,6 +286,9 @@ def _register_eval(sub) -> None:
                         "to the largest image of a batch changes the numbers slightly; 1 with --save-predictions)")
     add_weights_flag(p, ema_alias=False)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="classifier on CPU: auto (default) runs bf16 end to end where the CPU has AMX-BF16 / "
+                        "AVX512-BF16 (convnext.deploy.fast_cpu_model) and exact fp32 elsewhere; fp32 keeps exact fp32")
     p.add_argument("--model", default=None, help="model name, needed for checkpoints without a model config")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--amp", choices=("bf16", "fp16", "off"), default="off")
@@ -298,7 +320,15 @@ def _register_export(sub) -> None:
     p.add_argument("out", help="output file (.onnx / .pt)")
     p.add_argument("--checkpoint", required=True, help="weights in any supported layout")
     # Formats: the keys of convnext.inference.export.EXPORTERS (add a format there and here).
-    p.add_argument("--format", choices=("onnx", "torchscript"), required=True)
+    p.add_argument("--format", choices=("onnx", "torchscript", "openvino", "int8"), required=True,
+                   help="onnx, torchscript, openvino (IR .xml + .bin via openvino.convert_model of our ONNX), or "
+                        "int8 (static PT2E quantization, a torch.export .pt2 file; needs --calib-data)")
+    p.add_argument("--calib-data", default=None, metavar="DIR",
+                   help="int8: a folder of your images (an ImageFolder split gives labels and top-1)")
+    p.add_argument("--calib-images", type=int, default=256, help="int8: images calibrated on (default 256)")
+    p.add_argument("--eval-images", type=int, default=256,
+                   help="int8: further images on which fp32 and int8 are compared (default 256)")
+    p.add_argument("--batch-size", type=int, default=16, help="int8: calibration / comparison batch (default 16)")
     p.add_argument("--img-size", type=int, default=None,
                    help="input resolution of the exported graph (default: the checkpoint's training resolution, "
                         "the pretrained registry's for an official file name, else 224)")
@@ -337,6 +367,9 @@ def _register_predict(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images decoded and run at once (default 32)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="classifier on CPU: auto (default) runs bf16 end to end where the CPU has AMX-BF16 / "
+                        "AVX512-BF16 (convnext.deploy.fast_cpu_model) and exact fp32 elsewhere; fp32 keeps exact fp32")
     p.add_argument("--force", action="store_true", help="overwrite --output / --json / --label-map files")
     add_weights_flag(p)
     p.set_defaults(func=_cmd_predict)

@@ -150,9 +150,10 @@ class _Recording:
 
     def __init__(self, inner, sink: Callable[[Any, Any], None]):
         self.inner, self.sink = inner, sink
+        self.predict_takes_targets = getattr(inner, "predict_takes_targets", False)
 
-    def predict(self, model, inputs, device):
-        return self.inner.predict(model, inputs, device)
+    def predict(self, model, inputs, device, *targets):
+        return self.inner.predict(model, inputs, device, *targets)
 
     def update(self, outputs, targets) -> None:
         self.sink(outputs, targets)
@@ -167,6 +168,7 @@ class _DenseEvaluator:
 
     def __init__(self, task, dataset):
         self.task, self.dataset = task, dataset
+        self.predict_takes_targets = task.name == "detection"  # the original image sizes
         if task.name == "detection":
             from ..dense.coco_eval import CocoEvaluator
 
@@ -176,9 +178,12 @@ class _DenseEvaluator:
 
             self.metric = SegEvaluator(task.num_classes, class_names=getattr(dataset, "class_names", None))
 
-    def predict(self, model, inputs, device):
-        if self.task.name == "detection":
-            return [{k: v.float().cpu() for k, v in o.items()} for o in model([im.to(device) for im in inputs])]
+    def predict(self, model, inputs, device, targets=None):
+        if self.task.name == "detection":  # at the original sizes, as mmdet's rescale=True
+            sizes = None if targets is None else [tuple(int(v) for v in t["orig_size"]) for t in targets]
+            outputs = model([im.to(device) for im in inputs], out_sizes=sizes)
+            return [{**{k: v.float().cpu() for k, v in o.items()}, **({} if sizes is None else {"size": s})}
+                    for o, s in zip(outputs, sizes or [None] * len(outputs))]
         from ..dense.seg_inference import multiscale_inference, slide_inference
 
         crop = self.task.crop
@@ -230,7 +235,7 @@ def evaluate_dense(
     _check_counts(batch_size, num_workers)
     base = {k: v for k, v in loaded.train_config.items()}
     base.update(data=str(data), img_size=loaded.img_size, task=loaded.task, train_subset=None, eval_every=1,
-                resume=None)
+                resume=None, strict_images=bool(_unused.get("strict_images", False)))
     if loaded.model_name and "model" not in loaded.train_config:
         base["model"] = loaded.model_name
     config = config_from_dict(base)
@@ -260,6 +265,8 @@ def evaluate_dense(
     res = run_eval(loaded.model, loader, dev, loaded_amp(amp), evaluator, progress=progress)
     if loaded.task == "segmentation":
         _name_classes_as_on_disk(res, list(td.classes), getattr(td.val, "reduce_zero_label", True))
+    if td.notes:  # the data's warnings (skipped boxes, unreadable images, unlabelled maps), one line each
+        res["warnings"] = list(td.notes)
     if saver is not None:
         res["predictions"] = saver.write(Path(save_predictions))
     return res

@@ -69,8 +69,15 @@ def _torchscript(model, x, out: Path, metadata: dict[str, str]):
         return torch.jit.load(str(out))(x)
 
 
+def _openvino(model, x, out: Path, metadata: dict[str, str]):
+    from ..deploy.runtimes import openvino_writer  # IR via openvino.convert_model of our ONNX; metadata in rt_info
+
+    return openvino_writer(model, x, out, metadata)
+
+
 # format -> writer(model, example, path, metadata) -> the written graph's output on the example (or None)
-EXPORTERS: dict[str, Callable[..., Any]] = {"onnx": _onnx, "torchscript": _torchscript}
+# ("int8" is written by convnext.deploy.int8.export_int8_cli: it needs calibration data)
+EXPORTERS: dict[str, Callable[..., Any]] = {"onnx": _onnx, "torchscript": _torchscript, "openvino": _openvino}
 
 
 def _size(loaded: Loaded, img_size: int | None) -> int:

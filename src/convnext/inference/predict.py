@@ -2,9 +2,10 @@
 
 The network gets exactly what `convnext eval` gives it: the task's eval transform of the
 dataset (`Loaded.transform`, `convnext.data.preprocess`) on the image decoded as the dataset
-decodes it, and the same post-processing back to the original pixels (detections: boxes scaled
-by original / resized size and masks resized bilinearly then thresholded at 0.5, as the COCO
-evaluator; segmentation: sliding-window logits resized bilinearly to the original size, argmax).
+decodes it, and the same post-processing back to the original pixels (detections: the detector's
+own, as mmdet's rescale=True: boxes divided by the per-axis resize factor, masks pasted at the
+original size and thresholded at >= 0.5, as `convnext eval`; segmentation: sliding-window logits
+resized bilinearly to the original size, argmax).
 
 Memory is bounded: classification decodes `batch_size` images at a time; segmentation turns the
 low-resolution scores into the full-resolution class map one band of rows at a time (never the
@@ -119,9 +120,9 @@ def _device(loaded: Loaded):
 
 
 def detect(loaded: Loaded, image) -> dict:
-    """Detections of one (3, H0, W0) uint8 image in its own pixels, as the COCO evaluator maps them:
-    {"boxes" (K, 4) xyxy, "scores" (K,), "labels" (K,) in 1..C, "mask_probs" (K, 1, h, w) or None,
-    "size" (h, w) the network saw}."""
+    """Detections of one (3, H0, W0) uint8 image in its own pixels, as `convnext eval` computes them
+    (`model(images, out_sizes=[(H0, W0)])`): {"boxes" (K, 4) xyxy, "scores" (K,), "labels" (K,) in
+    1..C, "mask_probs" (K, 1, H0, W0) or None, "size" (h, w) the network saw}."""
     import torch
 
     h0, w0 = image.shape[-2:]
@@ -130,15 +131,16 @@ def detect(loaded: Loaded, image) -> dict:
     x = loaded.transform(image)  # the dataset's test-scale resize, float [0, 1]
     h, w = x.shape[-2:]
     with torch.no_grad():
-        out = loaded.model([x.to(_device(loaded))])[0]
-    boxes = out["boxes"].detach().float().cpu().reshape(-1, 4) * torch.tensor([w0 / w, h0 / h, w0 / w, h0 / h])
+        out = loaded.model([x.to(_device(loaded))], out_sizes=[(int(h0), int(w0))])[0]
     masks = out.get("masks")
-    return {"boxes": boxes, "scores": out["scores"].detach().float().cpu(), "labels": out["labels"].cpu(),
-            "mask_probs": masks.detach().float().cpu()[:, :, :h, :w] if masks is not None else None, "size": (h, w)}
+    return {"boxes": out["boxes"].detach().float().cpu().reshape(-1, 4), "scores": out["scores"].detach().float().cpu(),
+            "labels": out["labels"].cpu(), "mask_probs": masks.detach().float().cpu() if masks is not None else None,
+            "size": (h, w)}
 
 
 def full_masks(mask_probs, size: tuple[int, int], orig: tuple[int, int]):
-    """(K, 1, h, w) probabilities -> (K, H0, W0) bool at 0.5 after a bilinear resize (the COCO evaluator's rule)."""
+    """(K, 1, h, w) probabilities -> (K, H0, W0) bool at >= 0.5, after a bilinear resize where they are
+    not at the original size yet (the COCO evaluator's rule); `size` is the probabilities' (h, w)."""
     import torch
     import torch.nn.functional as F
 
@@ -146,9 +148,9 @@ def full_masks(mask_probs, size: tuple[int, int], orig: tuple[int, int]):
         return torch.zeros(0, *orig, dtype=torch.bool)
     chunks = []
     for chunk in mask_probs.split(16):  # bound the (16, 1, H0, W0) float buffer
-        if tuple(size) != tuple(orig):
-            chunk = F.interpolate(chunk, size=orig, mode="bilinear", align_corners=False)
-        chunks.append(chunk[:, 0] > 0.5)
+        if tuple(chunk.shape[-2:]) != tuple(orig):
+            chunk = F.interpolate(chunk[:, :, :size[0], :size[1]], size=orig, mode="bilinear", align_corners=False)
+        chunks.append(chunk[:, 0] >= 0.5)
     return torch.cat(chunks)
 
 
@@ -331,7 +333,7 @@ def predict_dense(loaded: Loaded, image_path: str | os.PathLike, output: str | o
                                  for n, lb, s, b in zip(label_names, labels, scores, boxes)]}
         if output is not None:
             probs = det["mask_probs"][keep] if det["mask_probs"] is not None else None
-            masks = full_masks(probs, det["size"], (h0, w0))
+            masks = full_masks(probs, (h0, w0), (h0, w0))  # pasted at the original size by the detector
             draw_detections(image, boxes, labels, scores, masks, names).save(output)
     else:
         import torch
