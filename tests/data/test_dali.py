@@ -250,13 +250,22 @@ def test_bench_data_mode_times_every_loader(folder, tmp_path, capsys):
     assert all(r["loader"] == k.split(",")[0] and r["img_per_s"] > 0 and r["images"] == 6 for k, r in loaders.items())
 
 
-def test_loader_workers_spawn_once_dali_is_loaded(folder):
-    """Workers forked from a process holding DALI's threads can segfault: loaders spawn them instead."""
+def test_loader_workers_spawn_while_a_dali_pipeline_is_alive(folder):
+    """Workers forked beside DALI's threads can segfault: loaders spawn them while a pipeline exists."""
+    import gc
     import pickle
 
+    from convnext.data import dali
     from convnext.data.datasets import worker_context
     from convnext.dense.coco import collate_detection
     from convnext.dense.tasks import _with_skipped
 
-    assert worker_context(2) == "spawn" and worker_context(0) is None  # nvidia.dali is imported in this module
+    gc.collect()
+    assert not dali.LIVE_PIPELINES and worker_context(2) is None  # no pipeline: fork as usual
+    ds = ImageFolderDataset(folder)
+    batches = iter(_loader(ds, list(range(len(ds))), DeviceAugment(img_size=16, **PLAIN)).batches())
+    next(batches)  # the epoch's pipelines are built and running
+    assert dali.LIVE_PIPELINES and worker_context(2) == "spawn" and worker_context(0) is None
+    del batches
+    assert worker_context(2) is None  # gone with the epoch
     pickle.dumps(_with_skipped(collate_detection))  # what a spawned dense worker must receive

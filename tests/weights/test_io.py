@@ -292,3 +292,21 @@ def test_fcmae_pretraining_checkpoint(tmp_path):
     assert {k: info[k] for k in ("model_name", "labels", "layout", "train_config", "weights")} == {
         "model_name": "convnextv2_atto", "labels": None, "layout": "fcmae", "train_config": None, "weights": "model"}
     assert "re-initialised" in str(info["report"]) and "fcmae layout" in str(info["report"])
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    """`convnext convert` writes through save_state_dict: the file gets 0666 & ~umask, not mkstemp's 0600."""
+    import os
+    import stat
+
+    import torch
+
+    from convnext.weights.io import save_state_dict
+
+    old = os.umask(0o022)
+    try:
+        for name in ("a.pth", "a.safetensors"):
+            save_state_dict({"w": torch.zeros(2)}, tmp_path / name)
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
+    finally:
+        os.umask(old)

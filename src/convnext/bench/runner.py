@@ -311,18 +311,9 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
-def run_benchmark(
-    cfg: BenchConfig, *, progress: bool = True, implementations: list[Implementation] | None = None
-) -> dict:
-    """Run the benchmark described by `cfg` and return a JSON-serialisable report.
-
-    Args:
-        cfg: what to measure.
-        progress: show a tqdm bar over all warm-up and timed steps.
-        implementations: use these (ours first) instead of building `cfg.model` and its peers;
-            tests pass a deliberately perturbed model here.
-    """
-    device = _resolve_device(cfg.device)
+def _prepare(cfg: BenchConfig, device: torch.device, implementations: list[Implementation] | None,
+             progress: bool) -> tuple[list[Implementation], dict[str, str], str | None]:
+    """(implementations with ours first, skipped peers and why, ours' CPU path or None) for `cfg`."""
     skipped: dict[str, str] = {}
     runtimes = [n for n in cfg.compare if n in RUNTIMES]
     if implementations is None:
@@ -356,6 +347,47 @@ def run_benchmark(
         ours = implementations[0]
         optimize_for_inference(ours.model)
         ours.source += " + optimize_for_inference()"
+    return implementations, skipped, ours_path
+
+
+def _results_and_ratios(implementations: list[Implementation], samples: dict, first_call_s: dict, memory: dict,
+                        batch_size: int) -> tuple[dict, dict]:
+    """Per-implementation timing summary, and each peer's speed ratio to ours (the first)."""
+    names = [impl.name for impl in implementations]
+    results = {}
+    for impl in implementations:
+        results[impl.name] = {
+            "source": impl.source,
+            **_summary(samples[impl.name], batch_size),
+            "first_call_s": first_call_s.get(impl.name),
+            "peak_memory_mib": memory[impl.name][0],
+        }
+    ours = names[0]
+    ratios = {}
+    for name in names[1:]:
+        per_round = [p / o for p, o in zip(samples[name], samples[ours])]
+        ratios[name] = {
+            "speedup_from_medians": results[name]["latency_ms"] / results[ours]["latency_ms"],
+            "speedup_per_round_median": statistics.median(per_round),
+            "speedup_per_round_min": min(per_round),
+            "speedup_per_round_max": max(per_round),
+        }
+    return results, ratios
+
+
+def run_benchmark(
+    cfg: BenchConfig, *, progress: bool = True, implementations: list[Implementation] | None = None
+) -> dict:
+    """Run the benchmark described by `cfg` and return a JSON-serialisable report.
+
+    Args:
+        cfg: what to measure.
+        progress: show a tqdm bar over all warm-up and timed steps.
+        implementations: use these (ours first) instead of building `cfg.model` and its peers;
+            tests pass a deliberately perturbed model here.
+    """
+    device = _resolve_device(cfg.device)
+    implementations, skipped, ours_path = _prepare(cfg, device, implementations, progress)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     for impl in implementations:
         if not impl.own_precision:
@@ -411,24 +443,8 @@ def run_benchmark(
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_before
             torch.backends.cudnn.benchmark = benchmark_before
 
-    results = {}
-    for impl in implementations:
-        results[impl.name] = {
-            "source": impl.source,
-            **_summary(samples[impl.name], cfg.batch_size),
-            "first_call_s": first_call_s.get(impl.name),
-            "peak_memory_mib": memory[impl.name][0],
-        }
+    results, ratios = _results_and_ratios(implementations, samples, first_call_s, memory, cfg.batch_size)
     ours = names[0]
-    ratios = {}
-    for name in names[1:]:
-        per_round = [p / o for p, o in zip(samples[name], samples[ours])]
-        ratios[name] = {
-            "speedup_from_medians": results[name]["latency_ms"] / results[ours]["latency_ms"],
-            "speedup_per_round_median": statistics.median(per_round),
-            "speedup_per_round_min": min(per_round),
-            "speedup_per_round_max": max(per_round),
-        }
     report = {
         "config": {**asdict(cfg), "resolved_dtype": cfg.resolved_dtype},
         "ours_path": ours_path,

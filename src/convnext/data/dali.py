@@ -37,6 +37,7 @@ Where it differs from the PIL pipeline (`pipeline.train_transform`):
 from __future__ import annotations
 
 import copy
+import weakref
 from typing import Iterator
 
 import torch
@@ -53,6 +54,10 @@ CROP_COLUMNS = 23  # uniforms of `sample_uniforms` for the crop (10 attempts x 2
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
 INSTALL_HINT = "pip install 'convnext[dali]' (NVIDIA DALI, nvidia-dali-cuda130)"
 
+
+
+# The DALI pipelines alive in this process (their worker threads make a fork unsafe: data.worker_context).
+LIVE_PIPELINES: weakref.WeakSet = weakref.WeakSet()
 
 def dali_available() -> bool:
     """Whether NVIDIA DALI imports here."""
@@ -228,6 +233,7 @@ class DaliLoader:
 
         reader = read_pipe()
         reader.build()
+        LIVE_PIPELINES.add(reader)
 
         def windows():  # called by `crop` once per batch, in order: batch i of `read` is batch i of `crop`
             jpegs, index, shape = (t.as_tensor() if i else t for i, t in enumerate(reader.run()))
@@ -255,6 +261,7 @@ class DaliLoader:
 
         pipe = crop_pipe()
         pipe.build()
+        LIVE_PIPELINES.add(pipe)
         return pipe, reader
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -351,6 +358,7 @@ class DaliEvalLoader:
 
         pipe = eval_pipe()
         pipe.build()
+        LIVE_PIPELINES.add(pipe)
         return pipe
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

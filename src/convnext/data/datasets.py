@@ -26,15 +26,21 @@ __all__ = [
 
 
 def worker_context(num_workers: int) -> str | None:
-    """The multiprocessing start method for DataLoader workers: "spawn" once NVIDIA DALI is loaded.
+    """The multiprocessing start method for DataLoader workers: "spawn" while a DALI pipeline is alive.
 
-    DALI runs its own threads; a worker forked from a process that holds them can crash with a
-    segmentation fault (DALI's documentation asks for spawn), so every loader created after a DALI
-    pipeline (the evaluation loader of a `--loader dali` run, `bench --mode data`) spawns instead.
+    A DALI pipeline runs its own threads; a worker forked beside them can crash with a segmentation
+    fault (DALI's documentation asks for spawn), so a loader created while one exists (the evaluation
+    loader of a `--loader dali` run, `bench --mode data` after its DALI pass) spawns its workers; at any
+    other time the default (fork) is kept, which needs nothing picklable and starts fast.
     """
+    import gc
     import sys
 
-    return "spawn" if num_workers > 0 and "nvidia.dali" in sys.modules else None
+    dali = sys.modules.get("convnext.data.dali")
+    if num_workers <= 0 or dali is None or not dali.LIVE_PIPELINES:
+        return None
+    gc.collect()  # pipelines left only in reference cycles are not alive
+    return "spawn" if dali.LIVE_PIPELINES else None
 
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")

@@ -110,11 +110,9 @@ class Task:
                               "use --loader workers")
         from torch.utils.data import DataLoader
 
-        from ..data.datasets import worker_context
-
         return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
-                          generator=generator, collate_fn=data.collate_train, pin_memory=device.type == "cuda",
-                          multiprocessing_context=worker_context(config.num_workers)), "workers"
+                          generator=generator, collate_fn=data.collate_train,
+                          pin_memory=device.type == "cuda"), "workers"
 
     def evaluator(self, dataset):
         """A fresh evaluator (`predict` / `update` / `summarize`, see `engine.Accuracy`) for `dataset`."""

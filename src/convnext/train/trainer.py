@@ -88,12 +88,9 @@ def _log(info: DistInfo, msg: str) -> None:
 def make_eval_loader(dataset, batch_size: int, num_workers: int, info: DistInfo, collate=None) -> DataLoader:
     if collate is None:
         from ..data import collate_skip_bad as collate
-    from ..data.datasets import worker_context
-
     return DataLoader(
         dataset, batch_size=batch_size, sampler=ShardSampler(dataset, info.rank, info.world_size),
         num_workers=num_workers, collate_fn=collate, pin_memory=info.device.type == "cuda",
-        multiprocessing_context=worker_context(num_workers),
     )
 
 

@@ -290,6 +290,9 @@ def save_state_dict(
             save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in meta.items()})
         else:
             torch.save({"model": tensors, **meta} if meta else tensors, tmp)
+        umask = os.umask(0)  # read the umask (set and restore at once): mkstemp alone gives 0600
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
