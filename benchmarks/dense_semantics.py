@@ -18,36 +18,18 @@ BatchNorm statistics), once per choice, and prints the agreement:
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
 import convnext
+from convnext.testing import randomise_
 from convnext.dense.detection import paste_masks
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 
-def randomise(model: torch.nn.Module, seed: int = 1) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            r = torch.randn(t.shape, generator=g)
-            if "running_var" in name:
-                t.copy_(0.5 + torch.rand(t.shape, generator=g))
-            elif "running_mean" in name:
-                t.copy_(0.2 * r)
-            elif name.endswith("gamma"):
-                t.copy_(0.5 + 0.5 * torch.rand(t.shape, generator=g))
-            elif t.ndim == 1 and name.endswith("weight"):
-                t.copy_(1 + 0.2 * r)
-            elif t.ndim == 1:
-                t.copy_(0.1 * r)
-            else:
-                t.copy_(r / math.sqrt(t[0].numel()))
+randomise = randomise_  # every tensor: norms, layer scale, BatchNorm statistics
 
 
 def match(a: dict, b: dict) -> torch.Tensor:

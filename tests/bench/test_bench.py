@@ -54,11 +54,13 @@ def test_train_mode_and_ours_alone(tmp_path):
 def test_cli_writes_json_and_prints_ratio(tmp_path, capsys):
     out = tmp_path / "r.json"
     rc = main(["bench", "--model", "convnext_atto", "--batch-size", "2", "--img-size", "32", "--repeats", "2",
-               "--warmup", "1", "--compare", "timm", "--json", str(out), "--no-progress"])
+               "--warmup", "1", "--compare", "timm", "--json", str(out), "--no-progress", "--cpu-paths", "eager,jit"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "speed-up ours / timm" in text and "outputs agree" in text
-    assert json.loads(out.read_text())["results"]["ours"]["img_per_s"] > 0
+    report = json.loads(out.read_text())
+    assert report["results"]["ours"]["img_per_s"] > 0
+    assert report["config"]["cpu_paths"] == ["eager", "jit"] and "fastest of 2 measured" in report["ours_path"]
 
 
 @pytest.mark.parametrize(
@@ -66,6 +68,7 @@ def test_cli_writes_json_and_prints_ratio(tmp_path, capsys):
     [
         (["--device", "cuda"], "CUDA is not available"),
         (["--compare", "keras"], "--compare: unknown implementation"),
+        (["--cpu-paths", "eager,tensorrt"], "--cpu-paths: unknown path(s) ['tensorrt']"),
         (["--model", "convnext_tinyy"], "--model: unknown model"),
         (["--mode", "data"], "--mode data needs --data"),
         (["--mode", "data", "--data", "/nonexistent.tar.gz"], "no such file"),

@@ -179,8 +179,7 @@ def test_refusals_and_auto(folder, tmp_path):
         list(_loader(ImageFolderDataset(bad.parent), [0, 1], DeviceAugment(8, **PLAIN), batch=2))
 
 
-def test_trainer_runs_dali_records_it_and_resumes_exactly(folder, tmp_path, monkeypatch):
-    import convnext.train.trainer as trainer
+def test_trainer_runs_dali_records_it_and_resumes_exactly(folder, tmp_path, monkeypatch, interrupt_at_step):
     from convnext.train import load_config, run
 
     data = folder.parent
@@ -201,20 +200,7 @@ def test_trainer_runs_dali_records_it_and_resumes_exactly(folder, tmp_path, monk
     assert json.loads((tmp_path / "full" / "metrics.json").read_text())["loader"] == "dali"
     assert all(math.isfinite(h["train_loss"]) for h in metrics["history"])
 
-    real = trainer.train_one_epoch
-
-    def interrupted(model, batches, ctx, step):  # Ctrl-C after optimizer step 8 (epoch 2, batch 2)
-        on_step = ctx.on_step
-
-        def hook(s):
-            on_step(s)
-            if s["step"] == 8:
-                raise KeyboardInterrupt
-
-        ctx.on_step = hook
-        return real(model, batches, ctx, step)
-
-    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
+    interrupt_at_step(8)  # Ctrl-C after optimizer step 8 (epoch 2, batch 2)
     with pytest.raises(KeyboardInterrupt):
         run(cfg("cut"))
     monkeypatch.undo()

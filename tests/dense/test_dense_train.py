@@ -133,14 +133,6 @@ SEG_TINY = dict(model="upernet_convnext_atto", model_overrides={"channels": 16, 
                 epochs=2, batch_size=2, num_workers=0, threads=1, progress=False, seed=1, eval_every=0, adapt=False)
 
 
-def _tensors(path):
-    ckpt = torch.load(path, weights_only=True)
-    out = {f"model.{k}": v for k, v in ckpt["model"].items()}
-    for pid, st in ckpt["optimizer"]["state"].items():
-        out.update({f"optimizer.{pid}.{k}": v for k, v in st.items() if torch.is_tensor(v)})
-    return out
-
-
 @pytest.fixture(scope="module")
 def seg_full_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("bn")
@@ -150,24 +142,13 @@ def seg_full_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
-def test_batchnorm_model_resumes_bit_identically_after_ctrl_c_or_sigterm(seg_full_run, tmp_path, monkeypatch, signum):
+def test_batchnorm_model_resumes_bit_identically_after_ctrl_c_or_sigterm(seg_full_run, tmp_path, monkeypatch, signum,
+                                                                         signal_after_loss, all_tensors):
     """UperNet's BatchNorm statistics move in every forward: the save is the last step boundary's, buffers included."""
-    import os
-    import signal
-
     from convnext.dense.tasks import SegmentationTask
 
     data, full = seg_full_run
-    real, calls = SegmentationTask.loss, {"n": 0}
-
-    def patched(self, *args):
-        out = real(self, *args)  # the forward of batch 2 of epoch 2 has updated the running statistics
-        calls["n"] += 1
-        if calls["n"] == 5:
-            os.kill(os.getpid(), getattr(signal, signum))
-        return out
-
-    monkeypatch.setattr(SegmentationTask, "loss", patched)
+    signal_after_loss(SegmentationTask, signum, at_call=5)  # after the forward of batch 2 of epoch 2
     cfg = dict(data=str(data), output=str(tmp_path / "cut"), **SEG_TINY)
     with pytest.raises(KeyboardInterrupt):
         run(load_config("ade20k_segmentation", **cfg))
@@ -175,7 +156,7 @@ def test_batchnorm_model_resumes_bit_identically_after_ctrl_c_or_sigterm(seg_ful
     cut = torch.load(tmp_path / "cut" / "checkpoint-last.pt", weights_only=True)
     assert (cut["epoch"], cut["batch_in_epoch"], cut["step"]) == (1, 1, 4)
     run(load_config("ade20k_segmentation", resume="auto", **cfg))
-    a, b = _tensors(full), _tensors(tmp_path / "cut" / "checkpoint-last.pt")
+    a, b = all_tensors(full), all_tensors(tmp_path / "cut" / "checkpoint-last.pt")
     bn = [k for k in a if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert len(bn) > 10 and a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []

@@ -7,14 +7,13 @@ HF's), and is loaded through our public entry points. Logits must agree at sizes
 multiples of 32, on the whole image and with mmseg's sliding window (HF has none: the reference
 below runs HF on each of mmseg's windows).
 """
-import math
-
 import pytest
 import torch
 
 import convnext
 from convnext.dense.mmseg_keys import load_mmseg_checkpoint
 from convnext.dense.seg_inference import slide_inference
+from convnext.testing import randomise_
 
 transformers = pytest.importorskip("transformers")
 
@@ -31,25 +30,7 @@ def _hf_model() -> torch.nn.Module:
                            use_auxiliary_head=True, auxiliary_in_channels=DIMS[2], auxiliary_channels=AUX_CHANNELS)
     torch.manual_seed(0)
     model = UperNetForSemanticSegmentation(config).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point():  # num_batches_tracked: unused in eval
-                continue
-            r = torch.randn(t.shape, generator=g)
-            if "running_var" in name:
-                t.copy_(0.5 + torch.rand(t.shape, generator=g))
-            elif "running_mean" in name:
-                t.copy_(0.2 * r)
-            elif "layer_scale" in name:
-                t.copy_(0.5 + 0.5 * torch.rand(t.shape, generator=g))
-            elif t.ndim == 1 and name.endswith("weight"):  # LayerNorm / BatchNorm scale
-                t.copy_(1 + 0.2 * r)
-            elif t.ndim == 1:  # biases
-                t.copy_(0.1 * r)
-            else:  # conv / linear weights, unit-variance outputs
-                t.copy_(r / math.sqrt(t[0].numel()))
-    return model
+    return randomise_(model, seed=1)  # every tensor: norms, layer scale, BatchNorm statistics
 
 
 def _hf_names_of_the_conversion_script(sd: dict) -> dict:

@@ -21,7 +21,7 @@ def atto():
 
 def test_fp32_path_equals_the_model(atto):
     x = torch.randn(3, 3, 64, 64)
-    fast = fast_cpu_model(atto, "fp32", batch=3, img_size=64)
+    fast = fast_cpu_model(atto, "fp32", batch=3, img_size=64, candidates=("eager",))
     with torch.no_grad():
         ref = atto(x)
     assert fast.dtype == "fp32" and fast.timings == {}  # one candidate: nothing timed
@@ -72,3 +72,18 @@ def test_candidates_are_timed_and_the_fastest_kept(atto):
     assert ("jit" in fast.path) == (best == "jit") and "measured s/batch" in fast.describe()
     with pytest.raises(ValueError, match="candidates"):
         fast_cpu_model(atto, "fp32", 1, 32, candidates=("tensorrt",))
+
+
+def test_fp32_default_times_every_path_and_each_equals_fp32(atto):
+    """In fp32 too, the default measures eager, inductor and TorchScript and keeps the fastest; all are fp32-exact."""
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = atto(x)
+    fast = fast_cpu_model(atto, "fp32", batch=2, img_size=32, repeats=1)
+    assert set(fast.timings) == {"eager", "compile", "jit"} and "fastest of 3 measured" in fast.path
+    assert torch.allclose(fast(x), ref, atol=1e-4)
+    for name in ("compile", "jit"):  # whichever won, the others compute the same logits (eager: the test above)
+        if name != min(fast.timings, key=fast.timings.get):
+            one = fast_cpu_model(atto, "fp32", batch=2, img_size=32, candidates=(name,))
+            assert torch.allclose(one(x), ref, atol=1e-4), name

@@ -52,7 +52,7 @@ def test_bench_compare_runtimes_smoke():
 
     compare = ("onnxruntime", "openvino") if _has("openvino") else ("onnxruntime",)
     cfg = BenchConfig(model="convnext_atto", batch_size=1, img_size=32, warmup=1, repeats=1, compare=compare,
-                      dtype="auto")
+                      dtype="auto", cpu_paths=("eager",))
     report = run_benchmark(cfg, progress=False)
     assert set(report["results"]) == {"ours", *compare}
     assert report["ours_path"].startswith("CPU inference: ") and report["config"]["resolved_dtype"] in ("fp32", "bf16")

@@ -249,36 +249,11 @@ def test_cuda_without_a_gpu_is_one_line(capsys, tmp_path):
     assert "no CUDA GPU is available" in capsys.readouterr().err
 
 
-def _signal_inside_forward(monkeypatch, task_cls, signum, at_call):
-    """Send `signum` to this process right after the forward pass of loss call `at_call` (the batch's
-    random numbers are drawn and its BatchNorm statistics updated): the one path of Ctrl-C and SIGTERM."""
-    import signal
-
-    real = task_cls.loss
-    calls = {"n": 0}
-
-    def patched(self, *args):
-        out = real(self, *args)
-        calls["n"] += 1
-        if calls["n"] == at_call:
-            os.kill(os.getpid(), getattr(signal, signum))
-        return out
-
-    monkeypatch.setattr(task_cls, "loss", patched)
-
-
-def _all_tensors(path):
-    ckpt = torch.load(path, weights_only=True)
-    out = {f"model.{k}": v for k, v in ckpt["model"].items()}
-    for pid, st in ckpt["optimizer"]["state"].items():
-        out.update({f"optimizer.{pid}.{k}": v for k, v in st.items() if torch.is_tensor(v)})
-    return out
-
-
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
-def test_ctrl_c_and_sigterm_save_and_resume_bit_identically(tmp_path, monkeypatch, signum, capsys):
+def test_ctrl_c_and_sigterm_save_and_resume_bit_identically(tmp_path, monkeypatch, signum, capsys, signal_after_loss,
+                                                            all_tensors):
     run(cfg(tmp_path, "full", **STOCHASTIC))
-    _signal_inside_forward(monkeypatch, ClassificationTask, signum, at_call=9)  # batch 3 of epoch 2
+    signal_after_loss(ClassificationTask, signum, at_call=9)  # batch 3 of epoch 2
     with pytest.raises(KeyboardInterrupt):
         run(cfg(tmp_path, "cut", **STOCHASTIC))
     monkeypatch.undo()
@@ -289,13 +264,13 @@ def test_ctrl_c_and_sigterm_save_and_resume_bit_identically(tmp_path, monkeypatc
     assert (ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]) == (1, 2, 8)
     assert (tmp_path / "cut" / "curves.png").is_file()  # the curves of the epoch that finished
     run(cfg(tmp_path, "cut", resume="auto", **STOCHASTIC))
-    full = _all_tensors(tmp_path / "full" / "checkpoint-last.pt")
-    resumed = _all_tensors(tmp_path / "cut" / "checkpoint-last.pt")
+    full = all_tensors(tmp_path / "full" / "checkpoint-last.pt")
+    resumed = all_tensors(tmp_path / "cut" / "checkpoint-last.pt")
     assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
 
 
 @pytest.mark.parametrize("what", ["interrupt", "bad file"])
-def test_interrupt_or_bad_file_in_the_evaluation_saves_the_trained_epoch(tmp_path, monkeypatch, what, capsys):
+def test_interrupt_or_bad_file_in_the_evaluation_saves_the_trained_epoch(tmp_path, monkeypatch, what, capsys, all_tensors):
     from convnext.errors import DataError
 
     run(cfg(tmp_path, "full", **STOCHASTIC))
@@ -316,7 +291,7 @@ def test_interrupt_or_bad_file_in_the_evaluation_saves_the_trained_epoch(tmp_pat
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert [h["train_loss"] for h in metrics["history"]] == [h["train_loss"] for h in full["history"]]
     assert [h["top1"] for h in metrics["history"]] == [h["top1"] for h in full["history"]]
-    a, b = _all_tensors(tmp_path / "full" / "checkpoint-last.pt"), _all_tensors(tmp_path / "cut" / "checkpoint-last.pt")
+    a, b = all_tensors(tmp_path / "full" / "checkpoint-last.pt"), all_tensors(tmp_path / "cut" / "checkpoint-last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -426,7 +401,7 @@ def test_the_thread_count_leaves_the_cores_to_the_loader_workers():
     assert adapt_config(load_config(None, threads=3), num_train=100_000, cpus=2)[0].threads == 3
 
 
-def test_sigterm_to_the_process_group_with_loader_workers_saves_and_resumes(tmp_path):
+def test_sigterm_to_the_process_group_with_loader_workers_saves_and_resumes(tmp_path, all_tensors):
     """As `timeout` or a scheduler sends it: SIGTERM reaches the main process and its DataLoader workers."""
     import signal
     import subprocess
@@ -454,5 +429,5 @@ def test_sigterm_to_the_process_group_with_loader_workers_saves_and_resumes(tmp_
     assert "terminated (SIGTERM): saved" in out
     done = subprocess.run(argv(tmp_path / "cut", "--resume", "auto"), env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    a, b = _all_tensors(tmp_path / "full" / "checkpoint-last.pt"), _all_tensors(tmp_path / "cut" / "checkpoint-last.pt")
+    a, b = all_tensors(tmp_path / "full" / "checkpoint-last.pt"), all_tensors(tmp_path / "cut" / "checkpoint-last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -4,7 +4,6 @@ import json
 import pytest
 import torch
 
-import convnext.train.trainer as trainer
 from convnext.errors import ConfigError
 from convnext.train import load_config, run
 
@@ -18,25 +17,12 @@ def cfg(tmp_path, name, **kw):
     return load_config("digits", **{**base, **kw})
 
 
-def test_device_loader_trains_records_itself_and_resumes_exactly(tmp_path, monkeypatch):
+def test_device_loader_trains_records_itself_and_resumes_exactly(tmp_path, monkeypatch, interrupt_at_step):
     run(cfg(tmp_path, "full"))
     saved = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert saved["loader"] == "device" and saved["epochs"] == 2
 
-    real = trainer.train_one_epoch
-
-    def patched(model, batches, ctx, step):
-        on_step = ctx.on_step
-
-        def hook(s):
-            on_step(s)
-            if s["step"] == 8:
-                raise KeyboardInterrupt
-
-        ctx.on_step = hook
-        return real(model, batches, ctx, step)
-
-    monkeypatch.setattr(trainer, "train_one_epoch", patched)
+    interrupt_at_step(8)  # Ctrl-C after optimizer step 8 (epoch 2, batch 2)
     with pytest.raises(KeyboardInterrupt):
         run(cfg(tmp_path, "cut"))
     monkeypatch.undo()

@@ -23,6 +23,19 @@ def _parse_compare(text: str) -> tuple[str, ...]:
     return names
 
 
+def _parse_cpu_paths(text: str | None) -> tuple[str, ...] | None:
+    """--cpu-paths: None (every candidate of `convnext.deploy.fast_cpu_model`) or a subset of them."""
+    if text is None or text.strip().lower() in ("", "all"):
+        return None
+    from ..deploy.cpu import CANDIDATES
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown or not names:
+        raise UserError(f"--cpu-paths: unknown path(s) {unknown}; choose from {', '.join(CANDIDATES)} or 'all'")
+    return names
+
+
 def _write_json(path: str | None, report: dict) -> None:
     if path:
         out = Path(path)
@@ -105,7 +118,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         model=args.model, batch_size=args.batch_size or 16, img_size=args.img_size, mode=args.mode, dtype=args.dtype,
         channels_last=args.channels_last, compile=args.compile, compare=_parse_compare(args.compare),
         device=args.device, warmup=args.warmup, repeats=args.repeats, iters=args.iters, tf32=args.tf32,
-        tolerance=args.tolerance, optimize_ours=args.optimize_ours,
+        tolerance=args.tolerance, optimize_ours=args.optimize_ours, cpu_paths=_parse_cpu_paths(args.cpu_paths),
     )
     if args.preset == "paper":
         # Table 1 / App. E protocol: batch 64, fp32, 224; on GPU the A100 setting adds TF32 + channels_last.
@@ -159,7 +172,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "folded) and the peers run under autocast. fp32: exact fp32, ours as built. bf16: as auto's bf16. "
                    "fp16: autocast")
     p.add_argument("--channels-last", action="store_true", help="models and input in channels_last memory format")
-    p.add_argument("--compile", action="store_true", help="torch.compile every implementation")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every implementation (ours on CPU with --dtype auto/bf16: the compiled path only)")
+    p.add_argument("--cpu-paths", default=None, metavar="LIST",
+                   help="CPU inference with --dtype auto/bf16: the paths of ours timed before the run, the fastest "
+                   "kept (comma-separated among eager, compile, jit; default all: compiling takes tens of seconds)")
     p.add_argument("--compare", default="timm,torchvision",
                    help="comma-separated among: timm, torchvision (same weights), onnxruntime, openvino (its "
                    "default precision: bf16 on AMX CPUs), openvino-f32 (our ONNX export of the same weights, CPU "

@@ -63,6 +63,7 @@ class BenchConfig:
     tf32: bool = False  # allow TF32 matmuls/convs on CUDA (the paper's A100 setting)
     tolerance: float | None = None  # max |diff| of logits; None: the dtype's default
     optimize_ours: bool = False  # infer mode: apply `optimize_for_inference` to ours (layer scale folded once)
+    cpu_paths: tuple[str, ...] | None = None  # CPU inference, dtype auto/bf16: fast_cpu_model's candidates (None: all)
     num_classes: int = 1000
     seed: int = 0
 
@@ -329,14 +330,14 @@ def _prepare(cfg: BenchConfig, device: torch.device, implementations: list[Imple
         implementations, skipped = [*implementations, *built], {**skipped, **why}
     ours_path = None
     if cfg.fast_cpu_path:
-        from ..deploy.cpu import fast_cpu_model
+        from ..deploy.cpu import CANDIDATES, fast_cpu_model
 
         ours = implementations[0]
-        if progress and cfg.resolved_dtype == "bf16":
-            tqdm.write("timing ours' bf16 CPU paths (eager, inductor, TorchScript; compiling can take minutes)...",
-                       file=sys.stderr)
-        fast = fast_cpu_model(ours.model, cfg.dtype, cfg.batch_size, cfg.img_size,
-                              candidates=("compile",) if cfg.compile else None, inplace=True)
+        candidates = ("compile",) if cfg.compile else cfg.cpu_paths
+        if progress and (candidates is None or "compile" in candidates):
+            tqdm.write(f"timing ours' {cfg.resolved_dtype} CPU paths ({', '.join(candidates or CANDIDATES)}; "
+                       "compiling can take minutes)...", file=sys.stderr)
+        fast = fast_cpu_model(ours.model, cfg.dtype, cfg.batch_size, cfg.img_size, candidates=candidates, inplace=True)
         ours_path = fast.describe()
         implementations[0] = Implementation(ours.name, fast, f"{ours.source} via convnext.deploy.fast_cpu_model "
                                             f"({fast.path})", own_precision=True)

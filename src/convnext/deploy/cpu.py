@@ -149,8 +149,9 @@ def fast_cpu_model(
         model: a classification ConvNeXt (any nn.Module taking NCHW images works).
         dtype: "auto" (bf16 where the CPU multiplies bf16 natively, else fp32), "bf16" or "fp32".
         batch, img_size: the input shape the candidates are timed (and compiled) for.
-        candidates: subset of `CANDIDATES` to try; default: all three in bf16, only "eager" in fp32
-            (our fp32 eager path already uses oneDNN-fused GEMMs; compiled it measured at parity).
+        candidates: subset of `CANDIDATES` to try; default all three, in either dtype (in fp32 at
+            batch 1 inductor measured 1.3-1.4x our eager oneDNN path here, at batch 16 at parity:
+            docs/benchmarks.md). Compiling takes tens of seconds; pass ("eager",) for a quick start.
             With one candidate nothing is timed.
         max_autotune: let inductor benchmark its C++ GEMM templates (slower compile).
         repeats: timed rounds per candidate.
@@ -159,7 +160,7 @@ def fast_cpu_model(
     """
     chosen, reason = select_dtype(dtype, "cpu", features)
     if candidates is None:
-        candidates = CANDIDATES if chosen == "bf16" else ("eager",)
+        candidates = CANDIDATES
     unknown = [c for c in candidates if c not in CANDIDATES]
     if unknown or not candidates:
         raise ValueError(f"candidates must be a non-empty subset of {CANDIDATES}, got {tuple(candidates)}")

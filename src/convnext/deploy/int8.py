@@ -210,7 +210,7 @@ def export_int8(
             f"calibrated on {len(calib)} images of {Path(data).name}"}
     save_int8(program, out, meta)
     int8_model, _ = load_int8(out, compile=compile)
-    fp32 = fast_cpu_model(model, "fp32", batch_size, img_size)
+    fp32 = fast_cpu_model(model, "fp32", batch_size, img_size, candidates=("eager",))  # the reference: no compile
     batches = list(_batches(evaluate, transform, batch_size))
     ref = _logits(fp32, batches, batch_size)
     got = _logits(int8_model, batches, batch_size)  # the first call compiles

@@ -182,9 +182,14 @@ def load_checkpoint(
         layout, sd = to_official(sd, source)
     else:  # e.g. roadmap networks: only our own layout exists, load it as stored
         layout = "native"
+    return _load_fitted(model, sd, source=source, layout=layout, reinit_head=reinit_head)
 
-    head_problem, headless = check_fit(model.state_dict(), sd, source=source, layout=layout,
-                                       model_kind=type(model).__name__, reinit_head=reinit_head)
+
+def _load_fitted(model: nn.Module, sd: dict, *, source: str, layout: str, reinit_head: bool,
+                 fit: tuple | None = None) -> LoadReport:
+    """Copy an official-layout `sd` into `model`; `fit` is `check_fit`'s answer when the caller has it."""
+    head_problem, headless = fit or check_fit(model.state_dict(), sd, source=source, layout=layout,
+                                              model_kind=type(model).__name__, reinit_head=reinit_head)
     dropped: list[str] = []
     if head_problem is not None:
         dropped = [k for k in _HEAD_KEYS if k in sd]
@@ -375,10 +380,10 @@ def from_checkpoint(
     # A backbone-only checkpoint (detection / segmentation) has no head LayerNorm to restore: the
     # rebuilt model (0 classes) keeps a freshly initialised one, i.e. pooled features come out.
     headless = _headless(official, model.state_dict())
-    check_fit(model.state_dict(), official, source=source, layout=layout, model_kind=type(model).__name__,
-              reinit_head=headless)
+    fit = check_fit(model.state_dict(), official, source=source, layout=layout, model_kind=type(model).__name__,
+                    reinit_head=headless)  # on the meta model: shapes only
     model = model.to_empty(device=device)  # uninitialised storage, every tensor overwritten below
-    report = load_checkpoint(model, official, source=source, reinit_head=headless)
+    report = _load_fitted(model, dict(official), source=source, layout=layout, reinit_head=headless, fit=fit)
     report.layout, report.weights = layout, which
     labels = ckpt.get("labels") if isinstance(ckpt.get("labels"), list) else None
     train_config = ckpt.get("train_config") if isinstance(ckpt.get("train_config"), Mapping) else None
