@@ -8,8 +8,8 @@ mkdir -p "$OUT"
 B="python -m convnext bench --model convnext_tiny --img-size 224 --no-progress"
 # int8 speed, interleaved: python benchmarks/int8_speed.py
 # inference, batch 16 and 1: --dtype auto (the default) picks bf16 on AMX/AVX512-BF16 CPUs, fp32 elsewhere
-$B --batch-size 16 --compare timm,onnxruntime,openvino,openvino-f32 --repeats 10 --json "$OUT/infer_b16_auto.json"
-$B --batch-size 1 --compare timm,onnxruntime,openvino --repeats 20 --json "$OUT/infer_b1_auto.json"
+$B --batch-size 16 --compare timm,onnxruntime,openvino,openvino-f32 --repeats 10 --json "$OUT/infer_b16_paths.json"
+$B --batch-size 1 --compare timm,onnxruntime,openvino --repeats 20 --json "$OUT/infer_b1_paths.json"
 # exact fp32, ours as built (the earlier "ours vs timm" setting)
 $B --batch-size 16 --dtype fp32 --compare timm --repeats 10 --json "$OUT/infer_b16_fp32.json"
 # int8: PT2E static quantization of random-weight ConvNeXt-T, calibrated / compared on CIFAR-10 test JPEGs
