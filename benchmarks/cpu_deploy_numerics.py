@@ -120,10 +120,12 @@ def main() -> None:
 
     for cand in ("eager", "jit"):
         compare(f"bf16 {cand}", logits(fast_cpu_model(model, "bf16", 100, 32, candidates=(cand,)), x_test))
-    program = quantize_int8(model, [x_cal[i : i + 32] for i in range(0, len(x_cal), 32)], 32)
-    save_int8(program, out / "atto_int8.pt2")
-    q, _ = load_int8(out / "atto_int8.pt2", mixed_bf16=False)  # compiled: the int8 kernels that deploy
-    compare("int8 (inductor, fp32 LN/GELU)", logits(q, x_test))
+    for convs in (False, True):  # Linears only (the default), and the convolutions too
+        program = quantize_int8(model, [x_cal[i : i + 32] for i in range(0, len(x_cal), 32)], 32,
+                                quantize_convs=convs)
+        save_int8(program, out / f"atto_int8_convs{int(convs)}.pt2")
+        q, _ = load_int8(out / f"atto_int8_convs{int(convs)}.pt2", mixed_bf16=False)  # compiled: the deployed kernels
+        compare(f"int8 {'Linears + convolutions' if convs else 'Linears'} (inductor, fp32 LN/GELU)", logits(q, x_test))
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps({k: v for k, v in report.items() if k != "paths"}))
 

@@ -56,7 +56,7 @@ def test_export_int8_measures_on_the_data(ckpt, images, tmp_path):
     assert r["fp32_top1"] is not None and 0 <= r["int8_top1"] <= 100  # folder names are the classes: top-1
     assert 0 <= r["top1_agreement"] <= 1 and r["int8_img_per_s"] > 0
     text = format_int8_report(r)
-    assert "change" in text and "LayerNorm, GELU" in text
+    assert "change" in text and "LayerNorm, GELU" in text and "every Linear (pwconv1, pwconv2, head)" in text
     q, meta = load_int8(tmp_path / "q.pt2", compile=False)
     assert "calibrated on 6 images" in meta["quantization"] and meta["classes"] == ""  # export_int8 got no classes
     r = export_int8(model.eval(), tmp_path / "q2.pt2", data=images, transform=eval_transform(32), img_size=32,
@@ -68,6 +68,9 @@ def test_export_int8_cli_errors(ckpt, tmp_path, capsys):
     rc = main(["export", "convnext_atto", str(tmp_path / "q.pt2"), "--checkpoint", str(ckpt), "--format", "int8",
                "--img-size", "32"])
     assert rc == 2 and "--calib-data" in capsys.readouterr().err
+    rc = main(["export", "convnext_atto", str(tmp_path / "m.onnx"), "--checkpoint", str(ckpt), "--format", "onnx",
+               "--int8-convs"])
+    assert rc == 2 and "--int8-convs applies to --format int8 only" in capsys.readouterr().err
 
 
 def test_predict_says_which_path_ran(ckpt, images, capsys):

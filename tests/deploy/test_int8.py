@@ -23,10 +23,10 @@ def test_int8_round_trip(tmp_path):
         return "dequantize" in str(getattr(node.args[1], "target", ""))
 
     convs = [n for n in program.graph.nodes if n.op == "call_function" and "conv2d" in str(n.target)]
-    assert len(convs) == 16 and all(int8_weight(n) for n in convs)  # stem, 12 depthwise, 3 downsampling
+    assert len(convs) == 16 and not any(int8_weight(n) for n in convs)  # stem, 12 depthwise, 3 downsampling: float
     linears = [n for n in program.graph.nodes if n.op == "call_function" and "linear" in str(n.target)]
-    # pwconv1 of each of the 12 blocks and the head in int8; pwconv2 (after GELU) stays float
-    assert len(linears) == 25 and sum(map(int8_weight, linears)) == 13
+    # pwconv1 and pwconv2 (after GELU) of each of the 12 blocks and the head: all int8
+    assert len(linears) == 25 and all(map(int8_weight, linears))
     path = tmp_path / "atto.pt2"
     save_int8(program, path, {"classes": "a\nb"})
     loaded, meta = load_int8(path, mixed_bf16=False, compile=False)
@@ -40,3 +40,14 @@ def test_int8_round_trip(tmp_path):
     assert rel < 0.2, rel  # int8 noise, not a broken graph (a wrong model is O(1))
     with pytest.raises(ValueError, match="at least one image"):
         quantize_int8(model, [], img_size=32)
+
+
+def test_int8_convs_quantizes_every_convolution_too():
+    torch.manual_seed(0)
+    model = create_model("convnext_atto", num_classes=10).eval()
+    program = quantize_int8(model, [torch.randn(2, 3, 32, 32)], img_size=32, quantize_convs=True)
+    nodes = [n for n in program.graph.nodes if n.op == "call_function"]
+    convs = [n for n in nodes if "conv2d" in str(n.target)]
+    linears = [n for n in nodes if "linear" in str(n.target)]
+    assert len(convs) == 16 and len(linears) == 25
+    assert all("dequantize" in str(getattr(n.args[1], "target", "")) for n in convs + linears)

@@ -8,13 +8,13 @@ affine uint8 activations, histogram observers) -> run N calibration images -> `c
 compiled by inductor with `freezing=True`, which replaces each quantize -> dequantize -> conv /
 linear pattern by oneDNN int8 kernels (VNNI / AMX-INT8).
 
-What stays in floating point: the X86 inductor quantizer annotates convolutions and Linears only.
-In the converted ConvNeXt graph the convolutions (stem, depthwise 7x7, downsampling), pwconv1 and
-the head are int8; pwconv2, whose input is the GELU output, is left unannotated by the quantizer's
-default config (its weight stays float: 12 of the 25 Linears of atto, checked in
-tests/deploy/test_int8.py). LayerNorm, GELU, the residual adds and the pooling run on dequantized values: fp32, or bf16 when the program is run under
-`torch.autocast("cpu", torch.bfloat16)` (`run_int8(..., mixed_bf16=True)`, the "int8-mixed-bf16"
-mode; `load_int8` turns it on where the CPU has native bf16).
+What is int8: every Linear (pwconv1 and pwconv2 of every block, and the head), i.e. 95% of a
+ConvNeXt's multiply-accumulates. The convolutions (stem, depthwise 7x7, downsampling) stay float
+by default: quantizing them too (`quantize_convs=True`, `export --int8-convs`) measured slower
+here (50.0 vs 54.6 img/s, ConvNeXt-T batch 16) and moved the logits more (docs/benchmarks.md).
+LayerNorm, GELU, the residual adds and the pooling run on dequantized values: fp32, or bf16 when
+the program is run under `torch.autocast("cpu", torch.bfloat16)` (`Int8Model(..., mixed_bf16=True)`,
+the "int8-mixed-bf16" mode; `load_int8` turns it on where the CPU has native bf16).
 """
 from __future__ import annotations
 
@@ -29,14 +29,21 @@ from torch import nn
 from .cpu import freezing, prepare_eager
 from .features import cpu_features
 
-__all__ = ["quantize_int8", "save_int8", "load_int8", "Int8Model", "FLOAT_OPS_NOTE", "export_int8",
+__all__ = ["quantize_int8", "save_int8", "load_int8", "Int8Model", "FLOAT_OPS_NOTE", "float_ops_note", "export_int8",
            "format_int8_report", "export_int8_cli"]
 
-FLOAT_OPS_NOTE = ("int8: convolutions (stem, depthwise 7x7, downsampling), pwconv1 and the head; pwconv2 (after GELU, "
-                  "left unannotated by the quantizer), LayerNorm, GELU, residual adds and pooling stay in {mixed}")
+FLOAT_OPS_NOTE = ("int8: every Linear (pwconv1, pwconv2, head){convs}; {floats}LayerNorm, GELU, residual adds and "
+                  "pooling stay in {mixed}")
 
 
-def _pt2e(quantize_convs: bool = True):
+def float_ops_note(mixed: str, quantize_convs: bool = False) -> str:
+    """The line saying which ops are int8 and which stay in `mixed` ("fp32" / "bf16 ...")."""
+    return FLOAT_OPS_NOTE.format(
+        convs=" and every convolution (stem, depthwise 7x7, downsampling)" if quantize_convs else "",
+        floats="" if quantize_convs else "the convolutions (stem, depthwise 7x7, downsampling), ", mixed=mixed)
+
+
+def _pt2e(quantize_convs: bool = False):
     try:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
@@ -61,12 +68,13 @@ def _export(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedPr
 
 def quantize_int8(
     model: nn.Module, calibration: Iterable[torch.Tensor], img_size: int, in_chans: int = 3,
-    quantize_convs: bool = True,
+    quantize_convs: bool = False,
 ) -> torch.export.ExportedProgram:
     """Calibrate `model` on the fp32 (B, C, S, S) batches of `calibration`; the int8 ExportedProgram.
 
-    The program takes any batch size (dynamic batch dimension) at `img_size`. `quantize_convs=False`
-    leaves the stem, depthwise and downsampling convolutions in float (measured no faster).
+    The program takes any batch size (dynamic batch dimension) at `img_size`. Every Linear is int8;
+    `quantize_convs=True` quantizes the stem, depthwise and downsampling convolutions too (measured
+    slower on a VNNI CPU, and a larger logit change).
     """
     prepare_pt2e, convert_pt2e, quantizer = _pt2e(quantize_convs)
     module = prepare_eager(model, "fp32")  # fp32, layer scale folded into pwconv2 (one GEMM fewer inputs)
@@ -183,6 +191,7 @@ def export_int8(
     eval_images: int = 256,
     batch_size: int = 16,
     compile: bool = True,
+    quantize_convs: bool = False,
 ) -> dict:
     """Quantize `model` calibrated on `calib_images` images of `data`, write `out` (.pt2), and measure.
 
@@ -204,9 +213,10 @@ def export_int8(
         eval_labels = torch.tensor(labels[start : start + len(evaluate)])
     in_chans = getattr(model, "in_chans", 3)
     calibrate_t = time.perf_counter()
-    program = quantize_int8(model, _batches(calib, transform, batch_size), img_size, in_chans)
+    program = quantize_int8(model, _batches(calib, transform, batch_size), img_size, in_chans, quantize_convs)
     calibrate_s = time.perf_counter() - calibrate_t
     meta = {**(metadata or {}), "quantization": "static int8, PT2E X86InductorQuantizer, "
+            f"{'Linears and convolutions' if quantize_convs else 'Linears'}, "
             f"calibrated on {len(calib)} images of {Path(data).name}"}
     save_int8(program, out, meta)
     int8_model, _ = load_int8(out, compile=compile)
@@ -223,6 +233,7 @@ def export_int8(
         "fp32_img_per_s": batch_size / time_per_batch(fp32, x),
         "int8_img_per_s": batch_size / time_per_batch(int8_model, x),
         "fp32_path": fp32.path, "int8_mixed_bf16": int8_model.mixed_bf16, "compiled": compile,
+        "quantize_convs": quantize_convs,
     }
     if eval_labels is not None:
         report["fp32_top1"] = 100 * (ref.argmax(1) == eval_labels).float().mean().item()
@@ -243,7 +254,8 @@ def format_int8_report(r: dict) -> str:
                  f"max |logit diff| {r['max_abs_logit_diff']:.3g} (max |logit| {r['max_abs_logit']:.3g})")
     lines.append(f"speed at batch {r['batch_size']}: fp32 {r['fp32_img_per_s']:.1f} img/s ({r['fp32_path']}), "
                  f"int8 {r['int8_img_per_s']:.1f} img/s (inductor{'' if r['compiled'] else ' off'})")
-    lines.append(FLOAT_OPS_NOTE.format(mixed="bf16 (int8-mixed-bf16)" if r["int8_mixed_bf16"] else "fp32"))
+    lines.append(float_ops_note("bf16 (int8-mixed-bf16)" if r["int8_mixed_bf16"] else "fp32",
+                                r.get("quantize_convs", False)))
     return "\n".join(lines)
 
 
@@ -270,6 +282,7 @@ def export_int8_cli(loaded, out: Path, args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     report = export_int8(loaded.model, out, data=args.calib_data, transform=loaded.transform, img_size=loaded.img_size,
                          classes=loaded.classes, metadata=meta, calib_images=args.calib_images,
-                         eval_images=args.eval_images, batch_size=args.batch_size)
+                         eval_images=args.eval_images, batch_size=args.batch_size,
+                         quantize_convs=getattr(args, "int8_convs", False))
     print(format_int8_report(report))
     return 0

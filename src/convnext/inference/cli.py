@@ -237,6 +237,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     out = check_output_path(args.out, "OUT", force=args.force)
     _positive("--img-size", args.img_size)
+    if args.int8_convs and args.format != "int8":
+        raise UserError(f"--int8-convs applies to --format int8 only (got --format {args.format})")
     loaded = _load(args)
     if args.format == "int8":
         from ..deploy.int8 import export_int8_cli
@@ -329,6 +331,9 @@ def _register_export(sub) -> None:
     p.add_argument("--eval-images", type=int, default=256,
                    help="int8: further images on which fp32 and int8 are compared (default 256)")
     p.add_argument("--batch-size", type=int, default=16, help="int8: calibration / comparison batch (default 16)")
+    p.add_argument("--int8-convs", action="store_true",
+                   help="int8: quantize the convolutions too (stem, depthwise, downsampling); default: every Linear "
+                        "int8, convolutions float (measured faster and closer to fp32)")
     p.add_argument("--img-size", type=int, default=None,
                    help="input resolution of the exported graph (default: the checkpoint's training resolution, "
                         "the pretrained registry's for an official file name, else 224)")

@@ -193,7 +193,10 @@ def _linear(x, linear, weight, bias, residual=None):
     """x W^T + b [+ residual], through `_OneDNNLinear` where it applies, else F.linear."""
     if _onednn_applies(x, linear):
         return _OneDNNLinear.apply(x, weight, bias, residual)
-    out = F.linear(x, weight, bias)
+    # The module's own weights: call the module, so that graph capture records an nn.Linear (PT2E's
+    # X86 quantizer annotates Linears by their source module; an F.linear with the weight passed in
+    # was left in float: pwconv2 of every block).
+    out = linear(x) if weight is linear.weight and bias is linear.bias else F.linear(x, weight, bias)
     return out if residual is None else add_residual_(out, residual)
 
 
