@@ -43,7 +43,10 @@ def interrupt_at_step(monkeypatch):
                     raise KeyboardInterrupt
 
             ctx.on_step = hook
-            return real(model, batches, ctx, step)
+            try:
+                return real(model, batches, ctx, step)
+            finally:
+                ctx.on_step = on_step
 
         monkeypatch.setattr(trainer, "train_one_epoch", patched)
 

@@ -54,29 +54,8 @@ def test_run_folder_checkpoint_and_metrics(tmp_path, capsys):
     assert "(model weights)" in capsys.readouterr().out
 
 
-def _interrupt_after(monkeypatch, n_steps):
-    """Make the run raise KeyboardInterrupt (as Ctrl-C would) right after optimizer step `n_steps`."""
-    real = trainer.train_one_epoch
-
-    def patched(model, batches, ctx, step):
-        on_step = ctx.on_step
-
-        def hook(s):
-            on_step(s)
-            if s["step"] == n_steps:
-                raise KeyboardInterrupt
-
-        ctx.on_step = hook
-        try:
-            return real(model, batches, ctx, step)
-        finally:
-            ctx.on_step = on_step
-
-    monkeypatch.setattr(trainer, "train_one_epoch", patched)
-
-
 @pytest.mark.parametrize("workers", [0, 2])
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, workers):
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, workers, interrupt_at_step):
     # The paper's stochastic pieces stay on (RandAugment, erasing, Mixup/CutMix, drop path): every RNG is restored.
     # With worker processes the resumed epoch's batches land on other workers than before; the
     # per-image seeding of the augmentation must make that irrelevant.
@@ -84,7 +63,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch,
               ema=True, ema_decay=0.9, deterministic=True, num_workers=workers)
     run(tiny_config(tmp_path, "full", **kw))
 
-    _interrupt_after(monkeypatch, 8)  # mid-epoch 2 (6 steps per epoch)
+    interrupt_at_step(8)  # mid-epoch 2 (6 steps per epoch)
     with pytest.raises(KeyboardInterrupt):
         run(tiny_config(tmp_path, "cut", **kw))
     ckpt = torch.load(tmp_path / "cut" / "checkpoint-last.pt", weights_only=True)

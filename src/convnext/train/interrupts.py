@@ -46,8 +46,9 @@ class Interrupts:
         raise KeyboardInterrupt
 
     @contextlib.contextmanager
-    def deferred(self):
-        """A block that signals do not interrupt; a signal received inside is raised at its end.
+    def deferred(self, raise_pending: bool = True):
+        """A block that signals do not interrupt; a signal received inside is raised at its end
+        (with `raise_pending=False` it is only recorded in `received`: the block was the last work).
 
         DataLoader's SIGCHLD handler is held off too: after a SIGTERM to the process group, the
         workers' deaths must not raise inside the checkpoint write that saves the run.
@@ -65,7 +66,8 @@ class Interrupts:
                 signal.signal(sigchld, held)
         if self._depth == 0 and self._pending:
             self._pending = False
-            raise KeyboardInterrupt
+            if raise_pending:
+                raise KeyboardInterrupt
 
     def explains(self, error: BaseException) -> bool:
         """True when `error` is how an interrupt surfaced: KeyboardInterrupt, or a DataLoader worker

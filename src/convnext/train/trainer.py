@@ -339,7 +339,7 @@ def fit(config: TrainConfig, info: DistInfo, explicit: frozenset[str], out: Path
             r.bar.close()
             if r.writer is not None:
                 r.writer.close()
-    return _finish(r, hist, t_start)
+        return _finish(r, hist, t_start, interrupts)
 
 
 # ---- setup ----------------------------------------------------------------------------------------
@@ -692,16 +692,22 @@ def _metrics(r: Run, hist: History) -> dict:
     }
 
 
-def _finish(r: Run, hist: History, t_start: float) -> dict:
+def _finish(r: Run, hist: History, t_start: float, interrupts: Interrupts) -> dict:
+    """metrics.json, the curves and the final lines. Training is over: a Ctrl-C or SIGTERM arriving
+    now waits for these writes, and the run ends as complete (said in one line)."""
     metrics = _metrics(r, hist)
     metrics["wall_seconds"] = time.perf_counter() - t_start
     if r.info.is_main:
-        write_atomic(r.out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2).encode()))
-        _plot(r, hist)
+        with interrupts.deferred(raise_pending=False):
+            write_atomic(r.out / "metrics.json", lambda f: f.write(json.dumps(metrics, indent=2).encode()))
+            _plot(r, hist)
         if hist.last_eval is not None:
             _log(r.info, f"final: {r.task.summary_line(hist.last_eval)}  (best {r.task.primary} {hist.best_value:.2f} "
                  f"at epoch {hist.best_epoch}, {r.reported} weights)")
         _log(r.info, f"run folder: {r.out}")
+        if interrupts.received:
+            _log(r.info, f"{interrupts.received} received after the last epoch: the run finished and its results "
+                 "are written")
     # Leave together: no rank tears down its process group while another (rank 0, writing metrics
     # and plots) is still inside the run.
     barrier()
