@@ -1,11 +1,15 @@
-"""img/s of ConvNeXt-T (random weights, 224 px, batch 16): fp32 (fast_cpu_model) vs int8 PT2E, interleaved.
+"""img/s of ConvNeXt-T (random weights, 224 px, batch 16): our fp32 and bf16 paths vs int8 PT2E, interleaved.
 
-    python benchmarks/int8_speed.py [--rounds 5]
+    python benchmarks/int8_speed.py [--rounds 5] [--batch-size 16] [--convs]
 
-int8 twice: everything the X86 inductor quantizer annotates (convolutions, pwconv1, head), and
-Linears only (`quantize_convs=False`). Each int8 program is compiled by inductor (freezing).
+fp32 and bf16 are `fast_cpu_model(model, dtype)` (the fastest of eager / inductor / TorchScript,
+measured); bf16 is skipped where the CPU has no native bf16. int8 is every Linear quantized by the
+X86 inductor quantizer (`--convs`: the convolutions too), compiled by inductor with freezing, with
+the float ops in fp32 and, on a native-bf16 CPU, also in bf16 ("int8-mixed-bf16", what `load_int8`
+picks there). Rounds rotate the order; the medians and the per-round ratios are printed.
 """
 import argparse
+import json
 import os
 import statistics
 import time
@@ -13,6 +17,7 @@ import time
 import torch
 
 from convnext.deploy.cpu import fast_cpu_model
+from convnext.deploy.features import cpu_features
 from convnext.deploy.int8 import Int8Model, quantize_int8
 from convnext.models import create_model
 
@@ -21,29 +26,52 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--convs", action="store_true", help="also time int8 with the convolutions quantized")
+    p.add_argument("--json", help="write the medians and ratios here")
     args = p.parse_args()
     torch.manual_seed(0)
     model = create_model("convnext_tiny").eval()
     b = args.batch_size
     x = torch.randn(b, 3, 224, 224)
+    native_bf16 = cpu_features().native_bf16
     runs = {"fp32": fast_cpu_model(model, "fp32", b, 224)}
-    for convs in (False, True):
-        q = Int8Model(quantize_int8(model, [x[:4]], 224, quantize_convs=convs), mixed_bf16=False)
-        start = time.time()
-        q(x)
-        print(f"int8 (convs={convs}) compiled in {time.time() - start:.0f} s", flush=True)
-        runs[f"int8 convs={convs}"] = q
+    if native_bf16:
+        runs["bf16"] = fast_cpu_model(model, "bf16", b, 224)
+    for name, fast in runs.items():
+        print(f"{name}: {fast.path}", flush=True)
+    for convs in (False, True) if args.convs else (False,):
+        program = quantize_int8(model, [x[:4]], 224, quantize_convs=convs)
+        for mixed in (False, True) if native_bf16 else (False,):
+            q = Int8Model(program, mixed_bf16=mixed)
+            start = time.time()
+            q(x)
+            key = f"int8{' +convs' if convs else ''}{' mixed-bf16' if mixed else ' (float ops fp32)'}"
+            print(f"{key} compiled in {time.time() - start:.0f} s", flush=True)
+            runs[key] = q
     names = list(runs)
     samples = {k: [] for k in names}
+    load_before = os.getloadavg()
     with torch.no_grad():
+        for k in names:
+            runs[k](x)  # warm-up
         for r in range(args.rounds):
             for k in names[r % len(names):] + names[: r % len(names)]:  # rotate the order per round
                 start = time.perf_counter()
                 runs[k](x)
                 samples[k].append(time.perf_counter() - start)
+    base = "bf16" if native_bf16 else "fp32"
+    report = {"cpu": cpu_features().describe(), "batch": b, "rounds": args.rounds, "load_before": load_before,
+              "load_after": os.getloadavg(), "img_per_s": {}, f"ratio_vs_{base}": {}}
     for k, v in samples.items():
-        print(f"{k}: {b / statistics.median(v):.2f} img/s (s/batch {[round(s, 2) for s in v]})")
-    print("load average", os.getloadavg())
+        ratios = [s0 / s for s0, s in zip(samples[base], v)]
+        report["img_per_s"][k] = b / statistics.median(v)
+        report[f"ratio_vs_{base}"][k] = [statistics.median(ratios), min(ratios), max(ratios)]
+        print(f"{k}: {b / statistics.median(v):.2f} img/s, vs {base} {statistics.median(ratios):.2f}x "
+              f"({min(ratios):.2f}..{max(ratios):.2f}) (s/batch {[round(s, 3) for s in v]})")
+    print("load average before", load_before, "after", report["load_after"])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -51,3 +51,21 @@ def test_int8_convs_quantizes_every_convolution_too():
     linears = [n for n in nodes if "linear" in str(n.target)]
     assert len(convs) == 16 and len(linears) == 25
     assert all("dequantize" in str(getattr(n.args[1], "target", "")) for n in convs + linears)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_int8_mixed_bf16_runs_the_exported_program_under_bf16_autocast(tmp_path, compile):
+    """What `load_int8` picks on AMX / AVX512-BF16 CPUs: the float ops in bf16. The program's export-time
+    fp32 dtype checks must not stop it (they failed the first call on such CPUs)."""
+    torch.manual_seed(0)
+    model = create_model("convnext_atto", num_classes=10).eval()
+    _spread_scales(model, torch.Generator().manual_seed(0))
+    path = tmp_path / "atto.pt2"
+    save_int8(quantize_int8(model, [torch.randn(4, 3, 32, 32)], img_size=32), path)
+    loaded, _ = load_int8(path, mixed_bf16=True, compile=compile)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    out = loaded(x)
+    assert out.dtype == torch.float32 and out.shape == (2, 10)
+    assert ((out - ref).norm() / ref.norm()).item() < 0.2

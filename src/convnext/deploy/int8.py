@@ -97,6 +97,20 @@ def save_int8(program: torch.export.ExportedProgram, path: str | Path, meta: dic
     torch.export.save(program, str(path), extra_files=dict(meta or {}))
 
 
+def _drop_dtype_asserts(module: torch.fx.GraphModule) -> None:
+    """Remove the `aten._assert_tensor_metadata` checks `torch.export` records after dtype-keeping ops.
+
+    They pin the dtypes seen at export (fp32); under bf16 autocast (int8-mixed-bf16) the float ops
+    run in bf16, so the checks would fail at the first call. They compute nothing.
+    """
+    graph = module.graph
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is torch.ops.aten._assert_tensor_metadata.default:
+            graph.erase_node(node)
+    graph.lint()
+    module.recompile()
+
+
 class Int8Model(nn.Module):
     """fp32 (B, 3, S, S) in, fp32 logits out, through the int8 program compiled by inductor."""
 
@@ -104,6 +118,8 @@ class Int8Model(nn.Module):
         super().__init__()
         self.module = program.module()
         self.mixed_bf16 = mixed_bf16
+        if mixed_bf16:
+            _drop_dtype_asserts(self.module)
         self._fn = torch.compile(self.module, dynamic=False) if compile else self.module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
