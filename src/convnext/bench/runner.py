@@ -135,7 +135,11 @@ def machine_info(device: str = "cpu") -> dict:
     else:
         from ..deploy.features import cpu_features
 
+        from ..memory import keep_freed_memory
+
         info["cpu_features"] = cpu_features().describe()
+        info["allocator"] = ("glibc, freed memory kept for reuse (convnext.memory)" if keep_freed_memory()
+                             else "the C library's default")
     return info
 
 
@@ -388,6 +392,10 @@ def run_benchmark(
             tests pass a deliberately perturbed model here.
     """
     device = _resolve_device(cfg.device)
+    if device.type == "cpu":  # process-wide, so every implementation timed here runs with it
+        from ..memory import keep_freed_memory
+
+        keep_freed_memory()
     implementations, skipped, ours_path = _prepare(cfg, device, implementations, progress)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     for impl in implementations:
@@ -494,7 +502,8 @@ def format_report(report: dict) -> str:
         title,
         f"load average (1, 5, 15 min): before {_floats(report['load_avg_before_after'][0])}, "
         f"after {_floats(report['load_avg_before_after'][1])}",
-        *([f"CPU features: {report['machine']['cpu_features']}"] if report["machine"].get("cpu_features") else []),
+        *([f"CPU features: {report['machine']['cpu_features']}; allocator: {report['machine']['allocator']}"]
+          if report["machine"].get("cpu_features") else []),
         *([f"ours: {report['ours_path']}"] if report.get("ours_path") else []),
     ]
     for name, a in report["agreement"].items():

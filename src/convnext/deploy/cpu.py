@@ -32,6 +32,7 @@ from torch import nn
 
 from ..models.inference import optimize_for_inference
 from .features import CpuFeatures, select_dtype
+from ..memory import keep_freed_memory
 
 __all__ = ["CpuInferenceModel", "fast_cpu_model", "CANDIDATES", "prepare_eager", "model_for_dtype"]
 
@@ -159,6 +160,7 @@ def fast_cpu_model(
         inplace: prepare `model` itself instead of a copy (saves one copy of the weights).
     """
     chosen, reason = select_dtype(dtype, "cpu", features)
+    kept = keep_freed_memory()  # no page faults on the large activations (convnext/memory.py)
     if candidates is None:
         candidates = CANDIDATES
     unknown = [c for c in candidates if c not in CANDIDATES]
@@ -192,6 +194,8 @@ def fast_cpu_model(
     path = f"{chosen} {words[best]}, layer scale folded"
     if len(timings) > 1:
         path += f", fastest of {len(timings)} measured at batch {batch}, {img_size}px"
+    if kept:
+        path += ", freed memory kept for reuse"
     if failures:
         path += "; failed: " + "; ".join(f"{k} ({v})" for k, v in failures.items())
     return CpuInferenceModel(module, runners[best], chosen, path, reason, timings)
@@ -208,6 +212,8 @@ def model_for_dtype(model: nn.Module, dtype: str, device, batch_size: int, img_s
     from ..errors import UserError
 
     device_type = getattr(device, "type", str(device).split(":")[0])
+    if device_type == "cpu":
+        keep_freed_memory()  # every task: detection / segmentation activations are larger still
     if device_type != "cpu" or task != "classification" or amp != "off":
         if dtype == "bf16" and amp == "off":
             raise UserError(f"--dtype bf16: the bf16 path is for classifiers on CPU (here {task} on {device_type}); "
@@ -215,7 +221,8 @@ def model_for_dtype(model: nn.Module, dtype: str, device, batch_size: int, img_s
         return model, ""
     chosen, reason = select_dtype(dtype, "cpu")
     if chosen == "fp32":
-        return model, f"CPU inference: fp32 eager, the model as built; {reason}"
+        kept = ", freed memory kept for reuse" if keep_freed_memory() else ""
+        return model, f"CPU inference: fp32 eager, the model as built{kept}; {reason}"
     candidates = CANDIDATES if compile else ("eager", "jit")
     fast = fast_cpu_model(model, dtype, batch_size, img_size, candidates=candidates, inplace=True)
     return fast, fast.describe()

@@ -18,7 +18,7 @@ rounding; `tests/bench/test_fast.py` checks each one against the plain formulati
 - `_OneDNNLinear` (training on CPU, fp32): the same Linear (+ residual) as an autograd function
   whose forward and grad-input GEMMs run on oneDNN and whose grad-weight GEMM runs on MKL,
   whichever library measured faster for that shape.
-- `depthwise_conv` (training on CPU, fp32): the block's depthwise 7x7 conv with a faster
+- `depthwise_conv` (training on CPU, fp32 or bf16 autocast): the block's depthwise 7x7 conv with a faster
   weight gradient. oneDNN's depthwise grad-weight kernel is the slowest op of a CPU training step
   (8-10x a forward conv); we compute the same sums as a forward conv with one group per
   (image, channel) pair over batch chunks that stay in cache. Forward and grad-input are the
@@ -299,7 +299,10 @@ class _DepthwiseConv(torch.autograd.Function):
                 [True, False, False],
             )[0]
         if ctx.needs_input_grad[1]:
-            grad_w = depthwise_weight_grad(x, grad_out, k)
+            if x.dtype == torch.float32:
+                grad_w = depthwise_weight_grad(x, grad_out, k)
+            else:  # bf16 (autocast): the sums in fp32, 4.3-9x faster here than oneDNN's bf16 kernel
+                grad_w = depthwise_weight_grad(x.float(), grad_out.float(), k).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum((0, 2, 3))
         return grad_x, grad_w, grad_b
@@ -307,8 +310,12 @@ class _DepthwiseConv(torch.autograd.Function):
 
 def depthwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """`conv(x)` for the block's depthwise conv, with the fast weight gradient where it applies:
-    CPU fp32 training outside graph capture and autocast, stride 1, odd square kernel, "same"
-    padding, one group per channel. Everything else is the plain `conv(x)`.
+    CPU training in fp32 or under bf16 autocast, outside graph capture, stride 1, odd square kernel,
+    "same" padding, one group per channel. Everything else is the plain `conv(x)`.
+
+    Under bf16 autocast the conv runs on bf16 copies of input, weight and bias, as autocast's own
+    conv would; only the weight gradient differs: summed in fp32 (oneDNN's bf16 depthwise
+    weight-gradient kernel measured 3-9x slower than its fp32 one on an AMX CPU, docs/benchmarks.md).
     """
     weight = conv.weight
     if not (
@@ -317,7 +324,7 @@ def depthwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         and torch.is_grad_enabled()
         and x.device.type == "cpu"
         and weight.dtype == torch.float32
-        and _plain_fp32(x)  # also False while compiling / exporting
+        and not _tracing()
         and conv.groups == conv.in_channels == conv.out_channels == x.shape[1]
         and conv.stride == (1, 1)
         and conv.dilation == (1, 1)
@@ -327,4 +334,11 @@ def depthwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         and conv.padding_mode == "zeros"
     ):
         return conv(x)
-    return _DepthwiseConv.apply(x, weight, conv.bias)
+    if _plain_fp32(x):
+        return _DepthwiseConv.apply(x, weight, conv.bias)
+    if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+        bf16 = torch.bfloat16
+        bias = conv.bias.to(bf16) if conv.bias is not None else None
+        with torch.autocast("cpu", enabled=False):  # the casts autocast would make, made here
+            return _DepthwiseConv.apply(x.to(bf16), weight.to(bf16), bias)
+    return conv(x)

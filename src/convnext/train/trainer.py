@@ -374,6 +374,10 @@ def _build(config: TrainConfig, info: DistInfo, task: Task, data: TaskData, out:
            adapted: list[str], requested: dict) -> Run:
     """Sampler, model (+ resumed weights, EMA, SyncBN, DDP/FSDP, compile), optimizer, schedule, loaders."""
     device = info.device
+    if device.type == "cpu":
+        from ..memory import keep_freed_memory
+
+        keep_freed_memory()  # large activations reused from the heap, not faulted in every step
     # Augmentation in workers seeded per (seed, epoch, image): exact mid-epoch resume with workers too.
     train_ds = SeededSamples(data.train, config.seed)
     sampler = TrainSampler(train_ds, config.batch_size, info.rank, info.world_size, seed=config.seed,
