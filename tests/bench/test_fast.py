@@ -173,6 +173,28 @@ def test_depthwise_conv_gradients_match_conv2d(shape, kernel, bias, channels_las
         assert torch.allclose(g, r, atol=1e-4, rtol=1e-4), name
 
 
+def test_depthwise_conv_under_bf16_autocast_matches_autocast_conv2d():
+    """Training under CPU bf16 autocast: the same bf16 forward as autocast's conv, gradients that agree
+    with autocast's (the weight gradient summed in fp32, so closer to the fp32 truth than bf16 sums)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 16, 7, padding=3, groups=16)
+    x = fast.to_channels_last(torch.randn(4, 16, 14, 14)).requires_grad_(True)
+    upstream = torch.randn(4, 16, 14, 14)
+    params = [x, conv.weight, conv.bias]
+    with torch.autocast("cpu", torch.bfloat16):
+        out = fast.depthwise_conv(x, conv)
+        ref = conv(x)
+    assert type(out.grad_fn).__name__ == "_DepthwiseConvBackward" and out.dtype == ref.dtype == torch.bfloat16
+    assert torch.equal(out, ref)  # same bf16 operands, same kernel
+    grads = torch.autograd.grad(out, params, upstream)
+    ref_grads = torch.autograd.grad(ref, params, upstream)
+    exact = torch.autograd.grad(F.conv2d(x, conv.weight, conv.bias, padding=3, groups=16), params, upstream)
+    for name, g, r, e in zip(["x", "weight", "bias"], grads, ref_grads, exact):
+        assert g.dtype == r.dtype and g.shape == r.shape, name
+        assert torch.allclose(g.float(), r.float(), atol=0.05, rtol=0.02), name
+        assert (g.float() - e).norm() <= (r.float() - e).norm() * 1.5 + 1e-6, name  # no less accurate
+
+
 def test_depthwise_conv_plain_outside_cpu_fp32_training():
     conv = nn.Conv2d(8, 8, 7, padding=3, groups=8)
     x = torch.randn(2, 8, 7, 7)
