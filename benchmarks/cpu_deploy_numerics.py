@@ -22,6 +22,7 @@ from PIL import Image
 
 from convnext.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from convnext.deploy.cpu import fast_cpu_model
+from convnext.deploy.features import cpu_features
 from convnext.deploy.int8 import load_int8, quantize_int8, save_int8
 from convnext.models import create_model
 
@@ -118,14 +119,17 @@ def main() -> None:
         }
         print(name, json.dumps(report["paths"][name]), flush=True)
 
-    for cand in ("eager", "jit"):
+    for cand in ("eager", "jit", "compile"):
         compare(f"bf16 {cand}", logits(fast_cpu_model(model, "bf16", 100, 32, candidates=(cand,)), x_test))
+    mixed_modes = (False, True) if cpu_features().native_bf16 else (False,)  # True: what load_int8 picks there
     for convs in (False, True):  # Linears only (the default), and the convolutions too
         program = quantize_int8(model, [x_cal[i : i + 32] for i in range(0, len(x_cal), 32)], 32,
                                 quantize_convs=convs)
         save_int8(program, out / f"atto_int8_convs{int(convs)}.pt2")
-        q, _ = load_int8(out / f"atto_int8_convs{int(convs)}.pt2", mixed_bf16=False)  # compiled: the deployed kernels
-        compare(f"int8 {'Linears + convolutions' if convs else 'Linears'} (inductor, fp32 LN/GELU)", logits(q, x_test))
+        for mixed in mixed_modes:
+            q, _ = load_int8(out / f"atto_int8_convs{int(convs)}.pt2", mixed_bf16=mixed)  # compiled: deployed kernels
+            compare(f"int8 {'Linears + convolutions' if convs else 'Linears'} (inductor, "
+                    f"{'bf16' if mixed else 'fp32'} LN/GELU)", logits(q, x_test))
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps({k: v for k, v in report.items() if k != "paths"}))
 
