@@ -38,3 +38,10 @@ def test_large_buffers_are_reused_without_page_faults():
     assert faults < 100  # 48 MiB is 12,288 pages: each one was faulted in on every allocation before
     off, faults_off = _faults("0")
     assert not off and faults_off > 10_000  # the switch really switches: without it every page faults again
+
+
+def test_default_allocator_is_kept_when_asked_first():
+    script = ("from convnext.memory import keep_default_allocator, keep_freed_memory\n"
+              "keep_default_allocator()\nprint(keep_freed_memory())\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

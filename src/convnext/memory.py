@@ -12,7 +12,8 @@ bf16 inductor 73 -> 102 img/s, fp32 eager 20.7 -> 26.4 img/s (docs/benchmarks.md
 and stay there for the next forward pass (what jemalloc / tcmalloc, Intel's recommendation for
 PyTorch CPU inference, do by design). The cost: the process's resident memory stays at its peak
 instead of shrinking between passes. It is process-wide and applies once; on other C libraries
-(macOS, musl) it does nothing. `CONVNEXT_KEEP_FREED_MEMORY=0` turns it off.
+(macOS, musl) it does nothing. `CONVNEXT_KEEP_FREED_MEMORY=0`, or `keep_default_allocator()` called
+first, turns it off (`convnext bench --allocator default`).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import ctypes
 import ctypes.util
 import os
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "keep_default_allocator"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 _MMAP_THRESHOLD = 1 << 30  # requests up to 1 GiB from the heap
@@ -44,3 +45,15 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _state = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
     return _state
+
+
+def keep_default_allocator() -> None:
+    """Leave the C library's allocator settings as they are for the rest of the process.
+
+    Must come before the first `keep_freed_memory()`: glibc cannot go back to its dynamic thresholds
+    once they have been set.
+    """
+    global _state
+    if _state:
+        raise RuntimeError("freed memory is already being kept in this process (glibc cannot undo it)")
+    _state = False

@@ -119,6 +119,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         channels_last=args.channels_last, compile=args.compile, compare=_parse_compare(args.compare),
         device=args.device, warmup=args.warmup, repeats=args.repeats, iters=args.iters, tf32=args.tf32,
         tolerance=args.tolerance, optimize_ours=args.optimize_ours, cpu_paths=_parse_cpu_paths(args.cpu_paths),
+        allocator=args.allocator,
     )
     if args.preset == "paper":
         # Table 1 / App. E protocol: batch 64, fp32, 224; on GPU the A100 setting adds TF32 + channels_last.
@@ -177,6 +178,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cpu-paths", default=None, metavar="LIST",
                    help="CPU inference with --dtype auto/bf16: the paths of ours timed before the run, the fastest "
                    "kept (comma-separated among eager, compile, jit; default all: compiling takes tens of seconds)")
+    p.add_argument("--allocator", choices=("kept", "default"), default="kept",
+                   help="CPU: kept (default): freed memory kept for reuse, as ours sets up (convnext.memory); "
+                   "default: the C library's settings. Process-wide: every implementation of the run gets it")
     p.add_argument("--compare", default="timm,torchvision",
                    help="comma-separated among: timm, torchvision (same weights), onnxruntime, openvino (its "
                    "default precision: bf16 on AMX CPUs), openvino-f32 (our ONNX export of the same weights, CPU "

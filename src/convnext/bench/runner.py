@@ -66,6 +66,9 @@ class BenchConfig:
     cpu_paths: tuple[str, ...] | None = None  # CPU inference, dtype auto/bf16: fast_cpu_model's candidates (None: all)
     num_classes: int = 1000
     seed: int = 0
+    # CPU: "kept" (convnext.memory.keep_freed_memory, what ours sets up) or "default" (the C library's);
+    # process-wide either way, so every implementation of the run gets the same allocator.
+    allocator: str = "kept"
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -74,6 +77,8 @@ class BenchConfig:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         if self.optimize_ours and self.mode != "infer":
             raise ValueError("optimize_for_inference (--optimize-ours) applies to --mode infer only")
+        if self.allocator not in ("kept", "default"):
+            raise ValueError(f"allocator must be 'kept' or 'default', got {self.allocator!r}")
         if min(self.batch_size, self.img_size, self.repeats, self.iters) < 1 or self.warmup < 0:
             raise ValueError("batch_size, img_size, repeats and iters must be >= 1, warmup >= 0")
 
@@ -393,9 +398,9 @@ def run_benchmark(
     """
     device = _resolve_device(cfg.device)
     if device.type == "cpu":  # process-wide, so every implementation timed here runs with it
-        from ..memory import keep_freed_memory
+        from ..memory import keep_default_allocator, keep_freed_memory
 
-        keep_freed_memory()
+        keep_freed_memory() if cfg.allocator == "kept" else keep_default_allocator()
     implementations, skipped, ours_path = _prepare(cfg, device, implementations, progress)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     for impl in implementations:
