@@ -6,13 +6,16 @@ set -euo pipefail
 OUT=${1:-benchmarks/results/deploy}
 mkdir -p "$OUT"
 B="python -m convnext bench --model convnext_tiny --img-size 224 --no-progress"
-# int8 speed, interleaved: python benchmarks/int8_speed.py
 # inference, batch 16 and 1: --dtype auto (the default) picks bf16 on AMX/AVX512-BF16 CPUs, fp32 elsewhere
 $B --batch-size 16 --compare timm,onnxruntime,openvino,openvino-f32 --repeats 10 --json "$OUT/infer_b16_paths.json"
 $B --batch-size 1 --compare timm,onnxruntime,openvino --repeats 20 --json "$OUT/infer_b1_paths.json"
-# exact fp32, ours as built (the earlier "ours vs timm" setting)
-$B --batch-size 16 --dtype fp32 --compare timm --repeats 10 --json "$OUT/infer_b16_fp32.json"
-# int8: PT2E static quantization of random-weight ConvNeXt-T, calibrated / compared on CIFAR-10 test JPEGs
+# exact fp32, ours as built (the earlier "ours vs timm" setting), with both allocator settings
+$B --batch-size 16 --dtype fp32 --compare timm,torchvision --repeats 10 --json "$OUT/infer_b16_fp32.json"
+$B --batch-size 16 --dtype fp32 --compare timm,torchvision --repeats 10 --allocator default \
+  --json "$OUT/infer_b16_fp32_default_allocator.json"
+# int8 vs our fp32 and bf16 paths, interleaved (random-weight ConvNeXt-T)
+python benchmarks/int8_speed.py --rounds 8 --convs --json "$OUT/int8_speed.json"
+# int8 export on real images: PT2E static quantization calibrated / compared on CIFAR-10 test JPEGs
 DATA=${DATA:-/tmp/cifar10-jpeg}
 [ -d "$DATA/test" ] || { mkdir -p "$DATA"; tar -xzf ../shared/data/cifar10-test-jpeg.tar.gz -C "$DATA"; }
 TMP=$(mktemp -d)
@@ -22,7 +25,5 @@ python -m convnext export convnext_tiny "$TMP/tiny_int8.pt2" --checkpoint "$TMP/
   --calib-data "$DATA/test" --calib-images 64 --eval-images 64 --batch-size 16 --force | tee "$OUT/export_int8.txt"
 rm -rf "$TMP"
 # training step (forward + backward + AdamW), fp32 vs bf16 autocast, ours vs timm
-$B --mode train --batch-size 16 --dtype fp32 --compare timm --repeats 5 --warmup 1 --json "$OUT/train_b16_fp32.json"
-$B --mode train --batch-size 16 --dtype bf16 --compare timm --repeats 5 --warmup 1 --json "$OUT/train_b16_bf16.json"
-# bf16 inference forced (on a CPU without native bf16 it is emulated: the reason auto keeps fp32 there)
-$B --batch-size 16 --dtype bf16 --compare timm,openvino --repeats 5 --json "$OUT/infer_b16_bf16.json"
+$B --mode train --batch-size 16 --dtype fp32 --compare timm --repeats 6 --warmup 1 --json "$OUT/train_b16_fp32.json"
+$B --mode train --batch-size 16 --dtype bf16 --compare timm --repeats 6 --warmup 1 --json "$OUT/train_b16_bf16.json"

@@ -238,3 +238,19 @@ def test_load_report_is_one_line_summary(tmp_path):
 
     report = load_checkpoint(fresh, path, reinit_head=True)
     assert "\n" not in str(report) and "head (head.weight, head.bias) dropped and re-initialised" in str(report)
+
+
+def test_eval_says_a_missing_split_before_building_the_cpu_path(tmp_path, capsys, monkeypatch):
+    """On a native-bf16 CPU the eval path is compiled first (tens of seconds): a bad --data must not wait for it."""
+    import convnext.deploy.cpu as cpu
+
+    def not_yet(*args, **kwargs):
+        raise AssertionError("the CPU inference path was built before the data was checked")
+
+    monkeypatch.setattr(cpu, "model_for_dtype", not_yet)
+    path = tmp_path / "w.pth"
+    torch.save(create_model("convnext_atto", num_classes=3).state_dict(), path)
+    (tmp_path / "data" / "train" / "a").mkdir(parents=True)
+    rc, _, err = run(capsys, "eval", "--checkpoint", path, "--model", "convnext_atto", "--data", tmp_path / "data",
+                     "--no-progress")
+    assert rc == 2 and "missing val split" in err and err.count("\n") == 1, err

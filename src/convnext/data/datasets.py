@@ -230,14 +230,19 @@ def build_dataset(data: str, split: str, transform: Callable | None, *, classes:
         return DigitsDataset(train, transform)
     if data in ("cifar10", "cifar100"):
         return _cifar(data, train, transform, data_dir)
+    return ImageFolderDataset(split_folder(data, split), transform, classes=classes, strict=strict)
+
+
+def split_folder(data: str, split: str) -> Path:
+    """The folder of `split` ("train" / "val") under the folder `data`; a DataError naming what is missing."""
     root = Path(data).expanduser()
     if not root.is_dir():
         raise DataError(f"--data {data}: no such folder (or use one of: {', '.join(BUILTIN_DATASETS)})")
     folder = find_split(root, split)
     if folder is None:
-        expected = f"{root}/train/<class>/*.jpg" if train else f"{root}/val/<class>/*.jpg (or {root}/test/...)"
+        expected = f"{root}/train/<class>/*.jpg" if split == "train" else f"{root}/val/<class>/*.jpg (or {root}/test/...)"
         raise DataError(f"--data {data}: missing {split} split; expected {expected}")
-    return ImageFolderDataset(folder, transform, classes=classes, strict=strict)
+    return folder
 
 
 def subset(dataset: Dataset, n: int | None, seed: int = 0) -> Dataset:

@@ -249,8 +249,11 @@ def export_int8(
         "fp32_img_per_s": batch_size / time_per_batch(fp32, x),
         "int8_img_per_s": batch_size / time_per_batch(int8_model, x),
         "fp32_path": fp32.path, "int8_mixed_bf16": int8_model.mixed_bf16, "compiled": compile,
-        "quantize_convs": quantize_convs,
+        "quantize_convs": quantize_convs, "bf16_img_per_s": None, "bf16_path": None,
     }
+    if cpu_features().native_bf16:  # the path predict / eval run by default on this CPU: the speed to beat
+        bf16 = fast_cpu_model(model, "bf16", batch_size, img_size, candidates=("eager", "jit"))
+        report.update(bf16_img_per_s=batch_size / time_per_batch(bf16, x), bf16_path=bf16.path)
     if eval_labels is not None:
         report["fp32_top1"] = 100 * (ref.argmax(1) == eval_labels).float().mean().item()
         report["int8_top1"] = 100 * (got.argmax(1) == eval_labels).float().mean().item()
@@ -268,7 +271,8 @@ def format_int8_report(r: dict) -> str:
         lines.append(f"(no labels: the images' folder names are not the model's classes; agreement only)")
     lines.append(f"int8 vs fp32 on {r['eval_images']} {where} images: top-1 agreement {r['top1_agreement']:.2%}, "
                  f"max |logit diff| {r['max_abs_logit_diff']:.3g} (max |logit| {r['max_abs_logit']:.3g})")
-    lines.append(f"speed at batch {r['batch_size']}: fp32 {r['fp32_img_per_s']:.1f} img/s ({r['fp32_path']}), "
+    bf16 = (f"bf16 {r['bf16_img_per_s']:.1f} img/s ({r['bf16_path']}), " if r.get("bf16_img_per_s") else "")
+    lines.append(f"speed at batch {r['batch_size']}: fp32 {r['fp32_img_per_s']:.1f} img/s ({r['fp32_path']}), {bf16}"
                  f"int8 {r['int8_img_per_s']:.1f} img/s (inductor{'' if r['compiled'] else ' off'})")
     lines.append(float_ops_note("bf16 (int8-mixed-bf16)" if r["int8_mixed_bf16"] else "fp32",
                                 r.get("quantize_convs", False)))

@@ -72,10 +72,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return cmd_benchmark(args)
     if args.partial:
         raise UserError("--partial applies to --benchmark runs only")
+    from ..data.datasets import BUILTIN_DATASETS, split_folder
     from ..devices import resolve_device
     from .evaluate import evaluate
 
     loaded = _load(args, announce=False, device=resolve_device(args.device), crop_pct=args.crop_pct)
+    if loaded.task == "classification" and args.data not in BUILTIN_DATASETS:
+        split_folder(args.data, "val")  # a missing split is said before the CPU path is compiled (tens of seconds)
     _fast_cpu(args, loaded, args.batch_size or 100, compile=True)
     if args.multi_scale and loaded.task != "segmentation":
         raise UserError("--multi-scale applies to segmentation checkpoints only")
