@@ -12,12 +12,15 @@ Candidate paths, timed on the caller's batch size and resolution (interleaved ro
 
 - "eager": the module itself, channels-last, under no_grad (fp32: our oneDNN-fused Linears).
 - "compile": `torch.compile` with inductor's CPU backend, `freezing=True` (weights become constants,
-  so inductor pre-packs them for oneDNN / AMX GEMMs: `cpp.weight_prepack`) and, with
-  `max_autotune=True`, inductor's C++ GEMM templates (AMX micro-kernels where the CPU has them).
+  so inductor pre-packs them for oneDNN / AMX GEMMs: `cpp.weight_prepack`), kernels called from
+  inductor's generated C++ wrapper (no Python per kernel), and, with `max_autotune=True`,
+  inductor's C++ GEMM templates (AMX micro-kernels; measured slower than oneDNN's here).
 - "jit": `torch.jit.trace` + `torch.jit.freeze` + `torch.jit.optimize_for_inference` (oneDNN
   convolutions with folded weights).
 
 The winner and every candidate's time are recorded in `.path` / `.timings`, which the CLI prints.
+Before anything is timed, freed memory is kept in the process (`convnext.memory`): without it every
+forward pass page-faults its largest activations in anew.
 """
 from __future__ import annotations
 
