@@ -53,7 +53,7 @@ def test_int8_convs_quantizes_every_convolution_too():
     assert all("dequantize" in str(getattr(n.args[1], "target", "")) for n in convs + linears)
 
 
-@pytest.mark.parametrize("compile", [False, True])
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_int8_mixed_bf16_runs_the_exported_program_under_bf16_autocast(tmp_path, compile):
     """What `load_int8` picks on AMX / AVX512-BF16 CPUs: the float ops in bf16. The program's export-time
     fp32 dtype checks must not stop it (they failed the first call on such CPUs)."""
