@@ -254,3 +254,27 @@ def test_eval_says_a_missing_split_before_building_the_cpu_path(tmp_path, capsys
     rc, _, err = run(capsys, "eval", "--checkpoint", path, "--model", "convnext_atto", "--data", tmp_path / "data",
                      "--no-progress")
     assert rc == 2 and "missing val split" in err and err.count("\n") == 1, err
+
+
+def test_eval_compiles_the_cpu_path_only_for_large_folders(tmp_path, capsys, monkeypatch):
+    import convnext.deploy.cpu as cpu
+    import convnext.inference.cli as inference_cli
+
+    asked = []
+
+    def record(model, *args, compile=False, **kwargs):
+        asked.append(compile)
+        return model, ""
+
+    monkeypatch.setattr(cpu, "model_for_dtype", record)
+    path = tmp_path / "w.pth"
+    torch.save(create_model("convnext_atto", num_classes=2).state_dict(), path)
+    for cls in ("a", "b"):
+        (tmp_path / "data" / "val" / cls).mkdir(parents=True)
+        _image(tmp_path / "data" / "val" / cls / "0.png")
+    argv = ["eval", "--checkpoint", path, "--model", "convnext_atto", "--data", tmp_path / "data", "--no-progress",
+            "--num-workers", 0, "--img-size", 32]
+    assert run(capsys, *argv)[0] == 0
+    monkeypatch.setattr(inference_cli, "_COMPILE_MIN_IMAGES", 2)
+    assert run(capsys, *argv)[0] == 0
+    assert asked == [False, True]  # 2 images: not worth a compile; at the threshold: inductor is timed too
