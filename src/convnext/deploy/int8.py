@@ -126,7 +126,9 @@ class Int8Model(nn.Module):
         # freezing must be on whenever inductor compiles (the first call of each input shape): it
         # folds the weights' int8 prepacking. Set as a global patch, not torch.compile(options=...):
         # with the options dict this torch fails on onednn.qconv_prepack under fake tensors.
-        with torch.no_grad(), freezing(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.mixed_bf16):
+        # The Python wrapper: the C++ one measured no faster for these graphs (docs/benchmarks.md).
+        with torch.no_grad(), freezing(cpp_wrapper=False), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.mixed_bf16):
             return self._fn(x).float()
 
 
