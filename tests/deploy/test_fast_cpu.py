@@ -87,3 +87,17 @@ def test_fp32_default_times_every_path_and_each_equals_fp32(atto):
         if name != min(fast.timings, key=fast.timings.get):
             one = fast_cpu_model(atto, "fp32", batch=2, img_size=32, candidates=(name,))
             assert torch.allclose(one(x), ref, atol=1e-4), name
+
+
+def test_compiled_path_compiles_a_new_batch_size_on_its_third_call(atto):
+    """A last partial batch runs eager (no compile); a batch size the caller keeps using gets compiled."""
+    fast = fast_cpu_model(atto, "fp32", batch=2, img_size=32, candidates=("compile",))
+    runner = fast._runner
+    assert runner.compiled_shapes == {(2, 3, 32, 32)}
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = atto(x)
+    for call in range(1, 4):
+        out = fast(x)
+        assert torch.allclose(out, ref, atol=1e-4)
+        assert ((3, 3, 32, 32) in runner.compiled_shapes) == (call == 3), call

@@ -104,16 +104,26 @@ def _compiled(module: nn.Module, example: torch.Tensor, max_autotune: bool) -> C
         return _compiled_with(module, example, max_autotune, cpp_wrapper=False)
 
 
+# A new input shape is compiled on its third call; its first two run eager. A last partial batch of
+# an evaluation does not cost a compile, and a caller whose steady batch differs from the one timed
+# still ends up on the compiled path.
+_COMPILE_AFTER_CALLS = 3
+
+
 def _compiled_with(module: nn.Module, example: torch.Tensor, max_autotune: bool, cpp_wrapper: bool) -> Callable:
     fn = torch.compile(module, dynamic=False)
-    shape = tuple(example.shape)
+    calls: dict[tuple, int] = {}
 
     def run(x):
-        if tuple(x.shape) != shape:  # another batch size (a last partial batch): eager, no recompile
+        shape = tuple(x.shape)
+        calls[shape] = calls.get(shape, 0) + 1
+        if calls[shape] < _COMPILE_AFTER_CALLS and shape not in run.compiled_shapes:
             return module(x)
+        run.compiled_shapes.add(shape)
         with torch.no_grad(), freezing(max_autotune, cpp_wrapper):  # freezing needs no_grad
             return fn(x)
 
+    run.compiled_shapes = {tuple(example.shape)}
     run(example)  # compile now
     run.cpp_wrapper = cpp_wrapper
     return run
