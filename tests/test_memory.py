@@ -45,3 +45,10 @@ def test_default_allocator_is_kept_when_asked_first():
               "keep_default_allocator()\nprint(keep_freed_memory())\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_asking_changes_nothing():
+    script = ("from convnext.memory import freed_memory_kept, keep_freed_memory\n"
+              "before = freed_memory_kept()\nkept = keep_freed_memory()\nprint(before, freed_memory_kept() == kept)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]

@@ -21,7 +21,7 @@ import ctypes
 import ctypes.util
 import os
 
-__all__ = ["keep_freed_memory", "keep_default_allocator"]
+__all__ = ["keep_freed_memory", "keep_default_allocator", "freed_memory_kept"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 _MMAP_THRESHOLD = 1 << 30  # requests up to 1 GiB from the heap
@@ -57,3 +57,8 @@ def keep_default_allocator() -> None:
     if _state:
         raise RuntimeError("freed memory is already being kept in this process (glibc cannot undo it)")
     _state = False
+
+
+def freed_memory_kept() -> bool:
+    """Whether `keep_freed_memory()` is in force in this process (asks; changes nothing)."""
+    return bool(_state)

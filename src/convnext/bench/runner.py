@@ -140,10 +140,10 @@ def machine_info(device: str = "cpu") -> dict:
     else:
         from ..deploy.features import cpu_features
 
-        from ..memory import keep_freed_memory
+        from ..memory import freed_memory_kept
 
         info["cpu_features"] = cpu_features().describe()
-        info["allocator"] = ("glibc, freed memory kept for reuse (convnext.memory)" if keep_freed_memory()
+        info["allocator"] = ("glibc, freed memory kept for reuse (convnext.memory)" if freed_memory_kept()
                              else "the C library's default")
     return info
 
