@@ -18,7 +18,6 @@ first, turns it off (`convnext bench --allocator default`).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 __all__ = ["keep_freed_memory", "keep_default_allocator", "freed_memory_kept"]
@@ -38,9 +37,8 @@ def keep_freed_memory() -> bool:
     if os.environ.get("CONVNEXT_KEEP_FREED_MEMORY", "1").strip().lower() in ("0", "false", "no", "off"):
         return _state
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc: nothing to tune
+        mallopt = ctypes.CDLL(None).mallopt  # the C library already loaded into this process
+    except (OSError, TypeError, AttributeError):  # no mallopt (not glibc) or no dlopen(NULL) (Windows)
         return _state
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _state = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))

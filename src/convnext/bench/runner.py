@@ -400,7 +400,10 @@ def run_benchmark(
     if device.type == "cpu":  # process-wide, so every implementation timed here runs with it
         from ..memory import keep_default_allocator, keep_freed_memory
 
-        keep_freed_memory() if cfg.allocator == "kept" else keep_default_allocator()
+        if cfg.allocator == "kept":
+            keep_freed_memory()
+        else:
+            keep_default_allocator()
     implementations, skipped, ours_path = _prepare(cfg, device, implementations, progress)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     for impl in implementations:

@@ -240,7 +240,8 @@ def split_folder(data: str, split: str) -> Path:
         raise DataError(f"--data {data}: no such folder (or use one of: {', '.join(BUILTIN_DATASETS)})")
     folder = find_split(root, split)
     if folder is None:
-        expected = f"{root}/train/<class>/*.jpg" if split == "train" else f"{root}/val/<class>/*.jpg (or {root}/test/...)"
+        expected = (f"{root}/train/<class>/*.jpg" if split == "train"
+                    else f"{root}/val/<class>/*.jpg (or {root}/test/...)")
         raise DataError(f"--data {data}: missing {split} split; expected {expected}")
     return folder
 

@@ -33,9 +33,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ..memory import keep_freed_memory
 from ..models.inference import optimize_for_inference
 from .features import CpuFeatures, select_dtype
-from ..memory import keep_freed_memory
 
 __all__ = ["CpuInferenceModel", "fast_cpu_model", "CANDIDATES", "prepare_eager", "model_for_dtype"]
 
@@ -239,8 +239,8 @@ def model_for_dtype(model: nn.Module, dtype: str, device, batch_size: int, img_s
     from ..errors import UserError
 
     device_type = getattr(device, "type", str(device).split(":")[0])
-    if device_type == "cpu":
-        keep_freed_memory()  # every task: detection / segmentation activations are larger still
+    # Every task on CPU: detection / segmentation activations are larger still.
+    kept = device_type == "cpu" and keep_freed_memory()
     if device_type != "cpu" or task != "classification" or amp != "off":
         if dtype == "bf16" and amp == "off":
             raise UserError(f"--dtype bf16: the bf16 path is for classifiers on CPU (here {task} on {device_type}); "
@@ -248,8 +248,8 @@ def model_for_dtype(model: nn.Module, dtype: str, device, batch_size: int, img_s
         return model, ""
     chosen, reason = select_dtype(dtype, "cpu")
     if chosen == "fp32":
-        kept = ", freed memory kept for reuse" if keep_freed_memory() else ""
-        return model, f"CPU inference: fp32 eager, the model as built{kept}; {reason}"
+        kept_words = ", freed memory kept for reuse" if kept else ""
+        return model, f"CPU inference: fp32 eager, the model as built{kept_words}; {reason}"
     candidates = CANDIDATES if compile else ("eager", "jit")
     fast = fast_cpu_model(model, dtype, batch_size, img_size, candidates=candidates, inplace=True)
     return fast, fast.describe()

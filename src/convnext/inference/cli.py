@@ -57,6 +57,8 @@ def _fast_cpu(args: argparse.Namespace, loaded, batch_size: int, compile: bool =
 # eval times inductor among the CPU paths only for this many images or more: compiling ConvNeXt-T
 # takes 10-20 s, and the compiled bf16 path saves ~0.3 s per 100 images over eager on a 2-core AMX CPU.
 _COMPILE_MIN_IMAGES = 5000
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from ..devices import set_threads
     from ..outputs import check_output_path, printable
