@@ -4,9 +4,9 @@ glibc's malloc serves every request above `M_MMAP_THRESHOLD` (dynamic, at most 3
 fresh `mmap` pages and unmaps them on free. ConvNeXt's widest activation, the 4C-wide output of
 stage 1's pwconv1, is 16 x 56 x 56 x 384 values at batch 16 (38.5 MiB in bf16, 77 MiB in fp32),
 so each forward pass asked the kernel for those pages again: every 4 KiB page is faulted in and
-zeroed before the GEMM writes it. Measured on a 2-core AMX VM (ConvNeXt-T, batch 16, 224 px):
-36,905 minor page faults per bf16 forward (133,453 in fp32) and 0 with the thresholds raised;
-bf16 inductor 73 -> 102 img/s, fp32 eager 20.7 -> 26.4 img/s (docs/benchmarks.md).
+zeroed before the GEMM writes it. Measured on a 2-core AMX VM (ConvNeXt-T, batch 16, 224 px,
+`benchmarks/page_faults.py`): 28,227 minor page faults per bf16 forward (126,422 in fp32) and 0 with
+the thresholds raised; bf16 inductor 73.3 -> 93.4 img/s, fp32 eager 20.9 -> 25.0 img/s.
 
 `keep_freed_memory()` raises glibc's mmap and trim thresholds, so large blocks come from the heap
 and stay there for the next forward pass (what jemalloc / tcmalloc, Intel's recommendation for
