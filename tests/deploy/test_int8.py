@@ -69,3 +69,33 @@ def test_int8_mixed_bf16_runs_the_exported_program_under_bf16_autocast(tmp_path,
     out = loaded(x)
     assert out.dtype == torch.float32 and out.shape == (2, 10)
     assert ((out - ref).norm() / ref.norm()).item() < 0.2
+
+
+def test_int8_model_falls_back_to_the_python_wrapper_when_the_cpp_one_fails_to_build(tmp_path):
+    import torch._inductor.config as inductor_config
+
+    from convnext.deploy.int8 import Int8Model
+
+    torch.manual_seed(0)
+    model = create_model("convnext_atto", num_classes=10).eval()
+    program = quantize_int8(model, [torch.randn(2, 3, 32, 32)], img_size=32)
+    int8 = Int8Model(program, mixed_bf16=False, compile=False)
+    seen = []
+
+    def fn(x):  # stands in for the compiled program: the C++ wrapper build fails, the Python one runs
+        seen.append(inductor_config.cpp_wrapper)
+        if inductor_config.cpp_wrapper:
+            raise torch._dynamo.exc.BackendCompilerFailed(lambda *a: None, RuntimeError("no C++ wrapper"), None)
+        return int8.module(x)
+
+    int8._fn, int8.cpp_wrapper = fn, True
+    x = torch.randn(2, 3, 32, 32)
+    assert int8(x).shape == (2, 10) and seen == [True, False] and not int8.cpp_wrapper
+    int8(x)
+    assert seen == [True, False, False]  # the Python wrapper from then on
+    int8.cpp_wrapper = True
+    int8._fn = lambda x: (_ for _ in ()).throw(ValueError("bad input"))
+    with pytest.raises(ValueError, match="bad input"):  # other errors are the caller's, not a reason to fall back
+        int8(x)
+    assert int8.cpp_wrapper
+    assert all(k.startswith("module.") for k in int8.state_dict())  # the program's weights, once
