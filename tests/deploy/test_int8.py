@@ -99,3 +99,35 @@ def test_int8_model_falls_back_to_the_python_wrapper_when_the_cpp_one_fails_to_b
         int8(x)
     assert int8.cpp_wrapper
     assert all(k.startswith("module.") for k in int8.state_dict())  # the program's weights, once
+
+
+def test_quiet_library_notes_silences_only_the_known_notes_and_restores_the_loggers():
+    import logging
+    import warnings
+
+    from convnext.deploy.cpu import quiet_library_notes
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    before = log.level
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Keep(level=logging.DEBUG)
+    log.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with quiet_library_notes():
+                log.warning("No CUDA runtime is found, using CUDA_HOME='/usr/local'")
+                warnings.warn("No complete tensor found in the group! Returning the first one.", UserWarning)
+                warnings.warn("something the user should see", UserWarning)
+                log.error("an error still shows")
+            log.warning("after the block")
+    finally:
+        log.removeHandler(handler)
+    assert [str(w.message) for w in seen] == ["something the user should see"]
+    assert records == ["an error still shows", "after the block"]
+    assert log.level == before

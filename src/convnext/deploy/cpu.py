@@ -24,7 +24,9 @@ forward pass page-faults its largest activations in anew.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import statistics
 import time
 import warnings
@@ -37,7 +39,8 @@ from ..memory import keep_freed_memory
 from ..models.inference import optimize_for_inference
 from .features import CpuFeatures, select_dtype
 
-__all__ = ["CpuInferenceModel", "fast_cpu_model", "CANDIDATES", "prepare_eager", "model_for_dtype"]
+__all__ = ["CpuInferenceModel", "fast_cpu_model", "CANDIDATES", "prepare_eager", "model_for_dtype",
+           "quiet_library_notes"]
 
 CANDIDATES = ("eager", "compile", "jit")
 _TORCH_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -95,6 +98,26 @@ def freezing(max_autotune: bool = False, cpp_wrapper: bool = True):
                                  **{"cpp.weight_prepack": True})
 
 
+@contextlib.contextmanager
+def quiet_library_notes():
+    """Silence what torch / torchao print while a CPU program is compiled, exported or loaded, and
+    which asks nothing of the user: the CUDA_HOME note of a CUDA build on a machine without a GPU,
+    torchao's deprecated Enum registration, export's "No complete tensor found" on CPU weights,
+    inductor's tensor copy-construct warning in its int8 lowering. Errors still surface."""
+    loggers = [logging.getLogger(name) for name in ("torch.utils.cpp_extension", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor", module="torch._inductor")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
 def _compiled(module: nn.Module, example: torch.Tensor, max_autotune: bool) -> Callable:
     """`module` compiled for `example`'s shape, with the C++ wrapper where it builds (else without)."""
     try:
@@ -113,6 +136,7 @@ _COMPILE_AFTER_CALLS = 3
 def _compiled_with(module: nn.Module, example: torch.Tensor, max_autotune: bool, cpp_wrapper: bool) -> Callable:
     fn = torch.compile(module, dynamic=False)
     calls: dict[tuple, int] = {}
+    built: set[tuple] = set()  # shapes inductor has compiled
 
     def run(x):
         shape = tuple(x.shape)
@@ -120,8 +144,11 @@ def _compiled_with(module: nn.Module, example: torch.Tensor, max_autotune: bool,
         if calls[shape] < _COMPILE_AFTER_CALLS and shape not in run.compiled_shapes:
             return module(x)
         run.compiled_shapes.add(shape)
-        with torch.no_grad(), freezing(max_autotune, cpp_wrapper):  # freezing needs no_grad
-            return fn(x)
+        quiet = quiet_library_notes() if shape not in built else contextlib.nullcontext()
+        with quiet, torch.no_grad(), freezing(max_autotune, cpp_wrapper):  # freezing needs no_grad
+            out = fn(x)
+        built.add(shape)
+        return out
 
     run.compiled_shapes = {tuple(example.shape)}
     run(example)  # compile now

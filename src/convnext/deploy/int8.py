@@ -18,6 +18,7 @@ the "int8-mixed-bf16" mode; `load_int8` turns it on where the CPU has native bf1
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .cpu import freezing, prepare_eager
+from .cpu import freezing, prepare_eager, quiet_library_notes
 from .features import cpu_features
 
 __all__ = ["quantize_int8", "save_int8", "load_int8", "Int8Model", "FLOAT_OPS_NOTE", "float_ops_note", "export_int8",
@@ -45,11 +46,12 @@ def float_ops_note(mixed: str, quantize_convs: bool = False) -> str:
 
 def _pt2e(quantize_convs: bool = False):
     try:
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-            X86InductorQuantizer,
-            get_default_x86_inductor_quantization_config,
-        )
+        with quiet_library_notes():  # torchao's import logs a torch deprecation note
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+            from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+                X86InductorQuantizer,
+                get_default_x86_inductor_quantization_config,
+            )
     except ImportError as e:
         from ..errors import UserError
 
@@ -94,7 +96,8 @@ def quantize_int8(
 
 def save_int8(program: torch.export.ExportedProgram, path: str | Path, meta: dict[str, str] | None = None) -> None:
     """Write the program as a .pt2 file; `meta` (str -> str: classes, preprocessing) rides along as extra files."""
-    torch.export.save(program, str(path), extra_files=dict(meta or {}))
+    with quiet_library_notes():
+        torch.export.save(program, str(path), extra_files=dict(meta or {}))
 
 
 def _drop_dtype_asserts(module: torch.fx.GraphModule) -> None:
@@ -123,6 +126,7 @@ class Int8Model(nn.Module):
         # a plain attribute, not a child module: the weights appear once in state_dict()
         object.__setattr__(self, "_fn", torch.compile(self.module, dynamic=False) if compile else self.module)
         self.cpp_wrapper = compile  # False after a C++ wrapper build failed (or without compile)
+        self._built: set[tuple] = set()  # input shapes compiled so far
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # freezing must be on whenever inductor compiles (the first call of each input shape): it
@@ -140,16 +144,21 @@ class Int8Model(nn.Module):
         return self._run(x, cpp_wrapper=False)
 
     def _run(self, x: torch.Tensor, cpp_wrapper: bool) -> torch.Tensor:
-        with torch.no_grad(), freezing(cpp_wrapper=cpp_wrapper), \
+        shape = tuple(x.shape)
+        quiet = quiet_library_notes() if shape not in self._built else contextlib.nullcontext()
+        with quiet, torch.no_grad(), freezing(cpp_wrapper=cpp_wrapper), \
                 torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.mixed_bf16):
-            return self._fn(x).float()
+            out = self._fn(x).float()
+        self._built.add(shape)
+        return out
 
 
 def load_int8(path: str | Path, mixed_bf16: bool | None = None, compile: bool = True) -> tuple[Int8Model, dict]:
     """(model, meta) from a file written by `save_int8`. `mixed_bf16` None: on where the CPU has native bf16."""
     _pt2e()  # registers the quantized_decomposed ops the program calls
     meta: dict[str, str] = {"classes": "", "preprocessing": "", "quantization": "", "img_size": ""}
-    program = torch.export.load(str(path), extra_files=meta)
+    with quiet_library_notes():
+        program = torch.export.load(str(path), extra_files=meta)
     if mixed_bf16 is None:
         mixed_bf16 = cpu_features().native_bf16
     return Int8Model(program, mixed_bf16, compile), meta
