@@ -59,6 +59,7 @@ def test_bench_compare_runtimes_smoke():
     assert all(a["ok"] for a in report["agreement"].values())
     text = format_report(report)
     assert "ours: CPU inference" in text and "speed-up ours / onnxruntime" in text
+    assert "| ours: fastest CPU path, peers eager |" in text.splitlines()[0]  # not "| eager": ours may be compiled
     with pytest.raises(ValueError, match="CPU inference only"):
         run_benchmark(BenchConfig(model="convnext_atto", batch_size=1, img_size=32, mode="train",
                                   compare=("onnxruntime",)), progress=False)

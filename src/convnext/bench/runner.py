@@ -502,7 +502,8 @@ def format_report(report: dict) -> str:
         f"{cfg['dtype']} -> {cfg['resolved_dtype']}"
     title = (
         f"{cfg['model']} | {cfg['mode']} | batch {cfg['batch_size']} | {cfg['img_size']}px | {dtype}"
-        f"{' | channels_last' if cfg['channels_last'] else ''}{' | compiled' if cfg['compile'] else ' | eager'}"
+        f"{' | channels_last' if cfg['channels_last'] else ''}"
+        f"{' | compiled' if cfg['compile'] else ' | ours: fastest CPU path, peers eager' if report.get('ours_path') else ' | eager'}"
         f" | {cfg['device']} ({report['machine'].get('gpu') or report['machine']['cpu']},"
         f" {report['machine']['torch_threads']} threads)"
     )
