@@ -61,7 +61,25 @@ def test_export_int8_measures_on_the_data(ckpt, images, tmp_path):
     assert "calibrated on 6 images" in meta["quantization"] and meta["classes"] == ""  # export_int8 got no classes
     r = export_int8(model.eval(), tmp_path / "q2.pt2", data=images, transform=eval_transform(32), img_size=32,
                     classes=None, calib_images=20, eval_images=4, batch_size=4, compile=False)
-    assert not r["held_out"] and r["fp32_top1"] is None  # too few images: compared on the calibration ones
+    assert not r["held_out"]  # too few images: compared on the calibration ones
+    # no class names, but as many class folders as classes: labelled in folder order, as `convnext eval` does
+    assert r["labels_from"] == "folder order" and r["fp32_top1"] is not None
+    assert "sorted class-folder order" in format_int8_report(r)
+
+
+def test_int8_calibration_labels_by_name_then_folder_order_else_none(images, tmp_path):
+    from convnext.deploy.int8 import _labelled_images
+
+    paths, labels, source = _labelled_images(images, ["ship", "cat", "dog"], 3)  # the model's own order
+    assert source == "class names" and len(paths) == 12
+    assert all(["ship", "cat", "dog"][y] == p.parent.name for p, y in zip(paths, labels))
+    paths, labels, source = _labelled_images(images, ["n01", "n02", "n03"], 3)  # names unlike the folders
+    assert source == "folder order" and all(CLASSES[y] == p.parent.name for p, y in zip(paths, labels))
+    assert _labelled_images(images, None, 5)[1:] == (None, None)  # 3 folders, 5 classes: agreement only
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("RGB", (8, 8)).save(flat / "a.jpg")
+    assert _labelled_images(flat, None, 1)[1:] == (None, None)  # images not in class folders
 
 
 def test_export_int8_cli_errors(ckpt, tmp_path, capsys):

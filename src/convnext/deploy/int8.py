@@ -19,6 +19,7 @@ the "int8-mixed-bf16" mode; `load_int8` turns it on where the CPU has native bf1
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -177,8 +178,16 @@ def time_per_batch(fn: Callable, x: torch.Tensor, repeats: int = 3) -> float:
 
 
 # ------------------------------------------------------------------------- export on user data
-def _labelled_images(data: str | Path, classes: list[str] | None, seed: int = 0) -> tuple[list[Path], list[int] | None]:
-    """Every image under `data` in a fixed shuffle, with labels when each image's parent folder is a class name."""
+def _labelled_images(
+    data: str | Path, classes: list[str] | None, num_classes: int | None = None, seed: int = 0,
+) -> tuple[list[Path], list[int] | None, str | None]:
+    """Every image under `data` in a fixed shuffle, with labels where they can be known, and their source.
+
+    Labels are the model's class names when each image's class folder is one of them ("class names").
+    Otherwise, when `data` holds exactly `num_classes` class folders, the sorted folder order is the
+    label order, as `convnext eval` reads an ImageFolder (an ImageNet val folder of wnids against a
+    checkpoint whose classes are readable names: "folder order"). Else (None, None): agreement only.
+    """
     from ..data.datasets import list_images
     from ..errors import DataError
 
@@ -190,9 +199,16 @@ def _labelled_images(data: str | Path, classes: list[str] | None, seed: int = 0)
         raise DataError(f"--calib-data {data}: no image files found")
     order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist()
     paths = [paths[i] for i in order]  # classes mixed in both the calibration and the evaluation part
+    folder = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else None for p in paths]
     index = {c: i for i, c in enumerate(classes or [])}
-    labels = [index.get(p.parent.name) for p in paths]
-    return paths, (labels if all(x is not None for x in labels) else None)
+    labels = [index.get(f) for f in folder]
+    if all(x is not None for x in labels):
+        return paths, labels, "class names"
+    found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if num_classes and len(found) == num_classes and all(f is not None for f in folder):
+        position = {c: i for i, c in enumerate(found)}
+        return paths, [position[f] for f in folder], "folder order"
+    return paths, None, None
 
 
 def _batches(paths: list[Path], transform: Callable, batch_size: int):
@@ -242,7 +258,7 @@ def export_int8(
     """
     from .cpu import fast_cpu_model
 
-    paths, labels = _labelled_images(data, classes)
+    paths, labels, labels_from = _labelled_images(data, classes, getattr(model, "num_classes", None))
     calib = paths[:calib_images]
     rest = paths[calib_images : calib_images + eval_images]
     held_out = bool(rest)
@@ -273,7 +289,7 @@ def export_int8(
         "fp32_img_per_s": batch_size / time_per_batch(fp32, x),
         "int8_img_per_s": batch_size / time_per_batch(int8_model, x),
         "fp32_path": fp32.path, "int8_mixed_bf16": int8_model.mixed_bf16, "compiled": compile,
-        "quantize_convs": quantize_convs, "bf16_img_per_s": None, "bf16_path": None,
+        "quantize_convs": quantize_convs, "bf16_img_per_s": None, "bf16_path": None, "labels_from": labels_from,
     }
     if cpu_features().native_bf16:  # the path predict / eval run by default on this CPU: the speed to beat
         bf16 = fast_cpu_model(model, "bf16", batch_size, img_size, candidates=("eager", "jit"))
@@ -289,10 +305,13 @@ def format_int8_report(r: dict) -> str:
     lines = [f"wrote {r['path']}: int8 (PT2E, X86InductorQuantizer), calibrated on {r['calibration_images']} images "
              f"(export + calibration + convert: {r['calibrate_s']:.1f} s)"]
     if r["fp32_top1"] is not None:
+        source = (" (labels: the sorted class-folder order, as `convnext eval` reads an ImageFolder)"
+                  if r.get("labels_from") == "folder order" else "")
         lines.append(f"top-1 on {r['eval_images']} {where} images: fp32 {r['fp32_top1']:.2f}% -> int8 "
-                     f"{r['int8_top1']:.2f}% (change {r['int8_top1'] - r['fp32_top1']:+.2f} points)")
+                     f"{r['int8_top1']:.2f}% (change {r['int8_top1'] - r['fp32_top1']:+.2f} points){source}")
     else:
-        lines.append(f"(no labels: the images' folder names are not the model's classes; agreement only)")
+        lines.append("(no labels: the images' folders are neither the model's class names nor as many as its "
+                     "classes; agreement only)")
     lines.append(f"int8 vs fp32 on {r['eval_images']} {where} images: top-1 agreement {r['top1_agreement']:.2%}, "
                  f"max |logit diff| {r['max_abs_logit_diff']:.3g} (max |logit| {r['max_abs_logit']:.3g})")
     bf16 = (f"bf16 {r['bf16_img_per_s']:.1f} img/s ({r['bf16_path']}), " if r.get("bf16_img_per_s") else "")
