@@ -94,7 +94,8 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / "atto_cifar10.pt"
+    # the trained model is reused only by a run with the same training settings
+    ckpt = out / f"atto_cifar10_e{args.epochs}_n{args.train_images}.pt"
     xt, yt, classes = read_split(Path(args.data) / "cifar10-test-jpeg.tar.gz", args.test_images + args.calib_images)
     x_cal, x_test, y_test = xt[: args.calib_images], xt[args.calib_images :], yt[args.calib_images :]
     if ckpt.exists():
@@ -107,6 +108,7 @@ def main() -> None:
         torch.save(model.state_dict(), ckpt)
     ref = logits(model, x_test)
     report = {"test_images": len(y_test), "calibration_images": args.calib_images, "classes": classes,
+              "train_epochs": args.epochs, "train_images": args.train_images,
               "fp32_top1": 100 * (ref.argmax(1) == y_test).float().mean().item(), "paths": {}}
 
     def compare(name, got):
