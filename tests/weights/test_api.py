@@ -278,3 +278,10 @@ def test_eval_compiles_the_cpu_path_only_for_large_folders(tmp_path, capsys, mon
     monkeypatch.setattr(inference_cli, "_COMPILE_MIN_IMAGES", 2)
     assert run(capsys, *argv)[0] == 0
     assert asked == [False, True]  # 2 images: not worth a compile; at the threshold: inductor is timed too
+    import convnext.data.datasets as datasets
+
+    listed = []
+    real = datasets.list_images
+    monkeypatch.setattr(datasets, "list_images", lambda folder, *a, **k: listed.append(folder) or real(folder, *a, **k))
+    assert run(capsys, *argv)[0] == 0
+    assert len(listed) == 2  # each class folder once: the val split is built once, for its size and the eval

@@ -77,21 +77,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return cmd_benchmark(args)
     if args.partial:
         raise UserError("--partial applies to --benchmark runs only")
-    from ..data.datasets import BUILTIN_DATASETS, list_images, split_folder
+    from ..data.datasets import BUILTIN_DATASETS, build_dataset
     from ..devices import resolve_device
     from .evaluate import evaluate
 
     loaded = _load(args, announce=False, device=resolve_device(args.device), crop_pct=args.crop_pct)
-    images = None  # how many images eval will read, where cheap to know
+    dataset = None  # the val split of an image folder, built once: its size decides the CPU path
     if loaded.task == "classification" and args.data not in BUILTIN_DATASETS:
         # A missing split is said before the CPU path is built (compiling takes tens of seconds).
-        images = len(list_images(split_folder(args.data, "val")))
+        dataset = build_dataset(args.data, "val", loaded.transform, classes=None, strict=args.strict_images,
+                                data_dir=args.data_dir)
+    images = None if dataset is None else len(dataset)
     _fast_cpu(args, loaded, args.batch_size or 100, compile=images is None or images >= _COMPILE_MIN_IMAGES)
     if args.multi_scale and loaded.task != "segmentation":
         raise UserError("--multi-scale applies to segmentation checkpoints only")
     res = evaluate(loaded, args.data, batch_size=args.batch_size, num_workers=args.num_workers, amp=args.amp,
                    data_dir=args.data_dir, strict_images=args.strict_images, progress=args.progress,
-                   multiscale=args.multi_scale, save_predictions=args.save_predictions)
+                   multiscale=args.multi_scale, save_predictions=args.save_predictions, dataset=dataset)
     _print_eval(loaded, args, res)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

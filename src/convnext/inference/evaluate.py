@@ -76,9 +76,13 @@ class PerClassAccuracy:
 def evaluate_classification(
     loaded: Loaded, data: str, *, batch_size: int | None = 100, num_workers: int = 2, amp: str = "off",
     device: Any = None, data_dir: str | None = None, strict_images: bool = False, progress: bool = True,
-    save_predictions: str | Path | None = None, topk: int = 5, **_unused: Any,
+    save_predictions: str | Path | None = None, topk: int = 5, dataset: Any = None, **_unused: Any,
 ) -> dict:
-    """Top-1/top-5 (percent), loss and per-class accuracy of a classifier on the val split of `data`."""
+    """Top-1/top-5 (percent), loss and per-class accuracy of a classifier on the val split of `data`.
+
+    `dataset`: that split already built (`build_dataset(data, "val", loaded.transform, ...)`), so a
+    caller that needed its size first does not list the folder again.
+    """
     import torch
 
     from ..data import build_dataset
@@ -92,7 +96,8 @@ def evaluate_classification(
     model = loaded.model
     dev = next(model.parameters()).device
     labels = loaded.classes if loaded.labels_stored else None  # names the checkpoint itself carries
-    dataset = build_dataset(data, "val", loaded.transform, classes=None, strict=strict_images, data_dir=data_dir)
+    if dataset is None:
+        dataset = build_dataset(data, "val", loaded.transform, classes=None, strict=strict_images, data_dir=data_dir)
     target_map = None
     if labels is not None and list(dataset.classes) != list(labels):
         missing = sorted(set(dataset.classes) - set(labels))
