@@ -500,10 +500,10 @@ def format_report(report: dict) -> str:
     cfg = report["config"]
     dtype = cfg["dtype"] if cfg.get("resolved_dtype", cfg["dtype"]) == cfg["dtype"] else \
         f"{cfg['dtype']} -> {cfg['resolved_dtype']}"
+    how = "compiled" if cfg["compile"] else "ours: fastest CPU path, peers eager" if report.get("ours_path") else "eager"
     title = (
         f"{cfg['model']} | {cfg['mode']} | batch {cfg['batch_size']} | {cfg['img_size']}px | {dtype}"
-        f"{' | channels_last' if cfg['channels_last'] else ''}"
-        f"{' | compiled' if cfg['compile'] else ' | ours: fastest CPU path, peers eager' if report.get('ours_path') else ' | eager'}"
+        f"{' | channels_last' if cfg['channels_last'] else ''} | {how}"
         f" | {cfg['device']} ({report['machine'].get('gpu') or report['machine']['cpu']},"
         f" {report['machine']['torch_threads']} threads)"
     )
