@@ -135,22 +135,23 @@ _COMPILE_AFTER_CALLS = 3
 
 def _compiled_with(module: nn.Module, example: torch.Tensor, max_autotune: bool, cpp_wrapper: bool) -> Callable:
     fn = torch.compile(module, dynamic=False)
+    first = tuple(example.shape)  # compiled at once, below
     calls: dict[tuple, int] = {}
-    built: set[tuple] = set()  # shapes inductor has compiled
 
     def run(x):
         shape = tuple(x.shape)
-        calls[shape] = calls.get(shape, 0) + 1
-        if calls[shape] < _COMPILE_AFTER_CALLS and shape not in run.compiled_shapes:
-            return module(x)
-        run.compiled_shapes.add(shape)
-        quiet = quiet_library_notes() if shape not in built else contextlib.nullcontext()
+        compiled = shape in run.compiled_shapes
+        if not compiled:
+            calls[shape] = calls.get(shape, 0) + 1
+            if shape != first and calls[shape] < _COMPILE_AFTER_CALLS:
+                return module(x)
+        quiet = contextlib.nullcontext() if compiled else quiet_library_notes()  # inductor compiles this call
         with quiet, torch.no_grad(), freezing(max_autotune, cpp_wrapper):  # freezing needs no_grad
             out = fn(x)
-        built.add(shape)
+        run.compiled_shapes.add(shape)
         return out
 
-    run.compiled_shapes = {tuple(example.shape)}
+    run.compiled_shapes = set()  # the input shapes inductor has compiled
     run(example)  # compile now
     run.cpp_wrapper = cpp_wrapper
     return run
