@@ -20,7 +20,7 @@ from .transforms import to_rgb
 
 __all__ = [
     "IMG_EXTENSIONS", "BUILTIN_DATASETS", "DataError", "ImageFolderDataset", "DigitsDataset",
-    "build_dataset", "find_split", "collate_skip_bad", "subset", "list_images", "error_line",
+    "build_dataset", "find_split", "collate_skip_bad", "subset", "list_images", "class_folders", "error_line",
     "worker_context",
 ]
 
@@ -50,6 +50,11 @@ VAL_SPLIT_NAMES = ("val", "test")  # `test/` is accepted as the validation split
 
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
+
+
+def class_folders(root: str | Path) -> list[str]:
+    """The sorted names of `root`'s sub-folders (hidden ones left out): an ImageFolder's classes in label order."""
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
 def list_images(folder: str | Path, within: str | Path | None = None) -> list[str]:
@@ -118,7 +123,7 @@ class ImageFolderDataset(Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"{self.root} is not a folder")
-        found = sorted(e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith("."))
+        found = class_folders(self.root)
         if classes is None:
             classes = found
         if not classes:

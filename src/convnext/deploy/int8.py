@@ -19,7 +19,6 @@ the "int8-mixed-bf16" mode; `load_int8` turns it on where the CPU has native bf1
 from __future__ import annotations
 
 import contextlib
-import os
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -188,7 +187,7 @@ def _labelled_images(
     label order, as `convnext eval` reads an ImageFolder (an ImageNet val folder of wnids against a
     checkpoint whose classes are readable names: "folder order"). Else (None, None): agreement only.
     """
-    from ..data.datasets import list_images
+    from ..data.datasets import class_folders, list_images
     from ..errors import DataError
 
     root = Path(data)
@@ -199,12 +198,13 @@ def _labelled_images(
         raise DataError(f"--calib-data {data}: no image files found")
     order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist()
     paths = [paths[i] for i in order]  # classes mixed in both the calibration and the evaluation part
-    folder = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else None for p in paths]
+    parts = [p.relative_to(root).parts for p in paths]
+    folder = [q[0] if len(q) > 1 else None for q in parts]  # each image's class folder (None: directly in root)
     index = {c: i for i, c in enumerate(classes or [])}
     labels = [index.get(f) for f in folder]
     if all(x is not None for x in labels):
         return paths, labels, "class names"
-    found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    found = class_folders(root)
     if num_classes and len(found) == num_classes and all(f is not None for f in folder):
         position = {c: i for i, c in enumerate(found)}
         return paths, [position[f] for f in folder], "folder order"
