@@ -24,13 +24,12 @@ changed: (bf16 total) / (int8 non-GEMM time + bf16 GEMM time / raw ratio).
 """
 import argparse
 import json
-import statistics
 import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from convnext.deploy.cpu import _compiled_with, fast_cpu_model, prepare_eager
+from convnext.deploy.cpu import _compiled_with, _measure, fast_cpu_model, prepare_eager
 from convnext.deploy.features import cpu_features
 from convnext.deploy.int8 import Int8Model, quantize_int8
 from convnext.memory import keep_freed_memory
@@ -66,20 +65,6 @@ def split(fn, x: torch.Tensor, iters: int) -> dict[str, float]:
     return parts
 
 
-def medians(runs: dict, x: torch.Tensor, rounds: int) -> dict[str, float]:
-    """Median ms per forward of each runner, in interleaved rounds after two warm-up calls each."""
-    samples = {k: [] for k in runs}
-    for fn in runs.values():
-        fn(x)
-        fn(x)
-    for r in range(rounds):
-        for k in list(runs)[r % len(runs):] + list(runs)[: r % len(runs)]:
-            start = time.perf_counter()
-            runs[k](x)
-            samples[k].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
 def raw_gemm_ratio(m: int = 4096, k: int = 1024, n: int = 1024, repeats: int = 10) -> dict[str, float]:
     """ms of one large GEMM in bf16 (`mkldnn._linear_pointwise`) and int8 (`onednn.qlinear_pointwise`)."""
     q = torch.ops.onednn
@@ -87,21 +72,15 @@ def raw_gemm_ratio(m: int = 4096, k: int = 1024, n: int = 1024, repeats: int = 1
     x8, w8 = torch.randint(0, 255, (m, k), dtype=torch.uint8), torch.randint(-127, 127, (n, k), dtype=torch.int8)
     packed = q.qlinear_prepack(w8, [m, k])
     scale, zero = torch.rand(n) * 0.01, torch.zeros(n, dtype=torch.long)
-    runs = {
-        "bf16": lambda: torch.ops.mkldnn._linear_pointwise(xb, wb, None, "none", [], ""),
-        "int8": lambda: q.qlinear_pointwise(x8, 0.05, 128, packed, scale, zero, None, 1.0, 0, torch.bfloat16,
-                                            "none", [], ""),
+    runs = {  # each takes the (unused) input _measure passes
+        "bf16": lambda _: torch.ops.mkldnn._linear_pointwise(xb, wb, None, "none", [], ""),
+        "int8": lambda _: q.qlinear_pointwise(x8, 0.05, 128, packed, scale, zero, None, 1.0, 0, torch.bfloat16,
+                                              "none", [], ""),
     }
     out = {}
-    for name, f in runs.items():
-        f()
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            f()
-            samples.append(time.perf_counter() - start)
-        out[f"{name}_ms"] = statistics.median(samples) * 1e3
-        out[f"{name}_tmac_per_s"] = m * k * n / statistics.median(samples) / 1e12
+    for name, seconds in _measure(runs, xb, repeats).items():  # interleaved rounds, medians
+        out[f"{name}_ms"] = seconds * 1e3
+        out[f"{name}_tmac_per_s"] = m * k * n / seconds / 1e12
     out["int8_over_bf16"] = out["bf16_ms"] / out["int8_ms"]
     return out
 
@@ -125,7 +104,7 @@ def main() -> None:
     bf16 = fast_cpu_model(model, "bf16", args.batch_size, 224, candidates=("compile",))
     int8 = Int8Model(quantize_int8(model, [x[:4]], 224), mixed_bf16=True)
     runs = {"bf16": bf16, "int8": int8}
-    totals = medians(runs, x, args.rounds)
+    totals = {k: v * 1e3 for k, v in _measure(runs, x, args.rounds).items()}  # interleaved, rotating order
     profiled_int8 = Int8Model(quantize_int8(model, [x[:4]], 224), mixed_bf16=True)
     profiled_int8.cpp_wrapper = False
     profiled = {"bf16": _compiled_with(prepare_eager(model, "bf16"), x.bfloat16().contiguous(
