@@ -38,3 +38,38 @@ def test_auto_keeps_the_pil_pipeline_on_cpu_and_bad_kinds_are_refused(tmp_path):
         cfg(tmp_path, "x", loader="gpu")
     with pytest.raises(ConfigError, match="DALI"):
         run(cfg(tmp_path, "dali", loader="dali", epochs=1))
+
+
+class _Pipeline:
+    """Stands in for a DALI pipeline in `convnext.data.dali.LIVE_PIPELINES` (a weak set)."""
+
+
+def test_loaders_pick_fork_or_spawn_when_iterated_not_when_built():
+    """A loader built before the epoch's DALI pipeline exists must not fork beside it; and a pipeline
+    left in reference-cycle garbage is collected in the parent, not by a forked worker (which hung
+    in DALI's executor destructor)."""
+    import gc
+
+    from torch.utils.data import DataLoader
+
+    from convnext.data import dali
+    from convnext.train.trainer import _Loader
+
+    gc.collect()
+    loader = _Loader(DataLoader(list(range(4)), batch_size=2, num_workers=1))
+    assert loader.loader.multiprocessing_context is None  # built with no pipeline alive: fork
+    alive = _Pipeline()
+    dali.LIVE_PIPELINES.add(alive)
+    try:
+        assert [b.tolist() for b in loader] == [[0, 1], [2, 3]]
+        assert loader.loader.multiprocessing_context.get_start_method() == "spawn"
+    finally:
+        dali.LIVE_PIPELINES.discard(alive)
+    garbage = _Pipeline()
+    garbage.cycle = garbage  # freed only by the cycle collector
+    dali.LIVE_PIPELINES.add(garbage)
+    del garbage
+    assert len(dali.LIVE_PIPELINES) == 1
+    assert [b.tolist() for b in loader] == [[0, 1], [2, 3]]
+    assert not dali.LIVE_PIPELINES and loader.loader.multiprocessing_context is None  # collected here, then fork
+    assert [b.tolist() for b in _Loader(DataLoader(list(range(2)), batch_size=2))] == [[0, 1]]  # no workers

@@ -29,9 +29,12 @@ def worker_context(num_workers: int) -> str | None:
     """The multiprocessing start method for DataLoader workers: "spawn" while a DALI pipeline is alive.
 
     A DALI pipeline runs its own threads; a worker forked beside them can crash with a segmentation
-    fault (DALI's documentation asks for spawn), so a loader created while one exists (the evaluation
+    fault (DALI's documentation asks for spawn), so a loader started while one exists (the evaluation
     loader of a `--loader dali` run, `bench --mode data` after its DALI pass) spawns its workers; at any
-    other time the default (fork) is kept, which needs nothing picklable and starts fast.
+    other time the default (fork) is kept, which needs nothing picklable and starts fast. Ask when the
+    workers start (the training loop asks each time it iterates a loader), not when the loader is built:
+    a pipeline may come or go in between. Pipelines left in reference-cycle garbage are collected here,
+    in the parent: a forked worker that collected one would hang in DALI's executor destructor.
     """
     import gc
     import sys

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..data.datasets import worker_context
 from ..errors import CheckpointError, ConfigError, DataError, UserError
 from ..models import config_to_dict as model_config_to_dict
 from ..models import count_params
@@ -115,6 +116,8 @@ class _Loader:
         return len(self.loader)
 
     def __iter__(self):
+        if isinstance(self.loader, DataLoader) and self.loader.num_workers:  # fork, or spawn beside DALI
+            self.loader.multiprocessing_context = worker_context(self.loader.num_workers)
         self.iterator = iter(self.loader)
         return self.iterator
 
