@@ -104,3 +104,83 @@ def test_predict_says_which_path_ran(ckpt, images, capsys):
     assert main(["predict", img, "--checkpoint", str(ckpt), "--model", "convnext_atto", "--img-size", "32",
                  "--dtype", "bf16"]) == 0
     assert "CPU inference: bf16" in capsys.readouterr().err
+
+
+def test_the_int8_program_runs_in_predict_and_eval(images, tmp_path, capsys, monkeypatch):
+    """What `export --format int8` writes, `predict` and `eval` run: class names and preprocessing from
+    the file, the resolution fixed, CPU only; other commands say what the file is (not "corrupted")."""
+    pytest.importorskip("torchao")
+    import functools
+    import json
+
+    import convnext.deploy.int8 as int8
+
+    load, export = int8.load_int8, int8.export_int8  # not compiled here: a fast test
+    monkeypatch.setattr(int8, "load_int8", lambda path, mixed_bf16=None, compile=True: load(path, mixed_bf16, False))
+    monkeypatch.setattr(int8, "export_int8", functools.partial(export, compile=False))
+    torch.manual_seed(0)
+    model = create_model("convnext_atto", num_classes=3)
+    from convnext.bench.peers import _spread_scales
+
+    _spread_scales(model, torch.Generator().manual_seed(0))  # logits far enough apart to survive int8 noise
+    ckpt = tmp_path / "named.pth"
+    torch.save({"model": model.state_dict(), "labels": ["ship", "cat", "dog"]}, ckpt)  # not the folders' order
+    q = tmp_path / "q.pt2"
+    assert main(["export", "convnext_atto", str(q), "--checkpoint", str(ckpt), "--format", "int8", "--img-size", "32",
+                 "--calib-data", str(images), "--calib-images", "8", "--eval-images", "4", "--batch-size", "4"]) == 0
+    capsys.readouterr()
+
+    img = str(images / "dog" / "1.jpg")
+    rc = main(["predict", img, "--checkpoint", str(q), "--topk", "3", "--json", str(tmp_path / "p.json")])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "CPU inference: int8 program (PT2E)" in err and "32px" in err
+    got = {r["class"]: r["probability"] for r in json.loads((tmp_path / "p.json").read_text())["topk"]}
+    assert main(["predict", img, "--checkpoint", str(ckpt), "--model", "convnext_atto", "--img-size", "32",
+                 "--dtype", "fp32", "--topk", "3", "--json", str(tmp_path / "f.json")]) == 0
+    ref = {r["class"]: r["probability"] for r in json.loads((tmp_path / "f.json").read_text())["topk"]}
+    assert set(got) == {"ship", "cat", "dog"} and all(abs(got[c] - ref[c]) < 0.05 for c in ref)  # names kept
+    assert main(["predict", img, "--checkpoint", str(q), "--dtype", "fp32"]) == 0
+    assert "float ops in fp32" in capsys.readouterr().err
+
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(images, data / "val")
+    results = {}
+    for name, source in (("int8", ["--checkpoint", str(q)]),
+                         ("fp32", ["--checkpoint", str(ckpt), "--model", "convnext_atto", "--img-size", "32",
+                                   "--dtype", "fp32"])):
+        out = tmp_path / f"{name}.json"
+        rc = main(["eval", *source, "--data", str(data), "--batch-size", "5", "--num-workers", "0", "--no-progress", "--json", str(out)])
+        assert rc == 0, capsys.readouterr().err
+        results[name] = json.loads(out.read_text())
+    assert results["int8"]["images"] == 12  # batches of 5, 5 and 2: the last one padded, not compiled anew
+    assert abs(results["int8"]["top1"] - results["fp32"]["top1"]) <= 100 / 12 + 1e-6  # one image at most
+
+    for argv, words in ((["predict", img, "--checkpoint", str(q), "--img-size", "64"], "exported for 32px"),
+                        (["eval", "--checkpoint", str(q), "--data", str(data), "--amp", "bf16"], "--amp bf16"),
+                        (["export", str(tmp_path / "x.onnx"), "--checkpoint", str(q), "--format", "onnx"], "already an int8 program"),
+                        (["convert", str(q), str(tmp_path / "x.safetensors")], "a torch.export program")):
+        assert main(argv) == 2
+        assert words in capsys.readouterr().err
+
+
+def test_int8_model_pads_a_smaller_batch_to_a_compiled_size(tmp_path):
+    pytest.importorskip("torchao")
+    from convnext.deploy.int8 import load_int8, quantize_int8, save_int8
+
+    torch.manual_seed(0)
+    model = create_model("convnext_atto", num_classes=4).eval()
+    save_int8(quantize_int8(model, [torch.randn(4, 3, 32, 32)], img_size=32), tmp_path / "a.pt2")
+    q, _ = load_int8(tmp_path / "a.pt2", mixed_bf16=False, compile=False)
+    assert (q.in_chans, q.img_size, q.num_classes) == (3, 32, 4)  # read off the program
+    x = torch.randn(6, 3, 32, 32)
+    full, part = q(x), q(x[:4])
+    assert torch.allclose(full[:4], part, atol=1e-5) and part.shape == (4, 4)
+    assert q._built == {(6, 3, 32, 32)}  # the 4 images ran as a padded batch of 6
+    q(torch.randn(8, 3, 32, 32))
+    assert q._built == {(6, 3, 32, 32), (8, 3, 32, 32)}  # a larger batch is its own shape
+    q.eval()  # inference only: a no-op, where an exported module would raise
+    with pytest.raises(RuntimeError, match="training mode"):
+        q.train()

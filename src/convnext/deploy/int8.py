@@ -115,20 +115,55 @@ def _drop_dtype_asserts(module: torch.fx.GraphModule) -> None:
 
 
 class Int8Model(nn.Module):
-    """fp32 (B, 3, S, S) in, fp32 logits out, through the int8 program compiled by inductor."""
+    """fp32 (B, 3, S, S) in, fp32 logits out, through the int8 program compiled by inductor.
+
+    Attributes read off the program: `in_chans`, `img_size` (the program's fixed input side) and
+    `num_classes`. Each new batch size is compiled at its first call; a batch smaller than one
+    already compiled (the last batch of an evaluation) is padded to it instead of compiled anew.
+    """
 
     def __init__(self, program: torch.export.ExportedProgram, mixed_bf16: bool, compile: bool = True):
         super().__init__()
         self.module = program.module()
-        self.mixed_bf16 = mixed_bf16
-        if mixed_bf16:
-            _drop_dtype_asserts(self.module)
+        self.training = False
+        self.mixed_bf16 = False
+        self.set_mixed_bf16(mixed_bf16)
         # a plain attribute, not a child module: the weights appear once in state_dict()
         object.__setattr__(self, "_fn", torch.compile(self.module, dynamic=False) if compile else self.module)
+        self.compiled = compile
         self.cpp_wrapper = compile  # False after a C++ wrapper build failed (or without compile)
         self._built: set[tuple] = set()  # input shapes compiled so far
+        shapes = _io_shapes(self.module)
+        if shapes is not None:
+            (_, self.in_chans, self.img_size, _), (_, self.num_classes) = shapes
+
+    def train(self, mode: bool = True) -> "Int8Model":
+        """Inference only: `eval()` is a no-op (an exported program has no training mode to switch)."""
+        if mode:
+            raise RuntimeError("Int8Model is an inference program; it cannot be put in training mode")
+        self.training = False
+        return self
+
+    def set_mixed_bf16(self, mixed_bf16: bool) -> None:
+        """Run the float ops (LayerNorm, GELU, convolutions, ...) in bf16 (int8-mixed-bf16) or in fp32.
+        Before the first call only: the choice is compiled in."""
+        if getattr(self, "_built", None):
+            raise RuntimeError("Int8Model.set_mixed_bf16: the program is already compiled")
+        if mixed_bf16 and not self.mixed_bf16:
+            _drop_dtype_asserts(self.module)
+        self.mixed_bf16 = mixed_bf16
+
+    def describe(self) -> str:
+        floats = "bf16 (int8-mixed-bf16)" if self.mixed_bf16 else "fp32"
+        runs = ("inductor (freezing, oneDNN int8 kernels" + (", C++ wrapper" if self.cpp_wrapper else "") + ")"
+                if self.compiled else "eager (not compiled)")
+        return f"CPU inference: int8 program (PT2E), float ops in {floats}, {runs}, each batch size compiled once"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        padded = [b for (b, *rest) in self._built if b > n and tuple(rest) == tuple(x.shape[1:])]
+        if padded:  # run a compiled batch size rather than compile this one
+            x = torch.cat([x, x[-1:].expand(min(padded) - n, *x.shape[1:])])
         # freezing must be on whenever inductor compiles (the first call of each input shape): it
         # folds the weights' int8 prepacking. Set as a global patch, not torch.compile(options=...):
         # with the options dict this torch fails on onednn.qconv_prepack under fake tensors.
@@ -137,11 +172,11 @@ class Int8Model(nn.Module):
         # the Python wrapper is used from then on.
         if self.cpp_wrapper:
             try:
-                return self._run(x, cpp_wrapper=True)
+                return self._run(x, cpp_wrapper=True)[:n]
             except torch._dynamo.exc.BackendCompilerFailed:  # the C++ wrapper is a speed-up only
                 self.cpp_wrapper = False
                 torch._dynamo.reset()
-        return self._run(x, cpp_wrapper=False)
+        return self._run(x, cpp_wrapper=False)[:n]
 
     def _run(self, x: torch.Tensor, cpp_wrapper: bool) -> torch.Tensor:
         shape = tuple(x.shape)
@@ -151,6 +186,23 @@ class Int8Model(nn.Module):
             out = self._fn(x).float()
         self._built.add(shape)
         return out
+
+
+def _io_shapes(module: torch.fx.GraphModule) -> tuple[tuple, tuple] | None:
+    """(input shape, output shape) recorded in the program's graph (batch symbolic), or None."""
+    nodes = list(module.graph.nodes)
+    inputs = [n for n in nodes if n.op == "placeholder" and "val" in n.meta]
+    outputs = [n for n in nodes if n.op == "output"]
+    if len(inputs) != 1 or not outputs:
+        return None
+    out = outputs[0].args[0]
+    out = out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
+    if not isinstance(out, torch.fx.Node) or "val" not in out.meta:
+        return None
+    shape_in, shape_out = tuple(inputs[0].meta["val"].shape), tuple(out.meta["val"].shape)
+    if len(shape_in) != 4 or len(shape_out) != 2:
+        return None
+    return (None, *(int(d) for d in shape_in[1:])), (None, int(shape_out[1]))
 
 
 def load_int8(path: str | Path, mixed_bf16: bool | None = None, compile: bool = True) -> tuple[Int8Model, dict]:

@@ -26,6 +26,16 @@ def _positive(flag: str, value: int | None, zero_ok: bool = False) -> None:
         raise ConfigError(f"{flag} {value}: must be {'>= 0' if zero_ok else '>= 1'}")
 
 
+def _device(args: argparse.Namespace):
+    """--device resolved; an int8 program (CPU only) runs on the CPU when --device is auto or not given."""
+    from ..devices import resolve_device
+    from ..weights.io import is_exported_program
+
+    if str(args.device or "auto").lower() == "auto" and args.checkpoint and is_exported_program(args.checkpoint):
+        return resolve_device("cpu")
+    return resolve_device(args.device)
+
+
 def _load(args: argparse.Namespace, announce: bool = True, **kw):
     """`load` from the common flags; the one-line report of what was loaded on stderr (`eval` of a
     classifier prints it in its result line instead)."""
@@ -44,7 +54,17 @@ def _fast_cpu(args: argparse.Namespace, loaded, batch_size: int, compile: bool =
     """--dtype: a classifier on CPU runs `convnext.deploy.model_for_dtype` (bf16 end to end on AMX /
     AVX512-BF16 CPUs with auto); the line saying what runs goes to stderr."""
     from ..deploy.cpu import model_for_dtype
+    from ..deploy.features import select_dtype
+    from ..deploy.int8 import Int8Model
 
+    if isinstance(loaded.model, Int8Model):  # an int8 program: --dtype picks the precision of its float ops
+        if getattr(args, "amp", "off") != "off":
+            raise UserError(f"--amp {args.amp}: an int8 program runs its float ops in the precision --dtype picks "
+                            f"(auto: bf16 where the CPU has native bf16); leave --amp off")
+        chosen, reason = select_dtype(args.dtype, "cpu")
+        loaded.model.set_mixed_bf16(chosen == "bf16")
+        print(f"{loaded.model.describe()}; {reason}", file=sys.stderr)
+        return
     device = next(loaded.model.parameters()).device
     built = loaded.model
     loaded.model, line = model_for_dtype(loaded.model, args.dtype, device, batch_size, loaded.img_size,
@@ -78,10 +98,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.partial:
         raise UserError("--partial applies to --benchmark runs only")
     from ..data.datasets import BUILTIN_DATASETS, build_dataset
-    from ..devices import resolve_device
     from .evaluate import evaluate
 
-    loaded = _load(args, announce=False, device=resolve_device(args.device), crop_pct=args.crop_pct)
+    loaded = _load(args, announce=False, device=_device(args), crop_pct=args.crop_pct)
     dataset = None  # the val split of an image folder, built once: its size decides the CPU path
     if loaded.task == "classification" and args.data not in BUILTIN_DATASETS:
         # A missing split is said before the CPU path is built (compiling takes tens of seconds).
@@ -131,7 +150,7 @@ def _print_eval(loaded, args: argparse.Namespace, res: dict) -> None:
 # ---------------------------------------------------------------------------------------- predict
 def _cmd_predict(args: argparse.Namespace) -> int:
     """Exit status 0; 1 when some images could not be read (each reported on stderr, the rest done)."""
-    from ..devices import resolve_device, set_threads
+    from ..devices import set_threads
     from .images import expand_image_args, open_image
 
     for flag, value in (("--img-size", args.img_size), ("--topk", args.topk), ("--batch-size", args.batch_size)):
@@ -141,7 +160,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     outputs = _predict_outputs(args, paths)  # every output place checked before any work
     if not any(Path(p).is_file() for p in paths):  # nothing to predict: fail before loading the model
         open_image(paths[0])
-    loaded = _load(args, device=resolve_device(args.device), pretrained=args.pretrained_tag or args.pretrained or None)
+    loaded = _load(args, device=_device(args), pretrained=args.pretrained_tag or args.pretrained or None)
     _fast_cpu(args, loaded, min(args.batch_size, len(paths)))
     if loaded.task == "classification":
         if args.output or args.label_map:
@@ -179,7 +198,7 @@ def _predict_classes(args: argparse.Namespace, loaded, paths: list[str], json_fi
     from ..outputs import printable
     from .predict import iter_predictions
 
-    if args.img_size is None:
+    if args.img_size is None and not loaded.layout.startswith("int8 program"):  # a program's is fixed
         print(f"resolution {loaded.img_size}px (from {loaded.resolution_source}; --img-size overrides)",
               file=sys.stderr)
     failed = 0
@@ -252,6 +271,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.int8_convs and args.format != "int8":
         raise UserError(f"--int8-convs applies to --format int8 only (got --format {args.format})")
     loaded = _load(args)
+    if loaded.layout.startswith("int8 program"):
+        raise UserError(f"{args.checkpoint}: already an int8 program; export from the float checkpoint it was "
+                        f"exported from")
     if args.format == "int8":
         from ..deploy.int8 import export_int8_cli
 

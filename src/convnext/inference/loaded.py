@@ -101,12 +101,14 @@ def load(
     import torch
 
     from ..devices import resolve_device
-    from ..weights.io import read_checkpoint
+    from ..weights.io import is_exported_program, read_checkpoint
 
     if img_size is not None and img_size <= 0:
         raise ConfigError(f"--img-size {img_size}: must be a positive number of pixels")
     path, model_name = _resolve_source(path, model_name, pretrained)
     dev = device if isinstance(device, torch.device) else resolve_device(device)
+    if is_exported_program(path):  # `convnext export --format int8`
+        return _load_int8_program(path, dev, img_size, crop_pct)
     ckpt = read_checkpoint(path)  # the one read of the file
     task = dense_task_of(ckpt)
     if task is not None:
@@ -163,6 +165,45 @@ def _load_classifier(ckpt, path, weights, model_name, dev, img_size, crop_pct) -
                   resolution_source=res_source, report=info["report"], task="classification",
                   layout=info.get("layout") or "", train_config=dict(info.get("train_config") or {}),
                   model_name=info.get("model_name"), labels_stored=info.get("labels") is not None)
+
+
+def _load_int8_program(path, dev, img_size: int | None, crop_pct: float | None) -> Loaded:
+    """A classifier's int8 program (`convnext export --format int8`), with the class names and the
+    preprocessing stored in it. Its resolution is fixed at export; its batch size is free."""
+    import json
+
+    from ..data.imagenet_labels import labels_for
+    from ..data.transforms import eval_transform
+    from ..deploy.int8 import load_int8
+
+    if dev.type != "cpu":
+        raise UserError(f"{path}: an int8 program (convnext export --format int8) runs on CPU only; use --device cpu")
+    model, meta = load_int8(path)
+    if (meta.get("task") or "classification") != "classification" or not hasattr(model, "num_classes"):
+        raise CheckpointError(f"{path}: a torch.export program, but not a classifier's int8 program from "
+                              f"`convnext export --format int8` (expected (B, C, H, W) images in, (B, classes) out)")
+    size = model.img_size
+    if img_size is not None and img_size != size:
+        raise ConfigError(f"--img-size {img_size}: {path} is an int8 program exported for {size}px inputs (the "
+                          f"resolution is fixed at export, the batch size is free); export again with --img-size "
+                          f"{img_size} from the float checkpoint")
+    stored_crop = float(meta["crop_pct"]) if meta.get("crop_pct") else None
+    crop = crop_pct if crop_pct is not None else stored_crop
+    text = meta.get("classes") or ""
+    try:
+        classes = [str(c) for c in json.loads(text)] if text.startswith("[") else text.splitlines()
+    except ValueError:
+        classes = text.splitlines()
+    stored = len(classes) == model.num_classes
+    if not stored:
+        classes = labels_for(model.num_classes)
+    origin = meta.get("source") or "unknown"
+    note = meta.get("quantization") or "static int8"
+    return Loaded(model=model, transform=eval_transform(size, crop_pct=crop), classes=classes, img_size=size,
+                  weights=meta.get("weights") or "model", config=None, crop_pct=crop, source=str(path),
+                  resolution_source="the int8 program, fixed at export",
+                  report=f"int8 program {path} ({note}; exported from {origin}; {model.num_classes} classes)",
+                  task="classification", layout="int8 program (torch.export)", labels_stored=stored)
 
 
 def dense_transform(task: str, img_size: int) -> Callable:

@@ -32,6 +32,7 @@ __all__ = [
     "CheckpointError",
     "TRAIN_FORMAT",
     "read_checkpoint",
+    "is_exported_program",
     "unwrap_state_dict",
     "load_state_dict_file",
     "save_state_dict",
@@ -112,11 +113,32 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, An
             f"torch.load(weights_only=True) accepts and .safetensors files are read; nothing from it was executed."
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
+        if is_exported_program(p):
+            raise CheckpointError(
+                f"{p}: a torch.export program (.pt2, e.g. from `convnext export --format int8`), not a weight "
+                f"file: `convnext predict` and `convnext eval` run it; its float weights are not in it (use the "
+                f"checkpoint it was exported from)") from None
         reason = str(e).splitlines()[0] if str(e) else repr(e)
         raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({reason})") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{p}: expected a state dict or a dict wrapping one, found {type(obj).__name__}")
     return dict(obj)
+
+
+def is_exported_program(path: str | os.PathLike) -> bool:
+    """Whether `path` is a `torch.export.save` archive (a .pt2 program, as `convnext export --format
+    int8` writes): a zip holding `<name>/archive_format` = "pt2". Reads the zip's directory only."""
+    import zipfile
+
+    p = Path(path).expanduser()
+    try:
+        if not p.is_file() or not zipfile.is_zipfile(p):
+            return False
+        with zipfile.ZipFile(p) as z:
+            marker = next((n for n in z.namelist() if n.endswith("archive_format") and n.count("/") == 1), None)
+            return marker is not None and z.read(marker).strip() == b"pt2"
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _openmmlab_runner_file(p: Path) -> dict[str, Any] | None:
