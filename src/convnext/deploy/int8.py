@@ -55,7 +55,7 @@ def _pt2e(quantize_convs: bool = False):
     except ImportError as e:
         from ..errors import UserError
 
-        raise UserError(f"int8 export needs torchao (pip install torchao, or pip install 'convnext[deploy]'): {e}") \
+        raise UserError(f"int8 (PT2E) needs torchao (pip install torchao, or pip install 'convnext[deploy]'): {e}") \
             from None
     quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
     if not quantize_convs:  # Linears only

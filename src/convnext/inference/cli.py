@@ -196,9 +196,10 @@ def _predict_outputs(args: argparse.Namespace, paths: list[str]) -> dict[str, li
 
 def _predict_classes(args: argparse.Namespace, loaded, paths: list[str], json_files) -> int:
     from ..outputs import printable
+    from .loaded import INT8_PROGRAM
     from .predict import iter_predictions
 
-    if args.img_size is None and not loaded.layout.startswith("int8 program"):  # a program's is fixed
+    if args.img_size is None and loaded.layout != INT8_PROGRAM:  # a program's resolution is fixed
         print(f"resolution {loaded.img_size}px (from {loaded.resolution_source}; --img-size overrides)",
               file=sys.stderr)
     failed = 0
@@ -265,13 +266,14 @@ def _predict_dense(args: argparse.Namespace, loaded, paths: list[str], outputs: 
 def _cmd_export(args: argparse.Namespace) -> int:
     from ..outputs import check_output_path, printable
     from .export import export
+    from .loaded import INT8_PROGRAM
 
     out = check_output_path(args.out, "OUT", force=args.force)
     _positive("--img-size", args.img_size)
     if args.int8_convs and args.format != "int8":
         raise UserError(f"--int8-convs applies to --format int8 only (got --format {args.format})")
     loaded = _load(args)
-    if loaded.layout.startswith("int8 program"):
+    if loaded.layout == INT8_PROGRAM:
         raise UserError(f"{args.checkpoint}: already an int8 program; export from the float checkpoint it was "
                         f"exported from")
     if args.format == "int8":

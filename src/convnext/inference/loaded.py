@@ -19,7 +19,9 @@ from typing import Any, Callable, Mapping
 
 from ..errors import CheckpointError, ConfigError, UserError
 
-__all__ = ["Loaded", "load", "resolve_resolution", "dense_task_of", "as_loaded"]
+__all__ = ["Loaded", "load", "resolve_resolution", "dense_task_of", "as_loaded", "INT8_PROGRAM"]
+
+INT8_PROGRAM = "int8 program (torch.export)"  # `Loaded.layout` of what `convnext export --format int8` writes
 
 _DENSE_ARCHS = {"detection": "detection", "upernet": "segmentation"}
 
@@ -203,7 +205,7 @@ def _load_int8_program(path, dev, img_size: int | None, crop_pct: float | None) 
                   weights=meta.get("weights") or "model", config=None, crop_pct=crop, source=str(path),
                   resolution_source="the int8 program, fixed at export",
                   report=f"int8 program {path} ({note}; exported from {origin}; {model.num_classes} classes)",
-                  task="classification", layout="int8 program (torch.export)", labels_stored=stored)
+                  task="classification", layout=INT8_PROGRAM, labels_stored=stored)
 
 
 def dense_transform(task: str, img_size: int) -> Callable:
