@@ -229,6 +229,20 @@ def time_per_batch(fn: Callable, x: torch.Tensor, repeats: int = 3) -> float:
 
 
 # ------------------------------------------------------------------------- export on user data
+def image_root(data: str | Path) -> Path:
+    """The folder `--calib-data` names, or its validation split when it is a dataset root (only
+    train / val / test folders inside, as `convnext eval --data` takes)."""
+    from ..data.datasets import VAL_SPLIT_NAMES, class_folders
+    from ..errors import DataError
+
+    root = Path(data)
+    if not root.is_dir():
+        raise DataError(f"--calib-data {data}: no such folder (expected a folder of images, e.g. an ImageFolder split)")
+    folders = class_folders(root)
+    split = next((s for s in VAL_SPLIT_NAMES if s in folders), None)
+    return root / split if split is not None and set(folders) <= {"train", *VAL_SPLIT_NAMES} else root
+
+
 def _labelled_images(
     data: str | Path, classes: list[str] | None, num_classes: int | None = None, seed: int = 0,
 ) -> tuple[list[Path], list[int] | None, str | None]:
@@ -238,13 +252,12 @@ def _labelled_images(
     Otherwise, when `data` holds exactly `num_classes` class folders, the sorted folder order is the
     label order, as `convnext eval` reads an ImageFolder (an ImageNet val folder of wnids against a
     checkpoint whose classes are readable names: "folder order"). Else (None, None): agreement only.
+    A dataset root stands for its validation split (`image_root`).
     """
     from ..data.datasets import class_folders, list_images
     from ..errors import DataError
 
-    root = Path(data)
-    if not root.is_dir():
-        raise DataError(f"--calib-data {data}: no such folder (expected a folder of images, e.g. an ImageFolder split)")
+    root = image_root(data)
     paths = [Path(p) for p in list_images(root)]
     if not paths:
         raise DataError(f"--calib-data {data}: no image files found")
@@ -325,7 +338,7 @@ def export_int8(
     calibrate_s = time.perf_counter() - calibrate_t
     meta = {**(metadata or {}), "quantization": "static int8, PT2E X86InductorQuantizer, "
             f"{'Linears and convolutions' if quantize_convs else 'Linears'}, "
-            f"calibrated on {len(calib)} images of {Path(data).name}"}
+            f"calibrated on {len(calib)} images of {image_root(data).name}"}
     save_int8(program, out, meta)
     int8_model, _ = load_int8(out, compile=compile)
     fp32 = fast_cpu_model(model, "fp32", batch_size, img_size, candidates=("eager",))  # the reference: no compile
@@ -334,7 +347,8 @@ def export_int8(
     got = _logits(int8_model, batches, batch_size)  # the first call compiles
     x = batches[0] if batches[0].shape[0] == batch_size else torch.cat([batches[0]] * batch_size)[:batch_size]
     report = {
-        "path": str(out), "calibration_images": len(calib), "eval_images": len(evaluate), "held_out": held_out,
+        "path": str(out), "images_from": str(image_root(data)), "calibration_images": len(calib),
+        "eval_images": len(evaluate), "held_out": held_out,
         "calibrate_s": calibrate_s, "top1_agreement": (got.argmax(1) == ref.argmax(1)).float().mean().item(),
         "max_abs_logit_diff": (got - ref).abs().max().item(), "max_abs_logit": ref.abs().max().item(),
         "fp32_top1": None, "int8_top1": None, "batch_size": batch_size,
@@ -355,7 +369,7 @@ def export_int8(
 def format_int8_report(r: dict) -> str:
     where = "held-out" if r["held_out"] else "calibration (too few images for a held-out set)"
     lines = [f"wrote {r['path']}: int8 (PT2E, X86InductorQuantizer), calibrated on {r['calibration_images']} images "
-             f"(export + calibration + convert: {r['calibrate_s']:.1f} s)"]
+             f"of {r.get('images_from', '?')} (export + calibration + convert: {r['calibrate_s']:.1f} s)"]
     if r["fp32_top1"] is not None:
         source = (" (labels: the sorted class-folder order, as `convnext eval` reads an ImageFolder)"
                   if r.get("labels_from") == "folder order" else "")

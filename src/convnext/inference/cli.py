@@ -362,7 +362,8 @@ def _register_export(sub) -> None:
                    help="onnx, torchscript, openvino (IR .xml + .bin via openvino.convert_model of our ONNX), or "
                         "int8 (static PT2E quantization, a torch.export .pt2 file; needs --calib-data)")
     p.add_argument("--calib-data", default=None, metavar="DIR",
-                   help="int8: a folder of your images (an ImageFolder split gives labels and top-1)")
+                   help="int8: a folder of your images (an ImageFolder split gives labels and top-1; a dataset "
+                        "root with train/ and val/ stands for its val/)")
     p.add_argument("--calib-images", type=int, default=256, help="int8: images calibrated on (default 256)")
     p.add_argument("--eval-images", type=int, default=256,
                    help="int8: further images on which fp32 and int8 are compared (default 256)")
