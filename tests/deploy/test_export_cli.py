@@ -181,6 +181,9 @@ def test_int8_model_pads_a_smaller_batch_to_a_compiled_size(tmp_path):
     assert q._built == {(6, 3, 32, 32)}  # the 4 images ran as a padded batch of 6
     q(torch.randn(8, 3, 32, 32))
     assert q._built == {(6, 3, 32, 32), (8, 3, 32, 32)}  # a larger batch is its own shape
+    q(x[:4])
+    assert (4, 3, 32, 32) not in q._built  # its second call: still padded
+    assert torch.allclose(q(x[:4]), part, atol=1e-5) and (4, 3, 32, 32) in q._built  # third: compiled
     q.eval()  # inference only: a no-op, where an exported module would raise
     with pytest.raises(RuntimeError, match="training mode"):
         q.train()

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .cpu import freezing, prepare_eager, quiet_library_notes
+from .cpu import _COMPILE_AFTER_CALLS, freezing, prepare_eager, quiet_library_notes
 from .features import cpu_features
 
 __all__ = ["quantize_int8", "save_int8", "load_int8", "Int8Model", "FLOAT_OPS_NOTE", "float_ops_note", "export_int8",
@@ -118,8 +118,9 @@ class Int8Model(nn.Module):
     """fp32 (B, 3, S, S) in, fp32 logits out, through the int8 program compiled by inductor.
 
     Attributes read off the program: `in_chans`, `img_size` (the program's fixed input side) and
-    `num_classes`. Each new batch size is compiled at its first call; a batch smaller than one
-    already compiled (the last batch of an evaluation) is padded to it instead of compiled anew.
+    `num_classes`. Each new batch size is compiled at its first call, except a batch smaller than one
+    already compiled: its first two calls are padded to that size (the last batch of an evaluation
+    costs no compile), its third compiles it (a caller whose steady batch is smaller).
     """
 
     def __init__(self, program: torch.export.ExportedProgram, mixed_bf16: bool, compile: bool = True):
@@ -133,6 +134,7 @@ class Int8Model(nn.Module):
         self.compiled = compile
         self.cpp_wrapper = compile  # False after a C++ wrapper build failed (or without compile)
         self._built: set[tuple] = set()  # input shapes compiled so far
+        self._calls: dict[tuple, int] = {}  # calls of each shape not compiled yet
         shapes = _io_shapes(self.module)
         if shapes is not None:
             (_, self.in_chans, self.img_size, _), (_, self.num_classes) = shapes
@@ -160,10 +162,12 @@ class Int8Model(nn.Module):
         return f"CPU inference: int8 program (PT2E), float ops in {floats}, {runs}, each batch size compiled once"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        padded = [b for (b, *rest) in self._built if b > n and tuple(rest) == tuple(x.shape[1:])]
-        if padded:  # run a compiled batch size rather than compile this one
-            x = torch.cat([x, x[-1:].expand(min(padded) - n, *x.shape[1:])])
+        n, shape = x.shape[0], tuple(x.shape)
+        if shape not in self._built:
+            self._calls[shape] = self._calls.get(shape, 0) + 1
+            larger = [b for (b, *rest) in self._built if b > n and tuple(rest) == shape[1:]]
+            if larger and self._calls[shape] < _COMPILE_AFTER_CALLS:  # run a compiled size, do not compile yet
+                x = torch.cat([x, x[-1:].expand(min(larger) - n, *shape[1:])])
         # freezing must be on whenever inductor compiles (the first call of each input shape): it
         # folds the weights' int8 prepacking. Set as a global patch, not torch.compile(options=...):
         # with the options dict this torch fails on onednn.qconv_prepack under fake tensors.
