@@ -158,6 +158,16 @@ def test_the_int8_program_runs_in_predict_and_eval(images, tmp_path, capsys, mon
     assert results["int8"]["images"] == 12  # batches of 5, 5 and 2: the last one padded, not compiled anew
     assert abs(results["int8"]["top1"] - results["fp32"]["top1"]) <= 100 / 12 + 1e-6  # one image at most
 
+    # A checkpoint without class names of a 1000-class model: the ImageNet names are defaults, not the
+    # checkpoint's, so eval reads the class folders in order instead of looking for them among those names.
+    plain = tmp_path / "plain.pth"
+    torch.save(create_model("convnext_atto").state_dict(), plain)
+    assert main(["export", "convnext_atto", str(tmp_path / "p.pt2"), "--checkpoint", str(plain), "--format", "int8",
+                 "--img-size", "32", "--calib-data", str(images), "--calib-images", "4", "--eval-images", "4"]) == 0
+    rc = main(["eval", "--checkpoint", str(tmp_path / "p.pt2"), "--data", str(data), "--num-workers", "0",
+               "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+
     for argv, words in ((["predict", img, "--checkpoint", str(q), "--img-size", "64"], "exported for 32px"),
                         (["eval", "--checkpoint", str(q), "--data", str(data), "--amp", "bf16"], "--amp bf16"),
                         (["export", str(tmp_path / "x.onnx"), "--checkpoint", str(q), "--format", "onnx"], "already an int8 program"),

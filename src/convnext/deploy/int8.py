@@ -157,9 +157,9 @@ class Int8Model(nn.Module):
 
     def describe(self) -> str:
         floats = "bf16 (int8-mixed-bf16)" if self.mixed_bf16 else "fp32"
-        runs = ("inductor (freezing, oneDNN int8 kernels" + (", C++ wrapper" if self.cpp_wrapper else "") + ")"
-                if self.compiled else "eager (not compiled)")
-        return f"CPU inference: int8 program (PT2E), float ops in {floats}, {runs}, each batch size compiled once"
+        runs = ("inductor (freezing, oneDNN int8 kernels" + (", C++ wrapper" if self.cpp_wrapper else "") +
+                "), each batch size compiled once" if self.compiled else "eager (not compiled)")
+        return f"CPU inference: int8 program (PT2E), float ops in {floats}, {runs}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, shape = x.shape[0], tuple(x.shape)
@@ -212,7 +212,8 @@ def _io_shapes(module: torch.fx.GraphModule) -> tuple[tuple, tuple] | None:
 def load_int8(path: str | Path, mixed_bf16: bool | None = None, compile: bool = True) -> tuple[Int8Model, dict]:
     """(model, meta) from a file written by `save_int8`. `mixed_bf16` None: on where the CPU has native bf16."""
     _pt2e()  # registers the quantized_decomposed ops the program calls
-    meta: dict[str, str] = {"classes": "", "preprocessing": "", "quantization": "", "img_size": ""}
+    meta: dict[str, str] = dict.fromkeys(("classes", "preprocessing", "quantization", "img_size", "crop_pct", "task",
+                                          "weights", "source", "labels_stored"), "")
     with quiet_library_notes():
         program = torch.export.load(str(path), extra_files=meta)
     if mixed_bf16 is None:
@@ -405,7 +406,8 @@ def export_int8_cli(loaded, out: Path, args) -> int:
         if value < 1:
             raise ConfigError(f"{flag} {value}: must be >= 1")
     meta = {"classes": "\n".join(loaded.classes or []), "img_size": str(loaded.img_size),
-            "crop_pct": "" if loaded.crop_pct is None else str(loaded.crop_pct), "source": str(loaded.source)}
+            "crop_pct": "" if loaded.crop_pct is None else str(loaded.crop_pct), "source": str(loaded.source),
+            "labels_stored": "1" if loaded.labels_stored else "0"}  # the checkpoint's own names, or defaults
     try:
         from ..inference.export import export_metadata
 

@@ -196,9 +196,11 @@ def _load_int8_program(path, dev, img_size: int | None, crop_pct: float | None) 
         classes = [str(c) for c in json.loads(text)] if text.startswith("[") else text.splitlines()
     except ValueError:
         classes = text.splitlines()
-    stored = len(classes) == model.num_classes
-    if not stored:
-        classes = labels_for(model.num_classes)
+    defaults = labels_for(model.num_classes)
+    if len(classes) != model.num_classes:
+        classes = defaults
+    # names the float checkpoint carried (eval then maps the data's class folders onto them), not defaults
+    stored = meta.get("labels_stored") == "1" if meta.get("labels_stored") else classes != defaults
     origin = meta.get("source") or "unknown"
     note = meta.get("quantization") or "static int8"
     return Loaded(model=model, transform=eval_transform(size, crop_pct=crop), classes=classes, img_size=size,
