@@ -17,6 +17,8 @@ $B --batch-size 16 --dtype fp32 --compare timm,torchvision --repeats 10 --alloca
 python benchmarks/int8_speed.py --rounds 8 --convs --json "$OUT/int8_speed.json"
 # where the time of both programs goes, and the int8 speed-up bound that follows from the raw GEMM ratio
 python benchmarks/int8_bound.py --iters 4 --json "$OUT/int8_bound.json"
+# how much of the gap is GELU: int8 with ReLU in place of GELU (a bound, not a model)
+python benchmarks/int8_speed.py --relu-bound --rounds 6 --json "$OUT/int8_relu_bound.json"
 # int8 export on real images: PT2E static quantization calibrated / compared on CIFAR-10 test JPEGs
 DATA=${DATA:-/tmp/cifar10-jpeg}
 [ -d "$DATA/test" ] || { mkdir -p "$DATA"; tar -xzf ../shared/data/cifar10-test-jpeg.tar.gz -C "$DATA"; }

@@ -1,12 +1,16 @@
 """img/s of ConvNeXt-T (random weights, 224 px, batch 16): our fp32 and bf16 paths vs int8 PT2E, interleaved.
 
-    python benchmarks/int8_speed.py [--rounds 5] [--batch-size 16] [--convs]
+    python benchmarks/int8_speed.py [--rounds 5] [--batch-size 16] [--convs] [--relu-bound]
 
 fp32 and bf16 are `fast_cpu_model(model, dtype)` (the fastest of eager / inductor / TorchScript,
 measured); bf16 is skipped where the CPU has no native bf16. int8 is every Linear quantized by the
 X86 inductor quantizer (`--convs`: the convolutions too), compiled by inductor with freezing, with
 the float ops in fp32 and, on a native-bf16 CPU, also in bf16 ("int8-mixed-bf16", what `load_int8`
 picks there). Rounds rotate the order; the medians and the per-round ratios are printed.
+
+`--relu-bound` also times an int8 program with ReLU in place of every GELU. It is not a usable
+model: it says how fast int8 would be if the GELU epilogue of pwconv1 (oneDNN's erf post-op) were
+free, that is, how much of the gap to a target lies in GELU.
 """
 import argparse
 import json
@@ -27,6 +31,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--convs", action="store_true", help="also time int8 with the convolutions quantized")
+    p.add_argument("--relu-bound", action="store_true",
+                   help="also time int8 with ReLU in place of GELU (a bound: GELU's cost, not a model)")
     p.add_argument("--json", help="write the medians and ratios here")
     args = p.parse_args()
     torch.manual_seed(0)
@@ -48,6 +54,19 @@ def main() -> None:
             key = f"int8{' +convs' if convs else ''}{' mixed-bf16' if mixed else ' (float ops fp32)'}"
             print(f"{key} compiled in {time.time() - start:.0f} s", flush=True)
             runs[key] = q
+    if args.relu_bound:
+        import convnext.models.layers as layers
+
+        gelu = layers.linear_gelu
+        layers.linear_gelu = lambda x_, linear: torch.relu(linear(x_))  # captured by export, below
+        try:
+            program = quantize_int8(model, [x[:4]], 224)
+        finally:
+            layers.linear_gelu = gelu
+        assert not any("gelu" in str(n.target) for n in program.graph.nodes)
+        q = Int8Model(program, mixed_bf16=native_bf16)
+        q(x)
+        runs[f"int8{' mixed-bf16' if native_bf16 else ' (float ops fp32)'}, ReLU for GELU (bound)"] = q
     names = list(runs)
     samples = {k: [] for k in names}
     load_before = os.getloadavg()
