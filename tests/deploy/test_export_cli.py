@@ -208,7 +208,7 @@ def test_int8_calibration_reads_a_dataset_roots_val_split(images, tmp_path):
     shutil.copytree(images, root / "val")
     shutil.copytree(images, root / "train")
     assert image_root(root) == root / "val" and image_root(images) == images  # class folders stay as given
-    paths, labels, source = _labelled_images(root, CLASSES, 3)
+    paths, labels, source = _labelled_images(image_root(root), CLASSES, 3)
     assert source == "class names" and len(paths) == 12 and all(p.parent.parent.name == "val" for p in paths)
     (root / "extra").mkdir()  # not only split folders: read as a folder of classes
     assert image_root(root) == root

@@ -137,7 +137,7 @@ class Int8Model(nn.Module):
         self._calls: dict[tuple, int] = {}  # calls of each shape not compiled yet
         shapes = _io_shapes(self.module)
         if shapes is not None:
-            (_, self.in_chans, self.img_size, _), (_, self.num_classes) = shapes
+            self.in_chans, self.img_size, self.num_classes = shapes
 
     def train(self, mode: bool = True) -> "Int8Model":
         """Inference only: `eval()` is a no-op (an exported program has no training mode to switch)."""
@@ -192,8 +192,9 @@ class Int8Model(nn.Module):
         return out
 
 
-def _io_shapes(module: torch.fx.GraphModule) -> tuple[tuple, tuple] | None:
-    """(input shape, output shape) recorded in the program's graph (batch symbolic), or None."""
+def _io_shapes(module: torch.fx.GraphModule) -> tuple[int, int, int] | None:
+    """(input channels, input side, classes) from the shapes recorded in the program's graph: a
+    (B, C, S, S) input and a (B, classes) output. None for a program of another form."""
     nodes = list(module.graph.nodes)
     inputs = [n for n in nodes if n.op == "placeholder" and "val" in n.meta]
     outputs = [n for n in nodes if n.op == "output"]
@@ -206,7 +207,7 @@ def _io_shapes(module: torch.fx.GraphModule) -> tuple[tuple, tuple] | None:
     shape_in, shape_out = tuple(inputs[0].meta["val"].shape), tuple(out.meta["val"].shape)
     if len(shape_in) != 4 or len(shape_out) != 2:
         return None
-    return (None, *(int(d) for d in shape_in[1:])), (None, int(shape_out[1]))
+    return int(shape_in[1]), int(shape_in[2]), int(shape_out[1])
 
 
 def load_int8(path: str | Path, mixed_bf16: bool | None = None, compile: bool = True) -> tuple[Int8Model, dict]:
@@ -249,23 +250,22 @@ def image_root(data: str | Path) -> Path:
 
 
 def _labelled_images(
-    data: str | Path, classes: list[str] | None, num_classes: int | None = None, seed: int = 0,
+    root: Path, classes: list[str] | None, num_classes: int | None = None, seed: int = 0,
 ) -> tuple[list[Path], list[int] | None, str | None]:
-    """Every image under `data` in a fixed shuffle, with labels where they can be known, and their source.
+    """Every image under `root` (`image_root(--calib-data)`) in a fixed shuffle, with labels where they
+    can be known, and their source.
 
     Labels are the model's class names when each image's class folder is one of them ("class names").
-    Otherwise, when `data` holds exactly `num_classes` class folders, the sorted folder order is the
+    Otherwise, when `root` holds exactly `num_classes` class folders, the sorted folder order is the
     label order, as `convnext eval` reads an ImageFolder (an ImageNet val folder of wnids against a
     checkpoint whose classes are readable names: "folder order"). Else (None, None): agreement only.
-    A dataset root stands for its validation split (`image_root`).
     """
     from ..data.datasets import class_folders, list_images
     from ..errors import DataError
 
-    root = image_root(data)
     paths = [Path(p) for p in list_images(root)]
     if not paths:
-        raise DataError(f"--calib-data {data}: no image files found")
+        raise DataError(f"--calib-data {root}: no image files found")
     order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(seed)).tolist()
     paths = [paths[i] for i in order]  # classes mixed in both the calibration and the evaluation part
     parts = [p.relative_to(root).parts for p in paths]
@@ -328,7 +328,8 @@ def export_int8(
     """
     from .cpu import fast_cpu_model
 
-    paths, labels, labels_from = _labelled_images(data, classes, getattr(model, "num_classes", None))
+    root = image_root(data)
+    paths, labels, labels_from = _labelled_images(root, classes, getattr(model, "num_classes", None))
     calib = paths[:calib_images]
     rest = paths[calib_images : calib_images + eval_images]
     held_out = bool(rest)
@@ -343,7 +344,7 @@ def export_int8(
     calibrate_s = time.perf_counter() - calibrate_t
     meta = {**(metadata or {}), "quantization": "static int8, PT2E X86InductorQuantizer, "
             f"{'Linears and convolutions' if quantize_convs else 'Linears'}, "
-            f"calibrated on {len(calib)} images of {image_root(data).name}"}
+            f"calibrated on {len(calib)} images of {root.name}"}
     save_int8(program, out, meta)
     int8_model, _ = load_int8(out, compile=compile)
     fp32 = fast_cpu_model(model, "fp32", batch_size, img_size, candidates=("eager",))  # the reference: no compile
@@ -352,7 +353,7 @@ def export_int8(
     got = _logits(int8_model, batches, batch_size)  # the first call compiles
     x = batches[0] if batches[0].shape[0] == batch_size else torch.cat([batches[0]] * batch_size)[:batch_size]
     report = {
-        "path": str(out), "images_from": str(image_root(data)), "calibration_images": len(calib),
+        "path": str(out), "images_from": str(root), "calibration_images": len(calib),
         "eval_images": len(evaluate), "held_out": held_out,
         "calibrate_s": calibrate_s, "top1_agreement": (got.argmax(1) == ref.argmax(1)).float().mean().item(),
         "max_abs_logit_diff": (got - ref).abs().max().item(), "max_abs_logit": ref.abs().max().item(),

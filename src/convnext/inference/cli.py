@@ -26,16 +26,6 @@ def _positive(flag: str, value: int | None, zero_ok: bool = False) -> None:
         raise ConfigError(f"{flag} {value}: must be {'>= 0' if zero_ok else '>= 1'}")
 
 
-def _device(args: argparse.Namespace):
-    """--device resolved; an int8 program (CPU only) runs on the CPU when --device is auto or not given."""
-    from ..devices import resolve_device
-    from ..weights.io import is_exported_program
-
-    if str(args.device or "auto").lower() == "auto" and args.checkpoint and is_exported_program(args.checkpoint):
-        return resolve_device("cpu")
-    return resolve_device(args.device)
-
-
 def _load(args: argparse.Namespace, announce: bool = True, **kw):
     """`load` from the common flags; the one-line report of what was loaded on stderr (`eval` of a
     classifier prints it in its result line instead)."""
@@ -100,7 +90,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ..data.datasets import BUILTIN_DATASETS, build_dataset
     from .evaluate import evaluate
 
-    loaded = _load(args, announce=False, device=_device(args), crop_pct=args.crop_pct)
+    loaded = _load(args, announce=False, device=args.device, crop_pct=args.crop_pct)
     dataset = None  # the val split of an image folder, built once: its size decides the CPU path
     if loaded.task == "classification" and args.data not in BUILTIN_DATASETS:
         # A missing split is said before the CPU path is built (compiling takes tens of seconds).
@@ -160,7 +150,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     outputs = _predict_outputs(args, paths)  # every output place checked before any work
     if not any(Path(p).is_file() for p in paths):  # nothing to predict: fail before loading the model
         open_image(paths[0])
-    loaded = _load(args, device=_device(args), pretrained=args.pretrained_tag or args.pretrained or None)
+    loaded = _load(args, device=args.device, pretrained=args.pretrained_tag or args.pretrained or None)
     _fast_cpu(args, loaded, min(args.batch_size, len(paths)))
     if loaded.task == "classification":
         if args.output or args.label_map:

@@ -93,7 +93,7 @@ def load(
             checkpoints trained with EMA), "ema" or "model".
         model_name: build this registered model instead of the one the checkpoint describes
             (needed for files whose architecture cannot be read from the tensors).
-        device: "cpu", "cuda", "auto", ... or a torch.device.
+        device: "cpu", "cuda", "auto", ... or a torch.device (an int8 program: "cpu" or "auto").
         img_size: evaluation resolution (classification side, detection shorter side,
             segmentation crop); default the checkpoint's, else the task's standard.
         crop_pct: classification centre-crop fraction; default the checkpoint's, else the paper's rule.
@@ -108,8 +108,11 @@ def load(
     if img_size is not None and img_size <= 0:
         raise ConfigError(f"--img-size {img_size}: must be a positive number of pixels")
     path, model_name = _resolve_source(path, model_name, pretrained)
+    program = is_exported_program(path)  # `convnext export --format int8`
+    if program and not isinstance(device, torch.device) and str(device or "auto").strip().lower() == "auto":
+        device = "cpu"  # the int8 program runs on the CPU only: "auto" means the CPU for it
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    if is_exported_program(path):  # `convnext export --format int8`
+    if program:
         return _load_int8_program(path, dev, img_size, crop_pct)
     ckpt = read_checkpoint(path)  # the one read of the file
     task = dense_task_of(ckpt)
