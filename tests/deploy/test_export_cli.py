@@ -168,7 +168,16 @@ def test_the_int8_program_runs_in_predict_and_eval(images, tmp_path, capsys, mon
                "--no-progress"])
     assert rc == 0, capsys.readouterr().err
 
+    import zipfile
+
+    damaged = tmp_path / "damaged.pt2"  # the archive intact, its program description cut short
+    with zipfile.ZipFile(q) as src, zipfile.ZipFile(damaged, "w") as dst:
+        for name in src.namelist():
+            chunk = src.read(name)
+            dst.writestr(name, chunk[: len(chunk) // 2] if name.endswith("models/model.json") else chunk)
     for argv, words in ((["predict", img, "--checkpoint", str(q), "--img-size", "64"], "exported for 32px"),
+                        (["predict", img, "--checkpoint", str(damaged)], "a torch.export program (.pt2) that does "
+                                                                        "not load"),
                         (["eval", "--checkpoint", str(q), "--data", str(data), "--amp", "bf16"], "--amp bf16"),
                         (["export", str(tmp_path / "x.onnx"), "--checkpoint", str(q), "--format", "onnx"], "already an int8 program"),
                         (["convert", str(q), str(tmp_path / "x.safetensors")], "a torch.export program")):

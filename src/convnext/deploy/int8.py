@@ -215,8 +215,15 @@ def load_int8(path: str | Path, mixed_bf16: bool | None = None, compile: bool = 
     _pt2e()  # registers the quantized_decomposed ops the program calls
     meta: dict[str, str] = dict.fromkeys(("classes", "preprocessing", "quantization", "img_size", "crop_pct", "task",
                                           "weights", "source", "labels_stored"), "")
-    with quiet_library_notes():
-        program = torch.export.load(str(path), extra_files=meta)
+    try:
+        with quiet_library_notes():
+            program = torch.export.load(str(path), extra_files=meta)
+    except Exception as e:  # noqa: BLE001 - any failure to parse the archive is a damaged file, said in one line
+        from ..errors import CheckpointError
+
+        reason = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(f"{path}: a torch.export program (.pt2) that does not load, damaged or written by "
+                              f"another torch ({type(e).__name__}: {reason[:200]})") from None
     if mixed_bf16 is None:
         mixed_bf16 = cpu_features().native_bf16
     return Int8Model(program, mixed_bf16, compile), meta

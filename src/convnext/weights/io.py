@@ -127,7 +127,8 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, An
 
 def is_exported_program(path: str | os.PathLike) -> bool:
     """Whether `path` is a `torch.export.save` archive (a .pt2 program, as `convnext export --format
-    int8` writes): a zip holding `<name>/archive_format` = "pt2". Reads the zip's directory only."""
+    int8` writes): a zip holding `<name>/archive_format` = "pt2". Reads the zip's directory and that
+    one small entry."""
     import zipfile
 
     p = Path(path).expanduser()
