@@ -19,6 +19,9 @@ python benchmarks/int8_speed.py --rounds 8 --convs --json "$OUT/int8_speed.json"
 python benchmarks/int8_bound.py --iters 4 --json "$OUT/int8_bound.json"
 # how much of the gap is GELU: int8 with ReLU in place of GELU (a bound, not a model)
 python benchmarks/int8_speed.py --relu-bound --rounds 6 --json "$OUT/int8_relu_bound.json"
+# the GELU epilogue's cost, a polynomial GELU, and the uint8 table route's pass (accuracy: int8_gelu.py table)
+python benchmarks/int8_gelu.py micro
+python benchmarks/int8_gelu.py poly --max-autotune
 # int8 export on real images: PT2E static quantization calibrated / compared on CIFAR-10 test JPEGs
 DATA=${DATA:-/tmp/cifar10-jpeg}
 [ -d "$DATA/test" ] || { mkdir -p "$DATA"; tar -xzf ../shared/data/cifar10-test-jpeg.tar.gz -C "$DATA"; }

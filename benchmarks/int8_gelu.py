@@ -1,0 +1,216 @@
+"""The int8 GELU epilogue and the routes around it (docs/benchmarks.md, "The gap is GELU").
+
+    python benchmarks/int8_gelu.py micro                   # ms of stage 1's int8 pwconv1 with each epilogue,
+                                                           # and of a uint8 -> uint8 table pass (AVX512-VBMI)
+    python benchmarks/int8_gelu.py table --model M.pt      # top-1 with the pre-GELU value also quantized
+                                                           # (the table route), simulated in fp32
+    python benchmarks/int8_gelu.py poly [--max-autotune]   # int8 with a polynomial GELU in torch ops vs
+                                                           # int8 erf-GELU and our bf16 (ConvNeXt-T, batch 16)
+
+`table --model` takes the CIFAR-10 atto that `benchmarks/cpu_deploy_numerics.py` trains and caches
+(`atto_cifar10_e10_n50000.pt` in its --out folder) and the CIFAR-10 test JPEGs of ../shared/data.
+"""
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+STAGE1 = (50176, 96, 384)  # ConvNeXt-T stage 1 pwconv1 at batch 16: rows, C, 4C
+
+
+def _ms(fn, n: int = 10) -> float:
+    fn()
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1e3
+
+
+_TABLE_SRC = r"""
+#include <torch/extension.h>
+#include <immintrin.h>
+torch::Tensor lut_u8(torch::Tensor x, torch::Tensor table) {
+  TORCH_CHECK(x.dtype() == torch::kUInt8 && x.is_contiguous() && table.numel() == 256);
+  auto out = torch::empty_like(x);
+  const uint8_t* t = table.data_ptr<uint8_t>();
+  __m512i t0 = _mm512_loadu_si512(t), t1 = _mm512_loadu_si512(t + 64);
+  __m512i t2 = _mm512_loadu_si512(t + 128), t3 = _mm512_loadu_si512(t + 192);
+  const uint8_t* in = x.data_ptr<uint8_t>(); uint8_t* o = out.data_ptr<uint8_t>();
+  int64_t n = x.numel(), blocks = n / 64;
+  #pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    __m512i idx = _mm512_loadu_si512(in + b * 64);
+    __m512i lo = _mm512_permutex2var_epi8(t0, idx, t1);  // entries 0..127
+    __m512i hi = _mm512_permutex2var_epi8(t2, idx, t3);  // entries 128..255
+    _mm512_storeu_si512(o + b * 64, _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi));
+  }
+  for (int64_t i = blocks * 64; i < n; ++i) o[i] = t[in[i]];
+  return out;
+}
+"""
+
+
+def micro() -> None:
+    from torch.utils.cpp_extension import load_inline
+
+    from convnext.deploy.int8 import _pt2e
+    from convnext.memory import keep_freed_memory
+
+    _pt2e()
+    keep_freed_memory()
+    torch.manual_seed(0)
+    m, c, h = STAGE1
+    q = torch.ops.onednn
+    x = torch.randint(0, 255, (m, c), dtype=torch.uint8)
+    w = q.qlinear_prepack(torch.randint(-127, 127, (h, c), dtype=torch.int8), [m, c])
+    scale, zp, bias = torch.rand(h) * 0.01, torch.zeros(h, dtype=torch.long), torch.randn(h)
+
+    def lin(post, algo):
+        return lambda: q.qlinear_pointwise(x, 0.05, 128, w, scale, zp, bias, 0.02, 0, torch.uint8, post, [], algo)
+
+    print(f"int8 pwconv1 at stage 1 ({m}x{c} by {c}x{h}, uint8 out), ms:")
+    for name, fn in (("no epilogue", lin("none", "")), ("ReLU", lin("relu", "")),
+                     ("GELU (erf)", lin("gelu", "none")), ("GELU (tanh)", lin("gelu", "tanh"))):
+        print(f"  {name:12s} {_ms(fn):6.2f}")
+    ext = load_inline("convnext_lut_u8", cpp_sources=_TABLE_SRC, functions=["lut_u8"],
+                      extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
+    h8 = torch.randint(0, 256, (m, h), dtype=torch.uint8)
+    table = torch.randint(0, 256, (256,), dtype=torch.uint8)
+    assert torch.equal(ext.lut_u8(h8, table), table[h8.long()])
+    print(f"uint8 -> uint8 table pass over the {m}x{h} activation: {_ms(lambda: ext.lut_u8(h8, table)):.2f} ms "
+          f"(a plain copy: {_ms(h8.clone):.2f} ms)")
+
+
+def _fake_quant(v: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    scale = max(hi - lo, 1e-8) / 255
+    zp = round(-lo / scale)
+    return (torch.clamp(torch.round(v / scale) + zp, 0, 255) - zp) * scale
+
+
+def table(model_path: str, data: str) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cpu_deploy_numerics import logits, read_split
+
+    import convnext.models.layers as layers
+    from convnext.models import create_model
+
+    model = create_model("convnext_atto", num_classes=10)
+    model.load_state_dict(torch.load(model_path, weights_only=True))
+    model.eval()
+    xt, yt, _ = read_split(Path(data) / "cifar10-test-jpeg.tar.gz", 2256)  # as cpu_deploy_numerics: 256 + 2000
+    x_cal, x_test, y_test = xt[:256], xt[256:], yt[256:]
+    ranges: dict[int, list[float]] = {}
+    mode = "calibrate"
+
+    def linear_gelu(x, linear):  # pwconv1 + GELU with the int8 program's activation rounding simulated
+        y = F.linear(x, linear.weight, linear.bias)
+        r = ranges.setdefault(id(linear), [math.inf, -math.inf, math.inf, -math.inf])
+        if mode == "calibrate":  # min / max of the pre- and post-GELU values
+            g = F.gelu(y)
+            r[:] = [min(r[0], y.min().item()), max(r[1], y.max().item()),
+                    min(r[2], g.min().item()), max(r[3], g.max().item())]
+            return g
+        if mode == "fp32":
+            return F.gelu(y)
+        if mode == "table":  # the pre-GELU value in uint8 too: GELU becomes a uint8 -> uint8 table
+            y = _fake_quant(y, r[0], r[1])
+        return _fake_quant(F.gelu(y), r[2], r[3])
+
+    layers.linear_gelu = linear_gelu
+    with torch.no_grad():
+        for i in range(0, len(x_cal), 32):
+            model(x_cal[i : i + 32])
+    out = {}
+    for mode in ("fp32", "uint8 after GELU (int8 as built)", "table"):
+        out[mode] = logits(model, x_test)
+        top1 = 100 * (out[mode].argmax(1) == y_test).float().mean().item()
+        agree = 100 * (out[mode].argmax(1) == out["fp32"].argmax(1)).float().mean().item()
+        print(f"{mode}: top-1 {top1:.2f}%, agreement with fp32 {agree:.2f}%")
+
+
+def _gelu_poly(degree: int = 15):
+    """GELU through an odd least-squares polynomial for Phi(x) - 1/2 on [-4, 4]; x above 4, 0 below -4."""
+    xs = torch.linspace(-4, 4, 20001, dtype=torch.float64)
+    phi = 0.5 * (1 + torch.erf(xs / math.sqrt(2)))
+    basis = torch.stack([xs**p for p in range(1, degree + 1, 2)], 1)
+    coef = torch.linalg.lstsq(basis, (phi - 0.5)[:, None]).solution[:, 0].tolist()
+
+    def gelu(y):
+        z = y.clamp(-4.0, 4.0)
+        z2, p = z * z, coef[-1]
+        for c in reversed(coef[:-1]):
+            p = p * z2 + c
+        return torch.where(y > 4.0, y, torch.where(y < -4.0, torch.zeros_like(y), y * (0.5 + z * p)))
+
+    t = torch.linspace(-8, 8, 100001)
+    return gelu, (gelu(t) - F.gelu(t)).abs().max().item()
+
+
+def poly(max_autotune: bool) -> None:
+    import convnext.models.layers as layers
+    from convnext.deploy.cpu import _measure, fast_cpu_model, freezing, quiet_library_notes
+    from convnext.deploy.int8 import _drop_dtype_asserts, quantize_int8
+    from convnext.models import create_model
+
+    gelu, err = _gelu_poly()
+    print(f"polynomial GELU: max |error| {err:.2e} on [-8, 8]")
+    torch.manual_seed(0)
+    model = create_model("convnext_tiny").eval()
+    x = torch.randn(16, 3, 224, 224)
+
+    def compiled(program, autotune):
+        module = program.module()
+        _drop_dtype_asserts(module)
+        fn = torch.compile(module, dynamic=False)
+
+        def run(inp):
+            with torch.no_grad(), freezing(max_autotune=autotune), torch.autocast("cpu", dtype=torch.bfloat16):
+                return fn(inp)
+
+        run(x)
+        return run
+
+    runs = {"bf16 (ours)": fast_cpu_model(model, "bf16", 16, 224, candidates=("compile",))}
+    with quiet_library_notes():
+        runs["int8 erf-GELU"] = compiled(quantize_int8(model, [x[:4]], 224), False)
+        erf = layers.linear_gelu
+        layers.linear_gelu = lambda x_, linear: gelu(linear(x_))
+        try:
+            program = quantize_int8(model, [x[:4]], 224)
+        finally:
+            layers.linear_gelu = erf
+        runs["int8 polynomial GELU"] = compiled(program, False)
+        if max_autotune:
+            torch._dynamo.reset()
+            runs["int8 polynomial GELU, max-autotune"] = compiled(program, True)
+    med = _measure(runs, x, repeats=6)
+    for name, s in med.items():
+        print(f"{name}: {16 / s:.1f} img/s, {med['bf16 (ours)'] / s:.2f}x our bf16")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=("micro", "table", "poly"))
+    p.add_argument("--model", help="table: the trained CIFAR-10 atto state dict")
+    p.add_argument("--data", default="../shared/data", help="table: the folder holding cifar10-test-jpeg.tar.gz")
+    p.add_argument("--max-autotune", action="store_true", help="poly: also compile with max-autotune")
+    args = p.parse_args()
+    if args.what == "micro":
+        micro()
+    elif args.what == "table":
+        if not args.model:
+            p.error("table needs --model (the atto that benchmarks/cpu_deploy_numerics.py trains)")
+        table(args.model, args.data)
+    else:
+        poly(args.max_autotune)
+
+
+if __name__ == "__main__":
+    main()
