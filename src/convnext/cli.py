@@ -22,7 +22,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("convnext.cli", "list registered models with params, GFLOPs at their paper resolution and paper top-1"),
     "flops": ("convnext.cli", "multiply-accumulates of a model at a resolution"),
     "convert": ("convnext.weights.cli", "convert a checkpoint between official/timm/torchvision/HF layouts"),
-    "export": ("convnext.inference.cli", "export a model with its weights to ONNX or TorchScript (parity-checked)"),
+    "export": ("convnext.inference.cli", "export a model with its weights to ONNX, TorchScript, OpenVINO or int8 "
+                                        "(parity-checked)"),
     "predict": ("convnext.inference.cli", "top-k classes, detections or class maps of images with a checkpoint"),
     "train": ("convnext.train.cli", "train with the paper's recipe (no arguments: built-in digits, about a minute on a CPU)"),
     "eval": ("convnext.inference.cli", "metrics of a checkpoint on a dataset (top-1/top-5, COCO AP, mIoU)"),

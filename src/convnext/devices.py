@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .errors import ConfigError
 
-__all__ = ["resolve_device", "set_threads"]
+__all__ = ["resolve_device", "set_threads", "module_device"]
 
 
 def resolve_device(text: str | None, flag: str = "--device"):
@@ -46,3 +46,15 @@ def set_threads(n: int | None, flag: str = "--threads") -> None:
     import torch
 
     torch.set_num_threads(n)
+
+
+def module_device(model):
+    """The device a model's tensors live on: that of its first parameter or buffer; the CPU for a model
+    holding none (an exported graph run by ONNX Runtime / OpenVINO)."""
+    import torch
+
+    for tensors in (model.parameters(), model.buffers()):
+        first = next(iter(tensors), None)
+        if first is not None:
+            return first.device
+    return torch.device("cpu")

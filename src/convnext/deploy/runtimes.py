@@ -15,6 +15,10 @@ and the preprocessing in the model's rt_info, so the IR is self-describing:
 and returning torch tensors, so the benchmark times them exactly like ours. Both use as many
 threads as torch does. OpenVINO runs with its default CPU precision unless a hint is given: bf16
 on CPUs with AMX / AVX512-BF16, f32 elsewhere.
+
+`RuntimeGraph` is an exported classifier file (ONNX or OpenVINO IR) as `convnext predict` / `eval`
+run it: its input size and class count read off the graph, its metadata (class names,
+preprocessing) off the file, the runtime started at the first call.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from torch import nn
 from ..errors import UserError
 
 __all__ = ["export_onnx", "export_openvino", "read_openvino_meta", "OnnxRuntimeModule", "OpenVINOModule",
-           "preprocessing_meta"]
+           "preprocessing_meta", "RuntimeGraph", "crop_of_preprocessing"]
 
 
 def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor) -> None:
@@ -50,13 +54,22 @@ def preprocessing_meta(img_size: int, crop_pct: float | None = None) -> dict:
             "std": list(IMAGENET_STD), "layout": "NCHW RGB float32, normalised"}
 
 
-def _openvino():
+def _openvino(what: str = "--format openvino"):
     try:
         import openvino as ov
     except ImportError:
-        raise UserError("--format openvino needs OpenVINO: pip install openvino "
+        raise UserError(f"{what} needs OpenVINO: pip install openvino "
                         "(or pip install 'convnext[openvino]')") from None
     return ov
+
+
+def _onnxruntime(what: str):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UserError(f"{what} needs ONNX Runtime: pip install onnxruntime "
+                        "(or pip install 'convnext[export]')") from None
+    return ort
 
 
 def export_openvino(model: nn.Module, path: str | Path, example: torch.Tensor, classes: list[str] | None,
@@ -116,8 +129,7 @@ class OnnxRuntimeModule(nn.Module):
 
     def __init__(self, onnx_path: str | Path, threads: int | None = None):
         super().__init__()
-        import onnxruntime as ort
-
+        ort = _onnxruntime(f"{onnx_path}: running an ONNX graph")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         # No spin-waiting between runs: spinning threads would steal the cores from whatever runs next
@@ -125,10 +137,11 @@ class OnnxRuntimeModule(nn.Module):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.version = ort.__version__
+        self.input_name = self.session.get_inputs()[0].name  # "image" in our exports
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().float().contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {"image": x})[0])
+        return torch.from_numpy(self.session.run(None, {self.input_name: x})[0])
 
 
 class OpenVINOModule(nn.Module):
@@ -136,7 +149,7 @@ class OpenVINOModule(nn.Module):
 
     def __init__(self, model_path: str | Path, precision: str | None = None, threads: int | None = None):
         super().__init__()
-        ov = _openvino()
+        ov = _openvino(f"{model_path}: running an OpenVINO IR")
         config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
         if precision:
             config["INFERENCE_PRECISION_HINT"] = precision
@@ -150,3 +163,121 @@ class OpenVINOModule(nn.Module):
         x = x.detach().float().contiguous().numpy()
         out = self._request.infer({0: x}, share_inputs=True)
         return torch.from_numpy(next(iter(out.values())).copy())
+
+
+def crop_of_preprocessing(pre: dict) -> float | None:
+    """The centre-crop fraction an export's preprocessing metadata describes (`inference.export_metadata`'s
+    resize / crop sizes, or `preprocessing_meta`'s crop_pct), None when it says nothing."""
+    if pre.get("crop_pct"):
+        return float(pre["crop_pct"])
+    if pre.get("resize_square"):
+        return 1.0
+    short, crop = pre.get("resize_shorter_side"), pre.get("center_crop")
+    if short and crop:
+        # int(crop / fraction) must give back `short` (EvalTransform's rule); where float rounding of
+        # crop / short lands a pixel lower, the fraction of short + 0.5 does not
+        short, crop = int(short), int(crop)
+        fraction = crop / short
+        return min(1.0, fraction if int(crop / fraction) == short else crop / (short + 0.5))
+    return None
+
+
+def _static(dims) -> list[int | None]:
+    return [d if isinstance(d, int) and d > 0 else None for d in dims]
+
+
+class RuntimeGraph(nn.Module):
+    """An exported classifier (ONNX or OpenVINO IR file) run on the CPU by ONNX Runtime / OpenVINO.
+
+    Read from the graph: `in_chans`, `img_size` (None where the graph leaves H and W free),
+    `num_classes`, and a fixed batch size if it has one (then calls are split / padded to it).
+    `meta` holds the file's str -> str metadata (`convnext export` stores task, classes,
+    preprocessing, weights, source). `prepare(dtype)` starts the runtime: ONNX Runtime runs fp32;
+    OpenVINO takes "bf16" / "fp32" as its inference precision hint. Inference only.
+    """
+
+    def __init__(self, path: str | Path, kind: str):
+        super().__init__()
+        if kind not in ("onnx", "openvino"):
+            raise ValueError(f"RuntimeGraph: kind must be onnx or openvino, got {kind!r}")
+        self.path, self.kind = Path(path), kind
+        self.training = False
+        self._run: nn.Module | None = None
+        self.precision = "f32"
+        from ..errors import CheckpointError
+
+        try:
+            if kind == "onnx":
+                ort = _onnxruntime(f"{path}: running an ONNX graph")
+                session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                ins, outs = session.get_inputs(), session.get_outputs()
+                in_shapes, out_shapes = [i.shape for i in ins], [o.shape for o in outs]
+                self.meta = {str(k): str(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
+                self.version = ort.__version__
+            else:
+                ov = _openvino(f"{path}: running an OpenVINO IR")
+                model = ov.Core().read_model(str(path))
+                in_shapes = [[d.get_length() if d.is_static else None for d in i.get_partial_shape()]
+                             for i in model.inputs]
+                out_shapes = [[d.get_length() if d.is_static else None for d in o.get_partial_shape()]
+                              for o in model.outputs]
+                self.meta = {}
+                for key in ("task", "classes", "preprocessing", "weights", "source", "producer", "labels_stored"):
+                    if model.has_rt_info(["convnext", key]):
+                        self.meta[key] = str(model.get_rt_info(["convnext", key]).astype(str))
+                self.version = ov.__version__
+        except UserError:
+            raise
+        except Exception as e:  # the runtime's own parse error: a damaged or foreign file
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{path}: not a readable {'ONNX graph' if kind == 'onnx' else 'OpenVINO IR'} "
+                                  f"({reason[:300]})") from None
+        if len(in_shapes) != 1 or len(in_shapes[0]) != 4 or len(out_shapes) < 1 or len(out_shapes[0]) != 2 \
+                or _static(out_shapes[0])[1] is None:
+            raise CheckpointError(
+                f"{path}: not a classifier graph (expected one (B, C, H, W) image input and (B, classes) logits; "
+                f"found inputs {in_shapes} and outputs {out_shapes})")
+        batch, self.in_chans, h, w = _static(in_shapes[0])
+        self.batch = batch  # None: any batch size
+        self.img_size = h if h is not None and h == w else None
+        self.fixed_size = (h, w) if h is not None and w is not None else None
+        self.num_classes = _static(out_shapes[0])[1]
+
+    def train(self, mode: bool = True) -> "RuntimeGraph":
+        """Inference only: `eval()` is a no-op."""
+        if mode:
+            raise RuntimeError("RuntimeGraph runs an exported inference graph; it cannot be put in training mode")
+        return self
+
+    def prepare(self, dtype: str = "fp32", threads: int | None = None) -> None:
+        """Start the runtime: ONNX Runtime (fp32 only), or OpenVINO with `dtype` ("bf16" / "fp32") as its
+        inference precision hint."""
+        if self.kind == "onnx":
+            if dtype != "fp32":
+                raise UserError(f"--dtype {dtype}: ONNX Runtime runs {self.path.name} in fp32 only; use --dtype fp32 "
+                                f"or auto, or export --format openvino for bf16")
+            self._run = OnnxRuntimeModule(self.path, threads)
+        else:
+            self._run = OpenVINOModule(self.path, precision="bf16" if dtype == "bf16" else "f32", threads=threads)
+            self.precision = self._run.precision
+
+    def describe(self) -> str:
+        if self.kind == "onnx":
+            return f"CPU inference: ONNX Runtime {self.version} running the ONNX graph, fp32"
+        return f"CPU inference: OpenVINO {self.version} running the IR, inference precision {self.precision}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._run is None:
+            self.prepare()
+        if self.fixed_size is not None and tuple(x.shape[-2:]) != self.fixed_size:
+            raise ValueError(f"{self.path}: the graph takes {self.fixed_size[0]}x{self.fixed_size[1]} images, "
+                             f"got {tuple(x.shape[-2:])}")
+        if self.batch is None or x.shape[0] == self.batch:
+            return self._run(x)
+        outs = []
+        for chunk in x.split(self.batch):  # a fixed-batch graph: pad the last chunk, drop the padding
+            n = chunk.shape[0]
+            if n < self.batch:
+                chunk = torch.cat([chunk, chunk[-1:].expand(self.batch - n, *chunk.shape[1:])])
+            outs.append(self._run(chunk)[:n])
+        return torch.cat(outs)

@@ -46,7 +46,18 @@ def _fast_cpu(args: argparse.Namespace, loaded, batch_size: int, compile: bool =
     from ..deploy.cpu import model_for_dtype
     from ..deploy.features import select_dtype
     from ..deploy.int8 import Int8Model
+    from ..deploy.runtimes import RuntimeGraph
 
+    if isinstance(loaded.model, RuntimeGraph):  # ONNX Runtime (fp32) / OpenVINO (--dtype: its precision hint)
+        if getattr(args, "amp", "off") != "off":
+            raise UserError(f"--amp {args.amp}: {loaded.source} runs in its runtime's precision, which --dtype "
+                            f"picks; leave --amp off")
+        chosen, reason = select_dtype(args.dtype, "cpu")
+        if loaded.model.kind == "onnx" and args.dtype == "auto":
+            chosen, reason = "fp32", "fp32 (ONNX Runtime runs the graph in fp32)"
+        loaded.model.prepare(chosen)
+        print(f"{loaded.model.describe()}; {reason}", file=sys.stderr)
+        return
     if isinstance(loaded.model, Int8Model):  # an int8 program: --dtype picks the precision of its float ops
         if getattr(args, "amp", "off") != "off":
             raise UserError(f"--amp {args.amp}: an int8 program runs its float ops in the precision --dtype picks "
@@ -186,10 +197,10 @@ def _predict_outputs(args: argparse.Namespace, paths: list[str]) -> dict[str, li
 
 def _predict_classes(args: argparse.Namespace, loaded, paths: list[str], json_files) -> int:
     from ..outputs import printable
-    from .loaded import INT8_PROGRAM
+    from .loaded import EXPORTED_LAYOUTS
     from .predict import iter_predictions
 
-    if args.img_size is None and loaded.layout != INT8_PROGRAM:  # a program's resolution is fixed
+    if args.img_size is None and loaded.layout not in EXPORTED_LAYOUTS:  # an export's resolution is fixed
         print(f"resolution {loaded.img_size}px (from {loaded.resolution_source}; --img-size overrides)",
               file=sys.stderr)
     failed = 0
@@ -256,16 +267,16 @@ def _predict_dense(args: argparse.Namespace, loaded, paths: list[str], outputs: 
 def _cmd_export(args: argparse.Namespace) -> int:
     from ..outputs import check_output_path, printable
     from .export import export
-    from .loaded import INT8_PROGRAM
+    from .loaded import EXPORTED_LAYOUTS, INT8_PROGRAM, ONNX_GRAPH
 
     out = check_output_path(args.out, "OUT", force=args.force)
     _positive("--img-size", args.img_size)
     if args.int8_convs and args.format != "int8":
         raise UserError(f"--int8-convs applies to --format int8 only (got --format {args.format})")
     loaded = _load(args)
-    if loaded.layout == INT8_PROGRAM:
-        raise UserError(f"{args.checkpoint}: already an int8 program; export from the float checkpoint it was "
-                        f"exported from")
+    if loaded.layout in EXPORTED_LAYOUTS:
+        what = {INT8_PROGRAM: "an int8 program", ONNX_GRAPH: "an ONNX graph"}.get(loaded.layout, "an OpenVINO IR")
+        raise UserError(f"{args.checkpoint}: already {what}; export from the float checkpoint it was exported from")
     if args.format == "int8":
         from ..deploy.int8 import export_int8_cli
 
@@ -301,8 +312,9 @@ def _register_eval(sub) -> None:
     p = sub.add_parser("eval", help="metrics of a checkpoint on a dataset (top-1/top-5, COCO AP, mIoU)",
                        description="Evaluate a classifier (top-1/top-5, per-class accuracy), detector (COCO box/mask "
                                    "AP) or segmenter (mIoU) with its dataset's evaluation preprocessing.")
-    p.add_argument("--checkpoint", required=True, help="a `convnext train` checkpoint, an mmdet/mmseg file, or "
-                                                       "a classifier in any supported layout")
+    p.add_argument("--checkpoint", required=True, help="a `convnext train` checkpoint, an mmdet/mmseg file, "
+                                                       "a classifier in any supported layout, or its export "
+                                                       "(int8 .pt2, ONNX .onnx, OpenVINO .xml)")
     p.add_argument("--data", required=True,
                    help="folder with val/ (or test/) class folders, or digits | cifar10 | cifar100; a COCO or "
                         "ADE20K-layout folder for detection/segmentation")
@@ -341,11 +353,12 @@ def _register_eval(sub) -> None:
 
 
 def _register_export(sub) -> None:
-    p = sub.add_parser("export", help="export a model with its weights to ONNX or TorchScript (parity-checked)")
+    p = sub.add_parser("export", help="export a model with its weights to ONNX, TorchScript, OpenVINO or int8 "
+                                      "(parity-checked)")
     p.__class__ = _IntermixedParser
     p.add_argument("model", nargs="?", default=None,
                    help="registered model name (optional: default the architecture the checkpoint describes)")
-    p.add_argument("out", help="output file (.onnx / .pt)")
+    p.add_argument("out", help="output file (.onnx / .pt / .xml / .pt2)")
     p.add_argument("--checkpoint", required=True, help="weights in any supported layout")
     # Formats: the keys of convnext.inference.export.EXPORTERS (add a format there and here).
     p.add_argument("--format", choices=("onnx", "torchscript", "openvino", "int8"), required=True,
@@ -376,7 +389,9 @@ def _register_predict(sub) -> None:
                                    "crop; square resize at >= 384). Exit status 1 when some images could not be "
                                    "read (each is reported; the others are done), 2 on errors.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
-    p.add_argument("--checkpoint", default=None, help="weights in any supported layout")
+    p.add_argument("--checkpoint", default=None,
+                   help="weights in any supported layout, or a classifier's export (int8 .pt2, ONNX .onnx, OpenVINO "
+                        ".xml)")
     p.add_argument("--pretrained", action="store_true",
                    help="the official weights of --model (pretrained registry) instead of --checkpoint")
     p.add_argument("--pretrained-tag", default=None, metavar="TAG",

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from ..devices import module_device
 from ..errors import ConfigError, DataError
 from .loaded import Loaded
 
@@ -94,7 +95,7 @@ def evaluate_classification(
 
     _check_counts(batch_size, num_workers)
     model = loaded.model
-    dev = next(model.parameters()).device
+    dev = module_device(model)
     labels = loaded.classes if loaded.labels_stored else None  # names the checkpoint itself carries
     if dataset is None:
         dataset = build_dataset(data, "val", loaded.transform, classes=None, strict=strict_images, data_dir=data_dir)
@@ -255,7 +256,7 @@ def evaluate_dense(
     if not _same_classes(list(loaded.classes or []), list(td.classes)):
         raise DataError(f"--data {data}: its {len(td.classes)} classes differ from the checkpoint's "
                         f"{len(loaded.classes)} ({', '.join(td.classes[:3])}... vs {', '.join(loaded.classes[:3])}...)")
-    dev = next(loaded.model.parameters()).device
+    dev = module_device(loaded.model)
     # Detection batches are padded to their largest image, which moves the numbers slightly: with
     # --save-predictions one image per batch by default, so the files equal `convnext predict`'s.
     default_bs = 1 if save_predictions is not None else int(loaded.train_config.get("batch_size", 2))

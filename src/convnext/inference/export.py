@@ -33,7 +33,8 @@ def export_metadata(loaded: Loaded, size: int) -> dict[str, str]:
                "rescale_to_fit": [4 * loaded.img_size, loaded.img_size], "sliding_window": loaded.img_size,
                "graph_input": size}
     return {"task": loaded.task, "classes": json.dumps(list(loaded.classes or [])), "preprocessing": json.dumps(pre),
-            "weights": loaded.weights, "source": str(loaded.source), "producer": "convnext export"}
+            "weights": loaded.weights, "source": str(loaded.source), "producer": "convnext export",
+            "labels_stored": "1" if loaded.labels_stored else "0"}  # the checkpoint's own names, or defaults
 
 
 def _onnx(model, x, out: Path, metadata: dict[str, str]):

@@ -4,7 +4,8 @@ The file is read once. What it holds decides the task:
 - a `convnext train` checkpoint of a detector / segmenter (its `task` / `model_config`);
 - an OpenMMLab (mmdet / mmseg) file, recognised by `convnext.weights.dense_files.read_dense_file`;
 - otherwise a classifier in any layout `convnext.weights` converts (ours, official, timm,
-  torchvision, HF).
+  torchvision, HF);
+- or an exported classifier: an int8 program (.pt2), an ONNX graph or an OpenVINO IR (run on the CPU).
 `Loaded` carries the model (eval mode), the task, the class names, the eval transform (the
 dataset's own, `convnext.data.preprocess`) and which weights were used; `eval`, `predict` and
 `export` all start from it.
@@ -19,9 +20,13 @@ from typing import Any, Callable, Mapping
 
 from ..errors import CheckpointError, ConfigError, UserError
 
-__all__ = ["Loaded", "load", "resolve_resolution", "dense_task_of", "as_loaded", "INT8_PROGRAM"]
+__all__ = ["Loaded", "load", "resolve_resolution", "dense_task_of", "as_loaded", "INT8_PROGRAM", "ONNX_GRAPH",
+           "OPENVINO_IR", "EXPORTED_LAYOUTS"]
 
 INT8_PROGRAM = "int8 program (torch.export)"  # `Loaded.layout` of what `convnext export --format int8` writes
+ONNX_GRAPH = "ONNX graph (ONNX Runtime)"  # ... of `convnext export --format onnx`
+OPENVINO_IR = "OpenVINO IR"  # ... of `convnext export --format openvino`
+EXPORTED_LAYOUTS = (INT8_PROGRAM, ONNX_GRAPH, OPENVINO_IR)  # files run by predict / eval, not exported again
 
 _DENSE_ARCHS = {"detection": "detection", "upernet": "segmentation"}
 
@@ -93,7 +98,8 @@ def load(
             checkpoints trained with EMA), "ema" or "model".
         model_name: build this registered model instead of the one the checkpoint describes
             (needed for files whose architecture cannot be read from the tensors).
-        device: "cpu", "cuda", "auto", ... or a torch.device (an int8 program: "cpu" or "auto").
+        device: "cpu", "cuda", "auto", ... or a torch.device (an exported int8 program, ONNX graph or
+            OpenVINO IR: "cpu" or "auto", which means the CPU for them).
         img_size: evaluation resolution (classification side, detection shorter side,
             segmentation crop); default the checkpoint's, else the task's standard.
         crop_pct: classification centre-crop fraction; default the checkpoint's, else the paper's rule.
@@ -103,17 +109,20 @@ def load(
     import torch
 
     from ..devices import resolve_device
-    from ..weights.io import is_exported_program, read_checkpoint
+    from ..weights.io import is_exported_program, read_checkpoint, runtime_graph_kind
 
     if img_size is not None and img_size <= 0:
         raise ConfigError(f"--img-size {img_size}: must be a positive number of pixels")
     path, model_name = _resolve_source(path, model_name, pretrained)
-    program = is_exported_program(path)  # `convnext export --format int8`
-    if program and not isinstance(device, torch.device) and str(device or "auto").strip().lower() == "auto":
-        device = "cpu"  # the int8 program runs on the CPU only: "auto" means the CPU for it
+    # `convnext export --format int8 | onnx | openvino`: files that run on the CPU only
+    exported = "int8" if is_exported_program(path) else runtime_graph_kind(path)
+    if exported and not isinstance(device, torch.device) and str(device or "auto").strip().lower() == "auto":
+        device = "cpu"  # "auto" means the CPU for them
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    if program:
+    if exported == "int8":
         return _load_int8_program(path, dev, img_size, crop_pct)
+    if exported:
+        return _load_runtime_graph(path, exported, dev, img_size, crop_pct)
     ckpt = read_checkpoint(path)  # the one read of the file
     task = dense_task_of(ckpt)
     if task is not None:
@@ -175,9 +184,6 @@ def _load_classifier(ckpt, path, weights, model_name, dev, img_size, crop_pct) -
 def _load_int8_program(path, dev, img_size: int | None, crop_pct: float | None) -> Loaded:
     """A classifier's int8 program (`convnext export --format int8`), with the class names and the
     preprocessing stored in it. Its resolution is fixed at export; its batch size is free."""
-    import json
-
-    from ..data.imagenet_labels import labels_for
     from ..data.transforms import eval_transform
     from ..deploy.int8 import load_int8
 
@@ -194,16 +200,7 @@ def _load_int8_program(path, dev, img_size: int | None, crop_pct: float | None) 
                           f"{img_size} from the float checkpoint")
     stored_crop = float(meta["crop_pct"]) if meta.get("crop_pct") else None
     crop = crop_pct if crop_pct is not None else stored_crop
-    text = meta.get("classes") or ""
-    try:
-        classes = [str(c) for c in json.loads(text)] if text.startswith("[") else text.splitlines()
-    except ValueError:
-        classes = text.splitlines()
-    defaults = labels_for(model.num_classes)
-    if len(classes) != model.num_classes:
-        classes = defaults
-    # names the float checkpoint carried (eval then maps the data's class folders onto them), not defaults
-    stored = meta.get("labels_stored") == "1" if meta.get("labels_stored") else classes != defaults
+    classes, stored = _stored_classes(meta.get("classes") or "", model.num_classes, meta.get("labels_stored"))
     origin = meta.get("source") or "unknown"
     note = meta.get("quantization") or "static int8"
     return Loaded(model=model, transform=eval_transform(size, crop_pct=crop), classes=classes, img_size=size,
@@ -211,6 +208,71 @@ def _load_int8_program(path, dev, img_size: int | None, crop_pct: float | None) 
                   resolution_source="the int8 program, fixed at export",
                   report=f"int8 program {path} ({note}; exported from {origin}; {model.num_classes} classes)",
                   task="classification", layout=INT8_PROGRAM, labels_stored=stored)
+
+
+def _stored_classes(text: str, num_classes: int, stored_flag: str | None) -> tuple[list[str], bool]:
+    """(class names, whether they are the checkpoint's own) from an export's "classes" metadata (a JSON
+    list, or one name per line) and its "labels_stored" flag; ImageNet's / numbered defaults otherwise."""
+    import json
+
+    from ..data.imagenet_labels import labels_for
+
+    try:
+        classes = [str(c) for c in json.loads(text)] if text.startswith("[") else text.splitlines()
+    except ValueError:
+        classes = text.splitlines()
+    defaults = labels_for(num_classes)
+    if len(classes) != num_classes:
+        classes = defaults
+    # names the float checkpoint carried (eval then maps the data's class folders onto them), not defaults
+    stored = stored_flag == "1" if stored_flag else classes != defaults
+    return classes, stored
+
+
+def _load_runtime_graph(path, kind: str, dev, img_size: int | None, crop_pct: float | None) -> Loaded:
+    """An exported classifier run by ONNX Runtime (.onnx) or OpenVINO (IR .xml), with the class names
+    and the preprocessing its metadata holds (`convnext export` stores them)."""
+    import json
+
+    from ..data.transforms import eval_transform
+    from ..deploy.runtimes import RuntimeGraph, crop_of_preprocessing
+
+    what = "an ONNX graph" if kind == "onnx" else "an OpenVINO IR"
+    if dev.type != "cpu":
+        raise UserError(f"{path}: {what} runs on the CPU here (its runtime's CPU device); use --device cpu")
+    graph = RuntimeGraph(path, kind)
+    task = graph.meta.get("task") or "classification"
+    if task != "classification":
+        raise UserError(f"{path}: {what} of a {task} model; convnext predict and eval run exported classifiers "
+                        f"only: run the {task} model from the checkpoint it was exported from")
+    try:
+        pre = json.loads(graph.meta.get("preprocessing") or "{}")
+    except ValueError:
+        pre = {}
+    pre = pre if isinstance(pre, dict) else {}
+    size = graph.img_size
+    if graph.fixed_size is not None and size is None:
+        raise CheckpointError(f"{path}: {what} for {graph.fixed_size[0]}x{graph.fixed_size[1]} inputs; only square "
+                              f"inputs are fed by the classification preprocessing")
+    if size is not None and img_size is not None and img_size != size:
+        raise ConfigError(f"--img-size {img_size}: {path} is {what} exported for {size}px inputs (the resolution is "
+                          f"fixed at export, the batch size is free); export again with --img-size {img_size}")
+    source = "the graph, fixed at export"
+    if size is None:  # H and W free in the graph: the flag, else the preprocessing it was exported with
+        stored = pre.get("center_crop") or pre.get("resize_square") or pre.get("img_size")
+        size, source = ((img_size, "--img-size") if img_size else (int(stored), "the graph's metadata") if stored
+                        else (224, "the default"))
+    stored_crop = crop_of_preprocessing(pre)
+    crop = crop_pct if crop_pct is not None else stored_crop
+    classes, stored_names = _stored_classes(graph.meta.get("classes") or "", graph.num_classes,
+                                            graph.meta.get("labels_stored"))
+    origin = graph.meta.get("source") or "unknown"
+    layout = ONNX_GRAPH if kind == "onnx" else OPENVINO_IR
+    return Loaded(model=graph, transform=eval_transform(size, crop_pct=crop), classes=classes, img_size=size,
+                  weights=graph.meta.get("weights") or "model", config=None, crop_pct=crop, source=str(path),
+                  resolution_source=source,
+                  report=f"{layout} {path} (exported from {origin}; {graph.num_classes} classes)",
+                  task="classification", layout=layout, labels_stored=stored_names)
 
 
 def dense_transform(task: str, img_size: int) -> Callable:

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from ..devices import module_device
 from ..errors import ConfigError, DataError, UserError
 from .images import open_image, read_rgb_tensor
 from .loaded import Loaded, as_loaded
@@ -51,7 +52,7 @@ def iter_predictions(
     num_classes = getattr(model, "num_classes", 0)
     if num_classes <= 0:
         raise UserError(f"{loaded.source or 'model'}: the model has no classifier head; nothing to predict")
-    device = next(model.parameters()).device
+    device = module_device(model)
     k = min(topk, num_classes)
 
     def prepare(item: Any) -> torch.Tensor:
@@ -116,7 +117,7 @@ def predict(target: Any, images: Any, topk: int = 5, batch_size: int = 32) -> li
 
 # ------------------------------------------------------------------------------------------ dense
 def _device(loaded: Loaded):
-    return next(loaded.model.parameters()).device
+    return module_device(loaded.model)
 
 
 def detect(loaded: Loaded, image) -> dict:

@@ -33,6 +33,7 @@ __all__ = [
     "TRAIN_FORMAT",
     "read_checkpoint",
     "is_exported_program",
+    "runtime_graph_kind",
     "unwrap_state_dict",
     "load_state_dict_file",
     "save_state_dict",
@@ -142,6 +143,32 @@ def is_exported_program(path: str | os.PathLike) -> bool:
         return False
 
 
+_ONNX_FIELD_TAGS = frozenset(b"\x12\x1a\x22\x28\x32\x3a\x42")  # ModelProto fields 2..8, after ir_version
+
+
+def runtime_graph_kind(path: str | os.PathLike) -> str | None:
+    """"onnx" or "openvino" for a graph file ONNX Runtime / OpenVINO run (what `convnext export
+    --format onnx|openvino` writes), else None. Decided by the first bytes (an ONNX ModelProto opens
+    with its ir_version field, an OpenVINO IR is XML with a <net> element) or the .onnx suffix."""
+    p = Path(path).expanduser()
+    try:
+        if not p.is_file():
+            return None
+        with open(p, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text.startswith((b"<?xml", b"<net")) and b"<net" in head:
+        return "openvino"
+    if len(head) >= 9 and head[8:9] == b"{":  # a safetensors header
+        return None
+    if p.suffix.lower() == ".onnx" or (len(head) > 2 and head[0] == 0x08 and head[1] < 0x80 and
+                                        head[2] in _ONNX_FIELD_TAGS):
+        return "onnx"
+    return None
+
+
 def _openmmlab_runner_file(p: Path) -> dict[str, Any] | None:
     """An OpenMMLab checkpoint (mmcv / mmengine Runner: `state_dict` of tensors beside `meta` or
     `message_hub`) read with placeholders for its other objects (`runner_unpickle`), else None.
@@ -178,6 +205,14 @@ def _file_kind(p: Path) -> str:
         return "safetensors"
     if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):  # torch.save zip / pickle protocol >= 2
         return "torch"
+    graph = runtime_graph_kind(p)
+    if graph is not None or (p.suffix == ".bin" and p.with_suffix(".xml").is_file()):
+        what = ("an ONNX graph" if graph == "onnx" else "an OpenVINO IR" if graph else
+                f"OpenVINO IR weights (its graph is {p.with_suffix('.xml').name})")
+        raise CheckpointError(
+            f"{p}: {what}, not a weight file: `convnext predict` and `convnext eval` run "
+            f"{'it' if graph else 'the .xml'}; its weights cannot be read back as a checkpoint (use the one it was "
+            f"exported from)")
     raise CheckpointError(
         f"{p}: not a PyTorch checkpoint or a safetensors file (expected a torch.save zip archive, a pickle, "
         f"or a safetensors header; the file starts with {head[:8]!r})"
