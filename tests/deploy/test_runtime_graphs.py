@@ -146,3 +146,14 @@ def test_crop_fraction_read_back_from_export_metadata_gives_the_same_resize():
             assert int(size / eval_transform(size, crop_pct=crop).crop_pct) == short
     assert crop_of_preprocessing({"resize_square": 384}) == 1.0 and crop_of_preprocessing({"crop_pct": 0.95}) == 0.95
     assert crop_of_preprocessing({}) is None
+
+
+def test_a_torchscript_export_is_named_not_sent_to_torch_load(setup, tmp_path, capsys):
+    root, ckpt = setup
+    ts = tmp_path / "m.pt"
+    assert main(["export", "convnext_atto", str(ts), "--checkpoint", str(ckpt), "--format", "torchscript",
+                 "--img-size", "32"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(root / "data" / "val" / "cat" / "0.jpg"), "--checkpoint", str(ts)]) == 2
+    err = capsys.readouterr().err
+    assert "a TorchScript module" in err and "weights_only" not in err and len(err.strip().splitlines()) == 1

@@ -69,3 +69,23 @@ def _has(name):
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+def test_bench_compare_int8(monkeypatch):
+    """`--compare int8`: ours as a PT2E int8 program beside ours, its logits within 10% of ours' largest."""
+    pytest.importorskip("torchao")
+    import functools
+
+    import convnext.deploy.int8 as int8
+    from convnext.bench import BenchConfig, format_report, run_benchmark
+
+    monkeypatch.setattr(int8, "Int8Model", functools.partial(int8.Int8Model, compile=False))  # a fast test
+    cfg = BenchConfig(model="convnext_atto", batch_size=2, img_size=32, warmup=1, repeats=1, compare=("int8",),
+                      dtype="fp32")
+    report = run_benchmark(cfg, progress=False)
+    assert set(report["results"]) == {"ours", "int8"}
+    assert "int8 program (PT2E)" in report["results"]["int8"]["source"]
+    assert "calibrated on 16 random images" in report["results"]["int8"]["source"]
+    agreement = report["agreement"]["int8"]
+    assert agreement["ok"] and 0 < agreement["max_abs_diff"] <= agreement["tolerance"]  # int8 rounds: not exact
+    assert "speed-up ours / int8" in format_report(report)

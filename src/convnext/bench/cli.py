@@ -184,7 +184,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", default="timm,torchvision",
                    help="comma-separated among: timm, torchvision (same weights), onnxruntime, openvino (its "
                    "default precision: bf16 on AMX CPUs), openvino-f32 (our ONNX export of the same weights, CPU "
-                   "inference); 'none' for ours alone")
+                   "inference), int8 (ours as a PT2E int8 program, calibrated on random images: its speed, CPU "
+                   "inference; needs torchao); 'none' for ours alone")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA")
     p.add_argument("--preset", choices=("paper",), default=None,

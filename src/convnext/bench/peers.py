@@ -119,33 +119,39 @@ def build_runtimes(
     ours: nn.Module, runtimes: list[str], img_size: int, workdir: str | Path | None = None,
     in_chans: int = 3,
 ) -> tuple[list[Implementation], dict[str, str]]:
-    """ONNX Runtime / OpenVINO running our ONNX export of `ours` (same weights, same graph).
+    """ONNX Runtime / OpenVINO running our ONNX export of `ours` (same weights, same graph), and ours
+    as an int8 program.
 
     "openvino" keeps OpenVINO's default CPU precision (bf16 where the CPU has AMX / AVX512-BF16),
-    "openvino-f32" pins the f32 hint. Files go to `workdir` (default a temporary folder that lives
-    as long as the process). Returns the implementations and, per runtime not installed, why.
+    "openvino-f32" pins the f32 hint. "int8" is `convnext.deploy.quantize_int8` of `ours`
+    calibrated on random images, run as `load_int8` runs it (compiled; float ops in bf16 where the
+    CPU has native bf16): its speed is what is measured; its logits are held to 10% of ours' largest.
+    Files go to `workdir` (default a temporary folder that lives as long as the process). Returns
+    the implementations and, per runtime not installed, why.
     """
     from ..deploy.runtimes import OnnxRuntimeModule, OpenVINOModule, export_onnx
 
     skipped: dict[str, str] = {}
     wanted = []
     for name in runtimes:
-        module = "onnxruntime" if name == "onnxruntime" else "openvino"
+        module = {"onnxruntime": "onnxruntime", "int8": "torchao"}.get(name, "openvino")
         try:
             importlib.import_module(module)
-            importlib.import_module("onnx")
+            if name != "int8":
+                importlib.import_module("onnx")
         except ImportError:
-            extra = "export" if module == "onnxruntime" else "openvino"
+            extra = {"onnxruntime": "export", "int8": "int8"}.get(name, "openvino")
             skipped[name] = f"{module} is not installed (pip install 'convnext[{extra}]')"
             continue
         wanted.append(name)
+    built = [_int8(ours, img_size, in_chans)] if "int8" in wanted else []
+    wanted = [name for name in wanted if name != "int8"]
     if not wanted:
-        return [], skipped
+        return built, skipped
     if workdir is None:
         workdir = tempfile.mkdtemp(prefix="convnext-bench-")  # kept: OpenVINO may map the weights file
     onnx_path = Path(workdir) / "ours.onnx"
     export_onnx(ours, onnx_path, torch.randn(2, in_chans, img_size, img_size))
-    built = []
     xml = None
     for name in wanted:
         if name == "onnxruntime":
@@ -165,3 +171,21 @@ def build_runtimes(
             + (" (hint pinned)" if name == "openvino-f32" else " (its default)"),
             own_precision=True, tolerance=None if low else 1e-3))
     return built, skipped
+
+
+_INT8_CALIBRATION = (4, 4)  # random batches x images the int8 program is calibrated on (speed, not accuracy)
+
+
+@torch.no_grad()
+def _int8(ours: nn.Module, img_size: int, in_chans: int) -> Implementation:
+    from ..deploy.features import cpu_features
+    from ..deploy.int8 import Int8Model, quantize_int8
+
+    generator = torch.Generator().manual_seed(1)
+    batches = [torch.randn(_INT8_CALIBRATION[1], in_chans, img_size, img_size, generator=generator)
+               for _ in range(_INT8_CALIBRATION[0])]
+    largest = max(ours.eval()(b).abs().max().item() for b in batches)
+    program = Int8Model(quantize_int8(ours, batches, img_size, in_chans), mixed_bf16=cpu_features().native_bf16)
+    n = _INT8_CALIBRATION[0] * _INT8_CALIBRATION[1]
+    return Implementation("int8", program, f"{program.describe()}; ours quantized by PT2E (X86InductorQuantizer), "
+                          f"calibrated on {n} random images", own_precision=True, tolerance=0.1 * largest)

@@ -332,8 +332,8 @@ def _prepare(cfg: BenchConfig, device: torch.device, implementations: list[Imple
         )
     if runtimes:
         if device.type != "cpu" or cfg.mode != "infer":
-            raise ValueError(f"--compare {','.join(runtimes)}: ONNX Runtime / OpenVINO are timed for CPU inference "
-                             "only")
+            raise ValueError(f"--compare {','.join(runtimes)}: ONNX Runtime / OpenVINO / int8 are timed for CPU "
+                             "inference only")
         built, why = build_runtimes(implementations[0].model, runtimes, cfg.img_size,
                                     in_chans=getattr(implementations[0].model, "in_chans", 3))
         implementations, skipped = [*implementations, *built], {**skipped, **why}
@@ -352,7 +352,8 @@ def _prepare(cfg: BenchConfig, device: torch.device, implementations: list[Imple
                                             f"({fast.path})", own_precision=True)
         if cfg.resolved_dtype == "bf16":  # ours bf16 end to end vs the peers' bf16 autocast: both round
             for impl in implementations[1:]:
-                impl.tolerance = None  # the bf16 bound, also for fp32 runtimes
+                if impl.name != "int8":  # int8 keeps its own bound
+                    impl.tolerance = None  # the bf16 bound, also for fp32 runtimes
     elif cfg.optimize_ours:
         ours = implementations[0]
         optimize_for_inference(ours.model)

@@ -88,6 +88,11 @@ def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict[str, An
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from None
         return {"model": tensors, **read_metadata(p)}
+    if _is_torchscript_archive(p):  # torch.load would only point at torch.jit.load, which runs its code
+        raise CheckpointError(
+            f"{p}: a TorchScript module (e.g. from `convnext export --format torchscript`), not a weight file: run "
+            f"it with torch.jit.load; `convnext predict` and `convnext eval` run the checkpoint it was exported "
+            f"from, or its .onnx / OpenVINO .xml / int8 .pt2 export")
     try:
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
@@ -139,6 +144,19 @@ def is_exported_program(path: str | os.PathLike) -> bool:
         with zipfile.ZipFile(p) as z:
             marker = next((n for n in z.namelist() if n.endswith("archive_format") and n.count("/") == 1), None)
             return marker is not None and z.read(marker).strip() == b"pt2"
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _is_torchscript_archive(p: Path) -> bool:
+    """A `torch.jit.save` zip: its records hold compiled code (`<name>/code/...`) beside the tensors."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(p):
+            return False
+        with zipfile.ZipFile(p) as z:
+            return any(n.count("/") >= 2 and n.split("/")[1] == "code" for n in z.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
 
