@@ -131,3 +131,26 @@ def test_quiet_library_notes_silences_only_the_known_notes_and_restores_the_logg
     assert [str(w.message) for w in seen] == ["something the user should see"]
     assert records == ["an error still shows", "after the block"]
     assert log.level == before
+
+
+def test_int8_model_compiles_once_whatever_grad_mode_the_caller_uses(monkeypatch):
+    """A caller under inference_mode, then under no_grad (bench's agreement check, then its timing): one
+    graph, not a recompile for the other grad mode or for an input made under inference_mode."""
+    import functools
+
+    from torch._dynamo.utils import counters
+
+    from convnext.deploy.int8 import Int8Model
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))  # guards only
+    torch._dynamo.reset()
+    model = create_model("convnext_atto", num_classes=3).eval()
+    q = Int8Model(quantize_int8(model, [torch.randn(2, 3, 32, 32)], 32), mixed_bf16=False)
+    counters.clear()
+    outs = []
+    for mode in (torch.inference_mode, torch.no_grad, torch.inference_mode, torch.no_grad):
+        with mode():
+            x = torch.randn(2, 3, 32, 32)
+            outs.append(q(x))
+    assert counters["stats"]["unique_graphs"] == 1
+    outs[0].mul_(2)  # an ordinary tensor, even from a call under inference_mode

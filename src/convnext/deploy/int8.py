@@ -185,9 +185,11 @@ class Int8Model(nn.Module):
     def _run(self, x: torch.Tensor, cpp_wrapper: bool) -> torch.Tensor:
         shape = tuple(x.shape)
         quiet = quiet_library_notes() if shape not in self._built else contextlib.nullcontext()
-        with quiet, torch.no_grad(), freezing(cpp_wrapper=cpp_wrapper), \
+        # One grad mode and one kind of input for every call: the compiled graph is guarded on both (a
+        # caller under inference_mode, then under no_grad, would otherwise compile twice).
+        with quiet, torch.inference_mode(False), torch.no_grad(), freezing(cpp_wrapper=cpp_wrapper), \
                 torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.mixed_bf16):
-            out = self._fn(x).float()
+            out = self._fn(x.clone() if x.is_inference() else x).float()
         self._built.add(shape)
         return out
 
