@@ -77,7 +77,10 @@ def micro() -> None:
 
     print(f"int8 pwconv1 at stage 1 ({m}x{c} by {c}x{h}, uint8 out), ms:")
     for name, fn in (("no epilogue", lin("none", "")), ("ReLU", lin("relu", "")),
-                     ("GELU (erf)", lin("gelu", "none")), ("GELU (tanh)", lin("gelu", "tanh"))):
+                     ("GELU (erf)", lin("gelu", "none")), ("GELU (tanh)", lin("gelu", "tanh")),
+                     # the post-ops a GELU approximation could use: x sigmoid(1.702 x) = swish(1.702 x) / 1.702
+                     # (max error 0.020), hardswish(1.67 x) / 1.67 (max error 0.065); scales fold into the weights
+                     ("swish", lin("swish", "")), ("hardswish", lin("hardswish", ""))):
         print(f"  {name:12s} {_ms(fn):6.2f}")
     ext = load_inline("convnext_lut_u8", cpp_sources=_TABLE_SRC, functions=["lut_u8"],
                       extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
