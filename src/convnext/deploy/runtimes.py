@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import CheckpointError, UserError
 
 __all__ = ["export_onnx", "export_openvino", "read_openvino_meta", "OnnxRuntimeModule", "OpenVINOModule",
            "preprocessing_meta", "RuntimeGraph", "crop_of_preprocessing"]
@@ -147,13 +147,15 @@ class OnnxRuntimeModule(nn.Module):
 class OpenVINOModule(nn.Module):
     """An OpenVINO CPU compiled model as a module; `precision` None keeps OpenVINO's default hint."""
 
-    def __init__(self, model_path: str | Path, precision: str | None = None, threads: int | None = None):
+    def __init__(self, model_path, precision: str | None = None, threads: int | None = None):
+        """`model_path`: an IR .xml, or an `openvino.Model` already read."""
         super().__init__()
         ov = _openvino(f"{model_path}: running an OpenVINO IR")
         config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
         if precision:
             config["INFERENCE_PRECISION_HINT"] = precision
-        self.compiled = ov.Core().compile_model(str(model_path), "CPU", config)
+        source = model_path if isinstance(model_path, ov.Model) else str(model_path)
+        self.compiled = ov.Core().compile_model(source, "CPU", config)
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # what it runs: f32 / bf16
         self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         self.version = ov.__version__
@@ -203,20 +205,19 @@ class RuntimeGraph(nn.Module):
         self.path, self.kind = Path(path), kind
         self.training = False
         self._run: nn.Module | None = None
+        self._ir = None  # the OpenVINO model read here, compiled by prepare()
         self.precision = "f32"
-        from ..errors import CheckpointError
-
         try:
-            if kind == "onnx":
-                ort = _onnxruntime(f"{path}: running an ONNX graph")
-                session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            if kind == "onnx":  # the session is the one inference runs (threads: torch's, set before)
+                self._run = OnnxRuntimeModule(self.path)
+                session = self._run.session
                 ins, outs = session.get_inputs(), session.get_outputs()
                 in_shapes, out_shapes = [i.shape for i in ins], [o.shape for o in outs]
                 self.meta = {str(k): str(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
-                self.version = ort.__version__
+                self.version = self._run.version
             else:
                 ov = _openvino(f"{path}: running an OpenVINO IR")
-                model = ov.Core().read_model(str(path))
+                model = self._ir = ov.Core().read_model(str(path))
                 in_shapes = [[d.get_length() if d.is_static else None for d in i.get_partial_shape()]
                              for i in model.inputs]
                 out_shapes = [[d.get_length() if d.is_static else None for d in o.get_partial_shape()]
@@ -249,17 +250,16 @@ class RuntimeGraph(nn.Module):
             raise RuntimeError("RuntimeGraph runs an exported inference graph; it cannot be put in training mode")
         return self
 
-    def prepare(self, dtype: str = "fp32", threads: int | None = None) -> None:
-        """Start the runtime: ONNX Runtime (fp32 only), or OpenVINO with `dtype` ("bf16" / "fp32") as its
-        inference precision hint."""
+    def prepare(self, dtype: str = "fp32") -> None:
+        """Ready the runtime: ONNX Runtime runs fp32 only; OpenVINO compiles the IR with `dtype` ("bf16" /
+        "fp32") as its inference precision hint (once: later calls keep the first choice)."""
         if self.kind == "onnx":
             if dtype != "fp32":
                 raise UserError(f"--dtype {dtype}: ONNX Runtime runs {self.path.name} in fp32 only; use --dtype fp32 "
                                 f"or auto, or export --format openvino for bf16")
-            self._run = OnnxRuntimeModule(self.path, threads)
-        else:
-            self._run = OpenVINOModule(self.path, precision="bf16" if dtype == "bf16" else "f32", threads=threads)
-            self.precision = self._run.precision
+        elif self._run is None:
+            self._run = OpenVINOModule(self._ir, precision="bf16" if dtype == "bf16" else "f32")
+            self.precision, self._ir = self._run.precision, None
 
     def describe(self) -> str:
         if self.kind == "onnx":
