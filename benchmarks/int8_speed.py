@@ -1,6 +1,6 @@
-"""img/s of ConvNeXt-T (random weights, 224 px, batch 16): our fp32 and bf16 paths vs int8 PT2E, interleaved.
+"""img/s of ConvNeXt-T (or --model; random weights, 224 px, batch 16): our fp32 and bf16 paths vs int8 PT2E.
 
-    python benchmarks/int8_speed.py [--rounds 5] [--batch-size 16] [--convs] [--relu-bound]
+    python benchmarks/int8_speed.py [--model convnext_tiny] [--rounds 5] [--batch-size 16] [--convs] [--relu-bound]
 
 fp32 and bf16 are `fast_cpu_model(model, dtype)` (the fastest of eager / inductor / TorchScript,
 measured); bf16 is skipped where the CPU has no native bf16. int8 is every Linear quantized by the
@@ -28,6 +28,7 @@ from convnext.models import create_model
 
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--model", default="convnext_tiny", help="registered model name (default convnext_tiny)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--convs", action="store_true", help="also time int8 with the convolutions quantized")
@@ -36,7 +37,7 @@ def main() -> None:
     p.add_argument("--json", help="write the medians and ratios here")
     args = p.parse_args()
     torch.manual_seed(0)
-    model = create_model("convnext_tiny").eval()
+    model = create_model(args.model).eval()
     b = args.batch_size
     x = torch.randn(b, 3, 224, 224)
     native_bf16 = cpu_features().native_bf16
@@ -79,8 +80,8 @@ def main() -> None:
                 runs[k](x)
                 samples[k].append(time.perf_counter() - start)
     base = "bf16" if native_bf16 else "fp32"
-    report = {"cpu": cpu_features().describe(), "batch": b, "rounds": args.rounds, "load_before": load_before,
-              "load_after": os.getloadavg(), "img_per_s": {}, f"ratio_vs_{base}": {}}
+    report = {"model": args.model, "cpu": cpu_features().describe(), "batch": b, "rounds": args.rounds,
+              "load_before": load_before, "load_after": os.getloadavg(), "img_per_s": {}, f"ratio_vs_{base}": {}}
     for k, v in samples.items():
         ratios = [s0 / s for s0, s in zip(samples[base], v)]
         report["img_per_s"][k] = b / statistics.median(v)
