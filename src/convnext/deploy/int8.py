@@ -83,21 +83,33 @@ def quantize_int8(
     example = torch.randn(2, in_chans, img_size, img_size)
     graph = _export(module, example).module()
     prepared = prepare_pt2e(graph, quantizer)
+    from .amx_gelu import RangeRecorder
+
+    recorder = RangeRecorder(prepared)  # runs the observers, and records each GELU's input range
     seen = 0
     with torch.no_grad():
         for batch in calibration:
-            prepared(batch.float())
+            recorder.run(batch.float())
             seen += batch.shape[0]
     if not seen:
         raise ValueError("int8 calibration needs at least one image")
     converted = convert_pt2e(prepared)
-    return _export(converted, example)
+    program = _export(converted, example)
+    # what the fused pwconv1 + GELU kernel needs (`amx_gelu`); saved with the program by `save_int8`
+    program.gelu_ranges = recorder.result()
+    return program
 
 
 def save_int8(program: torch.export.ExportedProgram, path: str | Path, meta: dict[str, str] | None = None) -> None:
-    """Write the program as a .pt2 file; `meta` (str -> str: classes, preprocessing) rides along as extra files."""
+    """Write the program as a .pt2 file; `meta` (str -> str: classes, preprocessing) rides along as extra files,
+    and so do the pre-GELU ranges `quantize_int8` recorded."""
+    import json
+
+    extra = dict(meta or {})
+    if getattr(program, "gelu_ranges", None):
+        extra["gelu_ranges"] = json.dumps(program.gelu_ranges)
     with quiet_library_notes():
-        torch.export.save(program, str(path), extra_files=dict(meta or {}))
+        torch.export.save(program, str(path), extra_files=extra)
 
 
 def _drop_dtype_asserts(module: torch.fx.GraphModule) -> None:
@@ -123,10 +135,22 @@ class Int8Model(nn.Module):
     costs no compile), its third compiles it (a caller whose steady batch is smaller).
     """
 
-    def __init__(self, program: torch.export.ExportedProgram, mixed_bf16: bool, compile: bool = True):
+    def __init__(self, program: torch.export.ExportedProgram, mixed_bf16: bool, compile: bool = True,
+                 fused_gelu: bool | None = None):
         super().__init__()
         self.module = program.module()
         self.training = False
+        # pwconv1 + GELU in our AMX kernel (`amx_gelu`) where the program carries its pre-GELU ranges
+        # and this CPU runs the kernel (None: then on); else oneDNN's matmul with its erf post-op
+        self.fused_gelu = 0
+        ranges = getattr(program, "gelu_ranges", None)
+        if fused_gelu is not False and ranges:
+            from . import amx_gelu
+
+            if amx_gelu.available():
+                self.fused_gelu = amx_gelu.fuse_gelu_tables(self.module, ranges)
+            elif fused_gelu:
+                raise RuntimeError("Int8Model(fused_gelu=True): this CPU or compiler cannot run the AMX kernel")
         self.mixed_bf16 = False
         self.set_mixed_bf16(mixed_bf16)
         # a plain attribute, not a child module: the weights appear once in state_dict()
@@ -159,7 +183,9 @@ class Int8Model(nn.Module):
         floats = "bf16 (int8-mixed-bf16)" if self.mixed_bf16 else "fp32"
         runs = ("inductor (freezing, oneDNN int8 kernels" + (", C++ wrapper" if self.cpp_wrapper else "") +
                 "), each batch size compiled once" if self.compiled else "eager (not compiled)")
-        return f"CPU inference: int8 program (PT2E), float ops in {floats}, {runs}"
+        fused = (f"; {self.fused_gelu} pwconv1 + GELU in our AMX kernel (GELU as a uint8 table)" if self.fused_gelu
+                 else "")
+        return f"CPU inference: int8 program (PT2E), float ops in {floats}, {runs}{fused}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, shape = x.shape[0], tuple(x.shape)
@@ -214,9 +240,11 @@ def _io_shapes(module: torch.fx.GraphModule) -> tuple[int, int, int] | None:
 
 def load_int8(path: str | Path, mixed_bf16: bool | None = None, compile: bool = True) -> tuple[Int8Model, dict]:
     """(model, meta) from a file written by `save_int8`. `mixed_bf16` None: on where the CPU has native bf16."""
+    import json
+
     _pt2e()  # registers the quantized_decomposed ops the program calls
     meta: dict[str, str] = dict.fromkeys(("classes", "preprocessing", "quantization", "img_size", "crop_pct", "task",
-                                          "weights", "source", "labels_stored"), "")
+                                          "weights", "source", "labels_stored", "gelu_ranges"), "")
     try:
         with quiet_library_notes():
             program = torch.export.load(str(path), extra_files=meta)
@@ -228,6 +256,11 @@ def load_int8(path: str | Path, mixed_bf16: bool | None = None, compile: bool = 
                               f"another torch ({type(e).__name__}: {reason[:200]})") from None
     if mixed_bf16 is None:
         mixed_bf16 = cpu_features().native_bf16
+    try:
+        ranges = json.loads(meta["gelu_ranges"]) if meta.get("gelu_ranges") else None
+        program.gelu_ranges = [(float(lo), float(hi)) for lo, hi in ranges] if ranges else None
+    except (ValueError, TypeError):
+        program.gelu_ranges = None  # an unreadable entry: oneDNN's GELU post-op, as for older files
     return Int8Model(program, mixed_bf16, compile), meta
 
 

@@ -1,0 +1,292 @@
+"""pwconv1 + GELU of an int8 program in one AMX kernel of ours, GELU applied as a uint8 table in its store.
+
+oneDNN's int8 matmul takes GELU as an erf post-op that costs more than the GEMM it follows (stage 1 of
+ConvNeXt-T: 5.2 ms against 2.1-2.3 ms without it; `benchmarks/int8_gelu.py`). Here the int32
+accumulators of each 32 x 32 output block are dequantised (scale, bias and the input's zero point
+folded into one multiply-add), rounded onto the uint8 grid of the pre-GELU value (its range
+recorded at calibration, `pre_gelu_ranges`) and mapped through a 256-entry uint8 table to the
+uint8 grid of the GELU output that the next int8 matmul reads. The kernel: 2 x 2 AMX tiles of
+16 x 16 int32 per block, K in steps of up to 64 bytes (AMX-INT8), the table lookup with AVX512-VBMI
+byte permutes; the last rows of a matrix go through a zero-padded copy.
+
+`fuse_gelu_tables(graph_module, ranges)` rewrites each `dequantize -> linear -> gelu -> quantize`
+of a converted PT2E graph into one `convnext::qlinear_gelu_table` call; the kernel is compiled
+(`torch.utils.cpp_extension.load_inline`) at first use. `available()` says whether this CPU and
+compiler can run it; everything else keeps oneDNN's post-op.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["available", "fuse_gelu_tables", "pre_gelu_ranges", "gelu_table", "qlinear_gelu_table"]
+
+_SRC = r"""
+#include <torch/extension.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <cstring>
+#include <vector>
+
+struct TileCfg { uint8_t palette; uint8_t start_row; uint8_t reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; };
+
+bool request_amx() {  // Linux: a process asks once for the AMX tile state
+  return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+}
+
+static void block(const uint8_t* a0, int64_t lda, const int8_t* B, int64_t nb, int64_t KB, int64_t ks,
+                  int32_t (*c)[16][16]) {
+  _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+  for (int64_t kb = 0; kb < KB; ++kb) {
+    _tile_loadd(4, a0 + kb * ks, lda);
+    _tile_loadd(5, a0 + 16 * lda + kb * ks, lda);
+    _tile_loadd(6, B + ((2 * nb) * KB + kb) * (ks / 4) * 64, 64);
+    _tile_loadd(7, B + ((2 * nb + 1) * KB + kb) * (ks / 4) * 64, 64);
+    _tile_dpbusd(0, 4, 6); _tile_dpbusd(1, 4, 7); _tile_dpbusd(2, 5, 6); _tile_dpbusd(3, 5, 7);
+  }
+  _tile_stored(0, c[0], 64); _tile_stored(1, c[1], 64); _tile_stored(2, c[2], 64); _tile_stored(3, c[3], 64);
+}
+
+// a: uint8 [M, K]; bp: int8 B tiles [N/16][K/ks][ks/4][64]; v = scale[n] * acc + shift[n];
+// out[m, n] = table[clamp(round(v * inv + z), 0, 255)]
+torch::Tensor qgemm_table(torch::Tensor a, torch::Tensor bp, torch::Tensor scale, torch::Tensor shift,
+                          torch::Tensor table, double inv, int64_t z, int64_t ks) {
+  TORCH_CHECK(a.dtype() == torch::kUInt8 && a.dim() == 2 && a.is_contiguous(), "qgemm_table: uint8 [M, K] input");
+  const int64_t M = a.size(0), K = a.size(1), N = bp.size(0) * 16, KB = K / ks;
+  TORCH_CHECK(N % 32 == 0 && K % ks == 0 && ks % 4 == 0 && ks <= 64 && bp.size(1) == KB, "qgemm_table: shapes");
+  auto out = torch::empty({M, N}, torch::kUInt8);
+  const uint8_t* A = a.data_ptr<uint8_t>(); const int8_t* B = bp.data_ptr<int8_t>();
+  const float* S = scale.data_ptr<float>(); const float* H = shift.data_ptr<float>();
+  const uint8_t* T = table.data_ptr<uint8_t>(); uint8_t* O = out.data_ptr<uint8_t>();
+  const __m512i t0 = _mm512_loadu_si512(T), t1 = _mm512_loadu_si512(T + 64);
+  const __m512i t2 = _mm512_loadu_si512(T + 128), t3 = _mm512_loadu_si512(T + 192);
+  const __m512 vinv = _mm512_set1_ps((float)inv), vz = _mm512_set1_ps((float)z);
+  const __m512 lo = _mm512_set1_ps(0.f), hi = _mm512_set1_ps(255.f);
+  const int64_t full = M / 32, blocks = (M + 31) / 32;
+  #pragma omp parallel
+  {
+    TileCfg cfg = {}; cfg.palette = 1;
+    for (int t = 0; t < 4; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }
+    for (int t = 4; t < 6; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = (uint16_t)ks; }
+    for (int t = 6; t < 8; ++t) { cfg.rows[t] = (uint8_t)(ks / 4); cfg.colsb[t] = 64; }
+    _tile_loadconfig(&cfg);
+    alignas(64) int32_t c[4][16][16];
+    std::vector<uint8_t> pad;
+    #pragma omp for schedule(static)
+    for (int64_t mb = 0; mb < blocks; ++mb) {
+      const int64_t rows = mb < full ? 32 : M - 32 * mb;
+      const uint8_t* a0 = A + mb * 32 * K;
+      if (rows < 32) {  // the last rows: a zero-padded copy of them
+        pad.assign(32 * K, 0);
+        std::memcpy(pad.data(), a0, rows * K);
+        a0 = pad.data();
+      }
+      for (int64_t nb = 0; nb < N / 32; ++nb) {
+        block(a0, K, B, nb, KB, ks, c);
+        for (int q = 0; q < 4; ++q) {
+          const int64_t n0 = nb * 32 + (q & 1) * 16, r0 = (q >> 1) * 16;
+          const __m512 vs = _mm512_loadu_ps(S + n0), vh = _mm512_loadu_ps(H + n0);
+          for (int r = 0; r < 16 && r0 + r < rows; ++r) {
+            __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[q][r])), vs, vh);
+            v = _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(v, vinv, vz), lo), hi);
+            __m512i y = _mm512_castsi128_si512(_mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+            y = _mm512_mask_blend_epi8(_mm512_movepi8_mask(y), _mm512_permutex2var_epi8(t0, y, t1),
+                                       _mm512_permutex2var_epi8(t2, y, t3));
+            _mm_storeu_si128((__m128i*)(O + (mb * 32 + r0 + r) * N + n0), _mm512_castsi512_si128(y));
+          }
+        }
+      }
+    }
+    _tile_release();
+  }
+  return out;
+}
+"""
+
+
+@functools.cache
+def _extension():
+    """The compiled kernel, or None where it cannot be built or run here."""
+    from .features import cpu_features
+
+    if not cpu_features().amx_int8 or not _has_vbmi():
+        return None
+    from .cpu import quiet_library_notes
+
+    try:
+        with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
+            from torch.utils.cpp_extension import load_inline
+
+            ext = load_inline("convnext_amx_gelu_table", cpp_sources=_SRC, functions=["qgemm_table", "request_amx"],
+                              extra_cflags=["-O3", "-march=native", "-mamx-tile", "-mamx-int8", "-fopenmp"],
+                              extra_ldflags=["-fopenmp"])
+        return ext if ext.request_amx() else None
+    except Exception:  # noqa: BLE001 - no compiler, no AMX support in it: oneDNN's post-op stays
+        return None
+
+
+def _has_vbmi() -> bool:
+    """AVX512-VBMI (byte permutes) on this CPU: the `flags` line of /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "avx512vbmi" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def available() -> bool:
+    """Whether this CPU (AMX-INT8, AVX512-VBMI) and compiler run the fused kernel."""
+    return _extension() is not None
+
+
+def _step(k: int) -> int | None:
+    """K bytes per AMX step: the largest divisor of K that is a multiple of 4 and at most 64."""
+    return next((s for s in range(64, 3, -4) if k % s == 0), None)
+
+
+def pack_weight(w: torch.Tensor, ks: int) -> torch.Tensor:
+    """int8 [N, K] -> AMX B tiles [N/16][K/ks][ks/4][64]: row r of a tile is k-quad r, 16 columns x 4 bytes."""
+    n, k = w.shape
+    return w.view(n // 16, 16, k // ks, ks // 4, 4).permute(0, 2, 3, 1, 4).contiguous().view(n // 16, k // ks,
+                                                                                              ks // 4, 64)
+
+
+def gelu_table(pre: tuple[float, float], out_scale: float, out_zp: int) -> tuple[torch.Tensor, float, int]:
+    """(table, 1 / pre-GELU step, pre-GELU zero point): the pre-GELU range's uint8 grid -> GELU on the output's."""
+    lo, hi = min(pre[0], 0.0), max(pre[1], 0.0)
+    step = max(hi - lo, 1e-8) / 255
+    zp = int(round(-lo / step))
+    grid = (torch.arange(256, dtype=torch.float64) - zp) * step
+    table = torch.clamp(torch.round(F.gelu(grid) / out_scale) + out_zp, 0, 255).to(torch.uint8)
+    return table, 1.0 / step, zp
+
+
+@torch.library.custom_op("convnext::qlinear_gelu_table", mutates_args=())
+def qlinear_gelu_table(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                       table: torch.Tensor, inv: float, zp: int, ks: int) -> torch.Tensor:
+    """uint8 (..., K) -> uint8 (..., N): the fused pwconv1 + GELU (see the module docstring)."""
+    lead = x.shape[:-1]
+    out = _extension().qgemm_table(x.reshape(-1, x.shape[-1]).contiguous(), packed, scale, shift, table, inv, zp, ks)
+    return out.view(*lead, out.shape[-1])
+
+
+@qlinear_gelu_table.register_fake
+def _(x, packed, scale, shift, table, inv, zp, ks):
+    return x.new_empty((*x.shape[:-1], packed.shape[0] * 16))
+
+
+def _is(node, name: str) -> bool:
+    return isinstance(node, torch.fx.Node) and node.op == "call_function" and str(node.target).startswith(name)
+
+
+def _linear_gelu_pairs(gm: torch.fx.GraphModule) -> list[tuple]:
+    """(linear, gelu) node pairs in graph order: an `aten.linear` read only by an exact (erf) GELU. The
+    same pairs in the same order in a prepared (observed) and in the converted PT2E graph."""
+    pairs = []
+    for node in gm.graph.nodes:
+        if _is(node, "aten.gelu") and node.kwargs.get("approximate", "none") == "none" and \
+                (len(node.args) < 2 or node.args[1] == "none"):
+            linear = node.args[0]
+            if _is(linear, "aten.linear") and len(linear.users) == 1:
+                pairs.append((linear, node))
+    return pairs
+
+
+class RangeRecorder(torch.fx.Interpreter):
+    """Runs a graph node by node and records the (min, max) of every GELU's input (`_linear_gelu_pairs`)."""
+
+    def __init__(self, gm: torch.fx.GraphModule):
+        super().__init__(gm)
+        self._index = {linear: i for i, (linear, _) in enumerate(_linear_gelu_pairs(gm))}
+        self.ranges = [[math.inf, -math.inf] for _ in self._index]
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        i = self._index.get(n)
+        if i is not None:
+            r = self.ranges[i]
+            r[0], r[1] = min(r[0], out.min().item()), max(r[1], out.max().item())
+        return out
+
+    def result(self) -> list[tuple[float, float]]:
+        return [(float(lo), float(hi)) for lo, hi in self.ranges]
+
+
+def pre_gelu_ranges(gm: torch.fx.GraphModule, batches) -> list[tuple[float, float]]:
+    """(min, max) of every GELU's input over `batches`, in graph order."""
+    recorder = RangeRecorder(gm)
+    with torch.no_grad():
+        for batch in batches:
+            recorder.run(batch.float())
+    return recorder.result()
+
+
+def _const(gm: torch.fx.GraphModule, node) -> torch.Tensor | None:
+    if isinstance(node, torch.fx.Node) and node.op == "get_attr":
+        obj = gm
+        for part in node.target.split("."):
+            obj = getattr(obj, part)
+        return obj.detach() if isinstance(obj, torch.Tensor) else None
+    return None
+
+
+def fuse_gelu_tables(gm: torch.fx.GraphModule, ranges: list[tuple[float, float]]) -> int:
+    """Rewrite `gm` in place: each `dequantize -> linear -> gelu -> quantize` with its recorded pre-GELU range
+    (`ranges`, one per `_linear_gelu_pairs` entry) becomes one `convnext::qlinear_gelu_table` call, where
+    the shapes suit the kernel (N a multiple of 32, symmetric int8 weights). Returns how many."""
+    pairs = _linear_gelu_pairs(gm)
+    if not ranges or len(pairs) != len(ranges):  # not the program the ranges were recorded on: leave it
+        return 0
+    fused = 0
+    for i, ((linear, gelu), pre) in enumerate(zip(pairs, ranges)):
+        users = list(gelu.users)
+        dq, wdq = linear.args[0], linear.args[1]
+        if not (len(users) == 1 and _is(users[0], "quantized_decomposed.quantize_per_tensor") and
+                _is(dq, "quantized_decomposed.dequantize_per_tensor") and
+                _is(wdq, "quantized_decomposed.dequantize_per_channel")):
+            continue
+        quant = users[0]
+        q_in, s_in, z_in = dq.args[0], dq.args[1], dq.args[2]
+        w_node, ws_node = linear.args[1].args[0], linear.args[1].args[1]
+        w, ws = _const(gm, w_node), _const(gm, ws_node)
+        bias = _const(gm, linear.args[2]) if len(linear.args) > 2 and linear.args[2] is not None else None
+        s_out, z_out = quant.args[1], quant.args[2]
+        if w is None or ws is None or w.dtype != torch.int8 or w.dim() != 2 or \
+                not all(isinstance(v, (int, float)) for v in (s_in, z_in, s_out, z_out)):
+            continue
+        n, k = w.shape
+        ks = _step(k)
+        if ks is None or n % 32 or not math.isfinite(pre[0]) or not math.isfinite(pre[1]):
+            continue
+        if linear.args[1].args[2] is not None:  # per-channel weight zero points must be zero (symmetric)
+            wz = _const(gm, linear.args[1].args[2])
+            if wz is None or bool(wz.any()):
+                continue
+        scale = (float(s_in) * ws.double()).float()
+        shift = (-float(s_in) * ws.double() * int(z_in) * w.long().sum(1).double())
+        shift = (shift + (bias.double() if bias is not None else 0.0)).float()
+        table, inv, zp = gelu_table(pre, float(s_out), int(z_out))
+        names = []
+        for suffix, value in (("w", pack_weight(w, ks)), ("scale", scale), ("shift", shift), ("table", table)):
+            name = f"_gelu_table_{i}_{suffix}"
+            gm.register_buffer(name, value)
+            names.append(name)
+        with gm.graph.inserting_before(quant):
+            attrs = [gm.graph.get_attr(name) for name in names]
+            call = gm.graph.call_function(torch.ops.convnext.qlinear_gelu_table.default,
+                                          (q_in, *attrs, float(inv), int(zp), int(ks)))
+        quant.replace_all_uses_with(call)
+        for node in (quant, gelu, linear):
+            gm.graph.erase_node(node)
+        fused += 1
+    if fused:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return fused

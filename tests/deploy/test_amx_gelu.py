@@ -1,0 +1,94 @@
+"""The fused int8 pwconv1 + GELU kernel (`convnext.deploy.amx_gelu`): the kernel against a reference, and
+the program rewrite against the program as oneDNN runs it. Skipped where the CPU has no AMX-INT8 /
+AVX512-VBMI or the compiler cannot build it."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("torchao")
+
+from convnext.bench.peers import _spread_scales  # noqa: E402
+from convnext.deploy import amx_gelu  # noqa: E402
+from convnext.deploy.int8 import Int8Model, load_int8, quantize_int8, save_int8  # noqa: E402
+from convnext.models import create_model  # noqa: E402
+
+needs_kernel = pytest.mark.skipif(not amx_gelu.available(), reason="no AMX-INT8 / AVX512-VBMI kernel on this machine")
+
+
+def test_gelu_table_maps_the_pre_gelu_grid_onto_the_output_grid():
+    table, inv, zp = amx_gelu.gelu_table((-2.0, 6.0), 0.03, 6)
+    step = 1 / inv
+    assert zp == round(2.0 / step) and table.dtype == torch.uint8
+    i = torch.arange(256, dtype=torch.float64)
+    expected = torch.clamp(torch.round(F.gelu((i - zp) * step) / 0.03) + 6, 0, 255)
+    assert torch.equal(table.double(), expected)
+    assert amx_gelu._step(96) == 48 and amx_gelu._step(40) == 40 and amx_gelu._step(768) == 64
+    assert amx_gelu._step(2) is None
+
+
+@needs_kernel
+@pytest.mark.parametrize("m,k,n", [(64, 96, 384), (49, 768, 64), (77, 40, 160), (3, 80, 32)])
+def test_kernel_matches_the_table_applied_to_the_exact_accumulators(m, k, n):
+    """Row counts that are not multiples of 32 (the padded last block), K steps of 64 / 48 / 40."""
+    g = torch.Generator().manual_seed(m + k + n)
+    a = torch.randint(0, 256, (m, k), dtype=torch.uint8, generator=g)
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    scale = torch.rand(n, generator=g) * 1e-3
+    shift = torch.randn(n, generator=g)
+    acc = a.long() @ w.long().t()  # exact int32 accumulators
+    v = acc.double() * scale.double() + shift.double()
+    table, inv, zp = amx_gelu.gelu_table((v.min().item(), v.max().item()), 0.02, 10)
+    ks = amx_gelu._step(k)
+    got = amx_gelu.qlinear_gelu_table(a, amx_gelu.pack_weight(w, ks), scale, shift, table, inv, zp, ks)
+    idx = torch.clamp(torch.round(v * inv + zp), 0, 255).long()
+    near_tie = ((v * inv + zp) - (v * inv + zp).floor() - 0.5).abs() < 1e-3  # fp32 vs fp64 rounding
+    assert got.shape == (m, n) and got.dtype == torch.uint8
+    assert torch.equal(got[~near_tie], table[idx][~near_tie])
+    assert got.reshape(1, m, n).shape == amx_gelu.qlinear_gelu_table(
+        a.view(1, m, k), amx_gelu.pack_weight(w, ks), scale, shift, table, inv, zp, ks).shape  # leading dims kept
+
+
+def _program(name="convnext_atto", size=32):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10).eval()
+    _spread_scales(model, torch.Generator().manual_seed(0))
+    calibration = [torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    return model, quantize_int8(model, calibration, size)
+
+
+def test_calibration_records_one_pre_gelu_range_per_block():
+    model, program = _program()
+    assert len(program.gelu_ranges) == sum(model.config.depths)
+    assert all(lo < 0 < hi for lo, hi in program.gelu_ranges)
+
+
+@needs_kernel
+def test_fused_program_agrees_with_onednns_and_survives_save_and_load(tmp_path):
+    model, program = _program()
+    x = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    plain = Int8Model(program, mixed_bf16=False, compile=False, fused_gelu=False)
+    fused = Int8Model(program, mixed_bf16=False, compile=False)
+    assert plain.fused_gelu == 0 and fused.fused_gelu == sum(model.config.depths)
+    calls = [n for n in fused.module.graph.nodes if "qlinear_gelu_table" in str(n.target)]
+    assert len(calls) == fused.fused_gelu and not any("gelu" in str(n.target) and "table" not in str(n.target)
+                                                     for n in fused.module.graph.nodes)
+    ref, got = plain(x), fused(x)
+    # the pre-GELU value rounded onto a uint8 grid first: a small change, far below the logits' spread
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max()
+    assert "pwconv1 + GELU in our AMX kernel" in fused.describe()
+
+    save_int8(program, tmp_path / "q.pt2")
+    loaded, meta = load_int8(tmp_path / "q.pt2", mixed_bf16=False, compile=False)
+    assert json.loads(meta["gelu_ranges"]) == [list(r) for r in program.gelu_ranges]
+    assert loaded.fused_gelu == fused.fused_gelu and torch.equal(loaded(x), got)
+
+
+def test_ranges_of_another_program_fuse_nothing():
+    _, program = _program()
+    gm = program.module()
+    assert amx_gelu.fuse_gelu_tables(gm, program.gelu_ranges[:-1]) == 0  # one range short: not this program
+    assert amx_gelu.fuse_gelu_tables(gm, []) == 0
+    program.gelu_ranges = None  # an older file: oneDNN's post-op
+    assert Int8Model(program, mixed_bf16=False, compile=False).fused_gelu == 0
