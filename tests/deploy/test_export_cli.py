@@ -57,6 +57,10 @@ def test_export_int8_measures_on_the_data(ckpt, images, tmp_path):
     assert 0 <= r["top1_agreement"] <= 1 and r["int8_img_per_s"] > 0
     text = format_int8_report(r)
     assert "change" in text and "LayerNorm, GELU" in text and "every Linear (pwconv1, pwconv2, head)" in text
+    from convnext.deploy import amx_gelu
+
+    assert r["fused_gelu"] == (2 + 2 + 6 + 2 if amx_gelu.available() else 0)  # atto: one per block
+    assert ("in our AMX int8 kernel" in text) == bool(r["fused_gelu"])
     q, meta = load_int8(tmp_path / "q.pt2", compile=False)
     assert "calibrated on 6 images" in meta["quantization"] and meta["classes"] == ""  # export_int8 got no classes
     r = export_int8(model.eval(), tmp_path / "q2.pt2", data=images, transform=eval_transform(32), img_size=32,
