@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["available", "fuse_gelu_tables", "pre_gelu_ranges", "gelu_table", "qlinear_gelu_table"]
+__all__ = ["available", "fuse_gelu_tables", "pre_gelu_ranges", "gelu_table", "grid_affine", "qlinear_gelu_table"]
 
 _SRC = r"""
 #include <torch/extension.h>
@@ -51,10 +51,11 @@ static void block(const uint8_t* a0, int64_t lda, const int8_t* B, int64_t nb, i
   _tile_stored(0, c[0], 64); _tile_stored(1, c[1], 64); _tile_stored(2, c[2], 64); _tile_stored(3, c[3], 64);
 }
 
-// a: uint8 [M, K]; bp: int8 B tiles [N/16][K/ks][ks/4][64]; v = scale[n] * acc + shift[n];
-// out[m, n] = table[clamp(round(v * inv + z), 0, 255)]
+// a: uint8 [M, K]; bp: int8 B tiles [N/16][K/ks][ks/4][64]; the index of each output on the pre-GELU uint8 grid is
+// clamp(round(scale[n] * acc + shift[n]), 0, 255) (dequantisation, bias, zero points and the grid folded into scale /
+// shift); out[m, n] = table[index]
 torch::Tensor qgemm_table(torch::Tensor a, torch::Tensor bp, torch::Tensor scale, torch::Tensor shift,
-                          torch::Tensor table, double inv, int64_t z, int64_t ks) {
+                          torch::Tensor table, int64_t ks) {
   TORCH_CHECK(a.dtype() == torch::kUInt8 && a.dim() == 2 && a.is_contiguous(), "qgemm_table: uint8 [M, K] input");
   const int64_t M = a.size(0), K = a.size(1), N = bp.size(0) * 16, KB = K / ks;
   TORCH_CHECK(N % 32 == 0 && K % ks == 0 && ks % 4 == 0 && ks <= 64 && bp.size(1) == KB, "qgemm_table: shapes");
@@ -64,8 +65,7 @@ torch::Tensor qgemm_table(torch::Tensor a, torch::Tensor bp, torch::Tensor scale
   const uint8_t* T = table.data_ptr<uint8_t>(); uint8_t* O = out.data_ptr<uint8_t>();
   const __m512i t0 = _mm512_loadu_si512(T), t1 = _mm512_loadu_si512(T + 64);
   const __m512i t2 = _mm512_loadu_si512(T + 128), t3 = _mm512_loadu_si512(T + 192);
-  const __m512 vinv = _mm512_set1_ps((float)inv), vz = _mm512_set1_ps((float)z);
-  const __m512 lo = _mm512_set1_ps(0.f), hi = _mm512_set1_ps(255.f);
+  const __m512i zero = _mm512_setzero_si512();
   const int64_t full = M / 32, blocks = (M + 31) / 32;
   #pragma omp parallel
   {
@@ -76,8 +76,13 @@ torch::Tensor qgemm_table(torch::Tensor a, torch::Tensor bp, torch::Tensor scale
     _tile_loadconfig(&cfg);
     alignas(64) int32_t c[4][16][16];
     std::vector<uint8_t> pad;
+    // Blocks in the order that keeps the larger operand's slice in cache: row blocks outer where the
+    // weight is the smaller (early stages), column blocks outer where it is the larger (stage 4)
+    const int64_t cols = N / 32;
+    const bool rows_outer = N <= M;
     #pragma omp for schedule(static)
-    for (int64_t mb = 0; mb < blocks; ++mb) {
+    for (int64_t job = 0; job < blocks * cols; ++job) {
+      const int64_t mb = rows_outer ? job / cols : job % blocks, nb = rows_outer ? job % cols : job / blocks;
       const int64_t rows = mb < full ? 32 : M - 32 * mb;
       const uint8_t* a0 = A + mb * 32 * K;
       if (rows < 32) {  // the last rows: a zero-padded copy of them
@@ -85,18 +90,22 @@ torch::Tensor qgemm_table(torch::Tensor a, torch::Tensor bp, torch::Tensor scale
         std::memcpy(pad.data(), a0, rows * K);
         a0 = pad.data();
       }
-      for (int64_t nb = 0; nb < N / 32; ++nb) {
+      {
         block(a0, K, B, nb, KB, ks, c);
-        for (int q = 0; q < 4; ++q) {
-          const int64_t n0 = nb * 32 + (q & 1) * 16, r0 = (q >> 1) * 16;
-          const __m512 vs = _mm512_loadu_ps(S + n0), vh = _mm512_loadu_ps(H + n0);
-          for (int r = 0; r < 16 && r0 + r < rows; ++r) {
-            __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[q][r])), vs, vh);
-            v = _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(v, vinv, vz), lo), hi);
-            __m512i y = _mm512_castsi128_si512(_mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+        const int64_t n0 = nb * 32;
+        const __m512 s0 = _mm512_loadu_ps(S + n0), s1 = _mm512_loadu_ps(S + n0 + 16);
+        const __m512 h0 = _mm512_loadu_ps(H + n0), h1 = _mm512_loadu_ps(H + n0 + 16);
+        for (int half = 0; half < 2; ++half) {  // tiles (0, 1): rows 0-15, (2, 3): rows 16-31
+          for (int r = 0; r < 16 && 16 * half + r < rows; ++r) {
+            // 2 x 16 indices -> 32 bytes (unsigned saturation clamps at 255), one table lookup for both
+            __m512i i0 = _mm512_cvtps_epi32(_mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[2 * half][r])), s0, h0));
+            __m512i i1 = _mm512_cvtps_epi32(_mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[2 * half + 1][r])), s1, h1));
+            __m256i b = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtusepi32_epi8(_mm512_max_epi32(i0, zero))),
+                                                _mm512_cvtusepi32_epi8(_mm512_max_epi32(i1, zero)), 1);
+            __m512i y = _mm512_castsi256_si512(b);
             y = _mm512_mask_blend_epi8(_mm512_movepi8_mask(y), _mm512_permutex2var_epi8(t0, y, t1),
                                        _mm512_permutex2var_epi8(t2, y, t3));
-            _mm_storeu_si128((__m128i*)(O + (mb * 32 + r0 + r) * N + n0), _mm512_castsi512_si128(y));
+            _mm256_storeu_si256((__m256i*)(O + (mb * 32 + 16 * half + r) * N + n0), _mm512_castsi512_si256(y));
           }
         }
       }
@@ -121,7 +130,7 @@ def _extension():
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
 
-            ext = load_inline("convnext_amx_gelu_table", cpp_sources=_SRC, functions=["qgemm_table", "request_amx"],
+            ext = load_inline("convnext_amx_gelu_table_v3", cpp_sources=_SRC, functions=["qgemm_table", "request_amx"],
                               extra_cflags=["-O3", "-march=native", "-mamx-tile", "-mamx-int8", "-fopenmp"],
                               extra_ldflags=["-fopenmp"])
         return ext if ext.request_amx() else None
@@ -159,7 +168,8 @@ def pack_weight(w: torch.Tensor, ks: int) -> torch.Tensor:
 
 
 def gelu_table(pre: tuple[float, float], out_scale: float, out_zp: int) -> tuple[torch.Tensor, float, int]:
-    """(table, 1 / pre-GELU step, pre-GELU zero point): the pre-GELU range's uint8 grid -> GELU on the output's."""
+    """(table, 1 / pre-GELU step, pre-GELU zero point): the pre-GELU range's uint8 grid -> GELU on the output's.
+    The grid index of a pre-GELU value v is clamp(round(v / step + zero point), 0, 255)."""
     lo, hi = min(pre[0], 0.0), max(pre[1], 0.0)
     step = max(hi - lo, 1e-8) / 255
     zp = int(round(-lo / step))
@@ -170,16 +180,27 @@ def gelu_table(pre: tuple[float, float], out_scale: float, out_zp: int) -> tuple
 
 @torch.library.custom_op("convnext::qlinear_gelu_table", mutates_args=())
 def qlinear_gelu_table(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-                       table: torch.Tensor, inv: float, zp: int, ks: int) -> torch.Tensor:
-    """uint8 (..., K) -> uint8 (..., N): the fused pwconv1 + GELU (see the module docstring)."""
+                       table: torch.Tensor, ks: int) -> torch.Tensor:
+    """uint8 (..., K) -> uint8 (..., N): the fused pwconv1 + GELU. Output n of a row with int32 accumulator
+    acc is table[clamp(round(scale[n] * acc + shift[n]), 0, 255)] (`grid_affine` gives scale / shift)."""
     lead = x.shape[:-1]
-    out = _extension().qgemm_table(x.reshape(-1, x.shape[-1]).contiguous(), packed, scale, shift, table, inv, zp, ks)
+    out = _extension().qgemm_table(x.reshape(-1, x.shape[-1]).contiguous(), packed, scale, shift, table, ks)
     return out.view(*lead, out.shape[-1])
 
 
 @qlinear_gelu_table.register_fake
-def _(x, packed, scale, shift, table, inv, zp, ks):
+def _(x, packed, scale, shift, table, ks):
     return x.new_empty((*x.shape[:-1], packed.shape[0] * 16))
+
+
+def grid_affine(in_scale: float, in_zp: int, w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+                inv: float, zp: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per output channel (scale, shift), fp32, with scale * acc + shift = v / step + zero point, where
+    v = in_scale * w_scale * (acc - in_zp * sum_k w) + bias is the dequantised pre-GELU value of the
+    int32 accumulator acc = sum_k x_uint8 * w_int8, and (inv = 1 / step, zp) its uint8 grid."""
+    s = in_scale * w_scale.double()
+    shift = -s * in_zp * w.long().sum(1).double() + (bias.double() if bias is not None else 0.0)
+    return (s * inv).float(), (shift * inv + zp).float()
 
 
 def _is(node, name: str) -> bool:
@@ -269,10 +290,8 @@ def fuse_gelu_tables(gm: torch.fx.GraphModule, ranges: list[tuple[float, float]]
             wz = _const(gm, linear.args[1].args[2])
             if wz is None or bool(wz.any()):
                 continue
-        scale = (float(s_in) * ws.double()).float()
-        shift = (-float(s_in) * ws.double() * int(z_in) * w.long().sum(1).double())
-        shift = (shift + (bias.double() if bias is not None else 0.0)).float()
         table, inv, zp = gelu_table(pre, float(s_out), int(z_out))
+        scale, shift = grid_affine(float(s_in), int(z_in), w, ws, bias, inv, zp)
         names = []
         for suffix, value in (("w", pack_weight(w, ks)), ("scale", scale), ("shift", shift), ("table", table)):
             name = f"_gelu_table_{i}_{suffix}"
@@ -281,7 +300,7 @@ def fuse_gelu_tables(gm: torch.fx.GraphModule, ranges: list[tuple[float, float]]
         with gm.graph.inserting_before(quant):
             attrs = [gm.graph.get_attr(name) for name in names]
             call = gm.graph.call_function(torch.ops.convnext.qlinear_gelu_table.default,
-                                          (q_in, *attrs, float(inv), int(zp), int(ks)))
+                                          (q_in, *attrs, int(ks)))
         quant.replace_all_uses_with(call)
         for node in (quant, gelu, linear):
             gm.graph.erase_node(node)
