@@ -22,7 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["available", "fuse_gelu_tables", "pre_gelu_ranges", "gelu_table", "grid_affine", "qlinear_gelu_table"]
+__all__ = ["available", "fuse_gelu_tables", "fuse_dequant_linears", "pre_gelu_ranges", "gelu_table", "grid_affine",
+           "qlinear_gelu_table", "qlinear_dequant"]
 
 _SRC = r"""
 #include <torch/extension.h>
@@ -49,6 +50,55 @@ static void block(const uint8_t* a0, int64_t lda, const int8_t* B, int64_t nb, i
     _tile_dpbusd(0, 4, 6); _tile_dpbusd(1, 4, 7); _tile_dpbusd(2, 5, 6); _tile_dpbusd(3, 5, 7);
   }
   _tile_stored(0, c[0], 64); _tile_stored(1, c[1], 64); _tile_stored(2, c[2], 64); _tile_stored(3, c[3], 64);
+}
+
+// a: uint8 [M, K]; bp: int8 B tiles [N/16][K/ks][ks/4][64]; out[m, n] = scale[n] * acc + shift[n] in fp32 or bf16
+// (an int8 Linear whose output is read as floats: pwconv2)
+torch::Tensor qgemm_dequant(torch::Tensor a, torch::Tensor bp, torch::Tensor scale, torch::Tensor shift, int64_t ks,
+                            bool bf16) {
+  TORCH_CHECK(a.dtype() == torch::kUInt8 && a.dim() == 2 && a.is_contiguous(), "qgemm_dequant: uint8 [M, K] input");
+  const int64_t M = a.size(0), K = a.size(1), N = bp.size(0) * 16, KB = K / ks;
+  TORCH_CHECK(N % 32 == 0 && K % ks == 0 && ks % 4 == 0 && ks <= 64 && bp.size(1) == KB, "qgemm_dequant: shapes");
+  auto out = torch::empty({M, N}, bf16 ? torch::kBFloat16 : torch::kFloat32);
+  const uint8_t* A = a.data_ptr<uint8_t>(); const int8_t* B = bp.data_ptr<int8_t>();
+  const float* S = scale.data_ptr<float>(); const float* H = shift.data_ptr<float>();
+  char* O = (char*)out.data_ptr();
+  const int64_t full = M / 32, blocks = (M + 31) / 32, cols = N / 32;
+  const bool rows_outer = N <= M;
+  #pragma omp parallel
+  {
+    TileCfg cfg = {}; cfg.palette = 1;
+    for (int t = 0; t < 4; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }
+    for (int t = 4; t < 6; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = (uint16_t)ks; }
+    for (int t = 6; t < 8; ++t) { cfg.rows[t] = (uint8_t)(ks / 4); cfg.colsb[t] = 64; }
+    _tile_loadconfig(&cfg);
+    alignas(64) int32_t c[4][16][16];
+    std::vector<uint8_t> pad;
+    #pragma omp for schedule(static)
+    for (int64_t job = 0; job < blocks * cols; ++job) {
+      const int64_t mb = rows_outer ? job / cols : job % blocks, nb = rows_outer ? job % cols : job / blocks;
+      const int64_t rows = mb < full ? 32 : M - 32 * mb;
+      const uint8_t* a0 = A + mb * 32 * K;
+      if (rows < 32) {
+        pad.assign(32 * K, 0);
+        std::memcpy(pad.data(), a0, rows * K);
+        a0 = pad.data();
+      }
+      block(a0, K, B, nb, KB, ks, c);
+      for (int q = 0; q < 4; ++q) {
+        const int64_t n0 = nb * 32 + (q & 1) * 16, r0 = (q >> 1) * 16;
+        const __m512 vs = _mm512_loadu_ps(S + n0), vh = _mm512_loadu_ps(H + n0);
+        for (int r = 0; r < 16 && r0 + r < rows; ++r) {
+          const __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[q][r])), vs, vh);
+          const int64_t at = (mb * 32 + r0 + r) * N + n0;
+          if (bf16) _mm256_storeu_si256((__m256i*)(O + 2 * at), (__m256i)_mm512_cvtneps_pbh(v));
+          else _mm512_storeu_ps((float*)(O + 4 * at), v);
+        }
+      }
+    }
+    _tile_release();
+  }
+  return out;
 }
 
 // a: uint8 [M, K]; bp: int8 B tiles [N/16][K/ks][ks/4][64]; the index of each output on the pre-GELU uint8 grid is
@@ -130,7 +180,7 @@ def _extension():
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
 
-            ext = load_inline("convnext_amx_gelu_table_v3", cpp_sources=_SRC, functions=["qgemm_table", "request_amx"],
+            ext = load_inline("convnext_amx_gelu_table_v5", cpp_sources=_SRC, functions=["qgemm_table", "qgemm_dequant", "request_amx"],
                               extra_cflags=["-O3", "-march=native", "-mamx-tile", "-mamx-int8", "-fopenmp"],
                               extra_ldflags=["-fopenmp"])
         return ext if ext.request_amx() else None
@@ -191,6 +241,20 @@ def qlinear_gelu_table(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tenso
 @qlinear_gelu_table.register_fake
 def _(x, packed, scale, shift, table, ks):
     return x.new_empty((*x.shape[:-1], packed.shape[0] * 16))
+
+
+@torch.library.custom_op("convnext::qlinear_dequant", mutates_args=())
+def qlinear_dequant(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, ks: int,
+                    bf16: bool) -> torch.Tensor:
+    """uint8 (..., K) -> (..., N) in bf16 or fp32: scale[n] * acc + shift[n], an int8 Linear read as floats."""
+    lead = x.shape[:-1]
+    out = _extension().qgemm_dequant(x.reshape(-1, x.shape[-1]).contiguous(), packed, scale, shift, ks, bf16)
+    return out.view(*lead, out.shape[-1])
+
+
+@qlinear_dequant.register_fake
+def _(x, packed, scale, shift, ks, bf16):
+    return x.new_empty((*x.shape[:-1], packed.shape[0] * 16), dtype=torch.bfloat16 if bf16 else torch.float32)
 
 
 def grid_affine(in_scale: float, in_zp: int, w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
@@ -304,6 +368,49 @@ def fuse_gelu_tables(gm: torch.fx.GraphModule, ranges: list[tuple[float, float]]
         quant.replace_all_uses_with(call)
         for node in (quant, gelu, linear):
             gm.graph.erase_node(node)
+        fused += 1
+    if fused:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return fused
+
+
+def fuse_dequant_linears(gm: torch.fx.GraphModule, bf16: bool) -> int:
+    """Rewrite `gm` in place: each `dequantize -> linear` whose output no GELU reads (pwconv2) becomes one
+    `convnext::qlinear_dequant` call writing bf16 (`bf16`, the int8-mixed-bf16 mode) or fp32, where the
+    shapes suit the kernel. Returns how many."""
+    gelu_inputs = {linear for linear, _ in _linear_gelu_pairs(gm)}
+    fused = 0
+    for i, linear in enumerate([n for n in gm.graph.nodes if _is(n, "aten.linear") and n not in gelu_inputs]):
+        dq, wdq = linear.args[0], linear.args[1]
+        if not (_is(dq, "quantized_decomposed.dequantize_per_tensor") and
+                _is(wdq, "quantized_decomposed.dequantize_per_channel")):
+            continue
+        q_in, s_in, z_in = dq.args[0], dq.args[1], dq.args[2]
+        w, ws = _const(gm, wdq.args[0]), _const(gm, wdq.args[1])
+        bias = _const(gm, linear.args[2]) if len(linear.args) > 2 and linear.args[2] is not None else None
+        if w is None or ws is None or w.dtype != torch.int8 or w.dim() != 2 or \
+                not all(isinstance(v, (int, float)) for v in (s_in, z_in)):
+            continue
+        n, k = w.shape
+        ks = _step(k)
+        if ks is None or n % 32:
+            continue
+        if wdq.args[2] is not None:
+            wz = _const(gm, wdq.args[2])
+            if wz is None or bool(wz.any()):
+                continue
+        scale, shift = grid_affine(float(s_in), int(z_in), w, ws, bias, 1.0, 0)
+        names = []
+        for suffix, value in (("w", pack_weight(w, ks)), ("scale", scale), ("shift", shift)):
+            name = f"_dequant_linear_{i}_{suffix}"
+            gm.register_buffer(name, value)
+            names.append(name)
+        with gm.graph.inserting_before(linear):
+            attrs = [gm.graph.get_attr(name) for name in names]
+            call = gm.graph.call_function(torch.ops.convnext.qlinear_dequant.default, (q_in, *attrs, int(ks), bf16))
+        linear.replace_all_uses_with(call)
+        gm.graph.erase_node(linear)
         fused += 1
     if fused:
         gm.graph.eliminate_dead_code()

@@ -145,13 +145,15 @@ class Int8Model(nn.Module):
         self.training = False
         # pwconv1 + GELU in our AMX kernel (`amx_gelu`) where the program carries its pre-GELU ranges
         # and this CPU runs the kernel (None: then on); else oneDNN's matmul with its erf post-op
-        self.fused_gelu = 0
+        self.fused_gelu = self.fused_dequant = 0
+        self._fuse_dequant = False
         ranges = getattr(program, "gelu_ranges", None)
         if fused_gelu is not False and ranges:
             from . import amx_gelu
 
             if amx_gelu.available():
                 self.fused_gelu = amx_gelu.fuse_gelu_tables(self.module, ranges)
+                self._fuse_dequant = bool(self.fused_gelu)  # pwconv2 too, at the first call (its dtype known)
             elif fused_gelu:
                 raise RuntimeError("Int8Model(fused_gelu=True): this CPU or compiler cannot run the AMX kernel")
         self.mixed_bf16 = False
@@ -188,6 +190,8 @@ class Int8Model(nn.Module):
                 "), each batch size compiled once" if self.compiled else "eager (not compiled)")
         fused = (f"; {self.fused_gelu} pwconv1 + GELU in our AMX kernel (GELU as a uint8 table)" if self.fused_gelu
                  else "")
+        if self.fused_dequant:
+            fused += f", {self.fused_dequant} pwconv2 too"
         return f"CPU inference: int8 program (PT2E), float ops in {floats}, {runs}{fused}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -212,6 +216,11 @@ class Int8Model(nn.Module):
         return self._run(x, cpp_wrapper=False)[:n]
 
     def _run(self, x: torch.Tensor, cpp_wrapper: bool) -> torch.Tensor:
+        if self._fuse_dequant:  # before the first compile: the output dtype (bf16 or fp32) is decided by now
+            from . import amx_gelu
+
+            self._fuse_dequant = False
+            self.fused_dequant = amx_gelu.fuse_dequant_linears(self.module, bf16=self.mixed_bf16)
         shape = tuple(x.shape)
         quiet = quiet_library_notes() if shape not in self._built else contextlib.nullcontext()
         # One grad mode and one kind of input for every call: the compiled graph is guarded on both (a
