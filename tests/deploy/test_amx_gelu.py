@@ -51,6 +51,24 @@ def test_kernel_matches_the_table_applied_to_the_exact_accumulators(m, k, n):
     assert torch.equal(batched, got.view(1, m, n))  # leading dimensions kept
 
 
+@needs_kernel
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("m,k,n", [(64, 384, 96), (49, 256, 64), (5, 160, 32)])
+def test_dequantising_kernel_matches_the_dequantised_accumulators(m, k, n, bf16):
+    g = torch.Generator().manual_seed(m + k + n)
+    a = torch.randint(0, 256, (m, k), dtype=torch.uint8, generator=g)
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    in_scale, in_zp, w_scale, bias = 0.03, 100, torch.rand(n, generator=g) * 1e-3, torch.randn(n, generator=g)
+    acc = a.long() @ w.long().t()
+    v = in_scale * w_scale.double() * (acc - in_zp * w.long().sum(1)).double() + bias.double()
+    scale, shift = amx_gelu.grid_affine(in_scale, in_zp, w, w_scale, bias, 1.0, 0)
+    ks = amx_gelu._step(k)
+    got = amx_gelu.qlinear_dequant(a.view(1, m, k), amx_gelu.pack_weight(w, ks), scale, shift, ks, bf16)
+    assert got.shape == (1, m, n) and got.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    tol = 2 ** -8 if bf16 else 1e-5  # bf16: one rounding of the fp32 value
+    assert torch.allclose(got[0].double(), v, rtol=tol, atol=1e-4)
+
+
 def _program(name="convnext_atto", size=32):
     torch.manual_seed(0)
     model = create_model(name, num_classes=10).eval()
@@ -93,3 +111,21 @@ def test_ranges_of_another_program_fuse_nothing():
     assert amx_gelu.fuse_gelu_tables(gm, []) == 0
     program.gelu_ranges = None  # an older file: oneDNN's post-op
     assert Int8Model(program, mixed_bf16=False, compile=False).fused_gelu == 0
+
+
+@needs_kernel
+@pytest.mark.parametrize("mixed", [False, True])
+def test_pwconv2_is_fused_at_the_first_call_in_the_float_dtype_then_known(mixed):
+    """convnext_pico (channels 64..512: every pwconv2's N a multiple of 32): pwconv1 + GELU and pwconv2
+    of every block in our kernel, the head (10 classes) left to oneDNN."""
+    model, program = _program("convnext_pico")
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    plain = Int8Model(program, mixed_bf16=mixed, compile=False, fused_gelu=False)
+    fused = Int8Model(program, mixed_bf16=mixed, compile=False)
+    assert fused.fused_dequant == 0  # not before the first call: set_mixed_bf16 may still change the dtype
+    ref, got = plain(x), fused(x)
+    blocks = sum(model.config.depths)
+    assert fused.fused_gelu == blocks and fused.fused_dequant == blocks and "pwconv2 too" in fused.describe()
+    assert sum("qlinear_dequant" in str(n.target) for n in fused.module.graph.nodes) == blocks
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max()
+    assert (got.argmax(1) == ref.argmax(1)).all()
