@@ -13,8 +13,8 @@ ConvNeXt's multiply-accumulates. The convolutions (stem, depthwise 7x7, downsamp
 by default: quantizing them too (`quantize_convs=True`, `export --int8-convs`) measured slower
 here (50.0 vs 54.6 img/s, ConvNeXt-T batch 16) and moved the logits more (docs/benchmarks.md).
 Where the program carries the pre-GELU ranges recorded at calibration and the CPU has AMX-INT8 and
-AVX512-VBMI, each pwconv1 + GELU runs in our own kernel instead (`amx_gelu`: GELU as a uint8 table
-in the GEMM's store, where oneDNN's erf post-op costs more than the GEMM).
+AVX512-VBMI, each pwconv1 + GELU and each pwconv2 runs in our own kernels instead (`amx_gelu`: GELU
+as a uint8 table in the GEMM's store, where oneDNN's erf post-op costs more than the GEMM).
 LayerNorm, GELU, the residual adds and the pooling run on dequantized values: fp32, or bf16 when
 the program is run under `torch.autocast("cpu", torch.bfloat16)` (`Int8Model(..., mixed_bf16=True)`,
 the "int8-mixed-bf16" mode; `load_int8` turns it on where the CPU has native bf16).
@@ -416,7 +416,7 @@ def export_int8(
         "int8_img_per_s": batch_size / time_per_batch(int8_model, x),
         "fp32_path": fp32.path, "int8_mixed_bf16": int8_model.mixed_bf16, "compiled": compile,
         "quantize_convs": quantize_convs, "bf16_img_per_s": None, "bf16_path": None, "labels_from": labels_from,
-        "fused_gelu": int8_model.fused_gelu,
+        "fused_gelu": int8_model.fused_gelu, "fused_dequant": int8_model.fused_dequant,
     }
     if cpu_features().native_bf16:  # the path predict / eval run by default on this CPU: the speed to beat
         bf16 = fast_cpu_model(model, "bf16", batch_size, img_size, candidates=("eager", "jit"))
@@ -447,8 +447,9 @@ def format_int8_report(r: dict) -> str:
     lines.append(float_ops_note("bf16 (int8-mixed-bf16)" if r["int8_mixed_bf16"] else "fp32",
                                 r.get("quantize_convs", False)))
     if r.get("fused_gelu"):
+        pwconv2 = f"; {r['fused_dequant']} pwconv2 in our AMX int8 kernel too" if r.get("fused_dequant") else ""
         lines.append(f"GELU after {r['fused_gelu']} pwconv1: in our AMX int8 kernel, as a uint8 table applied in the "
-                     f"GEMM's store (its input rounded onto the uint8 grid of the range seen at calibration)")
+                     f"GEMM's store (its input rounded onto the uint8 grid of the range seen at calibration){pwconv2}")
     return "\n".join(lines)
 
 
