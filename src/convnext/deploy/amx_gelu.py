@@ -1,18 +1,20 @@
-"""pwconv1 + GELU of an int8 program in one AMX kernel of ours, GELU applied as a uint8 table in its store.
+"""The int8 program's pointwise convolutions in AMX kernels of ours: pwconv1 + GELU (GELU as a uint8 table
+in the GEMM's store) and pwconv2 (dequantised straight to bf16 / fp32 in its store).
 
 oneDNN's int8 matmul takes GELU as an erf post-op that costs more than the GEMM it follows (stage 1 of
-ConvNeXt-T: 5.2 ms against 2.1-2.3 ms without it; `benchmarks/int8_gelu.py`). Here the int32
-accumulators of each 32 x 32 output block are dequantised (scale, bias and the input's zero point
-folded into one multiply-add), rounded onto the uint8 grid of the pre-GELU value (its range
-recorded at calibration, `pre_gelu_ranges`) and mapped through a 256-entry uint8 table to the
-uint8 grid of the GELU output that the next int8 matmul reads. The kernel: 2 x 2 AMX tiles of
-16 x 16 int32 per block, K in steps of up to 64 bytes (AMX-INT8), the table lookup with AVX512-VBMI
-byte permutes; the last rows of a matrix go through a zero-padded copy.
+ConvNeXt-T: 5.1-5.3 ms against 2.1-2.3 ms without it; `benchmarks/int8_gelu.py`). Here the int32
+accumulators of each 32 x 32 output block are dequantised and, for pwconv1, rounded onto the uint8
+grid of the pre-GELU value (its range recorded at calibration, `pre_gelu_ranges`): scale, bias, the
+input's zero point and that grid fold into one multiply-add per output channel (`grid_affine`). A
+256-entry uint8 table then maps the grid to the uint8 of the GELU output that pwconv2 reads. The
+kernels: 2 x 2 AMX tiles of 16 x 16 int32 per block, K in steps of up to 64 bytes (AMX-INT8), the
+table lookup with AVX512-VBMI byte permutes, the last rows of a matrix through a zero-padded copy.
 
-`fuse_gelu_tables(graph_module, ranges)` rewrites each `dequantize -> linear -> gelu -> quantize`
-of a converted PT2E graph into one `convnext::qlinear_gelu_table` call; the kernel is compiled
-(`torch.utils.cpp_extension.load_inline`) at first use. `available()` says whether this CPU and
-compiler can run it; everything else keeps oneDNN's post-op.
+`fuse_gelu_tables(graph_module, ranges)` rewrites each `dequantize -> linear -> gelu -> quantize` of
+a converted PT2E graph into one `convnext::qlinear_gelu_table` call, `fuse_dequant_linears` each
+other `dequantize -> linear` into `convnext::qlinear_dequant`; the kernels are compiled
+(`torch.utils.cpp_extension.load_inline`, once per machine, cached) at first use. `available()`
+says whether this CPU and compiler run them; everything else keeps oneDNN.
 """
 from __future__ import annotations
 
@@ -180,7 +182,8 @@ def _extension():
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
 
-            ext = load_inline("convnext_amx_gelu_table_v5", cpp_sources=_SRC, functions=["qgemm_table", "qgemm_dequant", "request_amx"],
+            ext = load_inline("convnext_amx_gelu_table_v5", cpp_sources=_SRC,
+                              functions=["qgemm_table", "qgemm_dequant", "request_amx"],
                               extra_cflags=["-O3", "-march=native", "-mamx-tile", "-mamx-int8", "-fopenmp"],
                               extra_ldflags=["-fopenmp"])
         return ext if ext.request_amx() else None
