@@ -6,9 +6,9 @@
                                                            # (the table route), simulated in fp32
     python benchmarks/int8_gelu.py poly [--max-autotune]   # int8 with a polynomial GELU in torch ops vs
                                                            # int8 erf-GELU and our bf16 (ConvNeXt-T, batch 16)
-    python benchmarks/int8_gelu.py fused                   # a prototype AMX int8 GEMM of our own at stage 1's
-                                                           # shape with GELU in its store (a uint8 table, or an
-                                                           # in-register erf), vs oneDNN with and without GELU
+    python benchmarks/int8_gelu.py fused                   # our AMX int8 kernel at stage 1's shape with GELU in
+                                                           # its store (convnext.deploy.amx_gelu's uint8 table, or
+                                                           # erf in registers), vs oneDNN with and without GELU
 
 `table --model` takes the CIFAR-10 atto that `benchmarks/cpu_deploy_numerics.py` trains and caches
 (`atto_cifar10_e10_n50000.pt` in its --out folder) and the CIFAR-10 test JPEGs of ../shared/data.
@@ -201,20 +201,8 @@ def poly(max_autotune: bool) -> None:
         print(f"{name}: {16 / s:.1f} img/s, {med['bf16 (ours)'] / s:.2f}x our bf16")
 
 
-_FUSED_SRC = r"""
-#include <torch/extension.h>
-#include <immintrin.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
-struct TileCfg { uint8_t palette; uint8_t start_row; uint8_t reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; };
-
-// int8 weight [N, K] -> AMX B tiles: [N/16][K/ks][ks/4][64], row r of a tile = k-quad r of 16 columns x 4 bytes
-torch::Tensor pack_b(torch::Tensor w, int64_t ks) {
-  const int64_t n = w.size(0), k = w.size(1);
-  return w.view({n / 16, 16, k / ks, ks / 4, 4}).permute({0, 2, 3, 1, 4}).contiguous();
-}
-
+# erf computed in registers, on the library's AMX GEMM driver (`convnext.deploy.amx_gelu.GEMM_SRC`)
+_ERF_SRC = r"""
 static inline __m512 erf_ps(__m512 a) {  // rational approximation on [-4, 4], max error 6.5e-8
   const __m512 x = _mm512_max_ps(_mm512_min_ps(a, _mm512_set1_ps(4.f)), _mm512_set1_ps(-4.f));
   const __m512 x2 = _mm512_mul_ps(x, x);
@@ -231,78 +219,50 @@ static inline __m512 erf_ps(__m512 a) {  // rational approximation on [-4, 4], m
   return _mm512_div_ps(_mm512_mul_ps(x, p), q);
 }
 
-// uint8 A [M, K] x int8 B -> uint8 [M, N]; v = scale[n] * acc + shift[n] (dequantised, bias and A's zero
-// point folded in); table mode: out = table[clamp(round(v * inv + z))], else out = clamp(round(gelu(v) * inv + z))
-torch::Tensor qgemm_gelu(torch::Tensor a, torch::Tensor bp, torch::Tensor scale, torch::Tensor shift,
-                         double inv, int64_t z, torch::Tensor table, int64_t ks, bool use_table) {
-  syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */);
-  const int64_t M = a.size(0), K = a.size(1), N = bp.size(0) * 16, KB = K / ks;
-  TORCH_CHECK(M % 32 == 0 && N % 32 == 0 && K % ks == 0, "prototype: M, N multiples of 32, K of ks");
+// out = clamp(round(gelu(scale[n] * acc + shift[n]) * inv + z), 0, 255): exact GELU, then the output's uint8
+torch::Tensor qgemm_erf(torch::Tensor a, torch::Tensor bp, torch::Tensor scale, torch::Tensor shift, double inv,
+                        int64_t z, int64_t ks) {
+  request_amx();
+  const int64_t M = a.size(0), N = bp.size(0) * 16;
   auto out = torch::empty({M, N}, torch::kUInt8);
-  const uint8_t* A = a.data_ptr<uint8_t>(); const int8_t* B = bp.data_ptr<int8_t>();
   const float* S = scale.data_ptr<float>(); const float* H = shift.data_ptr<float>();
-  const uint8_t* T = table.data_ptr<uint8_t>(); uint8_t* O = out.data_ptr<uint8_t>();
-  const __m512i t0 = _mm512_loadu_si512(T), t1 = _mm512_loadu_si512(T + 64);
-  const __m512i t2 = _mm512_loadu_si512(T + 128), t3 = _mm512_loadu_si512(T + 192);
-  const __m512 vinv = _mm512_set1_ps((float)inv), vz = _mm512_set1_ps((float)z);
-  const __m512 lo = _mm512_set1_ps(0.f), hi = _mm512_set1_ps(255.f), half = _mm512_set1_ps(0.5f);
-  #pragma omp parallel
-  {
-    TileCfg cfg = {}; cfg.palette = 1;
-    for (int t = 0; t < 4; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }      // C: 2 x 2 tiles of 16 x 16 int32
-    for (int t = 4; t < 6; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = ks; }      // A: 16 rows x ks bytes
-    for (int t = 6; t < 8; ++t) { cfg.rows[t] = ks / 4; cfg.colsb[t] = 64; }  // B: ks / 4 quads x 64 bytes
-    _tile_loadconfig(&cfg);
-    alignas(64) int32_t c[4][16][16];
-    #pragma omp for schedule(static)
-    for (int64_t mb = 0; mb < M / 32; ++mb) {
-      const uint8_t* a0 = A + mb * 32 * K;
-      for (int64_t nb = 0; nb < N / 32; ++nb) {
-        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-        for (int64_t kb = 0; kb < KB; ++kb) {
-          _tile_loadd(4, a0 + kb * ks, K);
-          _tile_loadd(5, a0 + 16 * K + kb * ks, K);
-          _tile_loadd(6, B + ((2 * nb) * KB + kb) * (ks / 4) * 64, 64);
-          _tile_loadd(7, B + ((2 * nb + 1) * KB + kb) * (ks / 4) * 64, 64);
-          _tile_dpbusd(0, 4, 6); _tile_dpbusd(1, 4, 7); _tile_dpbusd(2, 5, 6); _tile_dpbusd(3, 5, 7);
-        }
-        _tile_stored(0, c[0], 64); _tile_stored(1, c[1], 64); _tile_stored(2, c[2], 64); _tile_stored(3, c[3], 64);
-        for (int q = 0; q < 4; ++q) {
-          const int64_t n0 = nb * 32 + (q & 1) * 16, m0 = mb * 32 + (q >> 1) * 16;
-          const __m512 vs = _mm512_loadu_ps(S + n0), vh = _mm512_loadu_ps(H + n0);
-          for (int r = 0; r < 16; ++r) {
-            __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[q][r])), vs, vh);
-            if (!use_table)
-              v = _mm512_mul_ps(_mm512_mul_ps(half, v),
-                                _mm512_add_ps(_mm512_set1_ps(1.f), erf_ps(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678f)))));
-            v = _mm512_min_ps(_mm512_max_ps(_mm512_fmadd_ps(v, vinv, vz), lo), hi);
-            __m512i y = _mm512_castsi128_si512(_mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
-            if (use_table)
-              y = _mm512_mask_blend_epi8(_mm512_movepi8_mask(y), _mm512_permutex2var_epi8(t0, y, t1),
-                                         _mm512_permutex2var_epi8(t2, y, t3));
-            _mm_storeu_si128((__m128i*)(O + (m0 + r) * N + n0), _mm512_castsi512_si128(y));
-          }
-        }
+  uint8_t* O = out.data_ptr<uint8_t>();
+  const float finv = (float)inv, fz = (float)z;
+  gemm(a, bp, ks, [=](int32_t (*c)[16][16], int64_t mb, int64_t nb, int64_t rows) {
+    uint8_t* const o = O; const int64_t n = N;
+    const __m512 vinv = _mm512_set1_ps(finv), vz = _mm512_set1_ps(fz), half = _mm512_set1_ps(0.5f);
+    for (int q = 0; q < 4; ++q) {
+      const int64_t n0 = nb * 32 + (q & 1) * 16, r0 = (q >> 1) * 16;
+      const __m512 vs = _mm512_loadu_ps(S + n0), vh = _mm512_loadu_ps(H + n0);
+      for (int r = 0; r < 16 && r0 + r < rows; ++r) {
+        __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[q][r])), vs, vh);
+        v = _mm512_mul_ps(_mm512_mul_ps(half, v),
+                          _mm512_add_ps(_mm512_set1_ps(1.f), erf_ps(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678f)))));
+        const __m512i i = _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_fmadd_ps(v, vinv, vz)), _mm512_setzero_si512());
+        _mm_storeu_si128((__m128i*)(o + (mb * 32 + r0 + r) * n + n0), _mm512_cvtusepi32_epi8(i));
       }
     }
-    _tile_release();
-  }
+  });
   return out;
 }
 """
 
 
 def fused() -> None:
-    """Stage 1's int8 pwconv1 through a prototype AMX kernel of our own (2 x 2 tiles of 16 x 16, K in steps
-    of 48), GELU applied before the uint8 store, against oneDNN's int8 matmul with and without GELU."""
+    """Stage 1's int8 pwconv1 through our AMX kernel (`convnext.deploy.amx_gelu`, GELU as a uint8 table in its
+    store), and through the same GEMM with erf computed in registers, against oneDNN's int8 matmul with and
+    without its GELU post-op."""
     from torch.utils.cpp_extension import load_inline
 
+    from convnext.deploy import amx_gelu
     from convnext.deploy.int8 import _pt2e
     from convnext.memory import keep_freed_memory
 
     _pt2e()
     keep_freed_memory()
-    ext = load_inline("convnext_amx_qgemm_gelu", cpp_sources=_FUSED_SRC, functions=["pack_b", "qgemm_gelu"],
+    if not amx_gelu.available():
+        sys.exit("fused: this CPU or compiler cannot run the AMX int8 kernels (AMX-INT8 and AVX512-VBMI needed)")
+    erf = load_inline("convnext_amx_erf_bench", cpp_sources=amx_gelu.GEMM_SRC + _ERF_SRC, functions=["qgemm_erf"],
                       extra_cflags=["-O3", "-march=native", "-mamx-tile", "-mamx-int8", "-fopenmp"],
                       extra_ldflags=["-fopenmp"])
     torch.manual_seed(0)
@@ -311,30 +271,26 @@ def fused() -> None:
     w = torch.randint(-127, 128, (n, k), dtype=torch.int8)
     sa, za = 0.05, 128
     sw, bias = torch.rand(n) * 0.002 + 0.0005, torch.randn(n) * 0.5
-    scale = (sa * sw).float()
-    shift = (bias - sa * sw * za * w.long().sum(1).float()).float()
-    v = (a.long() @ w.long().t()).float() * scale + shift  # the dequantised pre-GELU value, exactly
+    v = sa * sw.double() * (a.long() @ w.long().t() - za * w.long().sum(1)).double() + bias.double()  # exactly
     g = F.gelu(v)
     s_out, g_lo = (g.max().item() - g.min().item()) / 255, g.min().item()
     z_out = round(-g_lo / s_out)
     exact = torch.clamp(torch.round(g / s_out) + z_out, 0, 255).to(torch.uint8)  # what oneDNN's erf post-op writes
-    s_pre = (v.max().item() - v.min().item()) / 255
-    z_pre = round(-v.min().item() / s_pre)
-    grid = (torch.arange(256).float() - z_pre) * s_pre
-    table = torch.clamp(torch.round(F.gelu(grid) / s_out) + z_out, 0, 255).to(torch.uint8)
-    bp = ext.pack_b(w, 48)
+    table, inv, zp = amx_gelu.gelu_table((v.min().item(), v.max().item()), s_out, z_out)
+    ks = amx_gelu._step(k)
+    bp = amx_gelu.pack_weight(w, ks)
+    grid_scale, grid_shift = amx_gelu.grid_affine(sa, za, w, sw, bias, inv, zp)
+    scale, shift = amx_gelu.grid_affine(sa, za, w, sw, bias, 1.0, 0)
     q = torch.ops.onednn
     wp = q.qlinear_prepack(w, [m, k])
-    zp = torch.zeros(n, dtype=torch.long)
+    zps = torch.zeros(n, dtype=torch.long)
     runs = {
-        "oneDNN, no epilogue": lambda: q.qlinear_pointwise(a, sa, za, wp, sw, zp, bias, s_out, z_out, torch.uint8,
+        "oneDNN, no epilogue": lambda: q.qlinear_pointwise(a, sa, za, wp, sw, zps, bias, s_out, z_out, torch.uint8,
                                                            "none", [], ""),
-        "oneDNN, erf-GELU post-op": lambda: q.qlinear_pointwise(a, sa, za, wp, sw, zp, bias, s_out, z_out,
+        "oneDNN, erf-GELU post-op": lambda: q.qlinear_pointwise(a, sa, za, wp, sw, zps, bias, s_out, z_out,
                                                                 torch.uint8, "gelu", [], "none"),
-        "ours, GELU table in the store": lambda: ext.qgemm_gelu(a, bp, scale, shift, 1 / s_pre, z_pre, table, 48,
-                                                                 True),
-        "ours, erf-GELU in registers": lambda: ext.qgemm_gelu(a, bp, scale, shift, 1 / s_out, z_out, table, 48,
-                                                               False),
+        "ours, GELU table in the store": lambda: amx_gelu.qlinear_gelu_table(a, bp, grid_scale, grid_shift, table, ks),
+        "ours, erf-GELU in registers": lambda: erf.qgemm_erf(a, bp, scale, shift, 1 / s_out, z_out, ks),
     }
     print(f"int8 pwconv1 at stage 1 ({m}x{k} by {k}x{n}, uint8 out), ms; outputs vs exact GELU then uint8:")
     for name, fn in runs.items():

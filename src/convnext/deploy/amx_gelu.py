@@ -27,7 +27,8 @@ import torch.nn.functional as F
 __all__ = ["available", "fuse_gelu_tables", "fuse_dequant_linears", "pre_gelu_ranges", "gelu_table", "grid_affine",
            "qlinear_gelu_table", "qlinear_dequant"]
 
-_SRC = r"""
+# The AMX GEMM driver both kernels share (and `benchmarks/int8_gelu.py fused`, with other epilogues).
+GEMM_SRC = r"""
 #include <torch/extension.h>
 #include <immintrin.h>
 #include <sys/syscall.h>
@@ -41,6 +42,7 @@ bool request_amx() {  // Linux: a process asks once for the AMX tile state
   return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
 }
 
+// One 32 x 32 block of int32 accumulators: tiles 0-3 = C (2 x 2 of 16 x 16), 4-5 = A rows, 6-7 = B columns.
 static void block(const uint8_t* a0, int64_t lda, const int8_t* B, int64_t nb, int64_t KB, int64_t ks,
                   int32_t (*c)[16][16]) {
   _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
@@ -54,17 +56,16 @@ static void block(const uint8_t* a0, int64_t lda, const int8_t* B, int64_t nb, i
   _tile_stored(0, c[0], 64); _tile_stored(1, c[1], 64); _tile_stored(2, c[2], 64); _tile_stored(3, c[3], 64);
 }
 
-// a: uint8 [M, K]; bp: int8 B tiles [N/16][K/ks][ks/4][64]; out[m, n] = scale[n] * acc + shift[n] in fp32 or bf16
-// (an int8 Linear whose output is read as floats: pwconv2)
-torch::Tensor qgemm_dequant(torch::Tensor a, torch::Tensor bp, torch::Tensor scale, torch::Tensor shift, int64_t ks,
-                            bool bf16) {
-  TORCH_CHECK(a.dtype() == torch::kUInt8 && a.dim() == 2 && a.is_contiguous(), "qgemm_dequant: uint8 [M, K] input");
+// uint8 a [M, K] x int8 B tiles bp [N/16][K/ks][ks/4][64]: epilogue(c, mb, nb, rows) for every 32 x 32 block, c its
+// accumulators, rows of them valid (the last rows of a matrix go through a zero-padded copy). Blocks run in the
+// order that keeps the larger operand's slice in cache: row blocks outer where the weight is the smaller (early
+// stages), column blocks outer where it is the larger (stage 4).
+template <typename Epilogue>
+static void gemm(const torch::Tensor& a, const torch::Tensor& bp, int64_t ks, Epilogue epilogue) {
+  TORCH_CHECK(a.dtype() == torch::kUInt8 && a.dim() == 2 && a.is_contiguous(), "AMX int8 GEMM: uint8 [M, K] input");
   const int64_t M = a.size(0), K = a.size(1), N = bp.size(0) * 16, KB = K / ks;
-  TORCH_CHECK(N % 32 == 0 && K % ks == 0 && ks % 4 == 0 && ks <= 64 && bp.size(1) == KB, "qgemm_dequant: shapes");
-  auto out = torch::empty({M, N}, bf16 ? torch::kBFloat16 : torch::kFloat32);
+  TORCH_CHECK(N % 32 == 0 && K % ks == 0 && ks % 4 == 0 && ks <= 64 && bp.size(1) == KB, "AMX int8 GEMM: shapes");
   const uint8_t* A = a.data_ptr<uint8_t>(); const int8_t* B = bp.data_ptr<int8_t>();
-  const float* S = scale.data_ptr<float>(); const float* H = shift.data_ptr<float>();
-  char* O = (char*)out.data_ptr();
   const int64_t full = M / 32, blocks = (M + 31) / 32, cols = N / 32;
   const bool rows_outer = N <= M;
   #pragma omp parallel
@@ -87,83 +88,73 @@ torch::Tensor qgemm_dequant(torch::Tensor a, torch::Tensor bp, torch::Tensor sca
         a0 = pad.data();
       }
       block(a0, K, B, nb, KB, ks, c);
-      for (int q = 0; q < 4; ++q) {
-        const int64_t n0 = nb * 32 + (q & 1) * 16, r0 = (q >> 1) * 16;
-        const __m512 vs = _mm512_loadu_ps(S + n0), vh = _mm512_loadu_ps(H + n0);
-        for (int r = 0; r < 16 && r0 + r < rows; ++r) {
-          const __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[q][r])), vs, vh);
-          const int64_t at = (mb * 32 + r0 + r) * N + n0;
-          if (bf16) _mm256_storeu_si256((__m256i*)(O + 2 * at), (__m256i)_mm512_cvtneps_pbh(v));
-          else _mm512_storeu_ps((float*)(O + 4 * at), v);
-        }
-      }
+      epilogue(c, mb, nb, rows);
     }
     _tile_release();
   }
+}
+"""
+
+_SRC = GEMM_SRC + r"""
+// out[m, n] = scale[n] * acc + shift[n] in fp32 or bf16 (an int8 Linear whose output is read as floats: pwconv2)
+torch::Tensor qgemm_dequant(torch::Tensor a, torch::Tensor bp, torch::Tensor scale, torch::Tensor shift, int64_t ks,
+                            bool bf16) {
+  const int64_t M = a.size(0), N = bp.size(0) * 16;
+  auto out = torch::empty({M, N}, bf16 ? torch::kBFloat16 : torch::kFloat32);
+  const float* S = scale.data_ptr<float>(); const float* H = shift.data_ptr<float>();
+  char* O = (char*)out.data_ptr();
+  gemm(a, bp, ks, [=](int32_t (*c)[16][16], int64_t mb, int64_t nb, int64_t rows) {
+    // locals, not the closure's members: the stores below may alias any memory the closure lives in
+    const float* const s = S; const float* const h = H; char* const o = O; const int64_t n = N;
+    for (int q = 0; q < 4; ++q) {
+      const int64_t n0 = nb * 32 + (q & 1) * 16, r0 = (q >> 1) * 16;
+      const __m512 vs = _mm512_loadu_ps(s + n0), vh = _mm512_loadu_ps(h + n0);
+      for (int r = 0; r < 16 && r0 + r < rows; ++r) {
+        const __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[q][r])), vs, vh);
+        const int64_t at = (mb * 32 + r0 + r) * n + n0;
+        if (bf16) _mm256_storeu_si256((__m256i*)(o + 2 * at), (__m256i)_mm512_cvtneps_pbh(v));
+        else _mm512_storeu_ps((float*)(o + 4 * at), v);
+      }
+    }
+  });
   return out;
 }
 
-// a: uint8 [M, K]; bp: int8 B tiles [N/16][K/ks][ks/4][64]; the index of each output on the pre-GELU uint8 grid is
-// clamp(round(scale[n] * acc + shift[n]), 0, 255) (dequantisation, bias, zero points and the grid folded into scale /
-// shift); out[m, n] = table[index]
+// The index of each output on the pre-GELU uint8 grid is clamp(round(scale[n] * acc + shift[n]), 0, 255)
+// (dequantisation, bias, zero points and the grid folded into scale / shift); out[m, n] = table[index].
 torch::Tensor qgemm_table(torch::Tensor a, torch::Tensor bp, torch::Tensor scale, torch::Tensor shift,
                           torch::Tensor table, int64_t ks) {
-  TORCH_CHECK(a.dtype() == torch::kUInt8 && a.dim() == 2 && a.is_contiguous(), "qgemm_table: uint8 [M, K] input");
-  const int64_t M = a.size(0), K = a.size(1), N = bp.size(0) * 16, KB = K / ks;
-  TORCH_CHECK(N % 32 == 0 && K % ks == 0 && ks % 4 == 0 && ks <= 64 && bp.size(1) == KB, "qgemm_table: shapes");
+  const int64_t M = a.size(0), N = bp.size(0) * 16;
   auto out = torch::empty({M, N}, torch::kUInt8);
-  const uint8_t* A = a.data_ptr<uint8_t>(); const int8_t* B = bp.data_ptr<int8_t>();
   const float* S = scale.data_ptr<float>(); const float* H = shift.data_ptr<float>();
   const uint8_t* T = table.data_ptr<uint8_t>(); uint8_t* O = out.data_ptr<uint8_t>();
   const __m512i t0 = _mm512_loadu_si512(T), t1 = _mm512_loadu_si512(T + 64);
   const __m512i t2 = _mm512_loadu_si512(T + 128), t3 = _mm512_loadu_si512(T + 192);
   const __m512i zero = _mm512_setzero_si512();
-  const int64_t full = M / 32, blocks = (M + 31) / 32;
-  #pragma omp parallel
-  {
-    TileCfg cfg = {}; cfg.palette = 1;
-    for (int t = 0; t < 4; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }
-    for (int t = 4; t < 6; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = (uint16_t)ks; }
-    for (int t = 6; t < 8; ++t) { cfg.rows[t] = (uint8_t)(ks / 4); cfg.colsb[t] = 64; }
-    _tile_loadconfig(&cfg);
-    alignas(64) int32_t c[4][16][16];
-    std::vector<uint8_t> pad;
-    // Blocks in the order that keeps the larger operand's slice in cache: row blocks outer where the
-    // weight is the smaller (early stages), column blocks outer where it is the larger (stage 4)
-    const int64_t cols = N / 32;
-    const bool rows_outer = N <= M;
-    #pragma omp for schedule(static)
-    for (int64_t job = 0; job < blocks * cols; ++job) {
-      const int64_t mb = rows_outer ? job / cols : job % blocks, nb = rows_outer ? job % cols : job / blocks;
-      const int64_t rows = mb < full ? 32 : M - 32 * mb;
-      const uint8_t* a0 = A + mb * 32 * K;
-      if (rows < 32) {  // the last rows: a zero-padded copy of them
-        pad.assign(32 * K, 0);
-        std::memcpy(pad.data(), a0, rows * K);
-        a0 = pad.data();
-      }
-      {
-        block(a0, K, B, nb, KB, ks, c);
-        const int64_t n0 = nb * 32;
-        const __m512 s0 = _mm512_loadu_ps(S + n0), s1 = _mm512_loadu_ps(S + n0 + 16);
-        const __m512 h0 = _mm512_loadu_ps(H + n0), h1 = _mm512_loadu_ps(H + n0 + 16);
-        for (int half = 0; half < 2; ++half) {  // tiles (0, 1): rows 0-15, (2, 3): rows 16-31
-          for (int r = 0; r < 16 && 16 * half + r < rows; ++r) {
-            // 2 x 16 indices -> 32 bytes (unsigned saturation clamps at 255), one table lookup for both
-            __m512i i0 = _mm512_cvtps_epi32(_mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[2 * half][r])), s0, h0));
-            __m512i i1 = _mm512_cvtps_epi32(_mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[2 * half + 1][r])), s1, h1));
-            __m256i b = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtusepi32_epi8(_mm512_max_epi32(i0, zero))),
-                                                _mm512_cvtusepi32_epi8(_mm512_max_epi32(i1, zero)), 1);
-            __m512i y = _mm512_castsi256_si512(b);
-            y = _mm512_mask_blend_epi8(_mm512_movepi8_mask(y), _mm512_permutex2var_epi8(t0, y, t1),
-                                       _mm512_permutex2var_epi8(t2, y, t3));
-            _mm256_storeu_si256((__m256i*)(O + (mb * 32 + 16 * half + r) * N + n0), _mm512_castsi512_si256(y));
-          }
-        }
+  gemm(a, bp, ks, [=](int32_t (*c)[16][16], int64_t mb, int64_t nb, int64_t rows) {
+    // locals, not the closure's members: the byte stores below may alias any memory the closure lives in
+    const __m512i l0 = t0, l1 = t1, l2 = t2, l3 = t3, z = zero;
+    uint8_t* const o = O; const int64_t n = N;
+    const int64_t n0 = nb * 32;
+    const __m512 s0 = _mm512_loadu_ps(S + n0), s1 = _mm512_loadu_ps(S + n0 + 16);
+    const __m512 h0 = _mm512_loadu_ps(H + n0), h1 = _mm512_loadu_ps(H + n0 + 16);
+    for (int half = 0; half < 2; ++half) {  // tiles (0, 1): rows 0-15, (2, 3): rows 16-31
+      for (int r = 0; r < 16 && 16 * half + r < rows; ++r) {
+        // 2 x 16 indices -> 32 bytes (unsigned saturation clamps at 255), one table lookup for both
+        const __m512i i0 = _mm512_cvtps_epi32(
+            _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[2 * half][r])), s0, h0));
+        const __m512i i1 = _mm512_cvtps_epi32(
+            _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[2 * half + 1][r])), s1, h1));
+        const __m256i b = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm512_cvtusepi32_epi8(_mm512_max_epi32(i0, z))),
+            _mm512_cvtusepi32_epi8(_mm512_max_epi32(i1, z)), 1);
+        __m512i y = _mm512_castsi256_si512(b);
+        y = _mm512_mask_blend_epi8(_mm512_movepi8_mask(y), _mm512_permutex2var_epi8(l0, y, l1),
+                                   _mm512_permutex2var_epi8(l2, y, l3));
+        _mm256_storeu_si256((__m256i*)(o + (mb * 32 + 16 * half + r) * n + n0), _mm512_castsi512_si256(y));
       }
     }
-    _tile_release();
-  }
+  });
   return out;
 }
 """
@@ -182,7 +173,7 @@ def _extension():
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
 
-            ext = load_inline("convnext_amx_gelu_table_v5", cpp_sources=_SRC,
+            ext = load_inline("convnext_amx_int8_v8", cpp_sources=_SRC,
                               functions=["qgemm_table", "qgemm_dequant", "request_amx"],
                               extra_cflags=["-O3", "-march=native", "-mamx-tile", "-mamx-int8", "-fopenmp"],
                               extra_ldflags=["-fopenmp"])
@@ -325,97 +316,93 @@ def _const(gm: torch.fx.GraphModule, node) -> torch.Tensor | None:
     return None
 
 
+def _int8_linear(gm: torch.fx.GraphModule, linear) -> tuple | None:
+    """(uint8 input node, its scale, its zero point, int8 weight [N, K], weight scales, bias or None, K step) of a
+    `dequantize_per_tensor -> linear(dequantize_per_channel(weight))` the kernels take (N a multiple of 32,
+    symmetric int8 weights, constant quantization parameters), else None."""
+    dq, wdq = linear.args[0], linear.args[1]
+    if not (_is(dq, "quantized_decomposed.dequantize_per_tensor") and
+            _is(wdq, "quantized_decomposed.dequantize_per_channel")):
+        return None
+    q_in, s_in, z_in = dq.args[0], dq.args[1], dq.args[2]
+    w, ws = _const(gm, wdq.args[0]), _const(gm, wdq.args[1])
+    bias = _const(gm, linear.args[2]) if len(linear.args) > 2 and linear.args[2] is not None else None
+    if w is None or ws is None or w.dtype != torch.int8 or w.dim() != 2 or \
+            not all(isinstance(v, (int, float)) for v in (s_in, z_in)):
+        return None
+    ks = _step(w.shape[1])
+    if ks is None or w.shape[0] % 32:
+        return None
+    if wdq.args[2] is not None:  # per-channel weight zero points must be zero (symmetric)
+        wz = _const(gm, wdq.args[2])
+        if wz is None or bool(wz.any()):
+            return None
+    return q_in, float(s_in), int(z_in), w, ws, bias, ks
+
+
+def _replace(gm: torch.fx.GraphModule, before, op, args: tuple, buffers: dict[str, torch.Tensor], extra: tuple):
+    """A call of `op(args[0], *buffers (registered on gm), *extra)` inserted before node `before`."""
+    for name, value in buffers.items():
+        gm.register_buffer(name, value)
+    with gm.graph.inserting_before(before):
+        attrs = [gm.graph.get_attr(name) for name in buffers]
+        return gm.graph.call_function(op, (args[0], *attrs, *extra))
+
+
+def _recompiled(gm: torch.fx.GraphModule, fused: int) -> int:
+    if fused:  # the replaced dequantize nodes are unread now
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return fused
+
+
 def fuse_gelu_tables(gm: torch.fx.GraphModule, ranges: list[tuple[float, float]]) -> int:
     """Rewrite `gm` in place: each `dequantize -> linear -> gelu -> quantize` with its recorded pre-GELU range
     (`ranges`, one per `_linear_gelu_pairs` entry) becomes one `convnext::qlinear_gelu_table` call, where
-    the shapes suit the kernel (N a multiple of 32, symmetric int8 weights). Returns how many."""
+    the shapes suit the kernel (`_int8_linear`). Returns how many."""
     pairs = _linear_gelu_pairs(gm)
     if not ranges or len(pairs) != len(ranges):  # not the program the ranges were recorded on: leave it
         return 0
     fused = 0
     for i, ((linear, gelu), pre) in enumerate(zip(pairs, ranges)):
         users = list(gelu.users)
-        dq, wdq = linear.args[0], linear.args[1]
-        if not (len(users) == 1 and _is(users[0], "quantized_decomposed.quantize_per_tensor") and
-                _is(dq, "quantized_decomposed.dequantize_per_tensor") and
-                _is(wdq, "quantized_decomposed.dequantize_per_channel")):
+        found = _int8_linear(gm, linear)
+        if found is None or len(users) != 1 or not _is(users[0], "quantized_decomposed.quantize_per_tensor"):
             continue
         quant = users[0]
-        q_in, s_in, z_in = dq.args[0], dq.args[1], dq.args[2]
-        w_node, ws_node = linear.args[1].args[0], linear.args[1].args[1]
-        w, ws = _const(gm, w_node), _const(gm, ws_node)
-        bias = _const(gm, linear.args[2]) if len(linear.args) > 2 and linear.args[2] is not None else None
+        q_in, s_in, z_in, w, ws, bias, ks = found
         s_out, z_out = quant.args[1], quant.args[2]
-        if w is None or ws is None or w.dtype != torch.int8 or w.dim() != 2 or \
-                not all(isinstance(v, (int, float)) for v in (s_in, z_in, s_out, z_out)):
+        if not isinstance(s_out, (int, float)) or not isinstance(z_out, int) or \
+                not math.isfinite(pre[0]) or not math.isfinite(pre[1]):
             continue
-        n, k = w.shape
-        ks = _step(k)
-        if ks is None or n % 32 or not math.isfinite(pre[0]) or not math.isfinite(pre[1]):
-            continue
-        if linear.args[1].args[2] is not None:  # per-channel weight zero points must be zero (symmetric)
-            wz = _const(gm, linear.args[1].args[2])
-            if wz is None or bool(wz.any()):
-                continue
         table, inv, zp = gelu_table(pre, float(s_out), int(z_out))
-        scale, shift = grid_affine(float(s_in), int(z_in), w, ws, bias, inv, zp)
-        names = []
-        for suffix, value in (("w", pack_weight(w, ks)), ("scale", scale), ("shift", shift), ("table", table)):
-            name = f"_gelu_table_{i}_{suffix}"
-            gm.register_buffer(name, value)
-            names.append(name)
-        with gm.graph.inserting_before(quant):
-            attrs = [gm.graph.get_attr(name) for name in names]
-            call = gm.graph.call_function(torch.ops.convnext.qlinear_gelu_table.default,
-                                          (q_in, *attrs, int(ks)))
+        scale, shift = grid_affine(s_in, z_in, w, ws, bias, inv, zp)
+        buffers = {f"_gelu_table_{i}_{k}": v for k, v in
+                   (("w", pack_weight(w, ks)), ("scale", scale), ("shift", shift), ("table", table))}
+        call = _replace(gm, quant, torch.ops.convnext.qlinear_gelu_table.default, (q_in,), buffers, (ks,))
         quant.replace_all_uses_with(call)
         for node in (quant, gelu, linear):
             gm.graph.erase_node(node)
         fused += 1
-    if fused:
-        gm.graph.eliminate_dead_code()
-        gm.recompile()
-    return fused
+    return _recompiled(gm, fused)
 
 
 def fuse_dequant_linears(gm: torch.fx.GraphModule, bf16: bool) -> int:
     """Rewrite `gm` in place: each `dequantize -> linear` whose output no GELU reads (pwconv2) becomes one
     `convnext::qlinear_dequant` call writing bf16 (`bf16`, the int8-mixed-bf16 mode) or fp32, where the
-    shapes suit the kernel. Returns how many."""
+    shapes suit the kernel (`_int8_linear`). Returns how many."""
     gelu_inputs = {linear for linear, _ in _linear_gelu_pairs(gm)}
     fused = 0
     for i, linear in enumerate([n for n in gm.graph.nodes if _is(n, "aten.linear") and n not in gelu_inputs]):
-        dq, wdq = linear.args[0], linear.args[1]
-        if not (_is(dq, "quantized_decomposed.dequantize_per_tensor") and
-                _is(wdq, "quantized_decomposed.dequantize_per_channel")):
+        found = _int8_linear(gm, linear)
+        if found is None:
             continue
-        q_in, s_in, z_in = dq.args[0], dq.args[1], dq.args[2]
-        w, ws = _const(gm, wdq.args[0]), _const(gm, wdq.args[1])
-        bias = _const(gm, linear.args[2]) if len(linear.args) > 2 and linear.args[2] is not None else None
-        if w is None or ws is None or w.dtype != torch.int8 or w.dim() != 2 or \
-                not all(isinstance(v, (int, float)) for v in (s_in, z_in)):
-            continue
-        n, k = w.shape
-        ks = _step(k)
-        if ks is None or n % 32:
-            continue
-        if wdq.args[2] is not None:
-            wz = _const(gm, wdq.args[2])
-            if wz is None or bool(wz.any()):
-                continue
-        scale, shift = grid_affine(float(s_in), int(z_in), w, ws, bias, 1.0, 0)
-        names = []
-        for suffix, value in (("w", pack_weight(w, ks)), ("scale", scale), ("shift", shift)):
-            name = f"_dequant_linear_{i}_{suffix}"
-            gm.register_buffer(name, value)
-            names.append(name)
-        with gm.graph.inserting_before(linear):
-            attrs = [gm.graph.get_attr(name) for name in names]
-            call = gm.graph.call_function(torch.ops.convnext.qlinear_dequant.default, (q_in, *attrs, int(ks), bf16))
+        q_in, s_in, z_in, w, ws, bias, ks = found
+        scale, shift = grid_affine(s_in, z_in, w, ws, bias, 1.0, 0)
+        buffers = {f"_dequant_linear_{i}_{k}": v for k, v in
+                   (("w", pack_weight(w, ks)), ("scale", scale), ("shift", shift))}
+        call = _replace(gm, linear, torch.ops.convnext.qlinear_dequant.default, (q_in,), buffers, (ks, bf16))
         linear.replace_all_uses_with(call)
         gm.graph.erase_node(linear)
         fused += 1
-    if fused:
-        gm.graph.eliminate_dead_code()
-        gm.recompile()
-    return fused
+    return _recompiled(gm, fused)
