@@ -4,7 +4,7 @@ in the GEMM's store) and pwconv2 (dequantised straight to bf16 / fp32 in its sto
 oneDNN's int8 matmul takes GELU as an erf post-op that costs more than the GEMM it follows (stage 1 of
 ConvNeXt-T: 5.1-5.3 ms against 2.1-2.3 ms without it; `benchmarks/int8_gelu.py`). Here the int32
 accumulators of each 32 x 32 output block are dequantised and, for pwconv1, rounded onto the uint8
-grid of the pre-GELU value (its range recorded at calibration, `pre_gelu_ranges`): scale, bias, the
+grid of the pre-GELU value (its range recorded at calibration, `RangeRecorder`): scale, bias, the
 input's zero point and that grid fold into one multiply-add per output channel (`grid_affine`). A
 256-entry uint8 table then maps the grid to the uint8 of the GELU output that pwconv2 reads. The
 kernels: 2 x 2 AMX tiles of 16 x 16 int32 per block, K in steps of up to 64 bytes (AMX-INT8), the
@@ -24,7 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["available", "fuse_gelu_tables", "fuse_dequant_linears", "pre_gelu_ranges", "gelu_table", "grid_affine",
+__all__ = ["available", "fuse_gelu_tables", "fuse_dequant_linears", "RangeRecorder", "gelu_table", "grid_affine",
            "qlinear_gelu_table", "qlinear_dequant"]
 
 # The AMX GEMM driver both kernels share (and `benchmarks/int8_gelu.py fused`, with other epilogues).
@@ -296,15 +296,6 @@ class RangeRecorder(torch.fx.Interpreter):
 
     def result(self) -> list[tuple[float, float]]:
         return [(float(lo), float(hi)) for lo, hi in self.ranges]
-
-
-def pre_gelu_ranges(gm: torch.fx.GraphModule, batches) -> list[tuple[float, float]]:
-    """(min, max) of every GELU's input over `batches`, in graph order."""
-    recorder = RangeRecorder(gm)
-    with torch.no_grad():
-        for batch in batches:
-            recorder.run(batch.float())
-    return recorder.result()
 
 
 def _const(gm: torch.fx.GraphModule, node) -> torch.Tensor | None:

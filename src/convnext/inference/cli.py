@@ -48,22 +48,17 @@ def _fast_cpu(args: argparse.Namespace, loaded, batch_size: int, compile: bool =
     from ..deploy.int8 import Int8Model
     from ..deploy.runtimes import RuntimeGraph
 
-    if isinstance(loaded.model, RuntimeGraph):  # ONNX Runtime (fp32) / OpenVINO (--dtype: its precision hint)
+    if isinstance(loaded.model, (Int8Model, RuntimeGraph)):  # an export: --dtype picks the precision it runs in
         if getattr(args, "amp", "off") != "off":
-            raise UserError(f"--amp {args.amp}: {loaded.source} runs in its runtime's precision, which --dtype "
-                            f"picks; leave --amp off")
+            raise UserError(f"--amp {args.amp}: {loaded.source} is an export ({loaded.layout}) that runs in the "
+                            f"precision --dtype picks (auto: bf16 where the CPU has native bf16); leave --amp off")
         chosen, reason = select_dtype(args.dtype, "cpu")
-        if loaded.model.kind == "onnx" and args.dtype == "auto":
-            chosen, reason = "fp32", "fp32 (ONNX Runtime runs the graph in fp32)"
-        loaded.model.prepare(chosen)
-        print(f"{loaded.model.describe()}; {reason}", file=sys.stderr)
-        return
-    if isinstance(loaded.model, Int8Model):  # an int8 program: --dtype picks the precision of its float ops
-        if getattr(args, "amp", "off") != "off":
-            raise UserError(f"--amp {args.amp}: an int8 program runs its float ops in the precision --dtype picks "
-                            f"(auto: bf16 where the CPU has native bf16); leave --amp off")
-        chosen, reason = select_dtype(args.dtype, "cpu")
-        loaded.model.set_mixed_bf16(chosen == "bf16")
+        if isinstance(loaded.model, Int8Model):  # the precision of its float ops
+            loaded.model.set_mixed_bf16(chosen == "bf16")
+        else:  # ONNX Runtime: fp32 only (bf16 asked is refused); OpenVINO: its precision hint
+            if loaded.model.kind == "onnx" and args.dtype == "auto":
+                chosen, reason = "fp32", "fp32 (ONNX Runtime runs the graph in fp32)"
+            loaded.model.prepare(chosen)
         print(f"{loaded.model.describe()}; {reason}", file=sys.stderr)
         return
     device = next(loaded.model.parameters()).device

@@ -27,6 +27,7 @@ INT8_PROGRAM = "int8 program (torch.export)"  # `Loaded.layout` of what `convnex
 ONNX_GRAPH = "ONNX graph (ONNX Runtime)"  # ... of `convnext export --format onnx`
 OPENVINO_IR = "OpenVINO IR"  # ... of `convnext export --format openvino`
 EXPORTED_LAYOUTS = (INT8_PROGRAM, ONNX_GRAPH, OPENVINO_IR)  # files run by predict / eval, not exported again
+_EXPORT_NAMES = {"int8": "an int8 program", "onnx": "an ONNX graph", "openvino": "an OpenVINO IR"}
 
 _DENSE_ARCHS = {"detection": "detection", "upernet": "segmentation"}
 
@@ -119,10 +120,13 @@ def load(
     if exported and not isinstance(device, torch.device) and str(device or "auto").strip().lower() == "auto":
         device = "cpu"  # "auto" means the CPU for them
     dev = device if isinstance(device, torch.device) else resolve_device(device)
+    if exported and dev.type != "cpu":
+        raise UserError(f"{path}: {_EXPORT_NAMES[exported]} (convnext export --format {exported}) runs on the CPU only; "
+                        f"use --device cpu")
     if exported == "int8":
-        return _load_int8_program(path, dev, img_size, crop_pct)
+        return _load_int8_program(path, img_size, crop_pct)
     if exported:
-        return _load_runtime_graph(path, exported, dev, img_size, crop_pct)
+        return _load_runtime_graph(path, exported, img_size, crop_pct)
     ckpt = read_checkpoint(path)  # the one read of the file
     task = dense_task_of(ckpt)
     if task is not None:
@@ -181,23 +185,26 @@ def _load_classifier(ckpt, path, weights, model_name, dev, img_size, crop_pct) -
                   model_name=info.get("model_name"), labels_stored=info.get("labels") is not None)
 
 
-def _load_int8_program(path, dev, img_size: int | None, crop_pct: float | None) -> Loaded:
+def _check_fixed_size(path, kind: str, size: int, img_size: int | None) -> None:
+    """An export's resolution is fixed: another --img-size is refused, naming the file and its size."""
+    if img_size is not None and img_size != size:
+        raise ConfigError(f"--img-size {img_size}: {path} is {_EXPORT_NAMES[kind]} exported for {size}px inputs (the "
+                          f"resolution is fixed at export, the batch size is free); export again with --img-size "
+                          f"{img_size} from the float checkpoint")
+
+
+def _load_int8_program(path, img_size: int | None, crop_pct: float | None) -> Loaded:
     """A classifier's int8 program (`convnext export --format int8`), with the class names and the
     preprocessing stored in it. Its resolution is fixed at export; its batch size is free."""
     from ..data.transforms import eval_transform
     from ..deploy.int8 import load_int8
 
-    if dev.type != "cpu":
-        raise UserError(f"{path}: an int8 program (convnext export --format int8) runs on CPU only; use --device cpu")
     model, meta = load_int8(path)
     if (meta.get("task") or "classification") != "classification" or not hasattr(model, "num_classes"):
         raise CheckpointError(f"{path}: a torch.export program, but not a classifier's int8 program from "
                               f"`convnext export --format int8` (expected (B, C, H, W) images in, (B, classes) out)")
     size = model.img_size
-    if img_size is not None and img_size != size:
-        raise ConfigError(f"--img-size {img_size}: {path} is an int8 program exported for {size}px inputs (the "
-                          f"resolution is fixed at export, the batch size is free); export again with --img-size "
-                          f"{img_size} from the float checkpoint")
+    _check_fixed_size(path, "int8", size, img_size)
     stored_crop = float(meta["crop_pct"]) if meta.get("crop_pct") else None
     crop = crop_pct if crop_pct is not None else stored_crop
     classes, stored = _stored_classes(meta.get("classes") or "", model.num_classes, meta.get("labels_stored"))
@@ -229,7 +236,7 @@ def _stored_classes(text: str, num_classes: int, stored_flag: str | None) -> tup
     return classes, stored
 
 
-def _load_runtime_graph(path, kind: str, dev, img_size: int | None, crop_pct: float | None) -> Loaded:
+def _load_runtime_graph(path, kind: str, img_size: int | None, crop_pct: float | None) -> Loaded:
     """An exported classifier run by ONNX Runtime (.onnx) or OpenVINO (IR .xml), with the class names
     and the preprocessing its metadata holds (`convnext export` stores them)."""
     import json
@@ -237,9 +244,7 @@ def _load_runtime_graph(path, kind: str, dev, img_size: int | None, crop_pct: fl
     from ..data.transforms import eval_transform
     from ..deploy.runtimes import RuntimeGraph, crop_of_preprocessing
 
-    what = "an ONNX graph" if kind == "onnx" else "an OpenVINO IR"
-    if dev.type != "cpu":
-        raise UserError(f"{path}: {what} runs on the CPU here (its runtime's CPU device); use --device cpu")
+    what = _EXPORT_NAMES[kind]
     graph = RuntimeGraph(path, kind)
     task = graph.meta.get("task") or "classification"
     if task != "classification":
@@ -254,9 +259,8 @@ def _load_runtime_graph(path, kind: str, dev, img_size: int | None, crop_pct: fl
     if graph.fixed_size is not None and size is None:
         raise CheckpointError(f"{path}: {what} for {graph.fixed_size[0]}x{graph.fixed_size[1]} inputs; only square "
                               f"inputs are fed by the classification preprocessing")
-    if size is not None and img_size is not None and img_size != size:
-        raise ConfigError(f"--img-size {img_size}: {path} is {what} exported for {size}px inputs (the resolution is "
-                          f"fixed at export, the batch size is free); export again with --img-size {img_size}")
+    if size is not None:
+        _check_fixed_size(path, kind, size, img_size)
     source = "the graph, fixed at export"
     if size is None:  # H and W free in the graph: the flag, else the preprocessing it was exported with
         stored = pre.get("center_crop") or pre.get("resize_square") or pre.get("img_size")
