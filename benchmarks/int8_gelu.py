@@ -6,6 +6,9 @@
                                                            # (the table route), simulated in fp32
     python benchmarks/int8_gelu.py poly [--max-autotune]   # int8 with a polynomial GELU in torch ops vs
                                                            # int8 erf-GELU and our bf16 (ConvNeXt-T, batch 16)
+    python benchmarks/int8_gelu.py stages                  # per stage: pwconv1 (+ GELU) and pwconv2, oneDNN vs
+                                                           # our AMX int8 kernels (convnext.deploy.amx_gelu)
+    python benchmarks/int8_gelu.py accuracy --model M.pt   # CIFAR-10 atto top-1: int8 with oneDNN / our kernels
     python benchmarks/int8_gelu.py fused                   # our AMX int8 kernel at stage 1's shape with GELU in
                                                            # its store (convnext.deploy.amx_gelu's uint8 table, or
                                                            # erf in registers), vs oneDNN with and without GELU
@@ -302,10 +305,72 @@ def fused() -> None:
               f"max {int(diff.max())} step(s)")
 
 
+def stages() -> None:
+    """Per stage of ConvNeXt-T at batch 16: pwconv1 (oneDNN without / with its erf-GELU post-op, ours with the
+    GELU table) and pwconv2 (oneDNN, ours; bf16 out), ms, random data."""
+    from convnext.deploy import amx_gelu
+    from convnext.deploy.int8 import _pt2e
+    from convnext.memory import keep_freed_memory
+
+    _pt2e()
+    keep_freed_memory()
+    if not amx_gelu.available():
+        sys.exit("stages: this CPU or compiler cannot run the AMX int8 kernels (AMX-INT8 and AVX512-VBMI needed)")
+    q = torch.ops.onednn
+    torch.manual_seed(0)
+    print("shape (M x K by K x N)            oneDNN none  oneDNN GELU  ours table | oneDNN bf16  ours bf16")
+    for m, c in ((50176, 96), (12544, 192), (3136, 384), (784, 768)):
+        row = []
+        for k, n in ((c, 4 * c), (4 * c, c)):  # pwconv1, pwconv2
+            a = torch.randint(0, 256, (m, k), dtype=torch.uint8)
+            w = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+            sw, bias, zp = torch.rand(n) * 0.002, torch.randn(n), torch.zeros(n, dtype=torch.long)
+            wp, ks = q.qlinear_prepack(w, [m, k]), amx_gelu._step(k)
+            bp = amx_gelu.pack_weight(w, ks)
+            scale, shift = amx_gelu.grid_affine(0.05, 128, w, sw, bias, 1.0, 0)
+            if k == c:
+                table = torch.arange(256, dtype=torch.uint8)
+                row += [_ms(lambda: q.qlinear_pointwise(a, 0.05, 128, wp, sw, zp, bias, 0.02, 0, torch.uint8, post,
+                                                        [], algo)) for post, algo in (("none", ""), ("gelu", "none"))]
+                row.append(_ms(lambda: amx_gelu.qlinear_gelu_table(a, bp, scale, shift, table, ks)))
+            else:
+                row.append(_ms(lambda: q.qlinear_pointwise(a, 0.05, 128, wp, sw, zp, bias, 1.0, 0, torch.bfloat16,
+                                                           "none", [], "")))
+                row.append(_ms(lambda: amx_gelu.qlinear_dequant(a, bp, scale, shift, ks, True)))
+        print(f"{m:6d} x {c:4d} by {c:4d} x {4 * c:4d} (and back)  {row[0]:9.2f}  {row[1]:11.2f}  {row[2]:10.2f} | "
+              f"{row[3]:11.2f}  {row[4]:9.2f}")
+
+
+def accuracy(model_path: str, data: str) -> None:
+    """The CIFAR-10 atto: top-1 and agreement with fp32 of the int8 program with oneDNN and with our kernels,
+    float ops in fp32 and in bf16, compiled; calibrated on 256 test images, measured on the rest."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cpu_deploy_numerics import logits, read_split
+
+    from convnext.deploy.int8 import Int8Model, quantize_int8
+    from convnext.models import create_model
+
+    xt, yt, _ = read_split(Path(data) / "cifar10-test-jpeg.tar.gz", 10000)
+    x_cal, x_test, y_test = xt[:256], xt[256:], yt[256:]
+    model = create_model("convnext_atto", num_classes=10)
+    model.load_state_dict(torch.load(model_path, weights_only=True))
+    model.eval()
+    ref = logits(model, x_test)
+    print(f"fp32: top-1 {100 * (ref.argmax(1) == y_test).float().mean():.2f}% on {len(y_test)} images")
+    program = quantize_int8(model, [x_cal[i : i + 32] for i in range(0, 256, 32)], 32)
+    for mixed in (False, True):
+        for fused in (False, None):
+            q = Int8Model(program, mixed, fused_gelu=fused)
+            got = logits(q, x_test)
+            kernels = f"our kernels ({q.fused_gelu} pwconv1, {q.fused_dequant} pwconv2)" if q.fused_gelu else "oneDNN"
+            print(f"int8, float ops {'bf16' if mixed else 'fp32'}, {kernels}: top-1 {100 * (got.argmax(1) == y_test).float().mean():.2f}%, agreement with fp32 "
+                  f"{100 * (got.argmax(1) == ref.argmax(1)).float().mean():.2f}%")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("micro", "table", "poly", "fused"))
-    p.add_argument("--model", help="table: the trained CIFAR-10 atto state dict")
+    p.add_argument("what", choices=("micro", "table", "poly", "fused", "stages", "accuracy"))
+    p.add_argument("--model", help="table / accuracy: the trained CIFAR-10 atto state dict")
     p.add_argument("--data", default="../shared/data", help="table: the folder holding cifar10-test-jpeg.tar.gz")
     p.add_argument("--max-autotune", action="store_true", help="poly: also compile with max-autotune")
     args = p.parse_args()
@@ -317,6 +382,12 @@ def main() -> None:
         table(args.model, args.data)
     elif args.what == "fused":
         fused()
+    elif args.what == "stages":
+        stages()
+    elif args.what == "accuracy":
+        if not args.model:
+            p.error("accuracy needs --model (the atto that benchmarks/cpu_deploy_numerics.py trains)")
+        accuracy(args.model, args.data)
     else:
         poly(args.max_autotune)
 
