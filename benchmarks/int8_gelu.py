@@ -362,7 +362,8 @@ def accuracy(model_path: str, data: str) -> None:
         for fused in (False, None):
             q = Int8Model(program, mixed, fused_gelu=fused)
             got = logits(q, x_test)
-            kernels = f"our kernels ({q.fused_gelu} pwconv1, {q.fused_dequant} pwconv2)" if q.fused_gelu else "oneDNN"
+            kernels = (f"our kernels ({q.fused_gelu} pwconv1, {q.fused_dequant} pwconv2, "
+                       f"{q.fused_norms} dwconv + LayerNorm)") if q.fused_gelu else "oneDNN"
             print(f"int8, float ops {'bf16' if mixed else 'fp32'}, {kernels}: top-1 {100 * (got.argmax(1) == y_test).float().mean():.2f}%, agreement with fp32 "
                   f"{100 * (got.argmax(1) == ref.argmax(1)).float().mean():.2f}%")
 

@@ -69,6 +69,28 @@ def test_dequantising_kernel_matches_the_dequantised_accumulators(m, k, n, bf16)
     assert torch.allclose(got[0].double(), v, rtol=tol, atol=1e-4)
 
 
+@needs_kernel
+@pytest.mark.parametrize("b, c, h, dtype", [(2, 96, 56, torch.float32), (1, 32, 23, torch.bfloat16),
+                                           (3, 384, 14, torch.bfloat16), (2, 768, 7, torch.float32),
+                                           (1, 16, 3, torch.float32)])
+def test_depthwise_norm_kernel_matches_conv_layernorm_quantize(b, c, h, dtype):
+    """One pass of depthwise 7 x 7 conv + LayerNorm + uint8 rounding against the three ops in fp32 (on the
+    input as the kernel reads it): equal but for the odd value at a rounding boundary, one level off."""
+    g = torch.Generator().manual_seed(c + h)
+    x = torch.randn(b, c, h, h, generator=g).to(dtype).to(memory_format=torch.channels_last)
+    w, bias = torch.randn(c, 1, 7, 7, generator=g) * 0.1, torch.randn(c, generator=g)
+    gamma, beta = torch.randn(c, generator=g), torch.randn(c, generator=g)
+    scale, zp = 0.04, 120
+    y = F.layer_norm(F.conv2d(x.float(), w, bias, padding=3, groups=c).permute(0, 2, 3, 1), [c], gamma, beta, 1e-6)
+    ref = torch.clamp(torch.round(y / scale) + zp, 0, 255).to(torch.uint8)
+    got = amx_gelu.dwconv_ln_quant(x, amx_gelu.pack_depthwise(w), bias, gamma, beta, 1e-6, 1 / scale, zp)
+    assert got.dtype == torch.uint8 and got.shape == (b, h, h, c)
+    diff = (got.int() - ref.int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
+    assert torch.equal(got, amx_gelu.dwconv_ln_quant(x.contiguous(), amx_gelu.pack_depthwise(w), bias, gamma, beta,
+                                                     1e-6, 1 / scale, zp))  # any memory layout of x
+
+
 def _program(name="convnext_atto", size=32):
     torch.manual_seed(0)
     model = create_model(name, num_classes=10).eval()
@@ -90,6 +112,7 @@ def test_fused_program_agrees_with_onednns_and_survives_save_and_load(tmp_path):
     plain = Int8Model(program, mixed_bf16=False, compile=False, fused_gelu=False)
     fused = Int8Model(program, mixed_bf16=False, compile=False)
     assert plain.fused_gelu == 0 and fused.fused_gelu == sum(model.config.depths)
+    assert plain.fused_norms == 0 and fused.fused_norms == sum(model.config.depths[1:])  # atto's 40 channels: no
     calls = [n for n in fused.module.graph.nodes if "qlinear_gelu_table" in str(n.target)]
     assert len(calls) == fused.fused_gelu and not any("gelu" in str(n.target) and "table" not in str(n.target)
                                                      for n in fused.module.graph.nodes)
@@ -126,6 +149,10 @@ def test_pwconv2_is_fused_at_the_first_call_in_the_float_dtype_then_known(mixed)
     ref, got = plain(x), fused(x)
     blocks = sum(model.config.depths)
     assert fused.fused_gelu == blocks and fused.fused_dequant == blocks and "pwconv2 too" in fused.describe()
+    # and each block's depthwise conv + LayerNorm + quantize in one pass (channels a multiple of 16)
+    assert fused.fused_norms == blocks and "depthwise conv + LayerNorm" in fused.describe()
+    assert sum("dwconv_ln_quant" in str(n.target) for n in fused.module.graph.nodes) == blocks
+    assert sum("layer_norm" in str(n.target) for n in fused.module.graph.nodes) == 1  # the head's only
     assert sum("qlinear_dequant" in str(n.target) for n in fused.module.graph.nodes) == blocks
     assert (got - ref).abs().max() < 0.05 * ref.abs().max()
     assert (got.argmax(1) == ref.argmax(1)).all()

@@ -24,7 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["available", "fuse_gelu_tables", "fuse_dequant_linears", "RangeRecorder", "gelu_table", "grid_affine",
+__all__ = ["available", "fuse_gelu_tables", "fuse_dequant_linears", "fuse_dwconv_norms", "dwconv_ln_quant", "RangeRecorder", "gelu_table", "grid_affine",
            "qlinear_gelu_table", "qlinear_dequant"]
 
 # The AMX GEMM driver both kernels share (and `benchmarks/int8_gelu.py fused`, with other epilogues).
@@ -35,6 +35,10 @@ GEMM_SRC = r"""
 #include <unistd.h>
 #include <cstring>
 #include <vector>
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <omp.h>
 
 struct TileCfg { uint8_t palette; uint8_t start_row; uint8_t reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; };
 
@@ -157,6 +161,115 @@ torch::Tensor qgemm_table(torch::Tensor a, torch::Tensor bp, torch::Tensor scale
   });
   return out;
 }
+// ---- depthwise 7 x 7 convolution + LayerNorm over channels + uint8 quantization, one pass (AVX512F) ----
+template <typename T> static inline __m512 load16(const T* p);
+template <> inline __m512 load16<float>(const float* p) { return _mm512_loadu_ps(p); }
+template <> inline __m512 load16<at::BFloat16>(const at::BFloat16* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+
+// WB outputs along a row, 16 channels: each input vector is loaded once per kernel row and meets all 7 weights.
+template <int WB>
+static inline void dw_run(const float* in, int64_t rs, int64_t C, const float* wt, __m512 bias, float* out) {
+  __m512 acc[WB];
+  #pragma GCC unroll 32
+  for (int i = 0; i < WB; ++i) acc[i] = bias;
+  for (int ky = 0; ky < 7; ++ky) {
+    const float* r = in + ky * rs;
+    __m512 wv[7];
+    #pragma GCC unroll 7
+    for (int kx = 0; kx < 7; ++kx) wv[kx] = _mm512_loadu_ps(wt + (ky * 7 + kx) * 16);
+    #pragma GCC unroll 32
+    for (int j = 0; j < WB + 6; ++j) {
+      const __m512 v = _mm512_loadu_ps(r + j * C);
+      #pragma GCC unroll 7
+      for (int kx = 0; kx < 7; ++kx) {
+        const int i = j - kx;
+        if (i >= 0 && i < WB) acc[i] = _mm512_fmadd_ps(v, wv[kx], acc[i]);
+      }
+    }
+  }
+  #pragma GCC unroll 32
+  for (int i = 0; i < WB; ++i) _mm512_storeu_ps(out + i * C, acc[i]);
+}
+
+template <typename T>
+static void dwln_rows(const T* X, int64_t B, int64_t H, int64_t W, int64_t C, const float* WT, const float* BIAS,
+                      const float* G, const float* BETA, float eps, float inv_scale, int32_t zp, uint8_t* O,
+                      int64_t R) {
+  const int64_t chunks = (H + R - 1) / R, rs = (W + 6) * C;
+  #pragma omp parallel
+  {
+    float* buf = (float*)aligned_alloc(64, ((R + 6) * rs * 4 + 63) / 64 * 64);
+    float* row = (float*)aligned_alloc(64, (W * C * 4 + 63) / 64 * 64);
+    const __m512 vzp = _mm512_set1_ps((float)zp), vinv = _mm512_set1_ps(inv_scale);
+    const __m512i z = _mm512_setzero_si512(), top = _mm512_set1_epi32(255);
+    #pragma omp for schedule(static)
+    for (int64_t job = 0; job < B * chunks; ++job) {
+      const int64_t b = job / chunks, h0 = (job % chunks) * R, h1 = std::min(H, h0 + R);
+      for (int64_t i = 0; i < h1 - h0 + 6; ++i) {  // input rows h0 - 3 .. h1 + 2 as fp32, zero-padded by 3
+        const int64_t hin = h0 - 3 + i;
+        float* dst = buf + i * rs;
+        if (hin < 0 || hin >= H) { std::memset(dst, 0, rs * 4); continue; }
+        std::memset(dst, 0, 3 * C * 4); std::memset(dst + (W + 3) * C, 0, 3 * C * 4);
+        const T* src = X + (b * H + hin) * W * C;
+        for (int64_t k = 0; k < W * C; k += 16) _mm512_storeu_ps(dst + 3 * C + k, load16(src + k));
+      }
+      for (int64_t h = h0; h < h1; ++h) {
+        const float* base = buf + (h - h0) * rs;
+        for (int64_t cb = 0; cb < C; cb += 16) {
+          const float* wt = WT + cb * 49;
+          const __m512 bias = _mm512_loadu_ps(BIAS + cb);
+          int64_t w = 0;
+          for (; w + 14 <= W; w += 14) dw_run<14>(base + w * C + cb, rs, C, wt, bias, row + w * C + cb);
+          for (; w + 7 <= W; w += 7) dw_run<7>(base + w * C + cb, rs, C, wt, bias, row + w * C + cb);
+          for (; w < W; ++w) dw_run<1>(base + w * C + cb, rs, C, wt, bias, row + w * C + cb);
+        }
+        uint8_t* o = O + (b * H + h) * W * C;
+        for (int64_t w = 0; w < W; ++w) {  // LayerNorm over C, then round onto the uint8 grid
+          const float* p = row + w * C;
+          __m512 s = _mm512_setzero_ps();
+          for (int64_t c = 0; c < C; c += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(p + c));
+          const __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(s) / C);
+          __m512 q = _mm512_setzero_ps();
+          for (int64_t c = 0; c < C; c += 16) {
+            const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(p + c), mean);
+            q = _mm512_fmadd_ps(d, d, q);
+          }
+          const __m512 rstd = _mm512_set1_ps(1.0f / std::sqrt(_mm512_reduce_add_ps(q) / C + eps));
+          for (int64_t c = 0; c < C; c += 16) {
+            const __m512 y = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(p + c), mean), rstd),
+                                             _mm512_loadu_ps(G + c), _mm512_loadu_ps(BETA + c));
+            const __m512 g = _mm512_add_ps(_mm512_roundscale_ps(_mm512_mul_ps(y, vinv),
+                                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vzp);
+            const __m512i n = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(g), z), top);
+            _mm_storeu_si128((__m128i*)(o + w * C + c), _mm512_cvtusepi32_epi8(n));
+          }
+        }
+      }
+    }
+    free(buf); free(row);
+  }
+}
+
+// x [B, H, W, C] fp32 or bf16 (channels-last memory), weight [C * 49] packed as [C/16][49][16], C a multiple of 16
+torch::Tensor dwconv_ln_quant(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, torch::Tensor g,
+                              torch::Tensor beta, double eps, double inv_scale, int64_t zp) {
+  TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && x.size(3) % 16 == 0, "dwconv_ln_quant: [B, H, W, C] input");
+  const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+  auto out = torch::empty({B, H, W, C}, torch::kUInt8);
+  const int64_t threads = omp_get_max_threads();
+  const int64_t R = std::max<int64_t>(1, std::min<int64_t>(8, (B * H + 4 * threads - 1) / (4 * threads)));
+  const float *wt = weight.data_ptr<float>(), *bs = bias.data_ptr<float>(), *gg = g.data_ptr<float>(),
+              *bb = beta.data_ptr<float>();
+  if (x.scalar_type() == torch::kBFloat16)
+    dwln_rows(x.data_ptr<at::BFloat16>(), B, H, W, C, wt, bs, gg, bb, (float)eps, (float)inv_scale, (int32_t)zp,
+              out.data_ptr<uint8_t>(), R);
+  else
+    dwln_rows(x.data_ptr<float>(), B, H, W, C, wt, bs, gg, bb, (float)eps, (float)inv_scale, (int32_t)zp,
+              out.data_ptr<uint8_t>(), R);
+  return out;
+}
 """
 
 
@@ -173,8 +286,8 @@ def _extension():
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
 
-            ext = load_inline("convnext_amx_int8_v8", cpp_sources=_SRC,
-                              functions=["qgemm_table", "qgemm_dequant", "request_amx"],
+            ext = load_inline("convnext_amx_int8_v9", cpp_sources=_SRC,
+                              functions=["qgemm_table", "qgemm_dequant", "dwconv_ln_quant", "request_amx"],
                               extra_cflags=["-O3", "-march=native", "-mamx-tile", "-mamx-int8", "-fopenmp"],
                               extra_ldflags=["-fopenmp"])
         return ext if ext.request_amx() else None
@@ -249,6 +362,30 @@ def qlinear_dequant(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, 
 @qlinear_dequant.register_fake
 def _(x, packed, scale, shift, ks, bf16):
     return x.new_empty((*x.shape[:-1], packed.shape[0] * 16), dtype=torch.bfloat16 if bf16 else torch.float32)
+
+
+def pack_depthwise(w: torch.Tensor) -> torch.Tensor:
+    """Depthwise 7 x 7 weight (C, 1, 7, 7) -> fp32 [C/16][49][16]: 16 channels of one tap per vector."""
+    c = w.shape[0]
+    return w.float().reshape(c // 16, 16, 49).transpose(1, 2).contiguous()
+
+
+@torch.library.custom_op("convnext::dwconv_ln_quant", mutates_args=())
+def dwconv_ln_quant(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, norm_weight: torch.Tensor,
+                    norm_bias: torch.Tensor, eps: float, inv_scale: float, zp: int) -> torch.Tensor:
+    """(B, C, H, W) fp32 / bf16 -> uint8 (B, H, W, C): a block's depthwise 7 x 7 convolution (padding 3,
+    `pack_depthwise` weight), LayerNorm over channels, and clamp(round(y * inv_scale) + zp, 0, 255), in one
+    pass with fp32 arithmetic (the convolution output is not rounded to bf16 in between)."""
+    xs = x.permute(0, 2, 3, 1)
+    if xs.dtype not in (torch.float32, torch.bfloat16):
+        xs = xs.float()
+    return _extension().dwconv_ln_quant(xs.contiguous(), weight, bias, norm_weight, norm_bias, eps, inv_scale, zp)
+
+
+@dwconv_ln_quant.register_fake
+def _(x, weight, bias, norm_weight, norm_bias, eps, inv_scale, zp):
+    b, c, h, w = x.shape
+    return x.new_empty((b, h, w, c), dtype=torch.uint8)
 
 
 def grid_affine(in_scale: float, in_zp: int, w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
@@ -373,6 +510,59 @@ def fuse_gelu_tables(gm: torch.fx.GraphModule, ranges: list[tuple[float, float]]
         call = _replace(gm, quant, torch.ops.convnext.qlinear_gelu_table.default, (q_in,), buffers, (ks,))
         quant.replace_all_uses_with(call)
         for node in (quant, gelu, linear):
+            gm.graph.erase_node(node)
+        fused += 1
+    return _recompiled(gm, fused)
+
+
+def _arg(node, i: int, name: str, default):
+    return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
+
+
+def _pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
+
+
+def fuse_dwconv_norms(gm: torch.fx.GraphModule) -> int:
+    """Rewrite `gm` in place: each block's `conv2d (depthwise 7 x 7, padding 3) -> permute to channels-last ->
+    layer_norm -> quantize_per_tensor (uint8)` becomes one `convnext::dwconv_ln_quant` call, where the
+    channels are a multiple of 16 and the parameters are constants. Returns how many."""
+    fused = 0
+    for i, conv in enumerate([n for n in gm.graph.nodes if _is(n, "aten.conv2d")]):
+        w = _const(gm, conv.args[1]) if len(conv.args) > 1 else None
+        if w is None or w.dim() != 4 or tuple(w.shape[1:]) != (1, 7, 7) or w.shape[0] % 16:
+            continue
+        c = w.shape[0]
+        b = _arg(conv, 2, "bias", None)
+        bias = _const(gm, b) if b is not None else torch.zeros(c)
+        if bias is None or _arg(conv, 6, "groups", 1) != c or _pair(_arg(conv, 3, "stride", 1)) != (1, 1) or \
+                _pair(_arg(conv, 4, "padding", 0)) != (3, 3) or _pair(_arg(conv, 5, "dilation", 1)) != (1, 1):
+            continue
+        chain = [conv]
+        for name in ("aten.permute", "aten.layer_norm", "quantized_decomposed.quantize_per_tensor"):
+            users = list(chain[-1].users)
+            if len(users) != 1 or not _is(users[0], name):
+                break
+            chain.append(users[0])
+        if len(chain) != 4:
+            continue
+        _, permute, norm, quant = chain
+        if list(permute.args[1]) != [0, 2, 3, 1] or list(norm.args[1]) != [c]:
+            continue
+        g, beta = _arg(norm, 2, "weight", None), _arg(norm, 3, "bias", None)
+        g = _const(gm, g) if g is not None else torch.ones(c)
+        beta = _const(gm, beta) if beta is not None else torch.zeros(c)
+        eps = _arg(norm, 4, "eps", 1e-5)
+        scale, zp = quant.args[1], quant.args[2]
+        if g is None or beta is None or not isinstance(scale, (int, float)) or not isinstance(zp, int) or \
+                tuple(quant.args[3:6]) != (0, 255, torch.uint8):
+            continue
+        buffers = {f"_dwconv_norm_{i}_{k}": v.float().contiguous() for k, v in
+                   (("w", pack_depthwise(w)), ("b", bias), ("g", g), ("beta", beta))}
+        call = _replace(gm, quant, torch.ops.convnext.dwconv_ln_quant.default, (conv.args[0],), buffers,
+                        (float(eps), 1.0 / float(scale), int(zp)))
+        quant.replace_all_uses_with(call)
+        for node in (quant, norm, permute, conv):
             gm.graph.erase_node(node)
         fused += 1
     return _recompiled(gm, fused)

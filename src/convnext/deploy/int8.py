@@ -145,7 +145,7 @@ class Int8Model(nn.Module):
         self.training = False
         # pwconv1 + GELU in our AMX kernel (`amx_gelu`) where the program carries its pre-GELU ranges
         # and this CPU runs the kernel (None: then on); else oneDNN's matmul with its erf post-op
-        self.fused_gelu = self.fused_dequant = 0
+        self.fused_gelu = self.fused_dequant = self.fused_norms = 0
         self._fuse_dequant = False
         ranges = getattr(program, "gelu_ranges", None)
         if fused_gelu is not False and ranges:
@@ -153,6 +153,8 @@ class Int8Model(nn.Module):
 
             if amx_gelu.available():
                 self.fused_gelu = amx_gelu.fuse_gelu_tables(self.module, ranges)
+                # and each depthwise conv + LayerNorm + quantize ahead of it, in one pass
+                self.fused_norms = amx_gelu.fuse_dwconv_norms(self.module) if self.fused_gelu else 0
                 self._fuse_dequant = bool(self.fused_gelu)  # pwconv2 too, at the first call (its dtype known)
             elif fused_gelu:
                 raise RuntimeError("Int8Model(fused_gelu=True): this CPU or compiler cannot run the AMX kernel")
@@ -192,6 +194,8 @@ class Int8Model(nn.Module):
                  else "")
         if self.fused_dequant:
             fused += f", {self.fused_dequant} pwconv2 too"
+        if self.fused_norms:
+            fused += f", {self.fused_norms} depthwise conv + LayerNorm + quantize in one pass"
         return f"CPU inference: int8 program (PT2E), float ops in {floats}, {runs}{fused}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
