@@ -193,6 +193,36 @@ static inline void dw_run(const float* in, int64_t rs, int64_t C, const float* w
   for (int i = 0; i < WB; ++i) _mm512_storeu_ps(out + i * C, acc[i]);
 }
 
+// LayerNorm over the C channels of P consecutive pixels (rows of p, C apart), then y * inv + zp rounded (to
+// nearest even) and clamped to uint8.
+template <int P>
+static inline void ln_quant(const float* p, int64_t C, const float* G, const float* BETA, float eps, __m512 vinv,
+                            __m512 vzp, uint8_t* o) {
+  __m512 s[P], q[P], mean[P], rstd[P];
+  for (int k = 0; k < P; ++k) s[k] = q[k] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < C; c += 16)
+    for (int k = 0; k < P; ++k) s[k] = _mm512_add_ps(s[k], _mm512_loadu_ps(p + k * C + c));
+  for (int k = 0; k < P; ++k) mean[k] = _mm512_set1_ps(_mm512_reduce_add_ps(s[k]) / C);
+  for (int64_t c = 0; c < C; c += 16)
+    for (int k = 0; k < P; ++k) {
+      const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(p + k * C + c), mean[k]);
+      q[k] = _mm512_fmadd_ps(d, d, q[k]);
+    }
+  for (int k = 0; k < P; ++k) rstd[k] = _mm512_set1_ps(1.0f / std::sqrt(_mm512_reduce_add_ps(q[k]) / C + eps));
+  const __m512i z = _mm512_setzero_si512(), top = _mm512_set1_epi32(255);
+  for (int64_t c = 0; c < C; c += 16) {
+    const __m512 g = _mm512_loadu_ps(G + c), be = _mm512_loadu_ps(BETA + c);
+    for (int k = 0; k < P; ++k) {
+      const __m512 y = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(p + k * C + c), mean[k]), rstd[k]),
+                                       g, be);
+      const __m512 r = _mm512_add_ps(_mm512_roundscale_ps(_mm512_mul_ps(y, vinv),
+                                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vzp);
+      const __m512i n = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(r), z), top);
+      _mm_storeu_si128((__m128i*)(o + k * C + c), _mm512_cvtusepi32_epi8(n));
+    }
+  }
+}
+
 template <typename T>
 static void dwln_rows(const T* X, int64_t B, int64_t H, int64_t W, int64_t C, const float* WT, const float* BIAS,
                       const float* G, const float* BETA, float eps, float inv_scale, int32_t zp, uint8_t* O,
@@ -201,9 +231,8 @@ static void dwln_rows(const T* X, int64_t B, int64_t H, int64_t W, int64_t C, co
   #pragma omp parallel
   {
     float* buf = (float*)aligned_alloc(64, ((R + 6) * rs * 4 + 63) / 64 * 64);
-    float* row = (float*)aligned_alloc(64, (W * C * 4 + 63) / 64 * 64);
+    float* row = (float*)aligned_alloc(64, (R * W * C * 4 + 63) / 64 * 64);  // dwconv output, R rows
     const __m512 vzp = _mm512_set1_ps((float)zp), vinv = _mm512_set1_ps(inv_scale);
-    const __m512i z = _mm512_setzero_si512(), top = _mm512_set1_epi32(255);
     #pragma omp for schedule(static)
     for (int64_t job = 0; job < B * chunks; ++job) {
       const int64_t b = job / chunks, h0 = (job % chunks) * R, h1 = std::min(H, h0 + R);
@@ -215,38 +244,25 @@ static void dwln_rows(const T* X, int64_t B, int64_t H, int64_t W, int64_t C, co
         const T* src = X + (b * H + hin) * W * C;
         for (int64_t k = 0; k < W * C; k += 16) _mm512_storeu_ps(dst + 3 * C + k, load16(src + k));
       }
-      for (int64_t h = h0; h < h1; ++h) {
-        const float* base = buf + (h - h0) * rs;
-        for (int64_t cb = 0; cb < C; cb += 16) {
-          const float* wt = WT + cb * 49;
-          const __m512 bias = _mm512_loadu_ps(BIAS + cb);
+      // channel slices outer, rows inner: the 7 input rows of one slice stay in L1 from one output row to the next
+      for (int64_t cb = 0; cb < C; cb += 16) {
+        const float* wt = WT + cb * 49;
+        const __m512 bias = _mm512_loadu_ps(BIAS + cb);
+        for (int64_t h = h0; h < h1; ++h) {
+          const float* base = buf + (h - h0) * rs + cb;
+          float* out = row + (h - h0) * W * C + cb;
           int64_t w = 0;
-          for (; w + 14 <= W; w += 14) dw_run<14>(base + w * C + cb, rs, C, wt, bias, row + w * C + cb);
-          for (; w + 7 <= W; w += 7) dw_run<7>(base + w * C + cb, rs, C, wt, bias, row + w * C + cb);
-          for (; w < W; ++w) dw_run<1>(base + w * C + cb, rs, C, wt, bias, row + w * C + cb);
-        }
-        uint8_t* o = O + (b * H + h) * W * C;
-        for (int64_t w = 0; w < W; ++w) {  // LayerNorm over C, then round onto the uint8 grid
-          const float* p = row + w * C;
-          __m512 s = _mm512_setzero_ps();
-          for (int64_t c = 0; c < C; c += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(p + c));
-          const __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(s) / C);
-          __m512 q = _mm512_setzero_ps();
-          for (int64_t c = 0; c < C; c += 16) {
-            const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(p + c), mean);
-            q = _mm512_fmadd_ps(d, d, q);
-          }
-          const __m512 rstd = _mm512_set1_ps(1.0f / std::sqrt(_mm512_reduce_add_ps(q) / C + eps));
-          for (int64_t c = 0; c < C; c += 16) {
-            const __m512 y = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(p + c), mean), rstd),
-                                             _mm512_loadu_ps(G + c), _mm512_loadu_ps(BETA + c));
-            const __m512 g = _mm512_add_ps(_mm512_roundscale_ps(_mm512_mul_ps(y, vinv),
-                                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vzp);
-            const __m512i n = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(g), z), top);
-            _mm_storeu_si128((__m128i*)(o + w * C + c), _mm512_cvtusepi32_epi8(n));
-          }
+          for (; w + 14 <= W; w += 14) dw_run<14>(base + w * C, rs, C, wt, bias, out + w * C);
+          for (; w + 7 <= W; w += 7) dw_run<7>(base + w * C, rs, C, wt, bias, out + w * C);
+          for (; w < W; ++w) dw_run<1>(base + w * C, rs, C, wt, bias, out + w * C);
         }
       }
+      // LayerNorm over C, then round onto the uint8 grid: 4 pixels at a time (independent chains)
+      const int64_t pixels = (h1 - h0) * W;
+      uint8_t* o = O + (b * H + h0) * W * C;
+      int64_t q = 0;
+      for (; q + 4 <= pixels; q += 4) ln_quant<4>(row + q * C, C, G, BETA, eps, vinv, vzp, o + q * C);
+      for (; q < pixels; ++q) ln_quant<1>(row + q * C, C, G, BETA, eps, vinv, vzp, o + q * C);
     }
     free(buf); free(row);
   }
@@ -286,7 +302,7 @@ def _extension():
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
 
-            ext = load_inline("convnext_amx_int8_v9", cpp_sources=_SRC,
+            ext = load_inline("convnext_amx_int8_v11", cpp_sources=_SRC,
                               functions=["qgemm_table", "qgemm_dequant", "dwconv_ln_quant", "request_amx"],
                               extra_cflags=["-O3", "-march=native", "-mamx-tile", "-mamx-int8", "-fopenmp"],
                               extra_ldflags=["-fopenmp"])
