@@ -7,7 +7,8 @@ measured); bf16 is skipped where the CPU has no native bf16. int8 is every Linea
 X86 inductor quantizer (`--convs`: the convolutions too), compiled by inductor with freezing, with
 the float ops in fp32 and, on a native-bf16 CPU, also in bf16 ("int8-mixed-bf16", what `load_int8`
 picks there). Where the CPU runs our AMX kernel for pwconv1 + GELU (`convnext.deploy.amx_gelu`), the
-int8 rows use it, as `load_int8` does, and a row with oneDNN's erf-GELU post-op is added. Rounds
+int8 rows use it, as `load_int8` does (with each block's depthwise conv + LayerNorm + quantize in one pass
+of ours), and rows without that pass and with oneDNN's erf-GELU post-op instead are added. Rounds
 rotate the order; the medians and the per-round ratios are printed.
 
 `--relu-bound` also times an int8 program with ReLU in place of every GELU. It is not a usable
@@ -22,6 +23,7 @@ import time
 
 import torch
 
+from convnext.deploy import amx_gelu
 from convnext.deploy.cpu import fast_cpu_model
 from convnext.deploy.features import cpu_features
 from convnext.deploy.int8 import Int8Model, quantize_int8
@@ -55,6 +57,12 @@ def main() -> None:
             # that kernel ran, also with oneDNN's erf-GELU post-op
             key = f"int8{' +convs' if convs else ''}{' mixed-bf16' if mixed else ' (float ops fp32)'}"
             variants = [(key, Int8Model(program, mixed_bf16=mixed))]
+            if variants[0][1].fused_norms:  # our GEMM kernels, depthwise conv and LayerNorm left to inductor / oneDNN
+                fuse_norms, amx_gelu.fuse_dwconv_norms = amx_gelu.fuse_dwconv_norms, lambda gm: 0
+                try:
+                    variants.append((f"{key}, dwconv + LayerNorm not fused", Int8Model(program, mixed_bf16=mixed)))
+                finally:
+                    amx_gelu.fuse_dwconv_norms = fuse_norms
             if variants[0][1].fused_gelu:
                 variants.append((f"{key}, oneDNN GELU post-op", Int8Model(program, mixed_bf16=mixed, fused_gelu=False)))
             for name, q in variants:
