@@ -61,6 +61,8 @@ def test_export_int8_measures_on_the_data(ckpt, images, tmp_path):
 
     assert r["fused_gelu"] == (2 + 2 + 6 + 2 if amx_gelu.available() else 0)  # atto: one per block
     assert ("in our AMX int8 kernel" in text) == bool(r["fused_gelu"])
+    assert r["fused_norms"] == (2 + 6 + 2 if amx_gelu.available() else 0)  # atto: stages 2-4 (80-320 channels)
+    assert ("one pass of our AVX512 kernel" in text) == bool(r["fused_norms"])
     q, meta = load_int8(tmp_path / "q.pt2", compile=False)
     assert "calibrated on 6 images" in meta["quantization"] and meta["classes"] == ""  # export_int8 got no classes
     r = export_int8(model.eval(), tmp_path / "q2.pt2", data=images, transform=eval_transform(32), img_size=32,

@@ -421,6 +421,7 @@ def export_int8(
         "fp32_path": fp32.path, "int8_mixed_bf16": int8_model.mixed_bf16, "compiled": compile,
         "quantize_convs": quantize_convs, "bf16_img_per_s": None, "bf16_path": None, "labels_from": labels_from,
         "fused_gelu": int8_model.fused_gelu, "fused_dequant": int8_model.fused_dequant,
+        "fused_norms": int8_model.fused_norms,
     }
     if cpu_features().native_bf16:  # the path predict / eval run by default on this CPU: the speed to beat
         bf16 = fast_cpu_model(model, "bf16", batch_size, img_size, candidates=("eager", "jit"))
@@ -454,6 +455,9 @@ def format_int8_report(r: dict) -> str:
         pwconv2 = f"; {r['fused_dequant']} pwconv2 in our AMX int8 kernel too" if r.get("fused_dequant") else ""
         lines.append(f"GELU after {r['fused_gelu']} pwconv1: in our AMX int8 kernel, as a uint8 table applied in the "
                      f"GEMM's store (its input rounded onto the uint8 grid of the range seen at calibration){pwconv2}")
+    if r.get("fused_norms"):
+        lines.append(f"depthwise conv + LayerNorm + quantize of {r['fused_norms']} blocks: one pass of our AVX512 kernel, "
+                     "in fp32 (the convolution's output is not rounded to bf16 before the LayerNorm)")
     return "\n".join(lines)
 
 
