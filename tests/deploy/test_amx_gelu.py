@@ -2,6 +2,7 @@
 the program rewrite against the program as oneDNN runs it. Skipped where the CPU has no AMX-INT8 /
 AVX512-VBMI or the compiler cannot build it."""
 import json
+from unittest import mock
 
 import pytest
 import torch
@@ -156,3 +157,56 @@ def test_pwconv2_is_fused_at_the_first_call_in_the_float_dtype_then_known(mixed)
     assert sum("qlinear_dequant" in str(n.target) for n in fused.module.graph.nodes) == blocks
     assert (got - ref).abs().max() < 0.05 * ref.abs().max()
     assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_depthwise_norm_float_kernel_matches_conv_then_layernorm(dtype):
+    """`dwconv_ln` (the float path's kernel) against F.conv2d + F.layer_norm in fp32 on the same values: equal
+    to fp32 rounding, or to one rounding of the output in bf16."""
+    g = torch.Generator().manual_seed(5)
+    c = 48
+    x = torch.randn(2, c, 13, 13, generator=g).to(dtype).to(memory_format=torch.channels_last)
+    w, bias = (torch.randn(c, 1, 7, 7, generator=g) * 0.1).to(dtype), torch.randn(c, generator=g).to(dtype)
+    gamma, beta = torch.randn(c, generator=g).to(dtype), torch.randn(c, generator=g).to(dtype)
+    ref = F.layer_norm(F.conv2d(x.float(), w.float(), bias.float(), padding=3, groups=c).permute(0, 2, 3, 1), [c],
+                       gamma.float(), beta.float(), 1e-6)
+    got = amx_gelu.dwconv_ln(x, w, bias, gamma, beta, 1e-6)
+    assert got.dtype == dtype and got.shape == (2, 13, 13, c)
+    tol = 2 ** -8 if dtype == torch.bfloat16 else 1e-5
+    assert torch.allclose(got.float(), ref, rtol=tol, atol=tol)
+
+
+@needs_kernel
+def test_fast_cpu_model_runs_dwconv_and_layernorm_in_one_pass_at_inference_only():
+    from convnext.deploy.cpu import fast_cpu_model
+    from convnext.models.layers import Block
+
+    torch.manual_seed(0)
+    model = create_model("convnext_pico", num_classes=10).eval()  # channels 64..512
+    _spread_scales(model, torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(x)
+    fast = fast_cpu_model(model, "fp32", 2, 64, candidates=("eager",))
+    blocks = [m for m in fast.module.modules() if isinstance(m, Block)]
+    assert all(b.fused_dw_norm for b in blocks) and not any(b.fused_dw_norm for b in model.modules()
+                                                            if isinstance(b, Block))  # a copy was switched
+    assert f"depthwise conv + LayerNorm of {len(blocks)} blocks in one pass of ours" in fast.describe()
+    calls = []
+    op = torch.ops.convnext.dwconv_ln
+    with torch.no_grad(), mock.patch.object(torch.ops.convnext, "dwconv_ln",
+                                            side_effect=lambda *a: calls.append(1) or op(*a)):
+        got = fast(x)
+    assert len(calls) == len(blocks)
+    assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5)  # fp32: equal up to summation order
+    # training, or recording gradients: the textbook ops (our kernel has no backward)
+    fused = fast.module
+    xg = x.clone().to(memory_format=torch.channels_last).requires_grad_()
+    calls.clear()
+    with mock.patch.object(torch.ops.convnext, "dwconv_ln", side_effect=lambda *a: calls.append(1) or op(*a)):
+        fused(xg).sum().backward()
+    assert not calls and xg.grad is not None
+    # torch.export (the int8 path's capture) sees the standard ops
+    program = torch.export.export(fused, (x.to(memory_format=torch.channels_last),))
+    assert not any("dwconv_ln" in str(n.target) for n in program.graph.nodes)

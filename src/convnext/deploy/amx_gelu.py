@@ -24,7 +24,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["available", "fuse_gelu_tables", "fuse_dequant_linears", "fuse_dwconv_norms", "dwconv_ln_quant", "RangeRecorder", "gelu_table", "grid_affine",
+__all__ = ["available", "fuse_gelu_tables", "fuse_dequant_linears", "fuse_dwconv_norms", "dwconv_ln_quant", "dwconv_ln",
+           "RangeRecorder", "gelu_table", "grid_affine",
            "qlinear_gelu_table", "qlinear_dequant"]
 
 # The AMX GEMM driver both kernels share (and `benchmarks/int8_gelu.py fused`, with other epilogues).
@@ -39,6 +40,7 @@ GEMM_SRC = r"""
 #include <cmath>
 #include <cstdlib>
 #include <omp.h>
+#include <type_traits>
 
 struct TileCfg { uint8_t palette; uint8_t start_row; uint8_t reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; };
 
@@ -223,9 +225,35 @@ static inline void ln_quant(const float* p, int64_t C, const float* G, const flo
   }
 }
 
-template <typename T>
+// LayerNorm over the C channels of P consecutive pixels, written as fp32 or bf16 (the float path's output).
+template <int P, typename OutT>
+static inline void ln_affine(const float* p, int64_t C, const float* G, const float* BETA, float eps, OutT* o) {
+  __m512 s[P], q[P], mean[P], rstd[P];
+  for (int k = 0; k < P; ++k) s[k] = q[k] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < C; c += 16)
+    for (int k = 0; k < P; ++k) s[k] = _mm512_add_ps(s[k], _mm512_loadu_ps(p + k * C + c));
+  for (int k = 0; k < P; ++k) mean[k] = _mm512_set1_ps(_mm512_reduce_add_ps(s[k]) / C);
+  for (int64_t c = 0; c < C; c += 16)
+    for (int k = 0; k < P; ++k) {
+      const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(p + k * C + c), mean[k]);
+      q[k] = _mm512_fmadd_ps(d, d, q[k]);
+    }
+  for (int k = 0; k < P; ++k) rstd[k] = _mm512_set1_ps(1.0f / std::sqrt(_mm512_reduce_add_ps(q[k]) / C + eps));
+  for (int64_t c = 0; c < C; c += 16) {
+    const __m512 g = _mm512_loadu_ps(G + c), be = _mm512_loadu_ps(BETA + c);
+    for (int k = 0; k < P; ++k) {
+      const __m512 y = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(p + k * C + c), mean[k]), rstd[k]),
+                                       g, be);
+      if constexpr (std::is_same<OutT, float>::value) _mm512_storeu_ps(o + k * C + c, y);
+      else _mm256_storeu_si256((__m256i*)(o + k * C + c), (__m256i)_mm512_cvtneps_pbh(y));
+    }
+  }
+}
+
+// OutT uint8_t: LayerNorm then rounding onto the uint8 grid (inv_scale, zp); float / at::BFloat16: LayerNorm only.
+template <typename T, typename OutT>
 static void dwln_rows(const T* X, int64_t B, int64_t H, int64_t W, int64_t C, const float* WT, const float* BIAS,
-                      const float* G, const float* BETA, float eps, float inv_scale, int32_t zp, uint8_t* O,
+                      const float* G, const float* BETA, float eps, float inv_scale, int32_t zp, OutT* O,
                       int64_t R) {
   const int64_t chunks = (H + R - 1) / R, rs = (W + 6) * C;
   #pragma omp parallel
@@ -259,31 +287,56 @@ static void dwln_rows(const T* X, int64_t B, int64_t H, int64_t W, int64_t C, co
       }
       // LayerNorm over C, then round onto the uint8 grid: 4 pixels at a time (independent chains)
       const int64_t pixels = (h1 - h0) * W;
-      uint8_t* o = O + (b * H + h0) * W * C;
+      OutT* o = O + (b * H + h0) * W * C;
       int64_t q = 0;
-      for (; q + 4 <= pixels; q += 4) ln_quant<4>(row + q * C, C, G, BETA, eps, vinv, vzp, o + q * C);
-      for (; q < pixels; ++q) ln_quant<1>(row + q * C, C, G, BETA, eps, vinv, vzp, o + q * C);
+      if constexpr (std::is_same<OutT, uint8_t>::value) {
+        for (; q + 4 <= pixels; q += 4) ln_quant<4>(row + q * C, C, G, BETA, eps, vinv, vzp, o + q * C);
+        for (; q < pixels; ++q) ln_quant<1>(row + q * C, C, G, BETA, eps, vinv, vzp, o + q * C);
+      } else {
+        for (; q + 4 <= pixels; q += 4) ln_affine<4>(row + q * C, C, G, BETA, eps, o + q * C);
+        for (; q < pixels; ++q) ln_affine<1>(row + q * C, C, G, BETA, eps, o + q * C);
+      }
     }
     free(buf); free(row);
   }
 }
 
-// x [B, H, W, C] fp32 or bf16 (channels-last memory), weight [C * 49] packed as [C/16][49][16], C a multiple of 16
-torch::Tensor dwconv_ln_quant(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, torch::Tensor g,
-                              torch::Tensor beta, double eps, double inv_scale, int64_t zp) {
-  TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && x.size(3) % 16 == 0, "dwconv_ln_quant: [B, H, W, C] input");
+template <typename OutT>
+static void dwln_dispatch(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                          const torch::Tensor& g, const torch::Tensor& beta, double eps, double inv_scale, int64_t zp,
+                          OutT* out) {
+  TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && x.size(3) % 16 == 0, "dwconv_ln: [B, H, W, C] input, C % 16 == 0");
   const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
-  auto out = torch::empty({B, H, W, C}, torch::kUInt8);
+  TORCH_CHECK(weight.numel() == C * 49 && bias.numel() == C && g.numel() == C && beta.numel() == C,
+              "dwconv_ln: shapes");
   const int64_t threads = omp_get_max_threads();
   const int64_t R = std::max<int64_t>(1, std::min<int64_t>(8, (B * H + 4 * threads - 1) / (4 * threads)));
-  const float *wt = weight.data_ptr<float>(), *bs = bias.data_ptr<float>(), *gg = g.data_ptr<float>(),
-              *bb = beta.data_ptr<float>();
+  auto f32 = [](const torch::Tensor& t) { return t.to(torch::kFloat).contiguous(); };
+  const torch::Tensor wt = f32(weight), bs = f32(bias), gg = f32(g), bb = f32(beta);
   if (x.scalar_type() == torch::kBFloat16)
-    dwln_rows(x.data_ptr<at::BFloat16>(), B, H, W, C, wt, bs, gg, bb, (float)eps, (float)inv_scale, (int32_t)zp,
-              out.data_ptr<uint8_t>(), R);
+    dwln_rows(x.data_ptr<at::BFloat16>(), B, H, W, C, wt.data_ptr<float>(), bs.data_ptr<float>(), gg.data_ptr<float>(),
+              bb.data_ptr<float>(), (float)eps, (float)inv_scale, (int32_t)zp, out, R);
   else
-    dwln_rows(x.data_ptr<float>(), B, H, W, C, wt, bs, gg, bb, (float)eps, (float)inv_scale, (int32_t)zp,
-              out.data_ptr<uint8_t>(), R);
+    dwln_rows(x.data_ptr<float>(), B, H, W, C, wt.data_ptr<float>(), bs.data_ptr<float>(), gg.data_ptr<float>(),
+              bb.data_ptr<float>(), (float)eps, (float)inv_scale, (int32_t)zp, out, R);
+}
+
+// x [B, H, W, C] fp32 or bf16 (channels-last memory), weight packed as [C/16][49][16] fp32: uint8 [B, H, W, C]
+torch::Tensor dwconv_ln_quant(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, torch::Tensor g,
+                              torch::Tensor beta, double eps, double inv_scale, int64_t zp) {
+  auto out = torch::empty(x.sizes(), torch::kUInt8);
+  dwln_dispatch(x, weight, bias, g, beta, eps, inv_scale, zp, out.data_ptr<uint8_t>());
+  return out;
+}
+
+// the same with LayerNorm's output in x's dtype (fp32 or bf16), weight packed as above
+torch::Tensor dwconv_ln(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, torch::Tensor g, torch::Tensor beta,
+                        double eps) {
+  auto out = torch::empty(x.sizes(), x.options());
+  if (x.scalar_type() == torch::kBFloat16)
+    dwln_dispatch(x, weight, bias, g, beta, eps, 1.0, 0, out.data_ptr<at::BFloat16>());
+  else
+    dwln_dispatch(x, weight, bias, g, beta, eps, 1.0, 0, out.data_ptr<float>());
   return out;
 }
 """
@@ -302,8 +355,8 @@ def _extension():
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
 
-            ext = load_inline("convnext_amx_int8_v11", cpp_sources=_SRC,
-                              functions=["qgemm_table", "qgemm_dequant", "dwconv_ln_quant", "request_amx"],
+            ext = load_inline("convnext_amx_int8_v12", cpp_sources=_SRC,
+                              functions=["qgemm_table", "qgemm_dequant", "dwconv_ln_quant", "dwconv_ln", "request_amx"],
                               extra_cflags=["-O3", "-march=native", "-mamx-tile", "-mamx-int8", "-fopenmp"],
                               extra_ldflags=["-fopenmp"])
         return ext if ext.request_amx() else None
@@ -402,6 +455,22 @@ def dwconv_ln_quant(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, n
 def _(x, weight, bias, norm_weight, norm_bias, eps, inv_scale, zp):
     b, c, h, w = x.shape
     return x.new_empty((b, h, w, c), dtype=torch.uint8)
+
+
+@torch.library.custom_op("convnext::dwconv_ln", mutates_args=())
+def dwconv_ln(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, norm_weight: torch.Tensor,
+              norm_bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """(B, C, H, W) fp32 / bf16 -> (B, H, W, C) in x's dtype: a block's depthwise 7 x 7 convolution (padding 3,
+    weight (C, 1, 7, 7)) and LayerNorm over channels in one pass, fp32 arithmetic (`dwconv_ln_quant` without
+    the rounding onto a uint8 grid). C a multiple of 16."""
+    xs = x.permute(0, 2, 3, 1).contiguous()
+    return _extension().dwconv_ln(xs, pack_depthwise(weight), bias, norm_weight, norm_bias, eps)
+
+
+@dwconv_ln.register_fake
+def _(x, weight, bias, norm_weight, norm_bias, eps):
+    b, c, h, w = x.shape
+    return x.new_empty((b, h, w, c))
 
 
 def grid_affine(in_scale: float, in_zp: int, w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import statistics
 import time
 import warnings
@@ -185,6 +186,20 @@ def _measure(runners: dict[str, Callable], x: torch.Tensor, repeats: int) -> dic
     return {n: statistics.median(s) for n, s in samples.items()}
 
 
+def _fuse_dw_norms(module: nn.Module) -> int:
+    """Switch every ConvNeXt block of `module` whose depthwise conv + LayerNorm our AVX512 kernel takes
+    (`convnext.deploy.amx_gelu`, built at first use, on CPUs where our int8 kernels run) to it; how many."""
+    from ..models.layers import Block
+    from . import amx_gelu
+
+    blocks = [m for m in module.modules() if isinstance(m, Block) and m.dwconv.in_channels % 16 == 0]
+    if not blocks or os.environ.get("CONVNEXT_NO_FUSED_DW_NORM") or not amx_gelu.available():
+        return 0
+    for block in blocks:
+        block.fused_dw_norm = True
+    return len(blocks)
+
+
 def fast_cpu_model(
     model: nn.Module,
     dtype: str = "auto",
@@ -221,6 +236,7 @@ def fast_cpu_model(
     if unknown or not candidates:
         raise ValueError(f"candidates must be a non-empty subset of {CANDIDATES}, got {tuple(candidates)}")
     module = prepare_eager(model, chosen, inplace=inplace)
+    fused = _fuse_dw_norms(module)
     in_chans = in_chans or getattr(model, "in_chans", 3)
     example = torch.randn(batch, in_chans, img_size, img_size).to(_TORCH_DTYPES[chosen])
     example = example.contiguous(memory_format=torch.channels_last)
@@ -247,6 +263,8 @@ def fast_cpu_model(
                         + (", max-autotune" if max_autotune else ""),
              "jit": "torch.jit freeze + optimize_for_inference (oneDNN)"}
     path = f"{chosen} {words[best]}, layer scale folded"
+    if fused and best != "jit":  # TorchScript traces the textbook ops
+        path += f", depthwise conv + LayerNorm of {fused} blocks in one pass of ours"
     if len(timings) > 1:
         path += f", fastest of {len(timings)} measured at batch {batch}, {img_size}px"
     if kept:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["to_channels_last", "linear_gelu", "layer_scaled_linear", "add_residual_", "depthwise_conv", "fuses_residual",
-           "onednn_fusion_enabled", "fast_depthwise_grad_enabled"]
+           "fused_dw_norm_applies", "onednn_fusion_enabled", "fast_depthwise_grad_enabled"]
 
 # Switch for every oneDNN path below (benchmarks and tests flip it to compare).
 _ONEDNN_FUSION = True
@@ -239,6 +239,29 @@ def layer_scaled_linear(
         # residual + x W^T + b in one oneDNN matmul (the add is a "sum" post-op).
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
     return _linear(x, linear, weight, bias, residual)
+
+
+def fused_dw_norm_applies(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module) -> bool:
+    """Whether a block's `norm(conv(x).permute(0, 2, 3, 1))` may run as one `convnext::dwconv_ln` call (our
+    AVX512 kernel, `convnext.deploy.amx_gelu`): CPU inference in fp32 / bf16, eager or under torch.compile,
+    not while exporting (torch.export, ONNX, TorchScript) or recording gradients, a 7 x 7 depthwise conv
+    with padding 3 over a multiple of 16 channels, and an affine LayerNorm. The caller checks that the
+    module was switched to it (`fast_cpu_model` does so where the kernel runs)."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and conv.weight.dtype == x.dtype
+        and not exporting
+        and not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
+        and not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad or (
+            getattr(norm, "weight", None) is not None and norm.weight.requires_grad)))
+        and conv.kernel_size == (7, 7) and conv.padding == (3, 3) and conv.stride == (1, 1)
+        and conv.dilation == (1, 1) and conv.groups == conv.in_channels == conv.out_channels
+        and conv.in_channels % 16 == 0 and conv.padding_mode == "zeros" and conv.bias is not None
+        and isinstance(norm, nn.LayerNorm) and norm.weight is not None and norm.bias is not None
+        and tuple(norm.normalized_shape) == (conv.out_channels,)
+    )
 
 
 def add_residual_(branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:

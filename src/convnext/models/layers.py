@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast import add_residual_, depthwise_conv, fuses_residual, layer_scaled_linear, linear_gelu
+from .fast import add_residual_, depthwise_conv, fused_dw_norm_applies, fuses_residual, layer_scaled_linear, linear_gelu
 from .triton_block import dwconv_layernorm, linear_bias_gelu, linear_bias_scale_residual, use_triton
 
 __all__ = ["LayerNorm2d", "GRN", "Block", "init_weights", "drop_path_rates"]
@@ -83,6 +83,10 @@ class Block(nn.Module):
         use_grn: insert ConvNeXt-V2 Global Response Normalization after the GELU.
     """
 
+    # dwconv + LayerNorm as one `convnext::dwconv_ln` call at CPU inference (`fused_dw_norm_applies`); off by
+    # default (the kernel is compiled at first use), switched on by `convnext.deploy.fast_cpu_model`
+    fused_dw_norm = False
+
     def __init__(
         self,
         dim: int,
@@ -116,8 +120,13 @@ class Block(nn.Module):
         if use_triton(x, self.dwconv, self.norm):  # CUDA, eager: three Triton kernels
             return self._forward_triton(x)
         shortcut = x
-        x = depthwise_conv(x, self.dwconv)  # fast weight gradient when training on CPU
-        x = self.norm(x.permute(0, 2, 3, 1))  # (B, H, W, C): the permute is a free view in channels_last
+        if self.fused_dw_norm and fused_dw_norm_applies(x, self.dwconv, self.norm):
+            # CPU inference prepared by `fast_cpu_model`: both in one pass of our kernel, (B, H, W, C) out
+            x = torch.ops.convnext.dwconv_ln(x, self.dwconv.weight, self.dwconv.bias, self.norm.weight,
+                                             self.norm.bias, self.norm.eps)
+        else:
+            x = depthwise_conv(x, self.dwconv)  # fast weight gradient when training on CPU
+            x = self.norm(x.permute(0, 2, 3, 1))  # (B, H, W, C): the permute is a free view in channels_last
         x = self.grn(linear_gelu(x, self.pwconv1))  # exact (erf) GELU fused with pwconv1
         if fuses_residual(x, self.pwconv2) and not self._drops():
             # Eager CPU fp32: the residual add is a post-op of the pwconv2 GEMM, on the (B, H, W, C) view.
