@@ -171,7 +171,7 @@ def test_depthwise_norm_float_kernel_matches_conv_then_layernorm(dtype):
     gamma, beta = torch.randn(c, generator=g).to(dtype), torch.randn(c, generator=g).to(dtype)
     ref = F.layer_norm(F.conv2d(x.float(), w.float(), bias.float(), padding=3, groups=c).permute(0, 2, 3, 1), [c],
                        gamma.float(), beta.float(), 1e-6)
-    got = amx_gelu.dwconv_ln(x, w, bias, gamma, beta, 1e-6)
+    got = amx_gelu.dwconv_ln(x, amx_gelu.pack_depthwise(w), bias, gamma, beta, 1e-6)  # parameters in any float dtype
     assert got.dtype == dtype and got.shape == (2, 13, 13, c)
     tol = 2 ** -8 if dtype == torch.bfloat16 else 1e-5
     assert torch.allclose(got.float(), ref, rtol=tol, atol=tol)
@@ -192,6 +192,7 @@ def test_fast_cpu_model_runs_dwconv_and_layernorm_in_one_pass_at_inference_only(
     blocks = [m for m in fast.module.modules() if isinstance(m, Block)]
     assert all(b.fused_dw_norm for b in blocks) and not any(b.fused_dw_norm for b in model.modules()
                                                             if isinstance(b, Block))  # a copy was switched
+    assert not any("_dw_norm" in k for k in fast.module.state_dict())  # the packed parameters are not saved
     assert f"depthwise conv + LayerNorm of {len(blocks)} blocks in one pass of ours" in fast.describe()
     calls = []
     op = torch.ops.convnext.dwconv_ln

@@ -301,6 +301,29 @@ static void dwln_rows(const T* X, int64_t B, int64_t H, int64_t W, int64_t C, co
   }
 }
 
+// Output rows per job (1..8): the fewest on the busiest thread under OpenMP's static schedule (contiguous, near
+// equal job counts), each job also paying for widening its 6 extra input rows (about a tenth of a row's work).
+static int64_t chunk_rows(int64_t B, int64_t H, int64_t T) {
+  int64_t best = 1;
+  double best_load = 1e300;
+  for (int64_t R = 1; R <= std::min<int64_t>(8, H); ++R) {
+    const int64_t per_image = (H + R - 1) / R, jobs = B * per_image;
+    double load = 0;
+    for (int64_t t = 0, j = 0; t < T; ++t) {  // thread t's jobs: j .. j + n - 1
+      const int64_t n = jobs / T + (t < jobs % T ? 1 : 0);
+      double l = 0;
+      for (int64_t k = j; k < j + n; ++k) {
+        const int64_t rows = std::min(R, H - (k % per_image) * R);
+        l += rows + 0.1 * (rows + 6);
+      }
+      load = std::max(load, l);
+      j += n;
+    }
+    if (load < best_load - 1e-9) { best_load = load; best = R; }
+  }
+  return best;
+}
+
 template <typename OutT>
 static void dwln_dispatch(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
                           const torch::Tensor& g, const torch::Tensor& beta, double eps, double inv_scale, int64_t zp,
@@ -309,8 +332,7 @@ static void dwln_dispatch(const torch::Tensor& x, const torch::Tensor& weight, c
   const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
   TORCH_CHECK(weight.numel() == C * 49 && bias.numel() == C && g.numel() == C && beta.numel() == C,
               "dwconv_ln: shapes");
-  const int64_t threads = omp_get_max_threads();
-  const int64_t R = std::max<int64_t>(1, std::min<int64_t>(8, (B * H + 4 * threads - 1) / (4 * threads)));
+  const int64_t R = chunk_rows(B, H, omp_get_max_threads());
   auto f32 = [](const torch::Tensor& t) { return t.to(torch::kFloat).contiguous(); };
   const torch::Tensor wt = f32(weight), bs = f32(bias), gg = f32(g), bb = f32(beta);
   if (x.scalar_type() == torch::kBFloat16)
@@ -355,7 +377,7 @@ def _extension():
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
 
-            ext = load_inline("convnext_amx_int8_v12", cpp_sources=_SRC,
+            ext = load_inline("convnext_amx_int8_v13", cpp_sources=_SRC,
                               functions=["qgemm_table", "qgemm_dequant", "dwconv_ln_quant", "dwconv_ln", "request_amx"],
                               extra_cflags=["-O3", "-march=native", "-mamx-tile", "-mamx-int8", "-fopenmp"],
                               extra_ldflags=["-fopenmp"])
@@ -461,10 +483,9 @@ def _(x, weight, bias, norm_weight, norm_bias, eps, inv_scale, zp):
 def dwconv_ln(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, norm_weight: torch.Tensor,
               norm_bias: torch.Tensor, eps: float) -> torch.Tensor:
     """(B, C, H, W) fp32 / bf16 -> (B, H, W, C) in x's dtype: a block's depthwise 7 x 7 convolution (padding 3,
-    weight (C, 1, 7, 7)) and LayerNorm over channels in one pass, fp32 arithmetic (`dwconv_ln_quant` without
-    the rounding onto a uint8 grid). C a multiple of 16."""
-    xs = x.permute(0, 2, 3, 1).contiguous()
-    return _extension().dwconv_ln(xs, pack_depthwise(weight), bias, norm_weight, norm_bias, eps)
+    `pack_depthwise` weight) and LayerNorm over channels in one pass, fp32 arithmetic (`dwconv_ln_quant` without
+    the rounding onto a uint8 grid). C a multiple of 16; the parameters fp32 (others are converted per call)."""
+    return _extension().dwconv_ln(x.permute(0, 2, 3, 1).contiguous(), weight, bias, norm_weight, norm_bias, eps)
 
 
 @dwconv_ln.register_fake

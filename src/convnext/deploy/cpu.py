@@ -195,7 +195,11 @@ def _fuse_dw_norms(module: nn.Module) -> int:
     blocks = [m for m in module.modules() if isinstance(m, Block) and m.dwconv.in_channels % 16 == 0]
     if not blocks or os.environ.get("CONVNEXT_NO_FUSED_DW_NORM") or not amx_gelu.available():
         return 0
-    for block in blocks:
+    for block in blocks:  # the kernel's parameters, fp32 and packed once (not saved with the weights)
+        conv, norm = block.dwconv, block.norm
+        for name, value in (("w", amx_gelu.pack_depthwise(conv.weight.detach())), ("b", conv.bias),
+                            ("g", norm.weight), ("beta", norm.bias)):
+            block.register_buffer(f"_dw_norm_{name}", value.detach().float().contiguous(), persistent=False)
         block.fused_dw_norm = True
     return len(blocks)
 

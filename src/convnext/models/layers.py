@@ -84,7 +84,8 @@ class Block(nn.Module):
     """
 
     # dwconv + LayerNorm as one `convnext::dwconv_ln` call at CPU inference (`fused_dw_norm_applies`); off by
-    # default (the kernel is compiled at first use), switched on by `convnext.deploy.fast_cpu_model`
+    # default (the kernel is compiled at first use), switched on by `convnext.deploy.fast_cpu_model`, which also
+    # registers the kernel's packed fp32 parameters (`_dw_norm_w`, `_b`, `_g`, `_beta`; not saved)
     fused_dw_norm = False
 
     def __init__(
@@ -122,8 +123,8 @@ class Block(nn.Module):
         shortcut = x
         if self.fused_dw_norm and fused_dw_norm_applies(x, self.dwconv, self.norm):
             # CPU inference prepared by `fast_cpu_model`: both in one pass of our kernel, (B, H, W, C) out
-            x = torch.ops.convnext.dwconv_ln(x, self.dwconv.weight, self.dwconv.bias, self.norm.weight,
-                                             self.norm.bias, self.norm.eps)
+            x = torch.ops.convnext.dwconv_ln(x, self._dw_norm_w, self._dw_norm_b, self._dw_norm_g,
+                                             self._dw_norm_beta, self.norm.eps)
         else:
             x = depthwise_conv(x, self.dwconv)  # fast weight gradient when training on CPU
             x = self.norm(x.permute(0, 2, 3, 1))  # (B, H, W, C): the permute is a free view in channels_last
