@@ -230,7 +230,10 @@ def fast_cpu_model(
         max_autotune: let inductor benchmark its C++ GEMM templates (slower compile).
         repeats: timed rounds per candidate.
         features: CPU features to decide on (tests pass made-up ones); default this machine's.
-        inplace: prepare `model` itself instead of a copy (saves one copy of the weights).
+        inplace: prepare `model` itself instead of a copy (saves one copy of the weights). Either way the
+            prepared module is for inference with the weights it had: layer scale is folded and, where our
+            kernel runs, each block's depthwise conv + LayerNorm parameters are packed once; prepare it
+            again after changing them.
     """
     chosen, reason = select_dtype(dtype, "cpu", features)
     kept = keep_freed_memory()  # no page faults on the large activations (convnext/memory.py)
