@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -373,17 +375,31 @@ def _extension():
         return None
     from .cpu import quiet_library_notes
 
+    name = "convnext_amx_int8_v13"
     try:
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
 
-            ext = load_inline("convnext_amx_int8_v13", cpp_sources=_SRC,
+            if not _built(name):
+                print("convnext: compiling our CPU kernels (AMX / AVX512), once for this machine: about 30 s ...",
+                      file=sys.stderr, flush=True)
+            ext = load_inline(name, cpp_sources=_SRC,
                               functions=["qgemm_table", "qgemm_dequant", "dwconv_ln_quant", "dwconv_ln", "request_amx"],
                               extra_cflags=["-O3", "-march=native", "-mamx-tile", "-mamx-int8", "-fopenmp"],
                               extra_ldflags=["-fopenmp"])
         return ext if ext.request_amx() else None
     except Exception:  # noqa: BLE001 - no compiler, no AMX support in it: oneDNN's post-op stays
         return None
+
+
+def _built(name: str) -> bool:
+    """Whether torch's extension cache already holds `name` (so loading it compiles nothing); True when unsure."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory  # private: a missing one only skips the note
+
+        return (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").exists()
+    except Exception:  # noqa: BLE001
+        return True
 
 
 def _has_vbmi() -> bool:
