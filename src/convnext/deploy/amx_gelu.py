@@ -197,11 +197,11 @@ static inline void dw_run(const float* in, int64_t rs, int64_t C, const float* w
   for (int i = 0; i < WB; ++i) _mm512_storeu_ps(out + i * C, acc[i]);
 }
 
-// LayerNorm over the C channels of P consecutive pixels (rows of p, C apart), then y * inv + zp rounded (to
-// nearest even) and clamped to uint8.
-template <int P>
-static inline void ln_quant(const float* p, int64_t C, const float* G, const float* BETA, float eps, __m512 vinv,
-                            __m512 vzp, uint8_t* o) {
+// LayerNorm over the C channels of P consecutive pixels (rows of p, C apart), stored as OutT: uint8_t rounds
+// y * inv + zp to nearest even and clamps it to 0..255; float / at::BFloat16 store y.
+template <int P, typename OutT>
+static inline void ln_store(const float* p, int64_t C, const float* G, const float* BETA, float eps, __m512 vinv,
+                            __m512 vzp, OutT* o) {
   __m512 s[P], q[P], mean[P], rstd[P];
   for (int k = 0; k < P; ++k) s[k] = q[k] = _mm512_setzero_ps();
   for (int64_t c = 0; c < C; c += 16)
@@ -219,35 +219,16 @@ static inline void ln_quant(const float* p, int64_t C, const float* G, const flo
     for (int k = 0; k < P; ++k) {
       const __m512 y = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(p + k * C + c), mean[k]), rstd[k]),
                                        g, be);
-      const __m512 r = _mm512_add_ps(_mm512_roundscale_ps(_mm512_mul_ps(y, vinv),
-                                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vzp);
-      const __m512i n = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(r), z), top);
-      _mm_storeu_si128((__m128i*)(o + k * C + c), _mm512_cvtusepi32_epi8(n));
-    }
-  }
-}
-
-// LayerNorm over the C channels of P consecutive pixels, written as fp32 or bf16 (the float path's output).
-template <int P, typename OutT>
-static inline void ln_affine(const float* p, int64_t C, const float* G, const float* BETA, float eps, OutT* o) {
-  __m512 s[P], q[P], mean[P], rstd[P];
-  for (int k = 0; k < P; ++k) s[k] = q[k] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < C; c += 16)
-    for (int k = 0; k < P; ++k) s[k] = _mm512_add_ps(s[k], _mm512_loadu_ps(p + k * C + c));
-  for (int k = 0; k < P; ++k) mean[k] = _mm512_set1_ps(_mm512_reduce_add_ps(s[k]) / C);
-  for (int64_t c = 0; c < C; c += 16)
-    for (int k = 0; k < P; ++k) {
-      const __m512 d = _mm512_sub_ps(_mm512_loadu_ps(p + k * C + c), mean[k]);
-      q[k] = _mm512_fmadd_ps(d, d, q[k]);
-    }
-  for (int k = 0; k < P; ++k) rstd[k] = _mm512_set1_ps(1.0f / std::sqrt(_mm512_reduce_add_ps(q[k]) / C + eps));
-  for (int64_t c = 0; c < C; c += 16) {
-    const __m512 g = _mm512_loadu_ps(G + c), be = _mm512_loadu_ps(BETA + c);
-    for (int k = 0; k < P; ++k) {
-      const __m512 y = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(p + k * C + c), mean[k]), rstd[k]),
-                                       g, be);
-      if constexpr (std::is_same<OutT, float>::value) _mm512_storeu_ps(o + k * C + c, y);
-      else _mm256_storeu_si256((__m256i*)(o + k * C + c), (__m256i)_mm512_cvtneps_pbh(y));
+      if constexpr (std::is_same<OutT, uint8_t>::value) {
+        const __m512 r = _mm512_add_ps(_mm512_roundscale_ps(_mm512_mul_ps(y, vinv),
+                                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vzp);
+        const __m512i n = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(r), z), top);
+        _mm_storeu_si128((__m128i*)(o + k * C + c), _mm512_cvtusepi32_epi8(n));
+      } else if constexpr (std::is_same<OutT, float>::value) {
+        _mm512_storeu_ps(o + k * C + c, y);
+      } else {
+        _mm256_storeu_si256((__m256i*)(o + k * C + c), (__m256i)_mm512_cvtneps_pbh(y));
+      }
     }
   }
 }
@@ -291,13 +272,8 @@ static void dwln_rows(const T* X, int64_t B, int64_t H, int64_t W, int64_t C, co
       const int64_t pixels = (h1 - h0) * W;
       OutT* o = O + (b * H + h0) * W * C;
       int64_t q = 0;
-      if constexpr (std::is_same<OutT, uint8_t>::value) {
-        for (; q + 4 <= pixels; q += 4) ln_quant<4>(row + q * C, C, G, BETA, eps, vinv, vzp, o + q * C);
-        for (; q < pixels; ++q) ln_quant<1>(row + q * C, C, G, BETA, eps, vinv, vzp, o + q * C);
-      } else {
-        for (; q + 4 <= pixels; q += 4) ln_affine<4>(row + q * C, C, G, BETA, eps, o + q * C);
-        for (; q < pixels; ++q) ln_affine<1>(row + q * C, C, G, BETA, eps, o + q * C);
-      }
+      for (; q + 4 <= pixels; q += 4) ln_store<4>(row + q * C, C, G, BETA, eps, vinv, vzp, o + q * C);
+      for (; q < pixels; ++q) ln_store<1>(row + q * C, C, G, BETA, eps, vinv, vzp, o + q * C);
     }
     free(buf); free(row);
   }
@@ -375,7 +351,7 @@ def _extension():
         return None
     from .cpu import quiet_library_notes
 
-    name = "convnext_amx_int8_v13"
+    name = "convnext_amx_int8_v14"
     try:
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
