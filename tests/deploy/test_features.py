@@ -4,7 +4,7 @@ import pytest
 from convnext.deploy.features import CpuFeatures, cpu_features, parse_cpuinfo_flags, select_dtype
 from convnext.errors import UserError
 
-SPR = "processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+SPR = "processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu avx512f avx512vbmi avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8\n"
 ICX = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw avx512_vnni avx512_bitalg\n"
 ZEN4 = "flags : avx2 avx512f avx512_bf16 avx512_vnni\n"
 OLD = "flags : sse sse2 avx avx2 fma\n"
@@ -17,6 +17,7 @@ def test_parse_cpuinfo_flags():
     assert icx.avx512_vnni and icx.native_int8 and not (icx.amx_bf16 or icx.avx512_bf16 or icx.native_bf16)
     assert not parse_cpuinfo_flags(OLD).native_int8
     assert "amx_bf16" in spr.describe() and "/proc/cpuinfo" in spr.describe()
+    assert spr.avx512_vbmi and not icx.avx512_vbmi  # what our int8 kernels also need (`amx_gelu`)
     with pytest.raises(ValueError, match="flags"):
         parse_cpuinfo_flags("processor : 0\n")
 

@@ -347,7 +347,7 @@ def _extension():
     """The compiled kernel, or None where it cannot be built or run here."""
     from .features import cpu_features
 
-    if not cpu_features().amx_int8 or not _has_vbmi():
+    if not cpu_features().amx_int8 or not cpu_features().avx512_vbmi:
         return None
     from .cpu import quiet_library_notes
 
@@ -376,18 +376,6 @@ def _built(name: str) -> bool:
         return (Path(_get_build_directory(name, verbose=False)) / f"{name}.so").exists()
     except Exception:  # noqa: BLE001
         return True
-
-
-def _has_vbmi() -> bool:
-    """AVX512-VBMI (byte permutes) on this CPU: the `flags` line of /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "avx512vbmi" in line.split()
-    except OSError:
-        pass
-    return False
 
 
 def available() -> bool:

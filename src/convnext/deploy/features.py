@@ -29,6 +29,7 @@ class CpuFeatures:
     avx512_bf16: bool = False
     avx512_vnni: bool = False
     avx512f: bool = False
+    avx512_vbmi: bool = False  # byte permutes (our int8 kernels' GELU table, `amx_gelu`)
     source: str = "unknown"  # "/proc/cpuinfo", "torch capability ...", or "given"
 
     @property
@@ -53,7 +54,8 @@ def parse_cpuinfo_flags(text: str) -> CpuFeatures:
             flags = set(value.split())
             return CpuFeatures(
                 amx_bf16="amx_bf16" in flags, amx_int8="amx_int8" in flags, avx512_bf16="avx512_bf16" in flags,
-                avx512_vnni="avx512_vnni" in flags, avx512f="avx512f" in flags, source="/proc/cpuinfo",
+                avx512_vnni="avx512_vnni" in flags, avx512f="avx512f" in flags, avx512_vbmi="avx512vbmi" in flags,
+                source="/proc/cpuinfo",
             )
     raise ValueError("no 'flags' line in the cpuinfo text")
 
