@@ -211,3 +211,19 @@ def test_fast_cpu_model_runs_dwconv_and_layernorm_in_one_pass_at_inference_only(
     # torch.export (the int8 path's capture) sees the standard ops
     program = torch.export.export(fused, (x.to(memory_format=torch.channels_last),))
     assert not any("dwconv_ln" in str(n.target) for n in program.graph.nodes)
+
+
+@needs_kernel
+def test_fast_cpu_model_leaves_blocks_the_depthwise_kernel_does_not_take():
+    """A 3 x 3 depthwise conv (a roadmap-style variant): no block switched, nothing packed, the model runs."""
+    from convnext.deploy.cpu import fast_cpu_model
+    from convnext.models.layers import Block
+
+    model = create_model("convnext_pico", num_classes=10, kernel_size=3).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    fast = fast_cpu_model(model, "fp32", 2, 64, candidates=("eager",))
+    blocks = [m for m in fast.module.modules() if isinstance(m, Block)]
+    assert blocks and not any(b.fused_dw_norm or hasattr(b, "_dw_norm_w") for b in blocks)
+    assert "one pass of ours" not in fast.describe()
+    with torch.no_grad():
+        assert torch.allclose(fast(x), model(x), atol=1e-5, rtol=1e-5)

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..models.fast import depthwise_kernel_takes
+
 __all__ = ["available", "fuse_gelu_tables", "fuse_dequant_linears", "fuse_dwconv_norms", "dwconv_ln_quant", "dwconv_ln",
            "RangeRecorder", "gelu_table", "grid_affine",
            "qlinear_gelu_table", "qlinear_dequant"]
@@ -605,10 +607,6 @@ def _arg(node, i: int, name: str, default):
     return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
 
 
-def _pair(v) -> tuple:
-    return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
-
-
 def fuse_dwconv_norms(gm: torch.fx.GraphModule) -> int:
     """Rewrite `gm` in place: each block's `conv2d (depthwise 7 x 7, padding 3) -> permute to channels-last ->
     layer_norm -> quantize_per_tensor (uint8)` becomes one `convnext::dwconv_ln_quant` call, where the
@@ -616,13 +614,14 @@ def fuse_dwconv_norms(gm: torch.fx.GraphModule) -> int:
     fused = 0
     for i, conv in enumerate([n for n in gm.graph.nodes if _is(n, "aten.conv2d")]):
         w = _const(gm, conv.args[1]) if len(conv.args) > 1 else None
-        if w is None or w.dim() != 4 or tuple(w.shape[1:]) != (1, 7, 7) or w.shape[0] % 16:
+        if w is None or w.dim() != 4 or w.shape[1] != 1 or not depthwise_kernel_takes(
+                w.shape[0], tuple(w.shape[2:]), _arg(conv, 3, "stride", 1), _arg(conv, 4, "padding", 0),
+                _arg(conv, 5, "dilation", 1), _arg(conv, 6, "groups", 1)):
             continue
         c = w.shape[0]
         b = _arg(conv, 2, "bias", None)
         bias = _const(gm, b) if b is not None else torch.zeros(c)
-        if bias is None or _arg(conv, 6, "groups", 1) != c or _pair(_arg(conv, 3, "stride", 1)) != (1, 1) or \
-                _pair(_arg(conv, 4, "padding", 0)) != (3, 3) or _pair(_arg(conv, 5, "dilation", 1)) != (1, 1):
+        if bias is None:
             continue
         chain = [conv]
         for name in ("aten.permute", "aten.layer_norm", "quantized_decomposed.quantize_per_tensor"):

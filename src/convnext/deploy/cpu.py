@@ -189,10 +189,13 @@ def _measure(runners: dict[str, Callable], x: torch.Tensor, repeats: int) -> dic
 def _fuse_dw_norms(module: nn.Module) -> int:
     """Switch every ConvNeXt block of `module` whose depthwise conv + LayerNorm our AVX512 kernel takes
     (`convnext.deploy.amx_gelu`, built at first use, on CPUs where our int8 kernels run) to it; how many."""
+    from ..models.fast import depthwise_kernel_takes
     from ..models.layers import Block
     from . import amx_gelu
 
-    blocks = [m for m in module.modules() if isinstance(m, Block) and m.dwconv.in_channels % 16 == 0]
+    blocks = [m for m in module.modules() if isinstance(m, Block) and depthwise_kernel_takes(
+        m.dwconv.out_channels, m.dwconv.kernel_size, m.dwconv.stride, m.dwconv.padding, m.dwconv.dilation,
+        m.dwconv.groups)]
     if not blocks or os.environ.get("CONVNEXT_NO_FUSED_DW_NORM") or not amx_gelu.available():
         return 0
     for block in blocks:  # the kernel's parameters, fp32 and packed once (not saved with the weights)

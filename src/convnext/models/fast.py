@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["to_channels_last", "linear_gelu", "layer_scaled_linear", "add_residual_", "depthwise_conv", "fuses_residual",
-           "fused_dw_norm_applies", "onednn_fusion_enabled", "fast_depthwise_grad_enabled"]
+           "depthwise_kernel_takes", "fused_dw_norm_applies", "onednn_fusion_enabled", "fast_depthwise_grad_enabled"]
 
 # Switch for every oneDNN path below (benchmarks and tests flip it to compare).
 _ONEDNN_FUSION = True
@@ -241,11 +241,22 @@ def layer_scaled_linear(
     return _linear(x, linear, weight, bias, residual)
 
 
+def _pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (list, tuple)) else (v, v)
+
+
+def depthwise_kernel_takes(channels: int, kernel_size, stride, padding, dilation, groups: int) -> bool:
+    """Whether our one-pass depthwise conv + LayerNorm kernels (`convnext.deploy.amx_gelu`) take this
+    convolution: depthwise 7 x 7, stride 1, padding 3, dilation 1, over a multiple of 16 channels."""
+    return (_pair(kernel_size) == (7, 7) and _pair(stride) == (1, 1) and _pair(padding) == (3, 3)
+            and _pair(dilation) == (1, 1) and groups == channels and channels % 16 == 0)
+
+
 def fused_dw_norm_applies(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module) -> bool:
     """Whether a block's `norm(conv(x).permute(0, 2, 3, 1))` may run as one `convnext::dwconv_ln` call (our
     AVX512 kernel, `convnext.deploy.amx_gelu`): CPU inference in fp32 / bf16, eager or under torch.compile,
-    not while exporting (torch.export, ONNX, TorchScript) or recording gradients, a 7 x 7 depthwise conv
-    with padding 3 over a multiple of 16 channels, and an affine LayerNorm. The caller checks that the
+    not while exporting (torch.export, ONNX, TorchScript) or recording gradients, a convolution the kernel
+    takes (`depthwise_kernel_takes`), and an affine LayerNorm. The caller checks that the
     module was switched to it (`fast_cpu_model` does so where the kernel runs)."""
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
     return (
@@ -256,9 +267,9 @@ def fused_dw_norm_applies(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module) -> 
         and not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
         and not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad or (
             getattr(norm, "weight", None) is not None and norm.weight.requires_grad)))
-        and conv.kernel_size == (7, 7) and conv.padding == (3, 3) and conv.stride == (1, 1)
-        and conv.dilation == (1, 1) and conv.groups == conv.in_channels == conv.out_channels
-        and conv.in_channels % 16 == 0 and conv.padding_mode == "zeros" and conv.bias is not None
+        and conv.in_channels == conv.out_channels and conv.padding_mode == "zeros" and conv.bias is not None
+        and depthwise_kernel_takes(conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                                   conv.groups)
         and isinstance(norm, nn.LayerNorm) and norm.weight is not None and norm.bias is not None
         and tuple(norm.normalized_shape) == (conv.out_channels,)
     )
