@@ -375,19 +375,17 @@ def main() -> None:
     p.add_argument("--data", default="../shared/data", help="table: the folder holding cifar10-test-jpeg.tar.gz")
     p.add_argument("--max-autotune", action="store_true", help="poly: also compile with max-autotune")
     args = p.parse_args()
+    if args.what in ("table", "accuracy") and not args.model:
+        p.error(f"{args.what} needs --model (the atto that benchmarks/cpu_deploy_numerics.py trains)")
     if args.what == "micro":
         micro()
     elif args.what == "table":
-        if not args.model:
-            p.error("table needs --model (the atto that benchmarks/cpu_deploy_numerics.py trains)")
         table(args.model, args.data)
     elif args.what == "fused":
         fused()
     elif args.what == "stages":
         stages()
     elif args.what == "accuracy":
-        if not args.model:
-            p.error("accuracy needs --model (the atto that benchmarks/cpu_deploy_numerics.py trains)")
         accuracy(args.model, args.data)
     else:
         poly(args.max_autotune)
