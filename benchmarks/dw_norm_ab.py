@@ -1,12 +1,14 @@
-"""A/B of the one-pass depthwise conv + LayerNorm (`convnext::dwconv_ln`) on `fast_cpu_model`'s path.
+"""A/B of one of our CPU kernels on `fast_cpu_model`'s path: the one-pass depthwise conv + LayerNorm
+(`convnext::dwconv_ln`, `--kernel dw-norm`) or the bf16 AMX pointwise GEMMs (`--kernel linears`).
 
-    python benchmarks/dw_norm_ab.py --path compile --dtype bf16 --batch-size 16 [--rounds 8 --repeat 4] [--json F]
+    python benchmarks/dw_norm_ab.py --path compile --dtype bf16 --batch-size 16 [--kernel linears]
+        [--rounds 8 --repeat 4] [--json F]
 
 Builds ConvNeXt-T (random weights, layer scales spread so the blocks matter) twice through
-`fast_cpu_model` with one candidate path: once as it runs by default (each block's depthwise conv +
-LayerNorm in our kernel, where it builds) and once with `CONVNEXT_NO_FUSED_DW_NORM=1`. Rounds alternate
-the order; prints the max |logit diff| of each against the fp32 model as built, the median img/s and the
-median of the per-round ratios (min..max).
+`fast_cpu_model` with one candidate path: once as it runs by default (our kernels, where they build) and
+once with the kernel switched off (`CONVNEXT_NO_FUSED_DW_NORM=1` / `CONVNEXT_NO_FUSED_LINEARS=1`). Rounds
+alternate the order; prints the max |logit diff| of each against the fp32 model as built, the median img/s
+and the median of the per-round ratios (min..max).
 """
 import argparse
 import json
@@ -28,6 +30,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--repeat", type=int, default=4, help="calls timed together per round")
+    p.add_argument("--kernel", choices=("dw-norm", "linears"), default="dw-norm", help="the kernel switched off in B")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
     torch.manual_seed(0)
@@ -36,12 +39,13 @@ def main() -> None:
     b = args.batch_size
     x = torch.randn(b, 3, 224, 224)
     runs = {"fused": fast_cpu_model(model, args.dtype, b, 224, candidates=(args.path,))}
-    os.environ["CONVNEXT_NO_FUSED_DW_NORM"] = "1"
+    switch = {"dw-norm": "CONVNEXT_NO_FUSED_DW_NORM", "linears": "CONVNEXT_NO_FUSED_LINEARS"}[args.kernel]
+    os.environ[switch] = "1"
     try:
         runs["not fused"] = fast_cpu_model(model, args.dtype, b, 224, candidates=(args.path,))
     finally:
-        del os.environ["CONVNEXT_NO_FUSED_DW_NORM"]
-    report = {"path": args.path, "dtype": args.dtype, "batch": b, "rounds": args.rounds, "repeat": args.repeat,
+        del os.environ[switch]
+    report = {"kernel": args.kernel, "path": args.path, "dtype": args.dtype, "batch": b, "rounds": args.rounds, "repeat": args.repeat,
               "load_before": os.getloadavg(), "describe": {}, "max_abs_logit_diff_vs_fp32": {}, "img_per_s": {}}
     samples = {k: [] for k in runs}
     with torch.inference_mode():

@@ -227,3 +227,97 @@ def test_fast_cpu_model_leaves_blocks_the_depthwise_kernel_does_not_take():
     assert "one pass of ours" not in fast.describe()
     with torch.no_grad():
         assert torch.allclose(fast(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("m,k,n", [(64, 96, 384), (49, 768, 64), (77, 40, 160), (3, 80, 32)])
+def test_bf16_gemms_match_fp32_arithmetic_rounded_once(m, k, n):
+    """`linear_gelu_bf16` / `linear_residual_bf16` against the same bf16 values multiplied in float64: equal
+    after one rounding to bf16 but for ties (fp32 accumulation order), and within one rounding everywhere. Row
+    counts that are not multiples of 32 (the padded last block), K steps of 64 / 40 bytes."""
+    g = torch.Generator().manual_seed(m + k + n)
+    a = torch.randn(m, k, generator=g).bfloat16()
+    w = (torch.randn(n, k, generator=g) * k ** -0.5).bfloat16()
+    bias, res = torch.randn(n, generator=g), torch.randn(m, n, generator=g).bfloat16()
+    ks = amx_gelu._step(2 * k)
+    packed = amx_gelu.pack_weight(w, ks)
+    pre = a.double() @ w.double().t() + bias.double()
+    for got, exact in ((amx_gelu.linear_gelu_bf16(a, packed, bias, ks), F.gelu(pre)),
+                       (amx_gelu.linear_residual_bf16(a, packed, bias, res, ks), pre + res.double())):
+        assert got.dtype == torch.bfloat16 and got.shape == (m, n)
+        assert (got != exact.float().bfloat16()).float().mean() < 0.01  # ties (and GELU < -4.5: 0)
+        assert torch.allclose(got.double(), exact, rtol=2 ** -8, atol=2e-5)  # within one bf16 rounding
+    batched = amx_gelu.linear_gelu_bf16(a.view(1, m, k), packed, bias, ks)
+    assert torch.equal(batched, amx_gelu.linear_gelu_bf16(a, packed, bias, ks).view(1, m, n))
+
+
+@needs_kernel
+def test_bf16_gemm_gelu_over_every_bf16_value():
+    """The GELU in the bf16 GEMM's store (`phi_cubics`) on every normal bf16 input of |x| < 20 (identity weight):
+    the bf16 rounding of exact GELU on [-4.5, 4.5) but for a few ties, 0 below (|GELU| < 1.6e-5 there), x above;
+    NaN stays NaN."""
+    import math
+
+    v = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    v = v[torch.isfinite(v.float()) & (v.float().abs() < 20) & (v.float().abs() > 1e-37)]
+    v = torch.cat([v, torch.zeros(-v.numel() % 32, dtype=torch.bfloat16),
+                   torch.full((32,), float("nan"), dtype=torch.bfloat16)])  # NaN rows: NaN * 0 spreads along a row
+    x = v.view(-1, 32)
+    ks = amx_gelu._step(64)
+    got = amx_gelu.linear_gelu_bf16(x, amx_gelu.pack_weight(torch.eye(32).bfloat16(), ks), torch.zeros(32), ks)
+    xd, y = x.double(), got.double()
+    exact = xd * 0.5 * (1 + torch.special.erf(xd / math.sqrt(2)))
+    inside = (xd >= -4.5) & (xd < 4.5)
+    assert (y[inside] != exact[inside].float().bfloat16().double()).sum() <= 10  # ties, one bf16 step apart
+    assert torch.allclose(y[inside], exact[inside], rtol=2 ** -8, atol=1e-30)
+    assert (y[xd < -4.5] == 0).all() and torch.equal(y[xd >= 4.5], xd[xd >= 4.5])
+    assert torch.isnan(y[torch.isnan(xd)]).all()
+
+
+@needs_kernel
+@pytest.mark.parametrize("variant,second", [("convnext_pico", True), ("convnext_nano", False)])
+def test_fast_cpu_model_bf16_runs_the_pointwise_convs_in_our_gemms(variant, second):
+    """pico (64..512 channels): pwconv1 + GELU and pwconv2 + residual of every block in our bf16 GEMMs; nano
+    (80 channels first): pwconv2's 80 outputs are not a multiple of 32, so there only pwconv1 is ours. Logits
+    as close to fp32 as bf16 allows; recording gradients and export see the standard ops."""
+    from convnext.deploy.cpu import fast_cpu_model
+    from convnext.models.layers import Block
+
+    torch.manual_seed(0)
+    model = create_model(variant, num_classes=10).eval()
+    _spread_scales(model, torch.Generator().manual_seed(0))
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(x)
+    fast = fast_cpu_model(model, "bf16", 4, 64, candidates=("eager",))
+    blocks = [m for m in fast.module.modules() if isinstance(m, Block)]
+    taken = [b for b in blocks if b._pw2_ks]
+    assert all(b.fused_linears for b in blocks) and (len(taken) == len(blocks) if second else 0 < len(taken))
+    assert not any("_pw" in k for k in fast.module.state_dict())  # the packed weights are not saved
+    assert f"pointwise convs of {len(blocks)} blocks in bf16 AMX GEMMs of ours" in fast.describe()
+    ops = {name: getattr(torch.ops.convnext, name) for name in ("linear_gelu_bf16", "linear_residual_bf16")}
+    calls = {name: 0 for name in ops}
+
+    def counting(name):
+        def run(*a):
+            calls[name] += 1
+            return ops[name](*a)
+        return run
+
+    with mock.patch.object(torch.ops.convnext, "linear_gelu_bf16", side_effect=counting("linear_gelu_bf16")), \
+            mock.patch.object(torch.ops.convnext, "linear_residual_bf16", side_effect=counting("linear_residual_bf16")):
+        got = fast(x)
+    assert calls == {"linear_gelu_bf16": len(blocks), "linear_residual_bf16": len(taken)}
+    scale = ref.abs().max()
+    assert (got - ref).abs().max() < 0.05 * scale and torch.equal(got.argmax(1), ref.argmax(1))
+    os_env = {"CONVNEXT_NO_FUSED_LINEARS": "1"}
+    with mock.patch.dict("os.environ", os_env):
+        plain = fast_cpu_model(model, "bf16", 4, 64, candidates=("eager",))
+    assert not any(b.fused_linears for b in plain.module.modules() if isinstance(b, Block))
+    assert (got - plain(x)).abs().max() < 0.05 * scale
+    # recording gradients: the textbook ops (our kernels have no backward)
+    xg = x.to(torch.bfloat16).to(memory_format=torch.channels_last).requires_grad_()
+    calls.update({name: 0 for name in ops})
+    with mock.patch.object(torch.ops.convnext, "linear_gelu_bf16", side_effect=counting("linear_gelu_bf16")):
+        fast.module(xg).float().sum().backward()
+    assert calls["linear_gelu_bf16"] == 0 and xg.grad is not None

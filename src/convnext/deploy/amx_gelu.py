@@ -52,30 +52,42 @@ bool request_amx() {  // Linux: a process asks once for the AMX tile state
   return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
 }
 
-// One 32 x 32 block of int32 accumulators: tiles 0-3 = C (2 x 2 of 16 x 16), 4-5 = A rows, 6-7 = B columns.
-static void block(const uint8_t* a0, int64_t lda, const int8_t* B, int64_t nb, int64_t KB, int64_t ks,
-                  int32_t (*c)[16][16]) {
+// One 32 x 32 block of accumulators: tiles 0-3 = C (2 x 2 of 16 x 16), 4-5 = A rows, 6-7 = B columns. Acc int32_t:
+// uint8 A x int8 B (AMX-INT8); float: bf16 A x bf16 B (AMX-BF16). ks: bytes of K per step.
+template <typename Acc>
+static void block(const uint8_t* a0, int64_t lda, const uint8_t* B, int64_t nb, int64_t KB, int64_t ks,
+                  Acc (*c)[16][16], const uint8_t* pf = nullptr, int64_t pf_first = 0, int64_t pf_step = 1) {
   _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
   for (int64_t kb = 0; kb < KB; ++kb) {
+    if (pf)  // rows pf_first, pf_first + pf_step, ... of the next row block, towards L1
+      for (int64_t r = pf_first; r < 32; r += pf_step) _mm_prefetch((const char*)(pf + r * lda + kb * ks), _MM_HINT_T1);
     _tile_loadd(4, a0 + kb * ks, lda);
     _tile_loadd(5, a0 + 16 * lda + kb * ks, lda);
     _tile_loadd(6, B + ((2 * nb) * KB + kb) * (ks / 4) * 64, 64);
     _tile_loadd(7, B + ((2 * nb + 1) * KB + kb) * (ks / 4) * 64, 64);
-    _tile_dpbusd(0, 4, 6); _tile_dpbusd(1, 4, 7); _tile_dpbusd(2, 5, 6); _tile_dpbusd(3, 5, 7);
+    if constexpr (std::is_same<Acc, float>::value) {
+      _tile_dpbf16ps(0, 4, 6); _tile_dpbf16ps(1, 4, 7); _tile_dpbf16ps(2, 5, 6); _tile_dpbf16ps(3, 5, 7);
+    } else {
+      _tile_dpbusd(0, 4, 6); _tile_dpbusd(1, 4, 7); _tile_dpbusd(2, 5, 6); _tile_dpbusd(3, 5, 7);
+    }
   }
   _tile_stored(0, c[0], 64); _tile_stored(1, c[1], 64); _tile_stored(2, c[2], 64); _tile_stored(3, c[3], 64);
 }
 
-// uint8 a [M, K] x int8 B tiles bp [N/16][K/ks][ks/4][64]: epilogue(c, mb, nb, rows) for every 32 x 32 block, c its
-// accumulators, rows of them valid (the last rows of a matrix go through a zero-padded copy). Blocks run in the
-// order that keeps the larger operand's slice in cache: row blocks outer where the weight is the smaller (early
-// stages), column blocks outer where it is the larger (stage 4).
-template <typename Epilogue>
+// a [M, K] (uint8, or bf16 for Acc float) x B tiles bp [N/16][K bytes/ks][ks/4][64 bytes]: epilogue(c, mb, nb, rows)
+// for every 32 x 32 block, c its accumulators, rows of them valid (the last rows of a matrix go through a zero-padded
+// copy, made once per thread). Blocks run in the order that keeps the larger operand's slice in cache: row blocks
+// outer where the weight is the smaller (early stages), column blocks outer where it is the larger (stage 4).
+template <typename Acc = int32_t, bool PREFETCH = true, typename Epilogue>
 static void gemm(const torch::Tensor& a, const torch::Tensor& bp, int64_t ks, Epilogue epilogue) {
-  TORCH_CHECK(a.dtype() == torch::kUInt8 && a.dim() == 2 && a.is_contiguous(), "AMX int8 GEMM: uint8 [M, K] input");
-  const int64_t M = a.size(0), K = a.size(1), N = bp.size(0) * 16, KB = K / ks;
-  TORCH_CHECK(N % 32 == 0 && K % ks == 0 && ks % 4 == 0 && ks <= 64 && bp.size(1) == KB, "AMX int8 GEMM: shapes");
-  const uint8_t* A = a.data_ptr<uint8_t>(); const int8_t* B = bp.data_ptr<int8_t>();
+  constexpr bool bf16 = std::is_same<Acc, float>::value;
+  constexpr int64_t E = bf16 ? 2 : 1;  // bytes per element of A
+  TORCH_CHECK(a.scalar_type() == (bf16 ? torch::kBFloat16 : torch::kUInt8) && a.dim() == 2 && a.is_contiguous(),
+              "AMX GEMM: ", bf16 ? "bf16" : "uint8", " [M, K] input");
+  const int64_t M = a.size(0), lda = a.size(1) * E, N = bp.size(0) * 16, KB = lda / ks;
+  TORCH_CHECK(N % 32 == 0 && lda % ks == 0 && ks % 4 == 0 && ks <= 64 && bp.size(1) == KB &&
+              bp.element_size() == E, "AMX GEMM: shapes");
+  const uint8_t* A = (const uint8_t*)a.data_ptr(); const uint8_t* B = (const uint8_t*)bp.data_ptr();
   const int64_t full = M / 32, blocks = (M + 31) / 32, cols = N / 32;
   const bool rows_outer = N <= M;
   #pragma omp parallel
@@ -85,19 +97,23 @@ static void gemm(const torch::Tensor& a, const torch::Tensor& bp, int64_t ks, Ep
     for (int t = 4; t < 6; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = (uint16_t)ks; }
     for (int t = 6; t < 8; ++t) { cfg.rows[t] = (uint8_t)(ks / 4); cfg.colsb[t] = 64; }
     _tile_loadconfig(&cfg);
-    alignas(64) int32_t c[4][16][16];
+    alignas(64) Acc c[4][16][16];
     std::vector<uint8_t> pad;
     #pragma omp for schedule(static)
     for (int64_t job = 0; job < blocks * cols; ++job) {
       const int64_t mb = rows_outer ? job / cols : job % blocks, nb = rows_outer ? job % cols : job / blocks;
       const int64_t rows = mb < full ? 32 : M - 32 * mb;
-      const uint8_t* a0 = A + mb * 32 * K;
+      const uint8_t* a0 = A + mb * 32 * lda;
       if (rows < 32) {
-        pad.assign(32 * K, 0);
-        std::memcpy(pad.data(), a0, rows * K);
+        if (pad.empty()) {  // the one partial row block
+          pad.assign(32 * lda, 0);
+          std::memcpy(pad.data(), a0, rows * lda);
+        }
         a0 = pad.data();
       }
-      block(a0, K, B, nb, KB, ks, c);
+      // rows outer: the next row block's A is fetched while this one's column blocks run, a share of its rows each
+      const uint8_t* pf = PREFETCH && rows_outer && mb + 1 < full ? a0 + 32 * lda : nullptr;
+      block<Acc>(a0, lda, B, nb, KB, ks, c, pf, nb % 32, cols);
       epilogue(c, mb, nb, rows);
     }
     _tile_release();
@@ -341,6 +357,82 @@ torch::Tensor dwconv_ln(torch::Tensor x, torch::Tensor weight, torch::Tensor bia
     dwln_dispatch(x, weight, bias, g, beta, eps, 1.0, 0, out.data_ptr<float>());
   return out;
 }
+
+// ---- bf16 GEMMs (AMX-BF16), bf16 out: pwconv1 + bias + GELU, pwconv2 + bias + residual ----
+// GELU(x) = x * Phi(x), Phi a cubic in each of 32 equal intervals of [-4.5, 4.5) (coefficients coef[4][32] by power of
+// the offset within the interval, `phi_cubics`): |error| <= 1.2e-6 |x|; above the range x * Phi(4.5) (Phi(4.5) =
+// 1 - 3.4e-6), below it 0 (|GELU| < 1.6e-5 there). The coefficients are looked up with two-register permutes.
+struct PhiCubic { __m512 c[4][2]; };
+
+static inline __m512 gelu_ps(__m512 x, const PhiCubic& k) {
+  __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(32.f / 9.f), _mm512_set1_ps(16.f));
+  t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(31.999998f));  // NaN -> 0, x * p stays NaN
+  const __m512 fl = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512i i = _mm512_cvttps_epi32(fl);
+  const __m512 f = _mm512_sub_ps(t, fl);
+  __m512 p = _mm512_permutex2var_ps(k.c[3][0], i, k.c[3][1]);
+  p = _mm512_fmadd_ps(p, f, _mm512_permutex2var_ps(k.c[2][0], i, k.c[2][1]));
+  p = _mm512_fmadd_ps(p, f, _mm512_permutex2var_ps(k.c[1][0], i, k.c[1][1]));
+  p = _mm512_fmadd_ps(p, f, _mm512_permutex2var_ps(k.c[0][0], i, k.c[0][1]));
+  return _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-4.5f), _CMP_NLT_UQ), x, p);  // 0 below -4.5
+}
+
+static void check_bf16_gemm(const torch::Tensor& bp, const torch::Tensor& bias) {
+  TORCH_CHECK(bp.scalar_type() == torch::kBFloat16 && bias.scalar_type() == torch::kFloat &&
+              bias.is_contiguous() && bias.numel() == bp.size(0) * 16, "AMX bf16 GEMM: packed bf16 weight, fp32 bias");
+}
+
+// out[m, n] = GELU(a[m] . w[n] + bias[n]) in bf16; a bf16 [M, K], bp the packed bf16 weight (`pack_weight`)
+torch::Tensor bgemm_gelu(torch::Tensor a, torch::Tensor bp, torch::Tensor bias, torch::Tensor coef, int64_t ks) {
+  check_bf16_gemm(bp, bias);
+  TORCH_CHECK(coef.scalar_type() == torch::kFloat && coef.is_contiguous() && coef.numel() == 128, "GELU cubics");
+  const int64_t M = a.size(0), N = bp.size(0) * 16;
+  auto out = torch::empty({M, N}, torch::kBFloat16);
+  const float* BI = bias.data_ptr<float>(); const float* CF = coef.data_ptr<float>();
+  uint16_t* O = (uint16_t*)out.data_ptr();
+  gemm<float>(a, bp, ks, [=](float (*c)[16][16], int64_t mb, int64_t nb, int64_t rows) {
+    uint16_t* const o = O; const int64_t n = N;  // locals: the stores below may alias the closure
+    PhiCubic k;
+    for (int d = 0; d < 4; ++d) { k.c[d][0] = _mm512_loadu_ps(CF + 32 * d); k.c[d][1] = _mm512_loadu_ps(CF + 32 * d + 16); }
+    const int64_t n0 = nb * 32;
+    const __m512 b0 = _mm512_loadu_ps(BI + n0), b1 = _mm512_loadu_ps(BI + n0 + 16);
+    for (int half = 0; half < 2; ++half)  // tiles (0, 1): rows 0-15, (2, 3): rows 16-31
+      for (int r = 0; r < 16 && 16 * half + r < rows; ++r) {
+        const __m512 y0 = gelu_ps(_mm512_add_ps(_mm512_load_ps(c[2 * half][r]), b0), k);
+        const __m512 y1 = gelu_ps(_mm512_add_ps(_mm512_load_ps(c[2 * half + 1][r]), b1), k);
+        _mm512_storeu_si512(o + (mb * 32 + 16 * half + r) * n + n0, (__m512i)_mm512_cvtne2ps_pbh(y1, y0));
+      }
+  });
+  return out;
+}
+
+// out[m, n] = a[m] . w[n] + bias[n] + residual[m, n] in bf16, rounded once; residual bf16 [M, N]
+torch::Tensor bgemm_residual(torch::Tensor a, torch::Tensor bp, torch::Tensor bias, torch::Tensor residual,
+                             int64_t ks) {
+  check_bf16_gemm(bp, bias);
+  const int64_t M = a.size(0), N = bp.size(0) * 16;
+  TORCH_CHECK(residual.scalar_type() == torch::kBFloat16 && residual.is_contiguous() && residual.dim() == 2 &&
+              residual.size(0) == M && residual.size(1) == N, "AMX bf16 GEMM: bf16 [M, N] residual");
+  auto out = torch::empty({M, N}, torch::kBFloat16);
+  const float* BI = bias.data_ptr<float>();
+  const uint16_t* R = (const uint16_t*)residual.data_ptr();
+  uint16_t* O = (uint16_t*)out.data_ptr();
+  gemm<float>(a, bp, ks, [=](float (*c)[16][16], int64_t mb, int64_t nb, int64_t rows) {
+    uint16_t* const o = O; const uint16_t* const res = R; const int64_t n = N;
+    const int64_t n0 = nb * 32;
+    const __m512 b0 = _mm512_loadu_ps(BI + n0), b1 = _mm512_loadu_ps(BI + n0 + 16);
+    for (int half = 0; half < 2; ++half)
+      for (int r = 0; r < 16 && 16 * half + r < rows; ++r) {
+        const int64_t at = (mb * 32 + 16 * half + r) * n + n0;
+        const __m512 y0 = _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(c[2 * half][r]), b0),
+                                        load16((const at::BFloat16*)(res + at)));
+        const __m512 y1 = _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(c[2 * half + 1][r]), b1),
+                                        load16((const at::BFloat16*)(res + at + 16)));
+        _mm512_storeu_si512(o + at, (__m512i)_mm512_cvtne2ps_pbh(y1, y0));
+      }
+  });
+  return out;
+}
 """
 
 
@@ -349,11 +441,11 @@ def _extension():
     """The compiled kernel, or None where it cannot be built or run here."""
     from .features import cpu_features
 
-    if not cpu_features().amx_int8 or not cpu_features().avx512_vbmi:
+    if not cpu_features().amx_int8 or not cpu_features().amx_bf16 or not cpu_features().avx512_vbmi:
         return None
     from .cpu import quiet_library_notes
 
-    name = "convnext_amx_int8_v14"
+    name = "convnext_amx_v18"
     try:
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
@@ -362,8 +454,10 @@ def _extension():
                 print("convnext: compiling our CPU kernels (AMX / AVX512), once for this machine: about 30 s ...",
                       file=sys.stderr, flush=True)
             ext = load_inline(name, cpp_sources=_SRC,
-                              functions=["qgemm_table", "qgemm_dequant", "dwconv_ln_quant", "dwconv_ln", "request_amx"],
-                              extra_cflags=["-O3", "-march=native", "-mamx-tile", "-mamx-int8", "-fopenmp"],
+                              functions=["qgemm_table", "qgemm_dequant", "dwconv_ln_quant", "dwconv_ln", "bgemm_gelu",
+                                         "bgemm_residual", "request_amx"],
+                              extra_cflags=["-O3", "-march=native", "-mamx-tile", "-mamx-int8", "-mamx-bf16",
+                                            "-fopenmp"],
                               extra_ldflags=["-fopenmp"])
         return ext if ext.request_amx() else None
     except Exception:  # noqa: BLE001 - no compiler, no AMX support in it: oneDNN's post-op stays
@@ -391,10 +485,13 @@ def _step(k: int) -> int | None:
 
 
 def pack_weight(w: torch.Tensor, ks: int) -> torch.Tensor:
-    """int8 [N, K] -> AMX B tiles [N/16][K/ks][ks/4][64]: row r of a tile is k-quad r, 16 columns x 4 bytes."""
+    """int8 or bf16 [N, K] -> AMX B tiles [N/16][K bytes/ks][ks/4][64 bytes]: row r of a tile is the r-th group of 4
+    bytes along K (4 int8 or 2 bf16 values) for 16 columns. `ks`: bytes of K per step (`_step`)."""
     n, k = w.shape
-    return w.view(n // 16, 16, k // ks, ks // 4, 4).permute(0, 2, 3, 1, 4).contiguous().view(n // 16, k // ks,
-                                                                                              ks // 4, 64)
+    size = w.element_size()
+    g, step = 4 // size, ks // size  # values per group, values of K per step
+    return w.view(n // 16, 16, k // step, step // g, g).permute(0, 2, 3, 1, 4).contiguous().view(
+        n // 16, k // step, step // g, 16 * g)
 
 
 def gelu_table(pre: tuple[float, float], out_scale: float, out_zp: int) -> tuple[torch.Tensor, float, int]:
@@ -474,6 +571,52 @@ def dwconv_ln(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, norm_we
 def _(x, weight, bias, norm_weight, norm_bias, eps):
     b, c, h, w = x.shape
     return x.new_empty((b, h, w, c))
+
+
+@functools.cache
+def phi_cubics() -> torch.Tensor:
+    """fp32 [4][32]: the standard normal CDF Phi on [-4.5, 4.5) as a cubic in each of 32 equal intervals,
+    coefficient [d][i] of f^d, f in [0, 1) the offset within interval i (least squares on 64 Chebyshev points
+    per interval, in float64). The bf16 GEMM's GELU is x * Phi(x) with them: |error| <= 1.2e-6 |x|."""
+    f = (1 - torch.cos(torch.linspace(0, math.pi, 64, dtype=torch.float64))) / 2
+    powers = torch.stack([f ** d for d in range(4)], 1)  # (64, 4)
+    coef = torch.empty(4, 32, dtype=torch.float64)
+    for i in range(32):
+        x = -4.5 + (i + f) * 9 / 32
+        phi = 0.5 * (1 + torch.special.erf(x / math.sqrt(2)))
+        coef[:, i] = torch.linalg.lstsq(powers, phi[:, None]).solution[:, 0]
+    return coef.float().contiguous()
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1]).contiguous()
+
+
+@torch.library.custom_op("convnext::linear_gelu_bf16", mutates_args=())
+def linear_gelu_bf16(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor, ks: int) -> torch.Tensor:
+    """bf16 (..., K) -> bf16 (..., N): exact-GELU(x W^T + b) in one AMX GEMM of ours, fp32 accumulation, rounded
+    to bf16 once. `packed` = `pack_weight(W bf16, ks)`, `bias` fp32 (N,). GELU as `phi_cubics` compute it."""
+    out = _extension().bgemm_gelu(_rows(x), packed, bias, phi_cubics(), ks)
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
+@linear_gelu_bf16.register_fake
+def _(x, packed, bias, ks):
+    return x.new_empty((*x.shape[:-1], packed.shape[0] * 16))
+
+
+@torch.library.custom_op("convnext::linear_residual_bf16", mutates_args=())
+def linear_residual_bf16(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor,
+                         ks: int) -> torch.Tensor:
+    """bf16 (..., K) -> bf16 (..., N): x W^T + b + residual in one AMX GEMM of ours, fp32 arithmetic, rounded to
+    bf16 once. `residual` bf16 (..., N)."""
+    out = _extension().bgemm_residual(_rows(x), packed, bias, _rows(residual), ks)
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
+@linear_residual_bf16.register_fake
+def _(x, packed, bias, residual, ks):
+    return x.new_empty((*x.shape[:-1], packed.shape[0] * 16))
 
 
 def grid_affine(in_scale: float, in_zp: int, w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,

@@ -188,7 +188,7 @@ def _measure(runners: dict[str, Callable], x: torch.Tensor, repeats: int) -> dic
 
 def _fuse_dw_norms(module: nn.Module) -> int:
     """Switch every ConvNeXt block of `module` whose depthwise conv + LayerNorm our AVX512 kernel takes
-    (`convnext.deploy.amx_gelu`, built at first use, on CPUs where our int8 kernels run) to it; how many."""
+    (`convnext.deploy.amx_gelu`, built at first use, on CPUs where our AMX kernels run) to it; how many."""
     from ..models.fast import depthwise_kernel_takes
     from ..models.layers import Block
     from . import amx_gelu
@@ -205,6 +205,47 @@ def _fuse_dw_norms(module: nn.Module) -> int:
             block.register_buffer(f"_dw_norm_{name}", value.detach().float().contiguous(), persistent=False)
         block.fused_dw_norm = True
     return len(blocks)
+
+
+def _linear_packing(linear: nn.Linear, gamma: torch.Tensor | None = None) -> tuple | None:
+    """(packed bf16 weight, fp32 bias, K step) of a Linear our bf16 AMX GEMMs take (output features a multiple
+    of 32, an even number of inputs), `gamma` (a layer scale not yet folded) multiplied in first; else None."""
+    from . import amx_gelu
+
+    n, k = linear.weight.shape
+    ks = amx_gelu._step(2 * k)
+    if n % 32 or ks is None:
+        return None
+    w = linear.weight.detach().float()
+    b = linear.bias.detach().float() if linear.bias is not None else torch.zeros(n)
+    if gamma is not None:
+        w, b = w * gamma.detach().float()[:, None], b * gamma.detach().float()
+    return amx_gelu.pack_weight(w.to(torch.bfloat16).contiguous(), ks), b.contiguous(), ks
+
+
+def _fuse_linears(module: nn.Module) -> int:
+    """Switch every ConvNeXt block of a bf16 `module` whose pwconv1 our bf16 AMX GEMM takes to our kernels
+    (pwconv1 + GELU; pwconv2 + bias + residual too where its shape suits); how many blocks."""
+    from ..models.layers import Block
+    from . import amx_gelu
+
+    blocks = [m for m in module.modules() if isinstance(m, Block) and m.pwconv1.weight.dtype == torch.bfloat16]
+    if not blocks or os.environ.get("CONVNEXT_NO_FUSED_LINEARS") or not amx_gelu.available():
+        return 0
+    switched = 0
+    for block in blocks:
+        first = _linear_packing(block.pwconv1)
+        if first is None:
+            continue
+        second = _linear_packing(block.pwconv2, block.gamma)
+        block._pw1_w, block._pw1_b, block._pw1_ks = first
+        block._pw2_w, block._pw2_b, block._pw2_ks = second if second is not None else (None, None, 0)
+        for name in ("_pw1_w", "_pw1_b", "_pw2_w", "_pw2_b"):
+            value = block.__dict__.pop(name)
+            block.register_buffer(name, value, persistent=False)
+        block.fused_linears = True
+        switched += 1
+    return switched
 
 
 def fast_cpu_model(
@@ -247,6 +288,7 @@ def fast_cpu_model(
         raise ValueError(f"candidates must be a non-empty subset of {CANDIDATES}, got {tuple(candidates)}")
     module = prepare_eager(model, chosen, inplace=inplace)
     fused = _fuse_dw_norms(module)
+    linears = _fuse_linears(module) if chosen == "bf16" else 0
     in_chans = in_chans or getattr(model, "in_chans", 3)
     example = torch.randn(batch, in_chans, img_size, img_size).to(_TORCH_DTYPES[chosen])
     example = example.contiguous(memory_format=torch.channels_last)
@@ -275,6 +317,8 @@ def fast_cpu_model(
     path = f"{chosen} {words[best]}, layer scale folded"
     if fused and best != "jit":  # TorchScript traces the textbook ops
         path += f", depthwise conv + LayerNorm of {fused} blocks in one pass of ours"
+    if linears and best != "jit":
+        path += f", pointwise convs of {linears} blocks in bf16 AMX GEMMs of ours (GELU / residual in their store)"
     if len(timings) > 1:
         path += f", fastest of {len(timings)} measured at batch {batch}, {img_size}px"
     if kept:

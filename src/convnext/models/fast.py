@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["to_channels_last", "linear_gelu", "layer_scaled_linear", "add_residual_", "depthwise_conv", "fuses_residual",
-           "depthwise_kernel_takes", "fused_dw_norm_applies", "onednn_fusion_enabled", "fast_depthwise_grad_enabled"]
+           "depthwise_kernel_takes", "fused_dw_norm_applies", "bf16_linears_apply", "onednn_fusion_enabled", "fast_depthwise_grad_enabled"]
 
 # Switch for every oneDNN path below (benchmarks and tests flip it to compare).
 _ONEDNN_FUSION = True
@@ -252,27 +252,44 @@ def depthwise_kernel_takes(channels: int, kernel_size, stride, padding, dilation
             and _pair(dilation) == (1, 1) and groups == channels and channels % 16 == 0)
 
 
+def _cpu_inference(x: torch.Tensor, params) -> bool:
+    """On CPU, not exporting (torch.export, ONNX, TorchScript: those see the standard ops) and not recording
+    gradients for `x` or any of `params`."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    return (
+        x.device.type == "cpu"
+        and not exporting
+        and not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
+        and not (torch.is_grad_enabled() and (x.requires_grad or any(
+            p is not None and p.requires_grad for p in params)))
+    )
+
+
 def fused_dw_norm_applies(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module) -> bool:
     """Whether a block's `norm(conv(x).permute(0, 2, 3, 1))` may run as one `convnext::dwconv_ln` call (our
     AVX512 kernel, `convnext.deploy.amx_gelu`): CPU inference in fp32 / bf16, eager or under torch.compile,
     not while exporting (torch.export, ONNX, TorchScript) or recording gradients, a convolution the kernel
     takes (`depthwise_kernel_takes`), and an affine LayerNorm. The caller checks that the
     module was switched to it (`fast_cpu_model` does so where the kernel runs)."""
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
     return (
-        x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.bfloat16)
+        x.dtype in (torch.float32, torch.bfloat16)
         and conv.weight.dtype == x.dtype
-        and not exporting
-        and not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
-        and not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad or (
-            getattr(norm, "weight", None) is not None and norm.weight.requires_grad)))
+        and _cpu_inference(x, (conv.weight, getattr(norm, "weight", None)))
         and conv.in_channels == conv.out_channels and conv.padding_mode == "zeros" and conv.bias is not None
         and depthwise_kernel_takes(conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                                    conv.groups)
         and isinstance(norm, nn.LayerNorm) and norm.weight is not None and norm.bias is not None
         and tuple(norm.normalized_shape) == (conv.out_channels,)
     )
+
+
+def bf16_linears_apply(x: torch.Tensor, linear: nn.Linear) -> bool:
+    """Whether a block's pwconv1 + GELU and pwconv2 + residual may run as our bf16 AMX GEMMs
+    (`convnext::linear_gelu_bf16`, `convnext::linear_residual_bf16`): CPU inference in bf16, eager or under
+    torch.compile, not while exporting or recording gradients. The caller checks that the module was
+    switched to them (`fast_cpu_model` packs the weights where the kernels run)."""
+    return x.dtype == torch.bfloat16 and linear.weight.dtype == torch.bfloat16 and _cpu_inference(
+        x, (linear.weight,))
 
 
 def add_residual_(branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast import add_residual_, depthwise_conv, fused_dw_norm_applies, fuses_residual, layer_scaled_linear, linear_gelu
+from .fast import (
+    add_residual_,
+    bf16_linears_apply,
+    depthwise_conv,
+    fused_dw_norm_applies,
+    fuses_residual,
+    layer_scaled_linear,
+    linear_gelu,
+)
 from .triton_block import dwconv_layernorm, linear_bias_gelu, linear_bias_scale_residual, use_triton
 
 __all__ = ["LayerNorm2d", "GRN", "Block", "init_weights", "drop_path_rates"]
@@ -87,6 +95,10 @@ class Block(nn.Module):
     # default (the kernel is compiled at first use), switched on by `convnext.deploy.fast_cpu_model`, which also
     # registers the kernel's packed fp32 parameters (`_dw_norm_w`, `_b`, `_g`, `_beta`; not saved)
     fused_dw_norm = False
+    # pwconv1 + GELU and pwconv2 + bias + residual as our bf16 AMX GEMMs at bf16 CPU inference (`bf16_linears_apply`);
+    # off by default, switched on by `fast_cpu_model`, which packs the weights (`_pw1_w`, `_pw1_b`, `_pw2_w`,
+    # `_pw2_b`, not saved; layer scale folded in) and sets the K steps `_pw1_ks`, `_pw2_ks` (0: pwconv2 not taken)
+    fused_linears = False
 
     def __init__(
         self,
@@ -128,6 +140,14 @@ class Block(nn.Module):
         else:
             x = depthwise_conv(x, self.dwconv)  # fast weight gradient when training on CPU
             x = self.norm(x.permute(0, 2, 3, 1))  # (B, H, W, C): the permute is a free view in channels_last
+        if self.fused_linears and bf16_linears_apply(x, self.pwconv1):
+            # bf16 CPU inference prepared by `fast_cpu_model`: both pointwise convs in AMX GEMMs of ours
+            x = self.grn(torch.ops.convnext.linear_gelu_bf16(x, self._pw1_w, self._pw1_b, self._pw1_ks))
+            if self._pw2_ks and not self._drops():
+                x = torch.ops.convnext.linear_residual_bf16(x, self._pw2_w, self._pw2_b, shortcut.permute(0, 2, 3, 1),
+                                                            self._pw2_ks)
+                return x.permute(0, 3, 1, 2)  # (B, C, H, W), channels_last strides
+            return self._scaled_branch_plus(x, shortcut)
         x = self.grn(linear_gelu(x, self.pwconv1))  # exact (erf) GELU fused with pwconv1
         if fuses_residual(x, self.pwconv2) and not self._drops():
             # Eager CPU fp32: the residual add is a post-op of the pwconv2 GEMM, on the (B, H, W, C) view.
