@@ -178,6 +178,10 @@ def build_runtimes(
 
 
 _INT8_CALIBRATION = (4, 4)  # random batches x images the int8 program is calibrated on (speed, not accuracy)
+# The int8 program's max |logit diff| allowed, as a fraction of the largest logit seen in calibration. Random weights
+# calibrated on 16 random images: the rms difference is about 2% of the logits' spread, single logits differ by up
+# to 0.1 (ours' init) - 0.3 (timm's init, largest logit about 3); a broken program differs by the logits' size.
+_INT8_TOLERANCE = 0.25
 
 
 @torch.no_grad()
@@ -192,4 +196,4 @@ def _int8(ours: nn.Module, img_size: int, in_chans: int) -> Implementation:
     program = Int8Model(quantize_int8(ours, batches, img_size, in_chans), mixed_bf16=cpu_features().native_bf16)
     n = _INT8_CALIBRATION[0] * _INT8_CALIBRATION[1]
     return Implementation("int8", program, f"{program.describe()}; ours quantized by PT2E (X86InductorQuantizer), "
-                          f"calibrated on {n} random images", own_precision=True, tolerance=0.1 * largest)
+                          f"calibrated on {n} random images", own_precision=True, tolerance=_INT8_TOLERANCE * largest)

@@ -287,12 +287,11 @@ def check_outputs_agree(
             "tolerance": allowed,
             "ok": diff <= allowed,
         }
-    bad = {k: v["max_abs_diff"] for k, v in report.items() if not v["ok"]}
+    bad = {k: v for k, v in report.items() if not v["ok"]}
     if bad:
-        detail = ", ".join(f"{k}: max|diff| = {d:.3g}" for k, d in bad.items())
-        raise OutputMismatch(
-            f"outputs of ours and {', '.join(bad)} disagree with identical weights ({detail}; tolerance {tolerance:g})"
-        )
+        detail = ", ".join(f"{k}: max|diff| = {v['max_abs_diff']:.3g}, tolerance {v['tolerance']:.3g}"
+                           for k, v in bad.items())
+        raise OutputMismatch(f"outputs of ours and {', '.join(bad)} disagree with identical weights ({detail})")
     return report
 
 
