@@ -123,8 +123,8 @@ static void gemm(const torch::Tensor& a, const torch::Tensor& bp, int64_t ks, Ep
 
 _SRC = GEMM_SRC + r"""
 // out[m, n] = scale[n] * acc + shift[n] in fp32 or bf16 (an int8 Linear whose output is read as floats: pwconv2)
-torch::Tensor qgemm_dequant(torch::Tensor a, torch::Tensor bp, torch::Tensor scale, torch::Tensor shift, int64_t ks,
-                            bool bf16) {
+torch::Tensor qgemm_dequant(const torch::Tensor& a, const torch::Tensor& bp, const torch::Tensor& scale,
+                            const torch::Tensor& shift, int64_t ks, bool bf16) {
   const int64_t M = a.size(0), N = bp.size(0) * 16;
   auto out = torch::empty({M, N}, bf16 ? torch::kBFloat16 : torch::kFloat32);
   const float* S = scale.data_ptr<float>(); const float* H = shift.data_ptr<float>();
@@ -148,8 +148,8 @@ torch::Tensor qgemm_dequant(torch::Tensor a, torch::Tensor bp, torch::Tensor sca
 
 // The index of each output on the pre-GELU uint8 grid is clamp(round(scale[n] * acc + shift[n]), 0, 255)
 // (dequantisation, bias, zero points and the grid folded into scale / shift); out[m, n] = table[index].
-torch::Tensor qgemm_table(torch::Tensor a, torch::Tensor bp, torch::Tensor scale, torch::Tensor shift,
-                          torch::Tensor table, int64_t ks) {
+torch::Tensor qgemm_table(const torch::Tensor& a, const torch::Tensor& bp, const torch::Tensor& scale,
+                          const torch::Tensor& shift, const torch::Tensor& table, int64_t ks) {
   const int64_t M = a.size(0), N = bp.size(0) * 16;
   auto out = torch::empty({M, N}, torch::kUInt8);
   const float* S = scale.data_ptr<float>(); const float* H = shift.data_ptr<float>();
@@ -340,16 +340,16 @@ static void dwln_dispatch(const torch::Tensor& x, const torch::Tensor& weight, c
 }
 
 // x [B, H, W, C] fp32 or bf16 (channels-last memory), weight packed as [C/16][49][16] fp32: uint8 [B, H, W, C]
-torch::Tensor dwconv_ln_quant(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, torch::Tensor g,
-                              torch::Tensor beta, double eps, double inv_scale, int64_t zp) {
+torch::Tensor dwconv_ln_quant(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                              const torch::Tensor& g, const torch::Tensor& beta, double eps, double inv_scale, int64_t zp) {
   auto out = torch::empty(x.sizes(), torch::kUInt8);
   dwln_dispatch(x, weight, bias, g, beta, eps, inv_scale, zp, out.data_ptr<uint8_t>());
   return out;
 }
 
 // the same with LayerNorm's output in x's dtype (fp32 or bf16), weight packed as above
-torch::Tensor dwconv_ln(torch::Tensor x, torch::Tensor weight, torch::Tensor bias, torch::Tensor g, torch::Tensor beta,
-                        double eps) {
+torch::Tensor dwconv_ln(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                        const torch::Tensor& g, const torch::Tensor& beta, double eps) {
   auto out = torch::empty(x.sizes(), x.options());
   if (x.scalar_type() == torch::kBFloat16)
     dwln_dispatch(x, weight, bias, g, beta, eps, 1.0, 0, out.data_ptr<at::BFloat16>());
@@ -382,13 +382,19 @@ static void check_bf16_gemm(const torch::Tensor& bp, const torch::Tensor& bias) 
               bias.is_contiguous() && bias.numel() == bp.size(0) * 16, "AMX bf16 GEMM: packed bf16 weight, fp32 bias");
 }
 
-// out[m, n] = GELU(a[m] . w[n] + bias[n]) in bf16; a bf16 [M, K], bp the packed bf16 weight (`pack_weight`)
-torch::Tensor bgemm_gelu(torch::Tensor a, torch::Tensor bp, torch::Tensor bias, torch::Tensor coef, int64_t ks) {
-  check_bf16_gemm(bp, bias);
+alignas(64) static float g_phi[128];  // `phi_cubics`, set once when the extension is loaded
+
+void set_phi_cubics(torch::Tensor coef) {
   TORCH_CHECK(coef.scalar_type() == torch::kFloat && coef.is_contiguous() && coef.numel() == 128, "GELU cubics");
+  std::memcpy(g_phi, coef.data_ptr<float>(), sizeof(g_phi));
+}
+
+// out[m, n] = GELU(a[m] . w[n] + bias[n]) in bf16; a bf16 [M, K], bp the packed bf16 weight (`pack_weight`)
+torch::Tensor bgemm_gelu(const torch::Tensor& a, const torch::Tensor& bp, const torch::Tensor& bias, int64_t ks) {
+  check_bf16_gemm(bp, bias);
   const int64_t M = a.size(0), N = bp.size(0) * 16;
   auto out = torch::empty({M, N}, torch::kBFloat16);
-  const float* BI = bias.data_ptr<float>(); const float* CF = coef.data_ptr<float>();
+  const float* BI = bias.data_ptr<float>(); const float* CF = g_phi;
   uint16_t* O = (uint16_t*)out.data_ptr();
   gemm<float>(a, bp, ks, [=](float (*c)[16][16], int64_t mb, int64_t nb, int64_t rows) {
     uint16_t* const o = O; const int64_t n = N;  // locals: the stores below may alias the closure
@@ -407,8 +413,8 @@ torch::Tensor bgemm_gelu(torch::Tensor a, torch::Tensor bp, torch::Tensor bias, 
 }
 
 // out[m, n] = a[m] . w[n] + bias[n] + residual[m, n] in bf16, rounded once; residual bf16 [M, N]
-torch::Tensor bgemm_residual(torch::Tensor a, torch::Tensor bp, torch::Tensor bias, torch::Tensor residual,
-                             int64_t ks) {
+torch::Tensor bgemm_residual(const torch::Tensor& a, const torch::Tensor& bp, const torch::Tensor& bias,
+                             const torch::Tensor& residual, int64_t ks) {
   check_bf16_gemm(bp, bias);
   const int64_t M = a.size(0), N = bp.size(0) * 16;
   TORCH_CHECK(residual.scalar_type() == torch::kBFloat16 && residual.is_contiguous() && residual.dim() == 2 &&
@@ -433,6 +439,67 @@ torch::Tensor bgemm_residual(torch::Tensor a, torch::Tensor bp, torch::Tensor bi
   });
   return out;
 }
+
+// ---- the ops, registered with the dispatcher: torch.compile's C++ wrapper calls them without Python in between ----
+static torch::Tensor rows_of(const torch::Tensor& x) { return x.reshape({-1, x.size(-1)}).contiguous(); }
+
+static torch::Tensor with_lead(const torch::Tensor& out, const torch::Tensor& x) {
+  auto sizes = x.sizes().vec();
+  sizes.back() = out.size(1);
+  return out.view(sizes);
+}
+
+torch::Tensor linear_gelu_bf16_op(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& bias,
+                                  int64_t ks) {
+  return with_lead(bgemm_gelu(rows_of(x), packed, bias, ks), x);
+}
+
+torch::Tensor linear_residual_bf16_op(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& bias,
+                                      const torch::Tensor& residual, int64_t ks) {
+  return with_lead(bgemm_residual(rows_of(x), packed, bias, rows_of(residual), ks), x);
+}
+
+torch::Tensor dwconv_ln_op(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                           const torch::Tensor& g, const torch::Tensor& beta, double eps) {
+  return dwconv_ln(x.permute({0, 2, 3, 1}).contiguous(), weight, bias, g, beta, eps);
+}
+
+torch::Tensor qlinear_gelu_table_op(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& scale,
+                                    const torch::Tensor& shift, const torch::Tensor& table, int64_t ks) {
+  return with_lead(qgemm_table(rows_of(x), packed, scale, shift, table, ks), x);
+}
+
+torch::Tensor qlinear_dequant_op(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& scale,
+                                 const torch::Tensor& shift, int64_t ks, bool bf16) {
+  return with_lead(qgemm_dequant(rows_of(x), packed, scale, shift, ks, bf16), x);
+}
+
+torch::Tensor dwconv_ln_quant_op(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                                 const torch::Tensor& g, const torch::Tensor& beta, double eps, double inv_scale,
+                                 int64_t zp) {
+  auto xs = x.permute({0, 2, 3, 1});
+  if (xs.scalar_type() != torch::kFloat && xs.scalar_type() != torch::kBFloat16) xs = xs.to(torch::kFloat);
+  return dwconv_ln_quant(xs.contiguous(), weight, bias, g, beta, eps, inv_scale, zp);
+}
+
+TORCH_LIBRARY_FRAGMENT(convnext, m) {
+  m.def("dwconv_ln(Tensor x, Tensor weight, Tensor bias, Tensor norm_weight, Tensor norm_bias, float eps) -> Tensor");
+  m.def("linear_gelu_bf16(Tensor x, Tensor packed, Tensor bias, int ks) -> Tensor");
+  m.def("linear_residual_bf16(Tensor x, Tensor packed, Tensor bias, Tensor residual, int ks) -> Tensor");
+  m.def("qlinear_gelu_table(Tensor x, Tensor packed, Tensor scale, Tensor shift, Tensor table, int ks) -> Tensor");
+  m.def("qlinear_dequant(Tensor x, Tensor packed, Tensor scale, Tensor shift, int ks, bool bf16) -> Tensor");
+  m.def("dwconv_ln_quant(Tensor x, Tensor weight, Tensor bias, Tensor norm_weight, Tensor norm_bias, float eps, "
+        "float inv_scale, int zp) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(convnext, CPU, m) {
+  m.impl("dwconv_ln", &dwconv_ln_op);
+  m.impl("linear_gelu_bf16", &linear_gelu_bf16_op);
+  m.impl("linear_residual_bf16", &linear_residual_bf16_op);
+  m.impl("qlinear_gelu_table", &qlinear_gelu_table_op);
+  m.impl("qlinear_dequant", &qlinear_dequant_op);
+  m.impl("dwconv_ln_quant", &dwconv_ln_quant_op);
+}
 """
 
 
@@ -445,7 +512,7 @@ def _extension():
         return None
     from .cpu import quiet_library_notes
 
-    name = "convnext_amx_v18"
+    name = "convnext_amx_v20"
     try:
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
@@ -454,12 +521,15 @@ def _extension():
                 print("convnext: compiling our CPU kernels (AMX / AVX512), once for this machine: about 30 s ...",
                       file=sys.stderr, flush=True)
             ext = load_inline(name, cpp_sources=_SRC,
-                              functions=["qgemm_table", "qgemm_dequant", "dwconv_ln_quant", "dwconv_ln", "bgemm_gelu",
-                                         "bgemm_residual", "request_amx"],
+                              functions=["set_phi_cubics", "request_amx"],
                               extra_cflags=["-O3", "-march=native", "-mamx-tile", "-mamx-int8", "-mamx-bf16",
                                             "-fopenmp"],
                               extra_ldflags=["-fopenmp"])
-        return ext if ext.request_amx() else None
+        if not ext.request_amx():
+            return None
+        ext.set_phi_cubics(phi_cubics())
+        _register_fakes()
+        return ext
     except Exception:  # noqa: BLE001 - no compiler, no AMX support in it: oneDNN's post-op stays
         return None
 
@@ -505,33 +575,19 @@ def gelu_table(pre: tuple[float, float], out_scale: float, out_zp: int) -> tuple
     return table, 1.0 / step, zp
 
 
-@torch.library.custom_op("convnext::qlinear_gelu_table", mutates_args=())
 def qlinear_gelu_table(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
                        table: torch.Tensor, ks: int) -> torch.Tensor:
     """uint8 (..., K) -> uint8 (..., N): the fused pwconv1 + GELU. Output n of a row with int32 accumulator
-    acc is table[clamp(round(scale[n] * acc + shift[n]), 0, 255)] (`grid_affine` gives scale / shift)."""
-    lead = x.shape[:-1]
-    out = _extension().qgemm_table(x.reshape(-1, x.shape[-1]).contiguous(), packed, scale, shift, table, ks)
-    return out.view(*lead, out.shape[-1])
+    acc is table[clamp(round(scale[n] * acc + shift[n]), 0, 255)] (`grid_affine` gives scale / shift). The op
+    `convnext::qlinear_gelu_table` (C++)."""
+    return _ops().qlinear_gelu_table(x, packed, scale, shift, table, ks)
 
 
-@qlinear_gelu_table.register_fake
-def _(x, packed, scale, shift, table, ks):
-    return x.new_empty((*x.shape[:-1], packed.shape[0] * 16))
-
-
-@torch.library.custom_op("convnext::qlinear_dequant", mutates_args=())
 def qlinear_dequant(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, ks: int,
                     bf16: bool) -> torch.Tensor:
-    """uint8 (..., K) -> (..., N) in bf16 or fp32: scale[n] * acc + shift[n], an int8 Linear read as floats."""
-    lead = x.shape[:-1]
-    out = _extension().qgemm_dequant(x.reshape(-1, x.shape[-1]).contiguous(), packed, scale, shift, ks, bf16)
-    return out.view(*lead, out.shape[-1])
-
-
-@qlinear_dequant.register_fake
-def _(x, packed, scale, shift, ks, bf16):
-    return x.new_empty((*x.shape[:-1], packed.shape[0] * 16), dtype=torch.bfloat16 if bf16 else torch.float32)
+    """uint8 (..., K) -> (..., N) in bf16 or fp32: scale[n] * acc + shift[n], an int8 Linear read as floats. The
+    op `convnext::qlinear_dequant` (C++)."""
+    return _ops().qlinear_dequant(x, packed, scale, shift, ks, bf16)
 
 
 def pack_depthwise(w: torch.Tensor) -> torch.Tensor:
@@ -540,37 +596,13 @@ def pack_depthwise(w: torch.Tensor) -> torch.Tensor:
     return w.float().reshape(c // 16, 16, 49).transpose(1, 2).contiguous()
 
 
-@torch.library.custom_op("convnext::dwconv_ln_quant", mutates_args=())
 def dwconv_ln_quant(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, norm_weight: torch.Tensor,
                     norm_bias: torch.Tensor, eps: float, inv_scale: float, zp: int) -> torch.Tensor:
     """(B, C, H, W) fp32 / bf16 -> uint8 (B, H, W, C): a block's depthwise 7 x 7 convolution (padding 3,
     `pack_depthwise` weight), LayerNorm over channels, and clamp(round(y * inv_scale) + zp, 0, 255), in one
-    pass with fp32 arithmetic (the convolution output is not rounded to bf16 in between)."""
-    xs = x.permute(0, 2, 3, 1)
-    if xs.dtype not in (torch.float32, torch.bfloat16):
-        xs = xs.float()
-    return _extension().dwconv_ln_quant(xs.contiguous(), weight, bias, norm_weight, norm_bias, eps, inv_scale, zp)
-
-
-@dwconv_ln_quant.register_fake
-def _(x, weight, bias, norm_weight, norm_bias, eps, inv_scale, zp):
-    b, c, h, w = x.shape
-    return x.new_empty((b, h, w, c), dtype=torch.uint8)
-
-
-@torch.library.custom_op("convnext::dwconv_ln", mutates_args=())
-def dwconv_ln(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, norm_weight: torch.Tensor,
-              norm_bias: torch.Tensor, eps: float) -> torch.Tensor:
-    """(B, C, H, W) fp32 / bf16 -> (B, H, W, C) in x's dtype: a block's depthwise 7 x 7 convolution (padding 3,
-    `pack_depthwise` weight) and LayerNorm over channels in one pass, fp32 arithmetic (`dwconv_ln_quant` without
-    the rounding onto a uint8 grid). C a multiple of 16; the parameters fp32 (others are converted per call)."""
-    return _extension().dwconv_ln(x.permute(0, 2, 3, 1).contiguous(), weight, bias, norm_weight, norm_bias, eps)
-
-
-@dwconv_ln.register_fake
-def _(x, weight, bias, norm_weight, norm_bias, eps):
-    b, c, h, w = x.shape
-    return x.new_empty((b, h, w, c))
+    pass with fp32 arithmetic (the convolution output is not rounded to bf16 in between). The op
+    `convnext::dwconv_ln_quant` (C++)."""
+    return _ops().dwconv_ln_quant(x, weight, bias, norm_weight, norm_bias, eps, inv_scale, zp)
 
 
 @functools.cache
@@ -588,35 +620,62 @@ def phi_cubics() -> torch.Tensor:
     return coef.float().contiguous()
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(-1, x.shape[-1]).contiguous()
+def _register_fakes() -> None:
+    """Shapes of our ops (registered by the extension, in C++) for torch.compile's and export's fake tensors."""
+    @torch.library.register_fake("convnext::dwconv_ln")
+    def _(x, weight, bias, norm_weight, norm_bias, eps):
+        b, c, h, w = x.shape
+        return x.new_empty((b, h, w, c))
+
+    @torch.library.register_fake("convnext::linear_gelu_bf16")
+    def _(x, packed, bias, ks):
+        return x.new_empty((*x.shape[:-1], packed.shape[0] * 16))
+
+    @torch.library.register_fake("convnext::linear_residual_bf16")
+    def _(x, packed, bias, residual, ks):
+        return x.new_empty((*x.shape[:-1], packed.shape[0] * 16))
+
+    @torch.library.register_fake("convnext::qlinear_gelu_table")
+    def _(x, packed, scale, shift, table, ks):
+        return x.new_empty((*x.shape[:-1], packed.shape[0] * 16))
+
+    @torch.library.register_fake("convnext::qlinear_dequant")
+    def _(x, packed, scale, shift, ks, bf16):
+        return x.new_empty((*x.shape[:-1], packed.shape[0] * 16), dtype=torch.bfloat16 if bf16 else torch.float32)
+
+    @torch.library.register_fake("convnext::dwconv_ln_quant")
+    def _(x, weight, bias, norm_weight, norm_bias, eps, inv_scale, zp):
+        b, c, h, w = x.shape
+        return x.new_empty((b, h, w, c), dtype=torch.uint8)
 
 
-@torch.library.custom_op("convnext::linear_gelu_bf16", mutates_args=())
+def _ops():
+    if _extension() is None:
+        raise RuntimeError("convnext's AMX / AVX512 CPU kernels do not run on this machine (amx_gelu.available())")
+    return torch.ops.convnext
+
+
+def dwconv_ln(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, norm_weight: torch.Tensor,
+              norm_bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """(B, C, H, W) fp32 / bf16 -> (B, H, W, C) in x's dtype: a block's depthwise 7 x 7 convolution (padding 3,
+    `pack_depthwise` weight) and LayerNorm over channels in one pass, fp32 arithmetic (`dwconv_ln_quant` without
+    the rounding onto a uint8 grid). C a multiple of 16; the parameters fp32 (others are converted per call).
+    The op `convnext::dwconv_ln`, registered in C++ when the kernels are loaded."""
+    return _ops().dwconv_ln(x, weight, bias, norm_weight, norm_bias, eps)
+
+
 def linear_gelu_bf16(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor, ks: int) -> torch.Tensor:
     """bf16 (..., K) -> bf16 (..., N): exact-GELU(x W^T + b) in one AMX GEMM of ours, fp32 accumulation, rounded
-    to bf16 once. `packed` = `pack_weight(W bf16, ks)`, `bias` fp32 (N,). GELU as `phi_cubics` compute it."""
-    out = _extension().bgemm_gelu(_rows(x), packed, bias, phi_cubics(), ks)
-    return out.view(*x.shape[:-1], out.shape[-1])
+    to bf16 once. `packed` = `pack_weight(W bf16, ks)`, `bias` fp32 (N,). GELU as `phi_cubics` compute it. The op
+    `convnext::linear_gelu_bf16`, registered in C++ when the kernels are loaded."""
+    return _ops().linear_gelu_bf16(x, packed, bias, ks)
 
 
-@linear_gelu_bf16.register_fake
-def _(x, packed, bias, ks):
-    return x.new_empty((*x.shape[:-1], packed.shape[0] * 16))
-
-
-@torch.library.custom_op("convnext::linear_residual_bf16", mutates_args=())
 def linear_residual_bf16(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor,
                          ks: int) -> torch.Tensor:
     """bf16 (..., K) -> bf16 (..., N): x W^T + b + residual in one AMX GEMM of ours, fp32 arithmetic, rounded to
-    bf16 once. `residual` bf16 (..., N)."""
-    out = _extension().bgemm_residual(_rows(x), packed, bias, _rows(residual), ks)
-    return out.view(*x.shape[:-1], out.shape[-1])
-
-
-@linear_residual_bf16.register_fake
-def _(x, packed, bias, residual, ks):
-    return x.new_empty((*x.shape[:-1], packed.shape[0] * 16))
+    bf16 once. `residual` bf16 (..., N). The op `convnext::linear_residual_bf16` (C++)."""
+    return _ops().linear_residual_bf16(x, packed, bias, residual, ks)
 
 
 def grid_affine(in_scale: float, in_zp: int, w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
@@ -738,7 +797,7 @@ def fuse_gelu_tables(gm: torch.fx.GraphModule, ranges: list[tuple[float, float]]
         scale, shift = grid_affine(s_in, z_in, w, ws, bias, inv, zp)
         buffers = {f"_gelu_table_{i}_{k}": v for k, v in
                    (("w", pack_weight(w, ks)), ("scale", scale), ("shift", shift), ("table", table))}
-        call = _replace(gm, quant, torch.ops.convnext.qlinear_gelu_table.default, (q_in,), buffers, (ks,))
+        call = _replace(gm, quant, _ops().qlinear_gelu_table.default, (q_in,), buffers, (ks,))
         quant.replace_all_uses_with(call)
         for node in (quant, gelu, linear):
             gm.graph.erase_node(node)
@@ -787,7 +846,7 @@ def fuse_dwconv_norms(gm: torch.fx.GraphModule) -> int:
             continue
         buffers = {f"_dwconv_norm_{i}_{k}": v.float().contiguous() for k, v in
                    (("w", pack_depthwise(w)), ("b", bias), ("g", g), ("beta", beta))}
-        call = _replace(gm, quant, torch.ops.convnext.dwconv_ln_quant.default, (conv.args[0],), buffers,
+        call = _replace(gm, quant, _ops().dwconv_ln_quant.default, (conv.args[0],), buffers,
                         (float(eps), 1.0 / float(scale), int(zp)))
         quant.replace_all_uses_with(call)
         for node in (quant, norm, permute, conv):
@@ -810,7 +869,7 @@ def fuse_dequant_linears(gm: torch.fx.GraphModule, bf16: bool) -> int:
         scale, shift = grid_affine(s_in, z_in, w, ws, bias, 1.0, 0)
         buffers = {f"_dequant_linear_{i}_{k}": v for k, v in
                    (("w", pack_weight(w, ks)), ("scale", scale), ("shift", shift))}
-        call = _replace(gm, linear, torch.ops.convnext.qlinear_dequant.default, (q_in,), buffers, (ks, bf16))
+        call = _replace(gm, linear, _ops().qlinear_dequant.default, (q_in,), buffers, (ks, bf16))
         linear.replace_all_uses_with(call)
         gm.graph.erase_node(linear)
         fused += 1
