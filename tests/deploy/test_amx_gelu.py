@@ -68,6 +68,15 @@ def test_dequantising_kernel_matches_the_dequantised_accumulators(m, k, n, bf16)
     assert got.shape == (1, m, n) and got.dtype == (torch.bfloat16 if bf16 else torch.float32)
     tol = 2 ** -8 if bf16 else 1e-5  # bf16: one rounding of the fp32 value
     assert torch.allclose(got[0].double(), v, rtol=tol, atol=1e-4)
+    # with a block's residual added in the same store: the output dtype as torch promotes it, one rounding
+    for res_dtype in (torch.float32, torch.bfloat16):
+        res = torch.randn(1, m, n, generator=g).to(res_dtype)
+        got = amx_gelu.qlinear_dequant_residual(a.view(1, m, k), amx_gelu.pack_weight(w, ks), scale, shift, res, ks,
+                                                bf16)
+        assert got.shape == (1, m, n) and got.dtype == torch.promote_types(
+            torch.bfloat16 if bf16 else torch.float32, res_dtype)
+        tol = 2 ** -8 if got.dtype == torch.bfloat16 else 1e-5
+        assert torch.allclose(got[0].double(), v + res[0].double(), rtol=tol, atol=1e-4)
 
 
 @needs_kernel
@@ -155,6 +164,8 @@ def test_pwconv2_is_fused_at_the_first_call_in_the_float_dtype_then_known(mixed)
     assert sum("dwconv_ln_quant" in str(n.target) for n in fused.module.graph.nodes) == blocks
     assert sum("layer_norm" in str(n.target) for n in fused.module.graph.nodes) == 1  # the head's only
     assert sum("qlinear_dequant" in str(n.target) for n in fused.module.graph.nodes) == blocks
+    # the residual add of every block in pwconv2's store
+    assert sum("qlinear_dequant_residual" in str(n.target) for n in fused.module.graph.nodes) == blocks
     assert (got - ref).abs().max() < 0.05 * ref.abs().max()
     assert (got.argmax(1) == ref.argmax(1)).all()
 

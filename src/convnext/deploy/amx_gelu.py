@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from ..models.fast import depthwise_kernel_takes
 
 __all__ = ["available", "fuse_gelu_tables", "fuse_dequant_linears", "fuse_dwconv_norms", "dwconv_ln_quant", "dwconv_ln",
-           "RangeRecorder", "gelu_table", "grid_affine",
-           "qlinear_gelu_table", "qlinear_dequant"]
+           "RangeRecorder", "gelu_table", "grid_affine", "phi_cubics", "pack_weight", "pack_depthwise",
+           "qlinear_gelu_table", "qlinear_dequant", "qlinear_dequant_residual", "linear_gelu_bf16",
+           "linear_residual_bf16"]
 
 # The AMX GEMM driver both kernels share (and `benchmarks/int8_gelu.py fused`, with other epilogues).
 GEMM_SRC = r"""
@@ -123,22 +124,37 @@ static void gemm(const torch::Tensor& a, const torch::Tensor& bp, int64_t ks, Ep
 
 _SRC = GEMM_SRC + r"""
 // out[m, n] = scale[n] * acc + shift[n] in fp32 or bf16 (an int8 Linear whose output is read as floats: pwconv2)
+// With a residual [M, N] (fp32 or bf16), it is added before the one rounding, and the output dtype is torch's
+// promotion of the two: bf16 only where both are.
 torch::Tensor qgemm_dequant(const torch::Tensor& a, const torch::Tensor& bp, const torch::Tensor& scale,
-                            const torch::Tensor& shift, int64_t ks, bool bf16) {
+                            const torch::Tensor& shift, int64_t ks, bool bf16,
+                            const torch::Tensor* residual = nullptr) {
   const int64_t M = a.size(0), N = bp.size(0) * 16;
-  auto out = torch::empty({M, N}, bf16 ? torch::kBFloat16 : torch::kFloat32);
+  const bool res_bf16 = residual && residual->scalar_type() == torch::kBFloat16;
+  if (residual)
+    TORCH_CHECK((res_bf16 || residual->scalar_type() == torch::kFloat) && residual->is_contiguous() &&
+                residual->dim() == 2 && residual->size(0) == M && residual->size(1) == N,
+                "AMX int8 GEMM: fp32 / bf16 [M, N] residual");
+  const bool out_bf16 = bf16 && (!residual || res_bf16);
+  auto out = torch::empty({M, N}, out_bf16 ? torch::kBFloat16 : torch::kFloat32);
   const float* S = scale.data_ptr<float>(); const float* H = shift.data_ptr<float>();
   char* O = (char*)out.data_ptr();
+  const char* R = residual ? (const char*)residual->data_ptr() : nullptr;
   gemm(a, bp, ks, [=](int32_t (*c)[16][16], int64_t mb, int64_t nb, int64_t rows) {
     // locals, not the closure's members: the stores below may alias any memory the closure lives in
-    const float* const s = S; const float* const h = H; char* const o = O; const int64_t n = N;
+    const float* const s = S; const float* const h = H; char* const o = O; const char* const res = R;
+    const int64_t n = N;
     for (int q = 0; q < 4; ++q) {
       const int64_t n0 = nb * 32 + (q & 1) * 16, r0 = (q >> 1) * 16;
       const __m512 vs = _mm512_loadu_ps(s + n0), vh = _mm512_loadu_ps(h + n0);
       for (int r = 0; r < 16 && r0 + r < rows; ++r) {
-        const __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[q][r])), vs, vh);
+        __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[q][r])), vs, vh);
         const int64_t at = (mb * 32 + r0 + r) * n + n0;
-        if (bf16) _mm256_storeu_si256((__m256i*)(o + 2 * at), (__m256i)_mm512_cvtneps_pbh(v));
+        if (res)
+          v = _mm512_add_ps(v, res_bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
+                                              _mm256_loadu_si256((const __m256i*)(res + 2 * at))), 16))
+                                        : _mm512_loadu_ps((const float*)(res + 4 * at)));
+        if (out_bf16) _mm256_storeu_si256((__m256i*)(o + 2 * at), (__m256i)_mm512_cvtneps_pbh(v));
         else _mm512_storeu_ps((float*)(o + 4 * at), v);
       }
     }
@@ -474,6 +490,13 @@ torch::Tensor qlinear_dequant_op(const torch::Tensor& x, const torch::Tensor& pa
   return with_lead(qgemm_dequant(rows_of(x), packed, scale, shift, ks, bf16), x);
 }
 
+torch::Tensor qlinear_dequant_residual_op(const torch::Tensor& x, const torch::Tensor& packed,
+                                          const torch::Tensor& scale, const torch::Tensor& shift,
+                                          const torch::Tensor& residual, int64_t ks, bool bf16) {
+  const torch::Tensor r = rows_of(residual);
+  return with_lead(qgemm_dequant(rows_of(x), packed, scale, shift, ks, bf16, &r), x);
+}
+
 torch::Tensor dwconv_ln_quant_op(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
                                  const torch::Tensor& g, const torch::Tensor& beta, double eps, double inv_scale,
                                  int64_t zp) {
@@ -488,6 +511,8 @@ TORCH_LIBRARY_FRAGMENT(convnext, m) {
   m.def("linear_residual_bf16(Tensor x, Tensor packed, Tensor bias, Tensor residual, int ks) -> Tensor");
   m.def("qlinear_gelu_table(Tensor x, Tensor packed, Tensor scale, Tensor shift, Tensor table, int ks) -> Tensor");
   m.def("qlinear_dequant(Tensor x, Tensor packed, Tensor scale, Tensor shift, int ks, bool bf16) -> Tensor");
+  m.def("qlinear_dequant_residual(Tensor x, Tensor packed, Tensor scale, Tensor shift, Tensor residual, int ks, "
+        "bool bf16) -> Tensor");
   m.def("dwconv_ln_quant(Tensor x, Tensor weight, Tensor bias, Tensor norm_weight, Tensor norm_bias, float eps, "
         "float inv_scale, int zp) -> Tensor");
 }
@@ -498,6 +523,7 @@ TORCH_LIBRARY_IMPL(convnext, CPU, m) {
   m.impl("linear_residual_bf16", &linear_residual_bf16_op);
   m.impl("qlinear_gelu_table", &qlinear_gelu_table_op);
   m.impl("qlinear_dequant", &qlinear_dequant_op);
+  m.impl("qlinear_dequant_residual", &qlinear_dequant_residual_op);
   m.impl("dwconv_ln_quant", &dwconv_ln_quant_op);
 }
 """
@@ -512,7 +538,7 @@ def _extension():
         return None
     from .cpu import quiet_library_notes
 
-    name = "convnext_amx_v20"
+    name = "convnext_amx_v21"
     try:
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
@@ -590,6 +616,13 @@ def qlinear_dequant(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, 
     return _ops().qlinear_dequant(x, packed, scale, shift, ks, bf16)
 
 
+def qlinear_dequant_residual(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                             residual: torch.Tensor, ks: int, bf16: bool) -> torch.Tensor:
+    """`qlinear_dequant(...) + residual` (fp32 or bf16 (..., N)) in one pass, rounded once; bf16 out only where
+    `bf16` and the residual is bf16 (torch's type promotion). The op `convnext::qlinear_dequant_residual` (C++)."""
+    return _ops().qlinear_dequant_residual(x, packed, scale, shift, residual, ks, bf16)
+
+
 def pack_depthwise(w: torch.Tensor) -> torch.Tensor:
     """Depthwise 7 x 7 weight (C, 1, 7, 7) -> fp32 [C/16][49][16]: 16 channels of one tap per vector."""
     c = w.shape[0]
@@ -642,6 +675,11 @@ def _register_fakes() -> None:
     @torch.library.register_fake("convnext::qlinear_dequant")
     def _(x, packed, scale, shift, ks, bf16):
         return x.new_empty((*x.shape[:-1], packed.shape[0] * 16), dtype=torch.bfloat16 if bf16 else torch.float32)
+
+    @torch.library.register_fake("convnext::qlinear_dequant_residual")
+    def _(x, packed, scale, shift, residual, ks, bf16):
+        both = bf16 and residual.dtype == torch.bfloat16  # torch's promotion of the GEMM's output and the residual
+        return x.new_empty((*x.shape[:-1], packed.shape[0] * 16), dtype=torch.bfloat16 if both else torch.float32)
 
     @torch.library.register_fake("convnext::dwconv_ln_quant")
     def _(x, weight, bias, norm_weight, norm_bias, eps, inv_scale, zp):
@@ -855,10 +893,28 @@ def fuse_dwconv_norms(gm: torch.fx.GraphModule) -> int:
     return _recompiled(gm, fused)
 
 
+def _residual_add(linear) -> tuple | None:
+    """(permute, add, shortcut) where `linear`'s only reader is a permute to (B, C, H, W) whose only reader adds a
+    shortcut to it (a block's `x + pwconv2(...)`), else None."""
+    users = list(linear.users)
+    if len(users) != 1 or not _is(users[0], "aten.permute") or list(users[0].args[1]) != [0, 3, 1, 2]:
+        return None
+    permute = users[0]
+    adds = list(permute.users)
+    if len(adds) != 1 or not (_is(adds[0], "aten.add.Tensor") or _is(adds[0], "aten.add_.Tensor")):
+        return None
+    add = adds[0]
+    if add.kwargs.get("alpha", 1) != 1 or len(add.args) != 2 or add.args[0] is not permute or \
+            not isinstance(add.args[1], torch.fx.Node):
+        return None
+    return permute, add, add.args[1]
+
+
 def fuse_dequant_linears(gm: torch.fx.GraphModule, bf16: bool) -> int:
     """Rewrite `gm` in place: each `dequantize -> linear` whose output no GELU reads (pwconv2) becomes one
     `convnext::qlinear_dequant` call writing bf16 (`bf16`, the int8-mixed-bf16 mode) or fp32, where the
-    shapes suit the kernel (`_int8_linear`). Returns how many."""
+    shapes suit the kernel (`_int8_linear`); where the block's residual add follows it, a
+    `convnext::qlinear_dequant_residual` call that adds the shortcut in the same store. Returns how many."""
     gelu_inputs = {linear for linear, _ in _linear_gelu_pairs(gm)}
     fused = 0
     for i, linear in enumerate([n for n in gm.graph.nodes if _is(n, "aten.linear") and n not in gelu_inputs]):
@@ -869,8 +925,20 @@ def fuse_dequant_linears(gm: torch.fx.GraphModule, bf16: bool) -> int:
         scale, shift = grid_affine(s_in, z_in, w, ws, bias, 1.0, 0)
         buffers = {f"_dequant_linear_{i}_{k}": v for k, v in
                    (("w", pack_weight(w, ks)), ("scale", scale), ("shift", shift))}
-        call = _replace(gm, linear, _ops().qlinear_dequant.default, (q_in,), buffers, (ks, bf16))
-        linear.replace_all_uses_with(call)
-        gm.graph.erase_node(linear)
+        residual = _residual_add(linear)
+        if residual is None:
+            call = _replace(gm, linear, _ops().qlinear_dequant.default, (q_in,), buffers, (ks, bf16))
+            linear.replace_all_uses_with(call)
+            gm.graph.erase_node(linear)
+        else:
+            permute, add, shortcut = residual
+            with gm.graph.inserting_before(add):
+                rows = gm.graph.call_function(torch.ops.aten.permute.default, (shortcut, [0, 2, 3, 1]))
+            call = _replace(gm, add, _ops().qlinear_dequant_residual.default, (q_in,), buffers, (rows, ks, bf16))
+            with gm.graph.inserting_before(add):
+                out = gm.graph.call_function(torch.ops.aten.permute.default, (call, [0, 3, 1, 2]))
+            add.replace_all_uses_with(out)
+            for node in (add, permute, linear):
+                gm.graph.erase_node(node)
         fused += 1
     return _recompiled(gm, fused)
