@@ -31,7 +31,7 @@ from ..models.fast import depthwise_kernel_takes
 __all__ = ["available", "fuse_gelu_tables", "fuse_dequant_linears", "fuse_dwconv_norms", "dwconv_ln_quant", "dwconv_ln",
            "RangeRecorder", "gelu_table", "grid_affine", "phi_cubics", "pack_weight", "pack_depthwise",
            "qlinear_gelu_table", "qlinear_dequant", "qlinear_dequant_residual", "linear_gelu_bf16",
-           "linear_residual_bf16"]
+           "linear_residual_bf16", "first_stream_in_bf16"]
 
 # The AMX GEMM driver both kernels share (and `benchmarks/int8_gelu.py fused`, with other epilogues).
 GEMM_SRC = r"""
@@ -942,3 +942,19 @@ def fuse_dequant_linears(gm: torch.fx.GraphModule, bf16: bool) -> int:
                 gm.graph.erase_node(node)
         fused += 1
     return _recompiled(gm, fused)
+
+
+def first_stream_in_bf16(gm: torch.fx.GraphModule) -> bool:
+    """Rewrite `gm` in place: the input of the first `convnext::dwconv_ln_quant` (the first stage's residual stream,
+    which int8-mixed-bf16's autocast leaves in fp32 after the stem's LayerNorm) is cast to bf16 for all its readers,
+    so the first stage's blocks read and write bf16 like the later ones (whose stream starts at a bf16 conv).
+    Whether a cast was inserted."""
+    first = next((n for n in gm.graph.nodes if _is(n, "convnext.dwconv_ln_quant")), None)
+    if first is None or not isinstance(first.args[0], torch.fx.Node):
+        return False
+    stream = first.args[0]
+    with gm.graph.inserting_after(stream):
+        cast = gm.graph.call_function(torch.ops.aten._to_copy.default, (stream,), {"dtype": torch.bfloat16})
+    stream.replace_all_uses_with(cast, delete_user_cb=lambda user: user is not cast)
+    gm.recompile()
+    return True

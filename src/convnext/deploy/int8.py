@@ -146,6 +146,7 @@ class Int8Model(nn.Module):
         # pwconv1 + GELU in our AMX kernel (`amx_gelu`) where the program carries its pre-GELU ranges
         # and this CPU runs the kernel (None: then on); else oneDNN's matmul with its erf post-op
         self.fused_gelu = self.fused_dequant = self.fused_norms = 0
+        self.bf16_stream = False  # the first stage's residual stream cast to bf16 (int8-mixed-bf16 with our kernels)
         self._fuse_dequant = False
         ranges = getattr(program, "gelu_ranges", None)
         if fused_gelu is not False and ranges:
@@ -196,6 +197,8 @@ class Int8Model(nn.Module):
             fused += f", {self.fused_dequant} pwconv2 too"
         if self.fused_norms:
             fused += f", {self.fused_norms} depthwise conv + LayerNorm + quantize in one pass"
+        if self.bf16_stream:
+            fused += ", stage 1's residual stream in bf16"
         return f"CPU inference: int8 program (PT2E), float ops in {floats}, {runs}{fused}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -225,6 +228,8 @@ class Int8Model(nn.Module):
 
             self._fuse_dequant = False
             self.fused_dequant = amx_gelu.fuse_dequant_linears(self.module, bf16=self.mixed_bf16)
+            if self.mixed_bf16 and self.fused_norms:  # autocast leaves the stem's LayerNorm output in fp32
+                self.bf16_stream = amx_gelu.first_stream_in_bf16(self.module)
         shape = tuple(x.shape)
         quiet = quiet_library_notes() if shape not in self._built else contextlib.nullcontext()
         # One grad mode and one kind of input for every call: the compiled graph is guarded on both (a
