@@ -7,6 +7,9 @@ cast once (after folding layer scale into pwconv2 in fp32, `optimize_for_inferen
 cast once at the stem, and the depthwise convs, LayerNorms (fp32 statistics inside the kernel,
 bf16 in and out), GELUs and both pointwise GEMMs all read and write bf16 channels-last tensors;
 only the logits are cast back to fp32. No autocast is involved, so nothing is re-cast per op.
+On CPUs where our kernels build (`convnext.deploy.amx_gelu`: AMX-BF16 / AMX-INT8, AVX512-VBMI), each
+block runs in three of them: depthwise conv + LayerNorm in one pass (fp32 or bf16), and in bf16 pwconv1 +
+bias + GELU and pwconv2 + bias + residual as AMX GEMMs with those in their stores.
 
 Candidate paths, timed on the caller's batch size and resolution (interleaved rounds, median):
 
@@ -276,8 +279,8 @@ def fast_cpu_model(
         features: CPU features to decide on (tests pass made-up ones); default this machine's.
         inplace: prepare `model` itself instead of a copy (saves one copy of the weights). Either way the
             prepared module is for inference with the weights it had: layer scale is folded and, where our
-            kernel runs, each block's depthwise conv + LayerNorm parameters are packed once; prepare it
-            again after changing them.
+            kernels run, each block's depthwise conv + LayerNorm parameters (and in bf16 its pointwise
+            weights) are packed once; prepare it again after changing them.
     """
     chosen, reason = select_dtype(dtype, "cpu", features)
     kept = keep_freed_memory()  # no page faults on the large activations (convnext/memory.py)
@@ -309,7 +312,7 @@ def fast_cpu_model(
         raise RuntimeError(f"no CPU inference path could be built: {failures}")
     timings = _measure(runners, example, repeats) if len(runners) > 1 else {}
     best = min(timings, key=timings.get) if timings else next(iter(runners))
-    words = {"eager": "eager channels-last (oneDNN kernels)",
+    words = {"eager": "eager channels-last" + ("" if fused or linears else " (oneDNN kernels)"),
              "compile": "torch.compile inductor CPU, freezing + weight prepack"
                         + (", C++ wrapper" if getattr(runners.get("compile"), "cpp_wrapper", False) else "")
                         + (", max-autotune" if max_autotune else ""),
