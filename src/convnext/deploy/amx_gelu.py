@@ -60,7 +60,7 @@ static void block(const uint8_t* a0, int64_t lda, const uint8_t* B, int64_t nb, 
                   Acc (*c)[16][16], const uint8_t* pf = nullptr, int64_t pf_first = 0, int64_t pf_step = 1) {
   _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
   for (int64_t kb = 0; kb < KB; ++kb) {
-    if (pf)  // rows pf_first, pf_first + pf_step, ... of the next row block, towards L1
+    if (pf)  // rows pf_first, pf_first + pf_step, ... of the next row block, towards L2
       for (int64_t r = pf_first; r < 32; r += pf_step) _mm_prefetch((const char*)(pf + r * lda + kb * ks), _MM_HINT_T1);
     _tile_loadd(4, a0 + kb * ks, lda);
     _tile_loadd(5, a0 + 16 * lda + kb * ks, lda);
@@ -79,7 +79,7 @@ static void block(const uint8_t* a0, int64_t lda, const uint8_t* B, int64_t nb, 
 // for every 32 x 32 block, c its accumulators, rows of them valid (the last rows of a matrix go through a zero-padded
 // copy, made once per thread). Blocks run in the order that keeps the larger operand's slice in cache: row blocks
 // outer where the weight is the smaller (early stages), column blocks outer where it is the larger (stage 4).
-template <typename Acc = int32_t, bool PREFETCH = true, typename Epilogue>
+template <typename Acc = int32_t, typename Epilogue>
 static void gemm(const torch::Tensor& a, const torch::Tensor& bp, int64_t ks, Epilogue epilogue) {
   constexpr bool bf16 = std::is_same<Acc, float>::value;
   constexpr int64_t E = bf16 ? 2 : 1;  // bytes per element of A
@@ -113,7 +113,7 @@ static void gemm(const torch::Tensor& a, const torch::Tensor& bp, int64_t ks, Ep
         a0 = pad.data();
       }
       // rows outer: the next row block's A is fetched while this one's column blocks run, a share of its rows each
-      const uint8_t* pf = PREFETCH && rows_outer && mb + 1 < full ? a0 + 32 * lda : nullptr;
+      const uint8_t* pf = rows_outer && mb + 1 < full ? a0 + 32 * lda : nullptr;
       block<Acc>(a0, lda, B, nb, KB, ks, c, pf, nb % 32, cols);
       epilogue(c, mb, nb, rows);
     }
@@ -538,7 +538,7 @@ def _extension():
         return None
     from .cpu import quiet_library_notes
 
-    name = "convnext_amx_v21"
+    name = "convnext_amx_v22"
     try:
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
