@@ -164,8 +164,10 @@ def test_pwconv2_is_fused_at_the_first_call_in_the_float_dtype_then_known(mixed)
     assert sum("dwconv_ln_quant" in str(n.target) for n in fused.module.graph.nodes) == blocks
     assert sum("layer_norm" in str(n.target) for n in fused.module.graph.nodes) == 1  # the head's only
     assert sum("qlinear_dequant" in str(n.target) for n in fused.module.graph.nodes) == blocks
-    # the residual add of every block in pwconv2's store
+    # the residual add of every block in pwconv2's store; in int8-mixed-bf16 the first stage's stream in bf16
     assert sum("qlinear_dequant_residual" in str(n.target) for n in fused.module.graph.nodes) == blocks
+    assert fused.fused_residuals == blocks and fused.bf16_stream == mixed
+    assert ("stage 1's residual stream in bf16" in fused.describe()) == mixed
     assert (got - ref).abs().max() < 0.05 * ref.abs().max()
     assert (got.argmax(1) == ref.argmax(1)).all()
 

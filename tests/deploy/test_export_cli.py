@@ -63,6 +63,10 @@ def test_export_int8_measures_on_the_data(ckpt, images, tmp_path):
     assert ("in our AMX int8 kernel" in text) == bool(r["fused_gelu"])
     assert r["fused_norms"] == (2 + 6 + 2 if amx_gelu.available() else 0)  # atto: stages 2-4 (80-320 channels)
     assert ("one pass of our AVX512 kernel" in text) == bool(r["fused_norms"])
+    # pwconv2 with 160 / 320 outputs (stages 3-4) in our kernel, each with its block's residual add in the store
+    assert r["fused_residuals"] == (6 + 2 if amx_gelu.available() else 0)
+    assert ("residual add in the store" in text) == bool(r["fused_residuals"])
+    assert not r["bf16_stream"]  # atto's first block (40 channels) is not ours: its stream stays as autocast has it
     q, meta = load_int8(tmp_path / "q.pt2", compile=False)
     assert "calibrated on 6 images" in meta["quantization"] and meta["classes"] == ""  # export_int8 got no classes
     r = export_int8(model.eval(), tmp_path / "q2.pt2", data=images, transform=eval_transform(32), img_size=32,

@@ -945,13 +945,18 @@ def fuse_dequant_linears(gm: torch.fx.GraphModule, bf16: bool) -> int:
 
 
 def first_stream_in_bf16(gm: torch.fx.GraphModule) -> bool:
-    """Rewrite `gm` in place: the input of the first `convnext::dwconv_ln_quant` (the first stage's residual stream,
-    which int8-mixed-bf16's autocast leaves in fp32 after the stem's LayerNorm) is cast to bf16 for all its readers,
-    so the first stage's blocks read and write bf16 like the later ones (whose stream starts at a bf16 conv).
-    Whether a cast was inserted."""
+    """Rewrite `gm` in place: where the network's first block starts with `convnext::dwconv_ln_quant`, its input (the
+    first stage's residual stream, which int8-mixed-bf16's autocast leaves in fp32 after the stem's LayerNorm) is
+    cast to bf16 for all its readers, so the first stage's blocks read and write bf16 like the later ones (whose
+    stream starts at a bf16 conv). Whether a cast was inserted."""
     first = next((n for n in gm.graph.nodes if _is(n, "convnext.dwconv_ln_quant")), None)
     if first is None or not isinstance(first.args[0], torch.fx.Node):
         return False
+    for node in gm.graph.nodes:  # a block ahead of it (a Linear, or one of ours): not the first stage's stream
+        if node is first:
+            break
+        if _is(node, "aten.linear") or _is(node, "convnext."):
+            return False
     stream = first.args[0]
     with gm.graph.inserting_after(stream):
         cast = gm.graph.call_function(torch.ops.aten._to_copy.default, (stream,), {"dtype": torch.bfloat16})

@@ -147,6 +147,7 @@ class Int8Model(nn.Module):
         # and this CPU runs the kernel (None: then on); else oneDNN's matmul with its erf post-op
         self.fused_gelu = self.fused_dequant = self.fused_norms = 0
         self.bf16_stream = False  # the first stage's residual stream cast to bf16 (int8-mixed-bf16 with our kernels)
+        self.fused_residuals = 0  # pwconv2s with their block's residual add in the store
         self._fuse_dequant = False
         ranges = getattr(program, "gelu_ranges", None)
         if fused_gelu is not False and ranges:
@@ -195,6 +196,8 @@ class Int8Model(nn.Module):
                  else "")
         if self.fused_dequant:
             fused += f", {self.fused_dequant} pwconv2 too"
+            if self.fused_residuals:
+                fused += f" ({self.fused_residuals} with the residual add in the store)"
         if self.fused_norms:
             fused += f", {self.fused_norms} depthwise conv + LayerNorm + quantize in one pass"
         if self.bf16_stream:
@@ -228,6 +231,8 @@ class Int8Model(nn.Module):
 
             self._fuse_dequant = False
             self.fused_dequant = amx_gelu.fuse_dequant_linears(self.module, bf16=self.mixed_bf16)
+            self.fused_residuals = sum(str(n.target).startswith("convnext.qlinear_dequant_residual")
+                                       for n in self.module.graph.nodes)
             if self.mixed_bf16 and self.fused_norms:  # autocast leaves the stem's LayerNorm output in fp32
                 self.bf16_stream = amx_gelu.first_stream_in_bf16(self.module)
         shape = tuple(x.shape)
@@ -426,7 +431,8 @@ def export_int8(
         "fp32_path": fp32.path, "int8_mixed_bf16": int8_model.mixed_bf16, "compiled": compile,
         "quantize_convs": quantize_convs, "bf16_img_per_s": None, "bf16_path": None, "labels_from": labels_from,
         "fused_gelu": int8_model.fused_gelu, "fused_dequant": int8_model.fused_dequant,
-        "fused_norms": int8_model.fused_norms,
+        "fused_norms": int8_model.fused_norms, "fused_residuals": int8_model.fused_residuals,
+        "bf16_stream": int8_model.bf16_stream,
     }
     if cpu_features().native_bf16:  # the path predict / eval run by default on this CPU: the speed to beat
         bf16 = fast_cpu_model(model, "bf16", batch_size, img_size, candidates=("eager", "jit"))
@@ -458,11 +464,15 @@ def format_int8_report(r: dict) -> str:
                                 r.get("quantize_convs", False)))
     if r.get("fused_gelu"):
         pwconv2 = f"; {r['fused_dequant']} pwconv2 in our AMX int8 kernel too" if r.get("fused_dequant") else ""
+        if r.get("fused_residuals"):
+            pwconv2 += f", {r['fused_residuals']} of them with the block's residual add in the store"
         lines.append(f"GELU after {r['fused_gelu']} pwconv1: in our AMX int8 kernel, as a uint8 table applied in the "
                      f"GEMM's store (its input rounded onto the uint8 grid of the range seen at calibration){pwconv2}")
     if r.get("fused_norms"):
         lines.append(f"depthwise conv + LayerNorm + quantize of {r['fused_norms']} blocks: one pass of our AVX512 kernel, "
-                     "in fp32 (the convolution's output is not rounded to bf16 before the LayerNorm)")
+                     "in fp32 (the convolution's output is not rounded to bf16 before the LayerNorm)"
+                     + ("; stage 1's residual stream in bf16 (autocast leaves the stem's LayerNorm output in fp32)"
+                        if r.get("bf16_stream") else ""))
     return "\n".join(lines)
 
 
