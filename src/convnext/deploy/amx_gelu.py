@@ -64,8 +64,8 @@ static void block(const uint8_t* a0, int64_t lda, const uint8_t* B, int64_t nb, 
       for (int64_t r = pf_first; r < 32; r += pf_step) _mm_prefetch((const char*)(pf + r * lda + kb * ks), _MM_HINT_T1);
     _tile_loadd(4, a0 + kb * ks, lda);
     _tile_loadd(5, a0 + 16 * lda + kb * ks, lda);
-    _tile_loadd(6, B + ((2 * nb) * KB + kb) * (ks / 4) * 64, 64);
-    _tile_loadd(7, B + ((2 * nb + 1) * KB + kb) * (ks / 4) * 64, 64);
+    _tile_loadd(6, B + ((nb * KB + kb) * 2) * (ks / 4) * 64, 64);  // both tiles of a step adjacent (`pack_weight`)
+    _tile_loadd(7, B + ((nb * KB + kb) * 2 + 1) * (ks / 4) * 64, 64);
     if constexpr (std::is_same<Acc, float>::value) {
       _tile_dpbf16ps(0, 4, 6); _tile_dpbf16ps(1, 4, 7); _tile_dpbf16ps(2, 5, 6); _tile_dpbf16ps(3, 5, 7);
     } else {
@@ -75,7 +75,7 @@ static void block(const uint8_t* a0, int64_t lda, const uint8_t* B, int64_t nb, 
   _tile_stored(0, c[0], 64); _tile_stored(1, c[1], 64); _tile_stored(2, c[2], 64); _tile_stored(3, c[3], 64);
 }
 
-// a [M, K] (uint8, or bf16 for Acc float) x B tiles bp [N/16][K bytes/ks][ks/4][64 bytes]: epilogue(c, mb, nb, rows)
+// a [M, K] (uint8, or bf16 for Acc float) x B tiles bp [N/32][K bytes/ks][2][ks/4][64 bytes]: epilogue(c, mb, nb, rows)
 // for every 32 x 32 block, c its accumulators, rows of them valid (the last rows of a matrix go through a zero-padded
 // copy, made once per thread). Blocks run in the order that keeps the larger operand's slice in cache: row blocks
 // outer where the weight is the smaller (early stages), column blocks outer where it is the larger (stage 4).
@@ -113,6 +113,8 @@ static void gemm(const torch::Tensor& a, const torch::Tensor& bp, int64_t ks, Ep
         a0 = pad.data();
       }
       // rows outer: the next row block's A is fetched while this one's column blocks run, a share of its rows each
+      // rows outer: the next row block's A is fetched while this one's column blocks run, a share of its rows each
+      // (software prefetch of the next column block's weights, columns outer, measured no gain)
       const uint8_t* pf = rows_outer && mb + 1 < full ? a0 + 32 * lda : nullptr;
       block<Acc>(a0, lda, B, nb, KB, ks, c, pf, nb % 32, cols);
       epilogue(c, mb, nb, rows);
@@ -538,7 +540,7 @@ def _extension():
         return None
     from .cpu import quiet_library_notes
 
-    name = "convnext_amx_v22"
+    name = "convnext_amx_v25"
     try:
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
@@ -581,12 +583,15 @@ def _step(k: int) -> int | None:
 
 
 def pack_weight(w: torch.Tensor, ks: int) -> torch.Tensor:
-    """int8 or bf16 [N, K] -> AMX B tiles [N/16][K bytes/ks][ks/4][64 bytes]: row r of a tile is the r-th group of 4
-    bytes along K (4 int8 or 2 bf16 values) for 16 columns. `ks`: bytes of K per step (`_step`)."""
+    """int8 or bf16 [N, K] (N a multiple of 32) -> AMX B tiles [N/32][K bytes/ks][2][ks/4][64 bytes], returned with
+    shape [N/16, K bytes/ks, ks/4, 64 bytes]: for each 32-column block and K step, its two 16-column tiles side by
+    side, so that a block's whole weight slice (and the next block's after it) is one sequential read. Row r of a
+    tile is the r-th group of 4 bytes along K (4 int8 or 2 bf16 values) for 16 columns. `ks`: bytes of K per step
+    (`_step`)."""
     n, k = w.shape
     size = w.element_size()
     g, step = 4 // size, ks // size  # values per group, values of K per step
-    return w.view(n // 16, 16, k // step, step // g, g).permute(0, 2, 3, 1, 4).contiguous().view(
+    return w.view(n // 32, 2, 16, k // step, step // g, g).permute(0, 3, 1, 4, 2, 5).contiguous().view(
         n // 16, k // step, step // g, 16 * g)
 
 
