@@ -190,19 +190,27 @@ def test_depthwise_norm_float_kernel_matches_conv_then_layernorm(dtype):
     assert torch.allclose(got.float(), ref, rtol=tol, atol=tol)
 
 
-@needs_kernel
-def test_fast_cpu_model_runs_dwconv_and_layernorm_in_one_pass_at_inference_only():
+def _fast_eager(variant: str, dtype: str, batch: int):
+    """(model with spread layer scales, a 64 px batch, its fp32 logits, `fast_cpu_model` of it in `dtype` on the
+    eager path, the prepared model's blocks)."""
     from convnext.deploy.cpu import fast_cpu_model
     from convnext.models.layers import Block
 
     torch.manual_seed(0)
-    model = create_model("convnext_pico", num_classes=10).eval()  # channels 64..512
+    model = create_model(variant, num_classes=10).eval()
     _spread_scales(model, torch.Generator().manual_seed(0))
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(batch, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = model(x)
-    fast = fast_cpu_model(model, "fp32", 2, 64, candidates=("eager",))
-    blocks = [m for m in fast.module.modules() if isinstance(m, Block)]
+    fast = fast_cpu_model(model, dtype, batch, 64, candidates=("eager",))
+    return model, x, ref, fast, [m for m in fast.module.modules() if isinstance(m, Block)]
+
+
+@needs_kernel
+def test_fast_cpu_model_runs_dwconv_and_layernorm_in_one_pass_at_inference_only():
+    from convnext.models.layers import Block
+
+    model, x, ref, fast, blocks = _fast_eager("convnext_pico", "fp32", 2)  # channels 64..512
     assert all(b.fused_dw_norm for b in blocks) and not any(b.fused_dw_norm for b in model.modules()
                                                             if isinstance(b, Block))  # a copy was switched
     assert not any("_dw_norm" in k for k in fast.module.state_dict())  # the packed parameters are not saved
@@ -296,14 +304,7 @@ def test_fast_cpu_model_bf16_runs_the_pointwise_convs_in_our_gemms(variant, seco
     from convnext.deploy.cpu import fast_cpu_model
     from convnext.models.layers import Block
 
-    torch.manual_seed(0)
-    model = create_model(variant, num_classes=10).eval()
-    _spread_scales(model, torch.Generator().manual_seed(0))
-    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        ref = model(x)
-    fast = fast_cpu_model(model, "bf16", 4, 64, candidates=("eager",))
-    blocks = [m for m in fast.module.modules() if isinstance(m, Block)]
+    model, x, ref, fast, blocks = _fast_eager(variant, "bf16", 4)
     taken = [b for b in blocks if b._pw2_ks]
     assert all(b.fused_linears for b in blocks) and (len(taken) == len(blocks) if second else 0 < len(taken))
     assert not any("_pw" in k for k in fast.module.state_dict())  # the packed weights are not saved
