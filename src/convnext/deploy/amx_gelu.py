@@ -1,20 +1,25 @@
-"""The int8 program's pointwise convolutions in AMX kernels of ours: pwconv1 + GELU (GELU as a uint8 table
-in the GEMM's store) and pwconv2 (dequantised straight to bf16 / fp32 in its store).
+"""Our CPU kernels for ConvNeXt's blocks: AMX GEMMs for the pointwise convolutions (int8 and bf16) and an AVX512
+pass for the depthwise convolution + LayerNorm.
 
-oneDNN's int8 matmul takes GELU as an erf post-op that costs more than the GEMM it follows (stage 1 of
-ConvNeXt-T: 5.1-5.3 ms against 2.1-2.3 ms without it; `benchmarks/int8_gelu.py`). Here the int32
-accumulators of each 32 x 32 output block are dequantised and, for pwconv1, rounded onto the uint8
-grid of the pre-GELU value (its range recorded at calibration, `RangeRecorder`): scale, bias, the
-input's zero point and that grid fold into one multiply-add per output channel (`grid_affine`). A
-256-entry uint8 table then maps the grid to the uint8 of the GELU output that pwconv2 reads. The
-kernels: 2 x 2 AMX tiles of 16 x 16 int32 per block, K in steps of up to 64 bytes (AMX-INT8), the
-table lookup with AVX512-VBMI byte permutes, the last rows of a matrix through a zero-padded copy.
+oneDNN's matmul takes GELU as an erf post-op that costs up to more than the GEMM it follows (stage 1 of ConvNeXt-T,
+int8: 5.1-5.3 ms against 2.1-2.3 ms without it; `benchmarks/int8_gelu.py`). Here GELU is applied in the GEMM's store:
+- **int8** (`qlinear_gelu_table`): the int32 accumulators of each 32 x 32 output block are dequantised and rounded
+  onto the uint8 grid of the pre-GELU value (its range recorded at calibration, `RangeRecorder`): scale, bias, the
+  input's zero point and that grid fold into one multiply-add per output channel (`grid_affine`). A 256-entry uint8
+  table then maps the grid to the uint8 of the GELU output that pwconv2 reads (AVX512-VBMI byte permutes).
+  `qlinear_dequant` (pwconv2) dequantises straight to bf16 / fp32, `qlinear_dequant_residual` adds the block's
+  residual in the same store.
+- **bf16** (`linear_gelu_bf16`): fp32 accumulators + bias, then x * Phi(x) with Phi a cubic per interval
+  (`phi_cubics`), rounded to bf16 once; `linear_residual_bf16` (pwconv2) adds bias and residual in its store.
+Both run on one driver: 2 x 2 AMX tiles per 32 x 32 block, K in steps of up to 64 bytes, the last rows of a matrix
+through a zero-padded copy. `dwconv_ln` / `dwconv_ln_quant`: a block's depthwise 7 x 7 conv and LayerNorm (and the
+uint8 rounding pwconv1 reads) in one pass.
 
-`fuse_gelu_tables(graph_module, ranges)` rewrites each `dequantize -> linear -> gelu -> quantize` of
-a converted PT2E graph into one `convnext::qlinear_gelu_table` call, `fuse_dequant_linears` each
-other `dequantize -> linear` into `convnext::qlinear_dequant`; the kernels are compiled
-(`torch.utils.cpp_extension.load_inline`, once per machine, cached) at first use. `available()`
-says whether this CPU and compiler run them; everything else keeps oneDNN.
+The kernels are compiled (`torch.utils.cpp_extension.load_inline`, once per machine, cached) at first use and
+registered as `convnext::` ops of the dispatcher in C++, so that inductor's C++ wrapper calls them without Python.
+`fuse_gelu_tables`, `fuse_dequant_linears` and `fuse_dwconv_norms` rewrite a converted PT2E graph to call the int8
+ones; `convnext.deploy.cpu.fast_cpu_model` switches a float model's blocks to the others. `available()` says whether
+this CPU (AMX-INT8, AMX-BF16, AVX512-VBMI) and compiler run them; everything else keeps oneDNN.
 """
 from __future__ import annotations
 
