@@ -240,12 +240,11 @@ def _fuse_linears(module: nn.Module) -> int:
         first = _linear_packing(block.pwconv1)
         if first is None:
             continue
-        second = _linear_packing(block.pwconv2, block.gamma)
-        block._pw1_w, block._pw1_b, block._pw1_ks = first
-        block._pw2_w, block._pw2_b, block._pw2_ks = second if second is not None else (None, None, 0)
-        for name in ("_pw1_w", "_pw1_b", "_pw2_w", "_pw2_b"):
-            value = block.__dict__.pop(name)
-            block.register_buffer(name, value, persistent=False)
+        second = _linear_packing(block.pwconv2, block.gamma) or (None, None, 0)
+        for i, (weight, bias, ks) in ((1, first), (2, second)):
+            block.register_buffer(f"_pw{i}_w", weight, persistent=False)
+            block.register_buffer(f"_pw{i}_b", bias, persistent=False)
+            setattr(block, f"_pw{i}_ks", ks)
         block.fused_linears = True
         switched += 1
     return switched

@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["to_channels_last", "linear_gelu", "layer_scaled_linear", "add_residual_", "depthwise_conv", "fuses_residual",
-           "depthwise_kernel_takes", "fused_dw_norm_applies", "bf16_linears_apply", "onednn_fusion_enabled", "fast_depthwise_grad_enabled"]
+           "depthwise_kernel_takes", "fused_dw_norm_applies", "bf16_linears_apply", "onednn_fusion_enabled",
+           "fast_depthwise_grad_enabled"]
 
 # Switch for every oneDNN path below (benchmarks and tests flip it to compare).
 _ONEDNN_FUSION = True
