@@ -118,7 +118,6 @@ static void gemm(const torch::Tensor& a, const torch::Tensor& bp, int64_t ks, Ep
         a0 = pad.data();
       }
       // rows outer: the next row block's A is fetched while this one's column blocks run, a share of its rows each
-      // rows outer: the next row block's A is fetched while this one's column blocks run, a share of its rows each
       // (software prefetch of the next column block's weights, columns outer, measured no gain)
       const uint8_t* pf = rows_outer && mb + 1 < full ? a0 + 32 * lda : nullptr;
       block<Acc>(a0, lda, B, nb, KB, ks, c, pf, nb % 32, cols);
@@ -130,6 +129,13 @@ static void gemm(const torch::Tensor& a, const torch::Tensor& bp, int64_t ks, Ep
 """
 
 _SRC = GEMM_SRC + r"""
+// 16 fp32 or bf16 values as 16 fp32 lanes
+template <typename T> static inline __m512 load16(const T* p);
+template <> inline __m512 load16<float>(const float* p) { return _mm512_loadu_ps(p); }
+template <> inline __m512 load16<at::BFloat16>(const at::BFloat16* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+
 // out[m, n] = scale[n] * acc + shift[n] in fp32 or bf16 (an int8 Linear whose output is read as floats: pwconv2)
 // With a residual [M, N] (fp32 or bf16), it is added before the one rounding, and the output dtype is torch's
 // promotion of the two: bf16 only where both are.
@@ -158,9 +164,8 @@ torch::Tensor qgemm_dequant(const torch::Tensor& a, const torch::Tensor& bp, con
         __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[q][r])), vs, vh);
         const int64_t at = (mb * 32 + r0 + r) * n + n0;
         if (res)
-          v = _mm512_add_ps(v, res_bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
-                                              _mm256_loadu_si256((const __m256i*)(res + 2 * at))), 16))
-                                        : _mm512_loadu_ps((const float*)(res + 4 * at)));
+          v = _mm512_add_ps(v, res_bf16 ? load16((const at::BFloat16*)(res + 2 * at))
+                                        : load16((const float*)(res + 4 * at)));
         if (out_bf16) _mm256_storeu_si256((__m256i*)(o + 2 * at), (__m256i)_mm512_cvtneps_pbh(v));
         else _mm512_storeu_ps((float*)(o + 4 * at), v);
       }
@@ -207,11 +212,6 @@ torch::Tensor qgemm_table(const torch::Tensor& a, const torch::Tensor& bp, const
   return out;
 }
 // ---- depthwise 7 x 7 convolution + LayerNorm over channels + uint8 quantization, one pass (AVX512F) ----
-template <typename T> static inline __m512 load16(const T* p);
-template <> inline __m512 load16<float>(const float* p) { return _mm512_loadu_ps(p); }
-template <> inline __m512 load16<at::BFloat16>(const at::BFloat16* p) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
-}
 
 // WB outputs along a row, 16 channels: each input vector is loaded once per kernel row and meets all 7 weights.
 template <int WB>
@@ -545,7 +545,7 @@ def _extension():
         return None
     from .cpu import quiet_library_notes
 
-    name = "convnext_amx_v25"
+    name = "convnext_amx_v26"
     try:
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
@@ -663,6 +663,11 @@ def phi_cubics() -> torch.Tensor:
     return coef.float().contiguous()
 
 
+def _gemm_out(x: torch.Tensor, packed: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The (..., N) output of one of our GEMMs on x (..., K) with a `pack_weight` weight (N = 16 x its rows)."""
+    return x.new_empty((*x.shape[:-1], packed.shape[0] * 16), dtype=dtype)
+
+
 def _register_fakes() -> None:
     """Shapes of our ops (registered by the extension, in C++) for torch.compile's and export's fake tensors."""
     @torch.library.register_fake("convnext::dwconv_ln")
@@ -672,24 +677,24 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("convnext::linear_gelu_bf16")
     def _(x, packed, bias, ks):
-        return x.new_empty((*x.shape[:-1], packed.shape[0] * 16))
+        return _gemm_out(x, packed)
 
     @torch.library.register_fake("convnext::linear_residual_bf16")
     def _(x, packed, bias, residual, ks):
-        return x.new_empty((*x.shape[:-1], packed.shape[0] * 16))
+        return _gemm_out(x, packed)
 
     @torch.library.register_fake("convnext::qlinear_gelu_table")
     def _(x, packed, scale, shift, table, ks):
-        return x.new_empty((*x.shape[:-1], packed.shape[0] * 16))
+        return _gemm_out(x, packed)
 
     @torch.library.register_fake("convnext::qlinear_dequant")
     def _(x, packed, scale, shift, ks, bf16):
-        return x.new_empty((*x.shape[:-1], packed.shape[0] * 16), dtype=torch.bfloat16 if bf16 else torch.float32)
+        return _gemm_out(x, packed, torch.bfloat16 if bf16 else torch.float32)
 
     @torch.library.register_fake("convnext::qlinear_dequant_residual")
     def _(x, packed, scale, shift, residual, ks, bf16):
         both = bf16 and residual.dtype == torch.bfloat16  # torch's promotion of the GEMM's output and the residual
-        return x.new_empty((*x.shape[:-1], packed.shape[0] * 16), dtype=torch.bfloat16 if both else torch.float32)
+        return _gemm_out(x, packed, torch.bfloat16 if both else torch.float32)
 
     @torch.library.register_fake("convnext::dwconv_ln_quant")
     def _(x, weight, bias, norm_weight, norm_bias, eps, inv_scale, zp):
