@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..memory import keep_freed_memory
-from ..models.inference import optimize_for_inference
+from ..models.inference import fold_layer_scale, optimize_for_inference
 from .features import CpuFeatures, select_dtype
 
 __all__ = ["CpuInferenceModel", "fast_cpu_model", "CANDIDATES", "prepare_eager", "model_for_dtype",
@@ -210,20 +210,17 @@ def _fuse_dw_norms(module: nn.Module) -> int:
     return len(blocks)
 
 
-def _linear_packing(linear: nn.Linear, gamma: torch.Tensor | None = None) -> tuple | None:
+def _linear_packing(linear: nn.Linear) -> tuple | None:
     """(packed bf16 weight, fp32 bias, K step) of a Linear our bf16 AMX GEMMs take (output features a multiple
-    of 32, an even number of inputs), `gamma` (a layer scale not yet folded) multiplied in first; else None."""
+    of 32, an even number of inputs); else None."""
     from . import amx_gelu
 
     n, k = linear.weight.shape
     ks = amx_gelu._step(2 * k)
     if n % 32 or ks is None:
         return None
-    w = linear.weight.detach().float()
     b = linear.bias.detach().float() if linear.bias is not None else torch.zeros(n)
-    if gamma is not None:
-        w, b = w * gamma.detach().float()[:, None], b * gamma.detach().float()
-    return amx_gelu.pack_weight(w.to(torch.bfloat16).contiguous(), ks), b.contiguous(), ks
+    return amx_gelu.pack_weight(linear.weight.detach().to(torch.bfloat16).contiguous(), ks), b.contiguous(), ks
 
 
 def _fuse_linears(module: nn.Module) -> int:
@@ -240,7 +237,8 @@ def _fuse_linears(module: nn.Module) -> int:
         first = _linear_packing(block.pwconv1)
         if first is None:
             continue
-        second = _linear_packing(block.pwconv2, block.gamma) or (None, None, 0)
+        fold_layer_scale(block)  # done by `prepare_eager` already: pwconv2's kernel reads no gamma
+        second = _linear_packing(block.pwconv2) or (None, None, 0)
         for i, (weight, bias, ks) in ((1, first), (2, second)):
             block.register_buffer(f"_pw{i}_w", weight, persistent=False)
             block.register_buffer(f"_pw{i}_b", bias, persistent=False)
