@@ -72,7 +72,8 @@ def _has(name):
 
 
 def test_bench_compare_int8(monkeypatch):
-    """`--compare int8`: ours as a PT2E int8 program beside ours, its logits within 10% of ours' largest."""
+    """`--compare int8`: ours as a PT2E int8 program beside ours, its logits within a quarter of the largest
+    logit seen in calibration."""
     pytest.importorskip("torchao")
     import functools
 
