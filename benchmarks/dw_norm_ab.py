@@ -1,12 +1,14 @@
 """A/B of one of our CPU kernels on `fast_cpu_model`'s path: the one-pass depthwise conv + LayerNorm
-(`convnext::dwconv_ln`, `--kernel dw-norm`) or the bf16 AMX pointwise GEMMs (`--kernel linears`).
+(`convnext::dwconv_ln`, `--kernel dw-norm`), the bf16 AMX pointwise GEMMs (`--kernel linears`) or the one-pass
+MLP over them (`convnext::mlp_bf16`, `--kernel mlp`; B runs the two GEMMs).
 
     python benchmarks/dw_norm_ab.py --path compile --dtype bf16 --batch-size 16 [--kernel linears]
         [--rounds 8 --repeat 4] [--json F]
 
 Builds ConvNeXt-T (random weights, layer scales spread so the blocks matter) twice through
 `fast_cpu_model` with one candidate path: once as it runs by default (our kernels, where they build) and
-once with the kernel switched off (`CONVNEXT_NO_FUSED_DW_NORM=1` / `CONVNEXT_NO_FUSED_LINEARS=1`). Rounds
+once with the kernel switched off (`CONVNEXT_NO_FUSED_DW_NORM=1` / `CONVNEXT_NO_FUSED_LINEARS=1` /
+`CONVNEXT_NO_FUSED_MLP=1`). Rounds
 alternate the order; prints the max |logit diff| of each against the fp32 model as built, the median img/s
 and the median of the per-round ratios (min..max).
 """
@@ -30,7 +32,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--repeat", type=int, default=4, help="calls timed together per round")
-    p.add_argument("--kernel", choices=("dw-norm", "linears"), default="dw-norm", help="the kernel switched off in B")
+    p.add_argument("--kernel", choices=("dw-norm", "linears", "mlp"), default="dw-norm", help="the kernel switched off in B")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
     torch.manual_seed(0)
@@ -39,7 +41,8 @@ def main() -> None:
     b = args.batch_size
     x = torch.randn(b, 3, 224, 224)
     runs = {"fused": fast_cpu_model(model, args.dtype, b, 224, candidates=(args.path,))}
-    switch = {"dw-norm": "CONVNEXT_NO_FUSED_DW_NORM", "linears": "CONVNEXT_NO_FUSED_LINEARS"}[args.kernel]
+    switch = {"dw-norm": "CONVNEXT_NO_FUSED_DW_NORM", "linears": "CONVNEXT_NO_FUSED_LINEARS",
+              "mlp": "CONVNEXT_NO_FUSED_MLP"}[args.kernel]
     os.environ[switch] = "1"
     try:
         runs["not fused"] = fast_cpu_model(model, args.dtype, b, 224, candidates=(args.path,))

@@ -273,6 +273,33 @@ def test_bf16_gemms_match_fp32_arithmetic_rounded_once(m, k, n):
 
 
 @needs_kernel
+@pytest.mark.parametrize("m,c,ks1,threads", [(3136, 96, 64, 2), (1000, 64, 64, 2), (200, 64, 32, 1), (77, 96, 64, 2),
+                                              (49, 128, 64, 2), (300, 32, 64, 3)])
+def test_mlp_bf16_equals_the_two_gemms(m, c, ks1, threads):
+    """`mlp_bf16` (one pass per row group, the hidden in the thread's cache; partial last blocks and groups; pwconv1
+    with a K step of 32 bytes) against `linear_gelu_bf16` then `linear_residual_bf16`: the same roundings, so equal
+    outputs, for any thread count. With fewer than two 32-row blocks per thread it runs those two GEMMs itself."""
+    g = torch.Generator().manual_seed(m + c)
+    x = torch.randn(2, m, c, generator=g).bfloat16()
+    w1 = (torch.randn(4 * c, c, generator=g) * c ** -0.5).bfloat16()
+    w2 = (torch.randn(c, 4 * c, generator=g) * (4 * c) ** -0.5).bfloat16()
+    b1, b2 = torch.randn(4 * c, generator=g), torch.randn(c, generator=g)
+    res = torch.randn(2, m, c, generator=g).bfloat16()
+    p1, p2 = amx_gelu.pack_weight(w1, ks1), amx_gelu.pack_weight(w2, 64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = amx_gelu.mlp_bf16(x, p1, b1, p2, b2, res, ks1)
+        two = amx_gelu.linear_residual_bf16(amx_gelu.linear_gelu_bf16(x, p1, b1, ks1), p2, b2, res, 64)
+    finally:
+        torch.set_num_threads(before)
+    assert got.shape == res.shape and got.dtype == torch.bfloat16
+    assert torch.equal(got, two)
+    exact = F.gelu(x.double() @ w1.double().t() + b1.double()).bfloat16().double() @ w2.double().t() + b2 + res
+    assert torch.allclose(got.double(), exact, rtol=2 ** -7, atol=1e-2)
+
+
+@needs_kernel
 def test_bf16_gemm_gelu_over_every_bf16_value():
     """The GELU in the bf16 GEMM's store (`phi_cubics`) on every normal bf16 input of |x| < 20 (identity weight):
     the bf16 rounding of exact GELU on [-4.5, 4.5) but for a few ties, 0 below (|GELU| < 1.6e-5 there), x above;
@@ -309,7 +336,10 @@ def test_fast_cpu_model_bf16_runs_the_pointwise_convs_in_our_gemms(variant, seco
     assert all(b.fused_linears for b in blocks) and (len(taken) == len(blocks) if second else 0 < len(taken))
     assert not any("_pw" in k for k in fast.module.state_dict())  # the packed weights are not saved
     assert f"pointwise convs of {len(blocks)} blocks in bf16 AMX GEMMs of ours" in fast.describe()
-    ops = {name: getattr(torch.ops.convnext, name) for name in ("linear_gelu_bf16", "linear_residual_bf16")}
+    assert [b.fused_mlp for b in blocks] == [bool(b._pw2_ks) for b in blocks]
+    assert f"of {len(taken)}, both in one pass" in fast.describe()
+    names = ("linear_gelu_bf16", "linear_residual_bf16", "mlp_bf16")
+    ops = {name: getattr(torch.ops.convnext, name) for name in names}
     calls = {name: 0 for name in ops}
 
     def counting(name):
@@ -318,14 +348,24 @@ def test_fast_cpu_model_bf16_runs_the_pointwise_convs_in_our_gemms(variant, seco
             return ops[name](*a)
         return run
 
-    with mock.patch.object(torch.ops.convnext, "linear_gelu_bf16", side_effect=counting("linear_gelu_bf16")), \
-            mock.patch.object(torch.ops.convnext, "linear_residual_bf16", side_effect=counting("linear_residual_bf16")):
-        got = fast(x)
-    assert calls == {"linear_gelu_bf16": len(blocks), "linear_residual_bf16": len(taken)}
+    def counted(module):
+        calls.update({name: 0 for name in ops})
+        with mock.patch.object(torch.ops.convnext, "linear_gelu_bf16", side_effect=counting("linear_gelu_bf16")), \
+                mock.patch.object(torch.ops.convnext, "linear_residual_bf16",
+                                  side_effect=counting("linear_residual_bf16")), \
+                mock.patch.object(torch.ops.convnext, "mlp_bf16", side_effect=counting("mlp_bf16")):
+            return module(x)
+
+    got = counted(fast)
+    assert calls == {"linear_gelu_bf16": len(blocks) - len(taken), "linear_residual_bf16": 0, "mlp_bf16": len(taken)}
     scale = ref.abs().max()
     assert (got - ref).abs().max() < 0.05 * scale and torch.equal(got.argmax(1), ref.argmax(1))
-    os_env = {"CONVNEXT_NO_FUSED_LINEARS": "1"}
-    with mock.patch.dict("os.environ", os_env):
+    with mock.patch.dict("os.environ", {"CONVNEXT_NO_FUSED_MLP": "1"}):  # the two GEMMs: the same roundings
+        two = fast_cpu_model(model, "bf16", 4, 64, candidates=("eager",))
+    assert not any(b.fused_mlp for b in two.module.modules() if isinstance(b, Block))
+    assert torch.equal(counted(two), got)
+    assert calls == {"linear_gelu_bf16": len(blocks), "linear_residual_bf16": len(taken), "mlp_bf16": 0}
+    with mock.patch.dict("os.environ", {"CONVNEXT_NO_FUSED_LINEARS": "1"}):
         plain = fast_cpu_model(model, "bf16", 4, 64, candidates=("eager",))
     assert not any(b.fused_linears for b in plain.module.modules() if isinstance(b, Block))
     assert (got - plain(x)).abs().max() < 0.05 * scale

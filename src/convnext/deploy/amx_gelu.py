@@ -60,15 +60,27 @@ bool request_amx() {  // Linux: a process asks once for the AMX tile state
 
 // One 32 x 32 block of accumulators: tiles 0-3 = C (2 x 2 of 16 x 16), 4-5 = A rows, 6-7 = B columns. Acc int32_t:
 // uint8 A x int8 B (AMX-INT8); float: bf16 A x bf16 B (AMX-BF16). ks: bytes of K per step.
-template <typename Acc>
-static void block(const uint8_t* a0, int64_t lda, const uint8_t* B, int64_t nb, int64_t KB, int64_t ks,
-                  Acc (*c)[16][16], const uint8_t* pf = nullptr, int64_t pf_first = 0, int64_t pf_step = 1) {
+// A's 16-row tiles: rows lda bytes apart, the second tile a_half bytes after the first, K steps a_step bytes apart
+// (a row-major A: lda = its row, a_half = 16 lda, a_step = ks; `pack_rows`: ks, 16 ks, 32 ks).
+#ifndef PB_HINT
+#define PB_HINT _MM_HINT_T0
+#endif
+// work(kb) runs after each K step's tile products are issued: vector work (the previous block's stores) that the core
+// does while the AMX unit multiplies.
+struct NoWork { void operator()(int64_t) const {} };
+
+template <typename Acc, typename Work = NoWork>
+static void block(const uint8_t* a0, int64_t lda, int64_t a_half, int64_t a_step, const uint8_t* B, int64_t nb,
+                  int64_t KB, int64_t ks, Acc (*c)[16][16], const uint8_t* pf = nullptr, int64_t pf_first = 0,
+                  int64_t pf_step = 1, const uint8_t* pb = nullptr, int64_t pb_lines = 0, Work work = Work()) {
   _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
   for (int64_t kb = 0; kb < KB; ++kb) {
+    for (int64_t j = 0; j < pb_lines; ++j)  // pb_lines lines of pb per K step, towards L1 (the next weight slice)
+      _mm_prefetch((const char*)(pb + (kb * pb_lines + j) * 64), PB_HINT);
     if (pf)  // rows pf_first, pf_first + pf_step, ... of the next row block, towards L2
       for (int64_t r = pf_first; r < 32; r += pf_step) _mm_prefetch((const char*)(pf + r * lda + kb * ks), _MM_HINT_T1);
-    _tile_loadd(4, a0 + kb * ks, lda);
-    _tile_loadd(5, a0 + 16 * lda + kb * ks, lda);
+    _tile_loadd(4, a0 + kb * a_step, lda);
+    _tile_loadd(5, a0 + a_half + kb * a_step, lda);
     _tile_loadd(6, B + ((nb * KB + kb) * 2) * (ks / 4) * 64, 64);  // both tiles of a step adjacent (`pack_weight`)
     _tile_loadd(7, B + ((nb * KB + kb) * 2 + 1) * (ks / 4) * 64, 64);
     if constexpr (std::is_same<Acc, float>::value) {
@@ -76,6 +88,7 @@ static void block(const uint8_t* a0, int64_t lda, const uint8_t* B, int64_t nb, 
     } else {
       _tile_dpbusd(0, 4, 6); _tile_dpbusd(1, 4, 7); _tile_dpbusd(2, 5, 6); _tile_dpbusd(3, 5, 7);
     }
+    work(kb);
   }
   _tile_stored(0, c[0], 64); _tile_stored(1, c[1], 64); _tile_stored(2, c[2], 64); _tile_stored(3, c[3], 64);
 }
@@ -120,7 +133,7 @@ static void gemm(const torch::Tensor& a, const torch::Tensor& bp, int64_t ks, Ep
       // rows outer: the next row block's A is fetched while this one's column blocks run, a share of its rows each
       // (software prefetch of the next column block's weights, columns outer, measured no gain)
       const uint8_t* pf = rows_outer && mb + 1 < full ? a0 + 32 * lda : nullptr;
-      block<Acc>(a0, lda, B, nb, KB, ks, c, pf, nb % 32, cols);
+      block<Acc>(a0, lda, 16 * lda, ks, B, nb, KB, ks, c, pf, nb % 32, cols);
       epilogue(c, mb, nb, rows);
     }
     _tile_release();
@@ -388,11 +401,14 @@ torch::Tensor dwconv_ln(const torch::Tensor& x, const torch::Tensor& weight, con
 struct PhiCubic { __m512 c[4][2]; };
 
 static inline __m512 gelu_ps(__m512 x, const PhiCubic& k) {
-  __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(32.f / 9.f), _mm512_set1_ps(16.f));
-  t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(31.999998f));  // NaN -> 0, x * p stays NaN
-  const __m512 fl = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  const __m512i i = _mm512_cvttps_epi32(fl);
-  const __m512 f = _mm512_sub_ps(t, fl);
+  // t = 32 (x + 4.5) / 9 in [0, 32): interval floor(t), offset t - floor(t). x is clamped inside (-4.5, 4.5) (NaN ->
+  // the clamp, x * p stays NaN; below -4.5 the result is masked to 0). One FMA rounding down onto 2^23 + an integer
+  // gives floor(t) in its low bits (the permutes read 5); a second FMA gives the offset, rounded once.
+  const __m512 xc = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(4.4999995f)), _mm512_set1_ps(-4.4999995f));
+  const __m512 ti = _mm512_fmadd_round_ps(xc, _mm512_set1_ps(32.f / 9.f), _mm512_set1_ps(8388608.f + 16.f),
+                                          _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_fmadd_ps(xc, _mm512_set1_ps(32.f / 9.f), _mm512_sub_ps(_mm512_set1_ps(8388608.f + 16.f), ti));
+  const __m512i i = _mm512_castps_si512(ti);
   __m512 p = _mm512_permutex2var_ps(k.c[3][0], i, k.c[3][1]);
   p = _mm512_fmadd_ps(p, f, _mm512_permutex2var_ps(k.c[2][0], i, k.c[2][1]));
   p = _mm512_fmadd_ps(p, f, _mm512_permutex2var_ps(k.c[1][0], i, k.c[1][1]));
@@ -412,27 +428,55 @@ void set_phi_cubics(torch::Tensor coef) {
   std::memcpy(g_phi, coef.data_ptr<float>(), sizeof(g_phi));
 }
 
+static inline PhiCubic load_phi() {
+  PhiCubic k;
+  for (int d = 0; d < 4; ++d) { k.c[d][0] = _mm512_loadu_ps(g_phi + 32 * d); k.c[d][1] = _mm512_loadu_ps(g_phi + 32 * d + 16); }
+  return k;
+}
+
+// The stores of one 32 x 32 block of accumulators c (tiles 0, 1: rows 0-15; 2, 3: rows 16-31), its first `rows` rows,
+// to bf16 o (row stride ld elements, at the block's first column); bias at the block's first column.
+// GELU(c + bias):
+static inline void store_gelu(const float (*c)[16][16], int64_t r0, int64_t r1, uint16_t* o, int64_t ld,
+                              const float* bias, const PhiCubic& k) {  // rows [r0, r1) of the 32
+  const __m512 b0 = _mm512_loadu_ps(bias), b1 = _mm512_loadu_ps(bias + 16);
+  for (int64_t r = r0; r < r1; ++r) {
+    const __m512 y0 = gelu_ps(_mm512_add_ps(_mm512_load_ps(c[2 * (r >> 4)][r & 15]), b0), k);
+    const __m512 y1 = gelu_ps(_mm512_add_ps(_mm512_load_ps(c[2 * (r >> 4) + 1][r & 15]), b1), k);
+    _mm512_storeu_si512(o + r * ld, (__m512i)_mm512_cvtne2ps_pbh(y1, y0));
+  }
+}
+
+// c + bias + res (bf16, the same row stride), rounded once:
+static inline void store_residual(const float (*c)[16][16], int64_t r0, int64_t r1, uint16_t* o,
+                                  const uint16_t* res, int64_t ld, const float* bias) {  // rows [r0, r1) of the 32
+  const __m512 b0 = _mm512_loadu_ps(bias), b1 = _mm512_loadu_ps(bias + 16);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t at = r * ld;
+    const __m512 y0 = _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(c[2 * (r >> 4)][r & 15]), b0),
+                                    load16((const at::BFloat16*)(res + at)));
+    const __m512 y1 = _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(c[2 * (r >> 4) + 1][r & 15]), b1),
+                                    load16((const at::BFloat16*)(res + at + 16)));
+    _mm512_storeu_si512(o + at, (__m512i)_mm512_cvtne2ps_pbh(y1, y0));
+  }
+}
+
 // out[m, n] = GELU(a[m] . w[n] + bias[n]) in bf16; a bf16 [M, K], bp the packed bf16 weight (`pack_weight`)
 torch::Tensor bgemm_gelu(const torch::Tensor& a, const torch::Tensor& bp, const torch::Tensor& bias, int64_t ks) {
   check_bf16_gemm(bp, bias);
   const int64_t M = a.size(0), N = bp.size(0) * 16;
   auto out = torch::empty({M, N}, torch::kBFloat16);
-  const float* BI = bias.data_ptr<float>(); const float* CF = g_phi;
+  const float* BI = bias.data_ptr<float>();
   uint16_t* O = (uint16_t*)out.data_ptr();
   gemm<float>(a, bp, ks, [=](float (*c)[16][16], int64_t mb, int64_t nb, int64_t rows) {
-    uint16_t* const o = O; const int64_t n = N;  // locals: the stores below may alias the closure
-    PhiCubic k;
-    for (int d = 0; d < 4; ++d) { k.c[d][0] = _mm512_loadu_ps(CF + 32 * d); k.c[d][1] = _mm512_loadu_ps(CF + 32 * d + 16); }
-    const int64_t n0 = nb * 32;
-    const __m512 b0 = _mm512_loadu_ps(BI + n0), b1 = _mm512_loadu_ps(BI + n0 + 16);
-    for (int half = 0; half < 2; ++half)  // tiles (0, 1): rows 0-15, (2, 3): rows 16-31
-      for (int r = 0; r < 16 && 16 * half + r < rows; ++r) {
-        const __m512 y0 = gelu_ps(_mm512_add_ps(_mm512_load_ps(c[2 * half][r]), b0), k);
-        const __m512 y1 = gelu_ps(_mm512_add_ps(_mm512_load_ps(c[2 * half + 1][r]), b1), k);
-        _mm512_storeu_si512(o + (mb * 32 + 16 * half + r) * n + n0, (__m512i)_mm512_cvtne2ps_pbh(y1, y0));
-      }
+    store_gelu(c, 0, rows, O + mb * 32 * N + nb * 32, N, BI + nb * 32, load_phi());
   });
   return out;
+}
+
+static void check_residual(const torch::Tensor& residual, int64_t M, int64_t N) {
+  TORCH_CHECK(residual.scalar_type() == torch::kBFloat16 && residual.is_contiguous() && residual.dim() == 2 &&
+              residual.size(0) == M && residual.size(1) == N, "AMX bf16 GEMM: bf16 [M, N] residual");
 }
 
 // out[m, n] = a[m] . w[n] + bias[n] + residual[m, n] in bf16, rounded once; residual bf16 [M, N]
@@ -440,26 +484,123 @@ torch::Tensor bgemm_residual(const torch::Tensor& a, const torch::Tensor& bp, co
                              const torch::Tensor& residual, int64_t ks) {
   check_bf16_gemm(bp, bias);
   const int64_t M = a.size(0), N = bp.size(0) * 16;
-  TORCH_CHECK(residual.scalar_type() == torch::kBFloat16 && residual.is_contiguous() && residual.dim() == 2 &&
-              residual.size(0) == M && residual.size(1) == N, "AMX bf16 GEMM: bf16 [M, N] residual");
+  check_residual(residual, M, N);
   auto out = torch::empty({M, N}, torch::kBFloat16);
   const float* BI = bias.data_ptr<float>();
   const uint16_t* R = (const uint16_t*)residual.data_ptr();
   uint16_t* O = (uint16_t*)out.data_ptr();
   gemm<float>(a, bp, ks, [=](float (*c)[16][16], int64_t mb, int64_t nb, int64_t rows) {
-    uint16_t* const o = O; const uint16_t* const res = R; const int64_t n = N;
-    const int64_t n0 = nb * 32;
-    const __m512 b0 = _mm512_loadu_ps(BI + n0), b1 = _mm512_loadu_ps(BI + n0 + 16);
-    for (int half = 0; half < 2; ++half)
-      for (int r = 0; r < 16 && 16 * half + r < rows; ++r) {
-        const int64_t at = (mb * 32 + 16 * half + r) * n + n0;
-        const __m512 y0 = _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(c[2 * half][r]), b0),
-                                        load16((const at::BFloat16*)(res + at)));
-        const __m512 y1 = _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(c[2 * half + 1][r]), b1),
-                                        load16((const at::BFloat16*)(res + at + 16)));
-        _mm512_storeu_si512(o + at, (__m512i)_mm512_cvtne2ps_pbh(y1, y0));
-      }
+    const int64_t at = mb * 32 * N + nb * 32;
+    store_residual(c, 0, rows, O + at, R + at, N, BI + nb * 32);
   });
+  return out;
+}
+
+static void tile_config(int64_t ks) {  // tiles 0-3 C (16 x 16 fp32), 4-5 A (16 rows of ks bytes), 6-7 B (ks/4 rows)
+  TileCfg cfg = {}; cfg.palette = 1;
+  for (int t = 0; t < 4; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }
+  for (int t = 4; t < 6; ++t) { cfg.rows[t] = 16; cfg.colsb[t] = (uint16_t)ks; }
+  for (int t = 6; t < 8; ++t) { cfg.rows[t] = (uint8_t)(ks / 4); cfg.colsb[t] = 64; }
+  _tile_loadconfig(&cfg);
+}
+
+// Rows [m0, m0 + 32 n) of a row-major [M, lda bytes] A as AMX A tiles, [n][K step][2][16 rows][ks bytes] (rows past M
+// zero): each tile one sequential 16 ks-byte read, where a row-major A's tile rows are lda bytes apart (with a
+// stride of hundreds of bytes, AMX GEMMs fed from L2 ran at a fraction of their rate here).
+static void pack_rows(const uint8_t* A, int64_t M, int64_t lda, int64_t ks, int64_t m0, int64_t n, uint8_t* out) {
+  const int64_t KB = lda / ks;
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t r = 0; r < 32; ++r) {
+      const int64_t m = m0 + 32 * b + r;
+      uint8_t* o = out + (b * KB * 32 + (r / 16) * 16 + r % 16) * ks;
+      for (int64_t kb = 0; kb < KB; ++kb, o += 32 * ks)
+        if (m < M) std::memcpy(o, A + m * lda + kb * ks, ks); else std::memset(o, 0, ks);
+    }
+}
+
+// A whole ConvNeXt MLP in one pass: out = residual + W2 . GELU(W1 . a + b1) + b2 in bf16, with the roundings of
+// bgemm_gelu then bgemm_residual (the hidden rounded to bf16 once; equal outputs), but the hidden [M, 4C] never leaves
+// the thread's cache. Each thread takes groups of 32-row blocks (a group's hidden at most about 512 KiB, the number of
+// groups a multiple of the threads): the group's rows of a packed as A tiles (`pack_rows`), pwconv1 + GELU into a
+// scratch already in A-tile order (a 32-column block of the hidden is one K step of pwconv2), then pwconv2 + residual.
+// Column blocks outer within a group, so a weight slice is read once per group. ks1: pwconv1's K step; pwconv2's is
+// 64 bytes (4C a multiple of 32).
+torch::Tensor bmlp(const torch::Tensor& a, const torch::Tensor& bp1, const torch::Tensor& bias1,
+                   const torch::Tensor& bp2, const torch::Tensor& bias2, const torch::Tensor& residual, int64_t ks1) {
+  check_bf16_gemm(bp1, bias1);
+  check_bf16_gemm(bp2, bias2);
+  TORCH_CHECK(a.scalar_type() == torch::kBFloat16 && a.dim() == 2 && a.is_contiguous(), "AMX bf16 MLP: bf16 [M, K] input");
+  const int64_t M = a.size(0), H = bp1.size(0) * 16, N = bp2.size(0) * 16, lda = a.size(1) * 2, ks2 = 64;
+  const int64_t KB1 = lda / ks1, KB2 = 2 * H / ks2;
+  TORCH_CHECK(H % 32 == 0 && N % 32 == 0 && ks1 % 4 == 0 && ks1 <= 64 && lda % ks1 == 0 && bp1.size(1) == KB1 &&
+              bp2.size(1) == KB2, "AMX bf16 MLP: shapes");
+  check_residual(residual, M, N);
+  const int64_t blocks = (M + 31) / 32, threads = omp_get_max_threads();
+  if (blocks < 2 * threads)  // too few rows to share out: the two GEMMs, which split the weights' columns instead
+    return bgemm_residual(bgemm_gelu(a, bp1, bias1, ks1), bp2, bias2, residual, ks2);
+  auto out = torch::empty({M, N}, torch::kBFloat16);
+  const uint8_t* A = (const uint8_t*)a.data_ptr();
+  const uint8_t* B1 = (const uint8_t*)bp1.data_ptr(); const uint8_t* B2 = (const uint8_t*)bp2.data_ptr();
+  const float* BI1 = bias1.data_ptr<float>(); const float* BI2 = bias2.data_ptr<float>();
+  const uint16_t* R = (const uint16_t*)residual.data_ptr();
+  uint16_t* O = (uint16_t*)out.data_ptr();
+  int64_t per = std::max<int64_t>(1, (512 << 10) / (64 * H));  // row blocks per group
+  const int64_t groups = (((blocks + per - 1) / per + threads - 1) / threads) * threads;
+  per = (blocks + groups - 1) / groups;
+  #pragma omp parallel
+  {
+    alignas(64) float c[2][4][16][16];
+    static thread_local std::vector<__m512i> scratch;  // kept between calls (OpenMP's threads persist); 64-byte aligned
+    const int64_t a_bytes = per * 32 * lda, h_bytes = per * 64 * H;
+    if (scratch.size() * 64 < (size_t)(a_bytes + h_bytes)) scratch.resize((a_bytes + h_bytes) / 64 + 1);
+    uint8_t* const ap = (uint8_t*)scratch.data();
+    uint8_t* const hp = ap + a_bytes;
+    const PhiCubic k = load_phi();
+    #pragma omp for schedule(static)
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t mb0 = std::min(blocks, g * per), n = std::min(blocks, mb0 + per) - mb0;
+      if (n == 0) continue;  // the groups round up to a multiple of the threads
+      pack_rows(A, M, lda, ks1, 32 * mb0, n, ap);
+      tile_config(ks1);
+      // Software-pipelined: a block's stores (GELU, the residual) run during the next block's tile products, spread
+      // over its K steps; c alternates between two buffers. The next weight slice is prefetched the same way.
+      int64_t j = 0;
+      const float (*pc)[16][16] = nullptr; uint16_t* po = nullptr; const uint16_t* pr = nullptr;
+      const float* pbias = nullptr; int64_t prows = 0;
+      const int64_t slice1 = KB1 * 32 * ks1, lines1 = (slice1 / 64 + n * KB1 - 1) / (n * KB1);  // per K step
+      const int64_t per1 = (32 + KB1 - 1) / KB1;  // stored rows per K step
+      for (int64_t nb = 0; nb < H / 32; ++nb)
+        for (int64_t b = 0; b < n; ++b, ++j) {
+          const uint8_t* next = nb + 1 < H / 32 ? B1 + (nb + 1) * slice1 + b * KB1 * lines1 * 64 : nullptr;
+          auto gelu = [=, &k](int64_t kb) {
+            if (pc) store_gelu(pc, std::min<int64_t>(32, kb * per1), std::min<int64_t>(32, (kb + 1) * per1), po, ks2 / 2, pbias, k);
+          };
+          block<float>(ap + b * KB1 * 32 * ks1, ks1, 16 * ks1, 32 * ks1, B1, nb, KB1, ks1, c[j & 1], nullptr, 0, 1,
+                       next, next ? std::min(lines1, std::max<int64_t>(0, (slice1 - b * KB1 * lines1 * 64) / 64 / KB1)) : 0,
+                       gelu);
+          pc = c[j & 1]; po = (uint16_t*)(hp + (b * KB2 + nb) * 32 * ks2); pbias = BI1 + nb * 32;
+        }
+      store_gelu(pc, 0, 32, po, ks2 / 2, pbias, k);
+      if (ks1 != ks2) tile_config(ks2);
+      pc = nullptr;
+      const int64_t slice2 = KB2 * 32 * ks2, lines2 = (slice2 / 64 + n * KB2 - 1) / (n * KB2);
+      const int64_t per2 = (32 + KB2 - 1) / KB2;
+      for (int64_t nb = 0; nb < N / 32; ++nb)
+        for (int64_t b = 0; b < n; ++b, ++j) {
+          const uint8_t* next = nb + 1 < N / 32 ? B2 + (nb + 1) * slice2 + b * KB2 * lines2 * 64 : nullptr;
+          auto residual = [=](int64_t kb) {
+            if (pc) store_residual(pc, std::min(prows, kb * per2), std::min(prows, (kb + 1) * per2), po, pr, N, pbias);
+          };
+          block<float>(hp + b * KB2 * 32 * ks2, ks2, 16 * ks2, 32 * ks2, B2, nb, KB2, ks2, c[j & 1], nullptr, 0, 1,
+                       next, next ? std::min(lines2, std::max<int64_t>(0, (slice2 - b * KB2 * lines2 * 64) / 64 / KB2)) : 0,
+                       residual);
+          const int64_t mb = mb0 + b, at = mb * 32 * N + nb * 32;
+          pc = c[j & 1]; po = O + at; pr = R + at; pbias = BI2 + nb * 32; prows = std::min<int64_t>(32, M - 32 * mb);
+        }
+      store_residual(pc, 0, prows, po, pr, N, pbias);
+    }
+    _tile_release();
+  }
   return out;
 }
 
@@ -480,6 +621,11 @@ torch::Tensor linear_gelu_bf16_op(const torch::Tensor& x, const torch::Tensor& p
 torch::Tensor linear_residual_bf16_op(const torch::Tensor& x, const torch::Tensor& packed, const torch::Tensor& bias,
                                       const torch::Tensor& residual, int64_t ks) {
   return with_lead(bgemm_residual(rows_of(x), packed, bias, rows_of(residual), ks), x);
+}
+
+torch::Tensor mlp_bf16_op(const torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1,
+                          const torch::Tensor& w2, const torch::Tensor& b2, const torch::Tensor& residual, int64_t ks) {
+  return with_lead(bmlp(rows_of(x), w1, b1, w2, b2, rows_of(residual), ks), residual);
 }
 
 torch::Tensor dwconv_ln_op(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
@@ -516,6 +662,7 @@ TORCH_LIBRARY_FRAGMENT(convnext, m) {
   m.def("dwconv_ln(Tensor x, Tensor weight, Tensor bias, Tensor norm_weight, Tensor norm_bias, float eps) -> Tensor");
   m.def("linear_gelu_bf16(Tensor x, Tensor packed, Tensor bias, int ks) -> Tensor");
   m.def("linear_residual_bf16(Tensor x, Tensor packed, Tensor bias, Tensor residual, int ks) -> Tensor");
+  m.def("mlp_bf16(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor residual, int ks) -> Tensor");
   m.def("qlinear_gelu_table(Tensor x, Tensor packed, Tensor scale, Tensor shift, Tensor table, int ks) -> Tensor");
   m.def("qlinear_dequant(Tensor x, Tensor packed, Tensor scale, Tensor shift, int ks, bool bf16) -> Tensor");
   m.def("qlinear_dequant_residual(Tensor x, Tensor packed, Tensor scale, Tensor shift, Tensor residual, int ks, "
@@ -528,6 +675,7 @@ TORCH_LIBRARY_IMPL(convnext, CPU, m) {
   m.impl("dwconv_ln", &dwconv_ln_op);
   m.impl("linear_gelu_bf16", &linear_gelu_bf16_op);
   m.impl("linear_residual_bf16", &linear_residual_bf16_op);
+  m.impl("mlp_bf16", &mlp_bf16_op);
   m.impl("qlinear_gelu_table", &qlinear_gelu_table_op);
   m.impl("qlinear_dequant", &qlinear_dequant_op);
   m.impl("qlinear_dequant_residual", &qlinear_dequant_residual_op);
@@ -545,7 +693,7 @@ def _extension():
         return None
     from .cpu import quiet_library_notes
 
-    name = "convnext_amx_v26"
+    name = "convnext_amx_v34"
     try:
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
@@ -683,6 +831,10 @@ def _register_fakes() -> None:
     def _(x, packed, bias, residual, ks):
         return _gemm_out(x, packed)
 
+    @torch.library.register_fake("convnext::mlp_bf16")
+    def _(x, w1, b1, w2, b2, residual, ks):
+        return torch.empty_like(residual)
+
     @torch.library.register_fake("convnext::qlinear_gelu_table")
     def _(x, packed, scale, shift, table, ks):
         return _gemm_out(x, packed)
@@ -729,6 +881,15 @@ def linear_residual_bf16(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tens
     """bf16 (..., K) -> bf16 (..., N): x W^T + b + residual in one AMX GEMM of ours, fp32 arithmetic, rounded to
     bf16 once. `residual` bf16 (..., N). The op `convnext::linear_residual_bf16` (C++)."""
     return _ops().linear_residual_bf16(x, packed, bias, residual, ks)
+
+
+def mlp_bf16(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+             residual: torch.Tensor, ks: int) -> torch.Tensor:
+    """bf16 (..., C) -> bf16 (..., N): residual + GELU(x W1^T + b1) W2^T + b2, i.e. `linear_gelu_bf16` then
+    `linear_residual_bf16` with the same roundings (equal outputs), in one pass that keeps the (..., 4C) hidden in
+    each thread's cache. Both weights `pack_weight`-ed with the same `ks`; `residual` bf16 (..., N). The op
+    `convnext::mlp_bf16` (C++)."""
+    return _ops().mlp_bf16(x, w1, b1, w2, b2, residual, ks)
 
 
 def grid_affine(in_scale: float, in_zp: int, w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,

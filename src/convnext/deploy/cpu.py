@@ -223,16 +223,18 @@ def _linear_packing(linear: nn.Linear) -> tuple | None:
     return amx_gelu.pack_weight(linear.weight.detach().to(torch.bfloat16).contiguous(), ks), b.contiguous(), ks
 
 
-def _fuse_linears(module: nn.Module) -> int:
+def _fuse_linears(module: nn.Module) -> tuple[int, int]:
     """Switch every ConvNeXt block of a bf16 `module` whose pwconv1 our bf16 AMX GEMM takes to our kernels
-    (pwconv1 + GELU; pwconv2 + bias + residual too where its shape suits); how many blocks."""
+    (pwconv1 + GELU; pwconv2 + bias + residual too where its shape suits; both in one pass, `convnext::mlp_bf16`,
+    where both are taken and no GRN sits between them, unless CONVNEXT_NO_FUSED_MLP is set); how many blocks,
+    and how many of them in one pass."""
     from ..models.layers import Block
     from . import amx_gelu
 
     blocks = [m for m in module.modules() if isinstance(m, Block) and m.pwconv1.weight.dtype == torch.bfloat16]
     if not blocks or os.environ.get("CONVNEXT_NO_FUSED_LINEARS") or not amx_gelu.available():
-        return 0
-    switched = 0
+        return 0, 0
+    switched = one_pass = 0
     for block in blocks:
         first = _linear_packing(block.pwconv1)
         if first is None:
@@ -244,8 +246,11 @@ def _fuse_linears(module: nn.Module) -> int:
             block.register_buffer(f"_pw{i}_b", bias, persistent=False)
             setattr(block, f"_pw{i}_ks", ks)
         block.fused_linears = True
+        block.fused_mlp = (second[2] == 64 and isinstance(block.grn, nn.Identity)
+                           and not os.environ.get("CONVNEXT_NO_FUSED_MLP"))
         switched += 1
-    return switched
+        one_pass += block.fused_mlp
+    return switched, one_pass
 
 
 def fast_cpu_model(
@@ -288,7 +293,7 @@ def fast_cpu_model(
         raise ValueError(f"candidates must be a non-empty subset of {CANDIDATES}, got {tuple(candidates)}")
     module = prepare_eager(model, chosen, inplace=inplace)
     fused = _fuse_dw_norms(module)
-    linears = _fuse_linears(module) if chosen == "bf16" else 0
+    linears, one_pass = _fuse_linears(module) if chosen == "bf16" else (0, 0)
     in_chans = in_chans or getattr(model, "in_chans", 3)
     example = torch.randn(batch, in_chans, img_size, img_size).to(_TORCH_DTYPES[chosen])
     example = example.contiguous(memory_format=torch.channels_last)
@@ -318,7 +323,8 @@ def fast_cpu_model(
     if fused and best != "jit":  # TorchScript traces the textbook ops
         path += f", depthwise conv + LayerNorm of {fused} blocks in one pass of ours"
     if linears and best != "jit":
-        path += f", pointwise convs of {linears} blocks in bf16 AMX GEMMs of ours (GELU / residual in their store)"
+        path += f", pointwise convs of {linears} blocks in bf16 AMX GEMMs of ours (GELU / residual in their store"
+        path += f"; of {one_pass}, both in one pass, the 4C hidden kept in cache)" if one_pass else ")"
     if len(timings) > 1:
         path += f", fastest of {len(timings)} measured at batch {batch}, {img_size}px"
     if kept:

@@ -99,6 +99,8 @@ class Block(nn.Module):
     # off by default, switched on by `fast_cpu_model`, which packs the weights (`_pw1_w`, `_pw1_b`, `_pw2_w`,
     # `_pw2_b`, not saved; layer scale folded in) and sets the K steps `_pw1_ks`, `_pw2_ks` (0: pwconv2 not taken)
     fused_linears = False
+    # ... and both as one `convnext::mlp_bf16` call (no GRN in between); set by `fast_cpu_model`
+    fused_mlp = False
 
     def __init__(
         self,
@@ -142,6 +144,10 @@ class Block(nn.Module):
             x = self.norm(x.permute(0, 2, 3, 1))  # (B, H, W, C): the permute is a free view in channels_last
         if self.fused_linears and bf16_linears_apply(x, self.pwconv1):
             # bf16 CPU inference prepared by `fast_cpu_model`: both pointwise convs in AMX GEMMs of ours
+            if self.fused_mlp and not self._drops():  # both in one pass, the 4C hidden kept in cache
+                x = torch.ops.convnext.mlp_bf16(x, self._pw1_w, self._pw1_b, self._pw2_w, self._pw2_b,
+                                                shortcut.permute(0, 2, 3, 1), self._pw1_ks)
+                return x.permute(0, 3, 1, 2)  # (B, C, H, W), channels_last strides
             x = self.grn(torch.ops.convnext.linear_gelu_bf16(x, self._pw1_w, self._pw1_b, self._pw1_ks))
             if self._pw2_ks and not self._drops():
                 x = torch.ops.convnext.linear_residual_bf16(x, self._pw2_w, self._pw2_b, shortcut.permute(0, 2, 3, 1),
