@@ -231,18 +231,18 @@ torch::Tensor qgemm_erf(torch::Tensor a, torch::Tensor bp, torch::Tensor scale, 
   const float* S = scale.data_ptr<float>(); const float* H = shift.data_ptr<float>();
   uint8_t* O = out.data_ptr<uint8_t>();
   const float finv = (float)inv, fz = (float)z;
-  gemm(a, bp, ks, [=](int32_t (*c)[16][16], int64_t mb, int64_t nb, int64_t rows) {
+  gemm(a, bp, ks, [=](int32_t (*c)[16][16], int64_t mb, int64_t nb, int64_t rows, int64_t r0, int64_t r1) {
     uint8_t* const o = O; const int64_t n = N;
     const __m512 vinv = _mm512_set1_ps(finv), vz = _mm512_set1_ps(fz), half = _mm512_set1_ps(0.5f);
-    for (int q = 0; q < 4; ++q) {
-      const int64_t n0 = nb * 32 + (q & 1) * 16, r0 = (q >> 1) * 16;
+    for (int q = 0; q < 2; ++q) {  // column halves: tiles q (rows 0-15), 2 + q (rows 16-31)
+      const int64_t n0 = nb * 32 + q * 16;
       const __m512 vs = _mm512_loadu_ps(S + n0), vh = _mm512_loadu_ps(H + n0);
-      for (int r = 0; r < 16 && r0 + r < rows; ++r) {
-        __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[q][r])), vs, vh);
+      for (int64_t r = r0; r < std::min(r1, rows); ++r) {
+        __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[2 * (r >> 4) + q][r & 15])), vs, vh);
         v = _mm512_mul_ps(_mm512_mul_ps(half, v),
                           _mm512_add_ps(_mm512_set1_ps(1.f), erf_ps(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678f)))));
         const __m512i i = _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_fmadd_ps(v, vinv, vz)), _mm512_setzero_si512());
-        _mm_storeu_si128((__m128i*)(o + (mb * 32 + r0 + r) * n + n0), _mm512_cvtusepi32_epi8(i));
+        _mm_storeu_si128((__m128i*)(o + (mb * 32 + r) * n + n0), _mm512_cvtusepi32_epi8(i));
       }
     }
   });

@@ -80,6 +80,38 @@ def test_dequantising_kernel_matches_the_dequantised_accumulators(m, k, n, bf16)
 
 
 @needs_kernel
+@pytest.mark.parametrize("m,c,res_dtype,bf16,threads", [(3136, 96, torch.bfloat16, True, 2),
+                                                         (500, 64, torch.float32, True, 2),
+                                                         (300, 32, torch.float32, False, 3),
+                                                         (40, 128, torch.bfloat16, True, 2)])
+def test_qmlp_equals_the_two_int8_gemms(m, c, res_dtype, bf16, threads):
+    """`qmlp` (one pass, the uint8 hidden in the thread's cache; pwconv1's K step 64 or 32 bytes) against
+    `qlinear_gelu_table` then `qlinear_dequant_residual`: equal outputs, dtype as torch promotes, any thread count;
+    with few rows it runs those two itself."""
+    g = torch.Generator().manual_seed(m + c)
+    a = torch.randint(0, 256, (1, m, c), dtype=torch.uint8, generator=g)
+    w1 = torch.randint(-127, 128, (4 * c, c), dtype=torch.int8, generator=g)
+    w2 = torch.randint(-127, 128, (c, 4 * c), dtype=torch.int8, generator=g)
+    table = torch.randint(0, 256, (256,), dtype=torch.uint8, generator=g)
+    s1, h1 = torch.rand(4 * c, generator=g) * 0.02, torch.randn(4 * c, generator=g) * 20 + 128
+    s2, h2 = torch.rand(c, generator=g) * 1e-3, torch.randn(c, generator=g)
+    res = torch.randn(1, m, c, generator=g).to(res_dtype)
+    ks1 = amx_gelu._step(c)
+    p1, p2 = amx_gelu.pack_weight(w1, ks1), amx_gelu.pack_weight(w2, 64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = amx_gelu.qmlp(a, p1, s1, h1, table, ks1, p2, s2, h2, res, bf16)
+        hidden = amx_gelu.qlinear_gelu_table(a, p1, s1, h1, table, ks1)
+        two = amx_gelu.qlinear_dequant_residual(hidden, p2, s2, h2, res, 64, bf16)
+    finally:
+        torch.set_num_threads(before)
+    assert got.shape == (1, m, c) and got.dtype == torch.promote_types(
+        torch.bfloat16 if bf16 else torch.float32, res_dtype)
+    assert len(hidden.unique()) > 100 and torch.equal(got, two)
+
+
+@needs_kernel
 @pytest.mark.parametrize("b, c, h, dtype", [(2, 96, 56, torch.float32), (1, 32, 23, torch.bfloat16),
                                            (3, 384, 14, torch.bfloat16), (2, 768, 7, torch.float32),
                                            (1, 16, 3, torch.float32)])
@@ -163,13 +195,20 @@ def test_pwconv2_is_fused_at_the_first_call_in_the_float_dtype_then_known(mixed)
     assert fused.fused_norms == blocks and "depthwise conv + LayerNorm" in fused.describe()
     assert sum("dwconv_ln_quant" in str(n.target) for n in fused.module.graph.nodes) == blocks
     assert sum("layer_norm" in str(n.target) for n in fused.module.graph.nodes) == 1  # the head's only
-    assert sum("qlinear_dequant" in str(n.target) for n in fused.module.graph.nodes) == blocks
-    # the residual add of every block in pwconv2's store; in int8-mixed-bf16 the first stage's stream in bf16
-    assert sum("qlinear_dequant_residual" in str(n.target) for n in fused.module.graph.nodes) == blocks
-    assert fused.fused_residuals == blocks and fused.bf16_stream == mixed
+    # the residual add of every block in pwconv2's store, and both pointwise convs of each block in one pass
+    # (`convnext::qmlp`); in int8-mixed-bf16 the first stage's stream in bf16
+    assert sum("convnext.qmlp" in str(n.target) for n in fused.module.graph.nodes) == blocks
+    assert not any("qlinear" in str(n.target) for n in fused.module.graph.nodes)
+    assert fused.fused_residuals == blocks and fused.fused_mlps == blocks and "in one pass" in fused.describe()
+    assert fused.bf16_stream == mixed
     assert ("stage 1's residual stream in bf16" in fused.describe()) == mixed
     assert (got - ref).abs().max() < 0.05 * ref.abs().max()
     assert (got.argmax(1) == ref.argmax(1)).all()
+    with mock.patch.dict("os.environ", {"CONVNEXT_NO_FUSED_MLP": "1"}):  # the two GEMMs: equal outputs
+        two = Int8Model(program, mixed_bf16=mixed, compile=False)
+        assert torch.equal(two(x), got)
+    assert two.fused_mlps == 0 and sum("qlinear_dequant_residual" in str(n.target)
+                                       for n in two.module.graph.nodes) == blocks
 
 
 @needs_kernel

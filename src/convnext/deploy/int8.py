@@ -22,6 +22,7 @@ the "int8-mixed-bf16" mode; `load_int8` turns it on where the CPU has native bf1
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -148,6 +149,7 @@ class Int8Model(nn.Module):
         self.fused_gelu = self.fused_dequant = self.fused_norms = 0
         self.bf16_stream = False  # the first stage's residual stream cast to bf16 (int8-mixed-bf16 with our kernels)
         self.fused_residuals = 0  # pwconv2s with their block's residual add in the store
+        self.fused_mlps = 0  # of them, blocks whose pwconv1 + pwconv2 run in one pass (`convnext::qmlp`)
         self._fuse_dequant = False
         ranges = getattr(program, "gelu_ranges", None)
         if fused_gelu is not False and ranges:
@@ -198,6 +200,8 @@ class Int8Model(nn.Module):
             fused += f", {self.fused_dequant} pwconv2 too"
             if self.fused_residuals:
                 fused += f" ({self.fused_residuals} with the residual add in the store)"
+            if self.fused_mlps:
+                fused += f", {self.fused_mlps} blocks' pwconv1 + pwconv2 in one pass (the uint8 hidden kept in cache)"
         if self.fused_norms:
             fused += f", {self.fused_norms} depthwise conv + LayerNorm + quantize in one pass"
         if self.bf16_stream:
@@ -233,6 +237,8 @@ class Int8Model(nn.Module):
             self.fused_dequant = amx_gelu.fuse_dequant_linears(self.module, bf16=self.mixed_bf16)
             self.fused_residuals = sum(str(n.target).startswith("convnext.qlinear_dequant_residual")
                                        for n in self.module.graph.nodes)
+            if not os.environ.get("CONVNEXT_NO_FUSED_MLP"):  # both pointwise convs of a block in one pass
+                self.fused_mlps = amx_gelu.fuse_int8_mlps(self.module)
             if self.mixed_bf16 and self.fused_norms:  # autocast leaves the stem's LayerNorm output in fp32
                 self.bf16_stream = amx_gelu.first_stream_in_bf16(self.module)
         shape = tuple(x.shape)
@@ -432,6 +438,7 @@ def export_int8(
         "quantize_convs": quantize_convs, "bf16_img_per_s": None, "bf16_path": None, "labels_from": labels_from,
         "fused_gelu": int8_model.fused_gelu, "fused_dequant": int8_model.fused_dequant,
         "fused_norms": int8_model.fused_norms, "fused_residuals": int8_model.fused_residuals,
+        "fused_mlps": int8_model.fused_mlps,
         "bf16_stream": int8_model.bf16_stream,
     }
     if cpu_features().native_bf16:  # the path predict / eval run by default on this CPU: the speed to beat
@@ -466,6 +473,9 @@ def format_int8_report(r: dict) -> str:
         pwconv2 = f"; {r['fused_dequant']} pwconv2 in our AMX int8 kernel too" if r.get("fused_dequant") else ""
         if r.get("fused_residuals"):
             pwconv2 += f", {r['fused_residuals']} of them with the block's residual add in the store"
+        if r.get("fused_mlps"):
+            pwconv2 += (f"; in {r['fused_mlps']} blocks both pointwise convs in one pass of ours (the uint8 hidden "
+                        "kept in cache)")
         lines.append(f"GELU after {r['fused_gelu']} pwconv1: in our AMX int8 kernel, as a uint8 table applied in the "
                      f"GEMM's store (its input rounded onto the uint8 grid of the range seen at calibration){pwconv2}")
     if r.get("fused_norms"):
