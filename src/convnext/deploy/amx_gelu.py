@@ -193,24 +193,40 @@ static inline Table load_table(const uint8_t* T) {
 }
 
 // Rows [r0, r1) of a 32 x 32 int32 block c as table[clamp(round(scale[n] * acc + shift[n]), 0, 255)] to uint8 o (row
-// stride ld bytes, at the block's first value); S, H at the block's first column.
+// stride ld bytes, at the block's first value); S, H at the block's first column. Two rows at a time: 64 indices
+// packed to bytes with signed saturation (int32 -> int16 -> uint8: the clamp), one 64-byte table lookup, a dword
+// permute to undo the packs' lane interleaving.
+static inline __m512i grid_index(const int32_t* acc, __m512 s, __m512 h) {
+  return _mm512_cvtps_epi32(_mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(acc)), s, h));
+}
+
+static inline __m512i lookup64(__m512i y, const Table& t) {  // 64 bytes through the 256-entry table
+  return _mm512_mask_blend_epi8(_mm512_movepi8_mask(y), _mm512_permutex2var_epi8(t.l0, y, t.l1),
+                                _mm512_permutex2var_epi8(t.l2, y, t.l3));
+}
+
 static inline void store_table(const int32_t (*c)[16][16], int64_t r0, int64_t r1, uint8_t* o, int64_t ld,
                                const float* S, const float* H, const Table& t) {
-  const __m512i z = _mm512_setzero_si512();
   const __m512 s0 = _mm512_loadu_ps(S), s1 = _mm512_loadu_ps(S + 16);
   const __m512 h0 = _mm512_loadu_ps(H), h1 = _mm512_loadu_ps(H + 16);
-  for (int64_t r = r0; r < r1; ++r) {  // tiles (0, 1): rows 0-15, (2, 3): rows 16-31
-    // 2 x 16 indices -> 32 bytes (unsigned saturation clamps at 255), one table lookup for both
-    const __m512i i0 = _mm512_cvtps_epi32(
-        _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[2 * (r >> 4)][r & 15])), s0, h0));
-    const __m512i i1 = _mm512_cvtps_epi32(
-        _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[2 * (r >> 4) + 1][r & 15])), s1, h1));
-    const __m256i b = _mm256_inserti128_si256(
-        _mm256_castsi128_si256(_mm512_cvtusepi32_epi8(_mm512_max_epi32(i0, z))),
-        _mm512_cvtusepi32_epi8(_mm512_max_epi32(i1, z)), 1);
-    __m512i y = _mm512_castsi256_si512(b);
-    y = _mm512_mask_blend_epi8(_mm512_movepi8_mask(y), _mm512_permutex2var_epi8(t.l0, y, t.l1),
-                               _mm512_permutex2var_epi8(t.l2, y, t.l3));
+  // after packs_epi32(a, b) then packus_epi16(p, q), dword 4k + j of each 128-bit lane k holds columns 4k..4k+3 of
+  // (a, b, a', b')[j]; this puts row r's 32 bytes first, then row r + 1's
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  int64_t r = r0;
+  for (; r + 1 < r1; r += 2) {  // tiles (0, 1): rows 0-15, (2, 3): rows 16-31
+    const __m512i p = _mm512_packs_epi32(grid_index(c[2 * (r >> 4)][r & 15], s0, h0),
+                                         grid_index(c[2 * (r >> 4) + 1][r & 15], s1, h1));
+    const int64_t q1 = r + 1;
+    const __m512i q = _mm512_packs_epi32(grid_index(c[2 * (q1 >> 4)][q1 & 15], s0, h0),
+                                         grid_index(c[2 * (q1 >> 4) + 1][q1 & 15], s1, h1));
+    const __m512i y = _mm512_permutexvar_epi32(order, lookup64(_mm512_packus_epi16(p, q), t));
+    _mm256_storeu_si256((__m256i*)(o + r * ld), _mm512_castsi512_si256(y));
+    _mm256_storeu_si256((__m256i*)(o + q1 * ld), _mm512_extracti64x4_epi64(y, 1));
+  }
+  if (r < r1) {  // an odd last row: packed with itself
+    const __m512i p = _mm512_packs_epi32(grid_index(c[2 * (r >> 4)][r & 15], s0, h0),
+                                         grid_index(c[2 * (r >> 4) + 1][r & 15], s1, h1));
+    const __m512i y = _mm512_permutexvar_epi32(order, lookup64(_mm512_packus_epi16(p, p), t));
     _mm256_storeu_si256((__m256i*)(o + r * ld), _mm512_castsi512_si256(y));
   }
 }
@@ -536,8 +552,8 @@ static void pack_rows(const uint8_t* A, int64_t M, int64_t lda, int64_t ks, int6
 }
 
 // A whole ConvNeXt MLP in one pass: out = store_out(W2 . store_hidden(W1 . a)), the hidden [M, H] (E bytes per value)
-// never leaving the thread's cache. Each thread takes groups of 32-row blocks (a group's hidden at most about 512 KiB,
-// the number of groups a multiple of the threads): the group's rows of a packed as A tiles (`pack_rows`), pwconv1 into
+// never leaving the thread's cache. Each thread takes an equal share of the 32-row blocks (to one block), in groups
+// (a group's hidden at most about 512 KiB): the group's rows of a packed as A tiles (`pack_rows`), pwconv1 into
 // a scratch already in A-tile order for pwconv2 (K steps of 64 bytes), then pwconv2. Column blocks outer within a
 // group, so a weight slice is read once per group; the next slice is prefetched during the current one. Software-
 // pipelined like `gemm`. store_hidden(c, r0, r1, nb, dst): rows [r0, r1) of column block nb to dst (row stride 64 bytes);
@@ -547,21 +563,22 @@ static void mlp_pass(const uint8_t* A, int64_t M, int64_t lda, int64_t ks1, cons
                      const uint8_t* B2, int64_t N, Hidden store_hidden, Out store_out) {
   const int64_t ks2 = 64, KB1 = lda / ks1, KB2 = H * E / ks2;
   const int64_t blocks = (M + 31) / 32, threads = omp_get_max_threads();
-  int64_t per = std::max<int64_t>(1, (512 << 10) / (32 * E * H));  // row blocks per group
-  const int64_t groups = (((blocks + per - 1) / per + threads - 1) / threads) * threads;
-  per = (blocks + groups - 1) / groups;
-  #pragma omp parallel
+  const int64_t most = std::max<int64_t>(1, (512 << 10) / (32 * E * H));  // row blocks per group, at most
+  #pragma omp parallel num_threads(threads)
   {
+    // thread t takes row blocks [blocks t / T, blocks (t + 1) / T) (balanced to one block), in groups of equal size
+    const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+    const int64_t first = blocks * t / T, last = blocks * (t + 1) / T;
+    const int64_t groups = std::max<int64_t>(1, (last - first + most - 1) / most);
+    const int64_t per = std::max<int64_t>(1, (last - first + groups - 1) / groups);
     alignas(64) Acc c[2][4][16][16];
     static thread_local std::vector<__m512i> scratch;  // kept between calls (OpenMP's threads persist); 64-byte aligned
     const int64_t a_bytes = per * 32 * lda, h_bytes = per * 32 * E * H;
     if (scratch.size() * 64 < (size_t)(a_bytes + h_bytes)) scratch.resize((a_bytes + h_bytes) / 64 + 1);
     uint8_t* const ap = (uint8_t*)scratch.data();
     uint8_t* const hp = ap + a_bytes;
-    #pragma omp for schedule(static)
-    for (int64_t g = 0; g < groups; ++g) {
-      const int64_t mb0 = std::min(blocks, g * per), n = std::min(blocks, mb0 + per) - mb0;
-      if (n == 0) continue;  // the groups round up to a multiple of the threads
+    for (int64_t mb0 = first; mb0 < last; mb0 += per) {
+      const int64_t n = std::min(per, last - mb0);
       pack_rows(A, M, lda, ks1, 32 * mb0, n, ap);
       tile_config(ks1);
       int64_t j = 0, pmb = 0, pnb = 0, prows = 0;
@@ -764,7 +781,7 @@ def _extension():
         return None
     from .cpu import quiet_library_notes
 
-    name = "convnext_amx_v38"
+    name = "convnext_amx_v41"
     try:
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
