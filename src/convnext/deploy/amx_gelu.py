@@ -172,6 +172,20 @@ template <> inline __m512 load16<at::BFloat16>(const at::BFloat16* p) {
 // are whole [., ld] tensors (bytes), at the element offset of the block's first value; S, H at its first column.
 static inline void store_dequant(const int32_t (*c)[16][16], int64_t r0, int64_t r1, char* o, const char* res,
                                  int64_t at0, int64_t ld, const float* S, const float* H, bool out_bf16, bool res_bf16) {
+  if (out_bf16 && res) {  // bf16 + bf16 residual (int8-mixed-bf16's pwconv2): both column halves of a row in one store
+    const __m512 s0 = _mm512_loadu_ps(S), s1 = _mm512_loadu_ps(S + 16);
+    const __m512 h0 = _mm512_loadu_ps(H), h1 = _mm512_loadu_ps(H + 16);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t at = at0 + r * ld;
+      const __m512i rv = _mm512_loadu_si512(res + 2 * at);  // 32 bf16: their fp32 values are the 16-bit halves << 16
+      const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(rv)), 16));
+      const __m512 hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(rv, 1)), 16));
+      const __m512 v0 = _mm512_add_ps(_mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[2 * (r >> 4)][r & 15])), s0, h0), lo);
+      const __m512 v1 = _mm512_add_ps(_mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[2 * (r >> 4) + 1][r & 15])), s1, h1), hi);
+      _mm512_storeu_si512(o + 2 * at, (__m512i)_mm512_cvtne2ps_pbh(v1, v0));
+    }
+    return;
+  }
   for (int q = 0; q < 2; ++q) {  // column halves: tiles q (rows 0-15), 2 + q (rows 16-31)
     const __m512 vs = _mm512_loadu_ps(S + 16 * q), vh = _mm512_loadu_ps(H + 16 * q);
     for (int64_t r = r0; r < r1; ++r) {
@@ -781,7 +795,7 @@ def _extension():
         return None
     from .cpu import quiet_library_notes
 
-    name = "convnext_amx_v41"
+    name = "convnext_amx_v42"
     try:
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
