@@ -12,13 +12,14 @@ int8: 5.1-5.3 ms against 2.1-2.3 ms without it; `benchmarks/int8_gelu.py`). Here
 - **bf16** (`linear_gelu_bf16`): fp32 accumulators + bias, then x * Phi(x) with Phi a cubic per interval
   (`phi_cubics`), rounded to bf16 once; `linear_residual_bf16` (pwconv2) adds bias and residual in its store.
 Both run on one driver: 2 x 2 AMX tiles per 32 x 32 block, K in steps of up to 64 bytes, the last rows of a matrix
-through a zero-padded copy. `dwconv_ln` / `dwconv_ln_quant`: a block's depthwise 7 x 7 conv and LayerNorm (and the
-uint8 rounding pwconv1 reads) in one pass.
+through a zero-padded copy, each block's stores run during the next block's tile products. `mlp_bf16` / `qmlp`: a
+block's two pointwise convs in one pass with equal outputs, the 4C hidden kept in each thread's cache. `dwconv_ln` /
+`dwconv_ln_quant`: a block's depthwise 7 x 7 conv and LayerNorm (and the uint8 rounding pwconv1 reads) in one pass.
 
 The kernels are compiled (`torch.utils.cpp_extension.load_inline`, once per machine, cached) at first use and
 registered as `convnext::` ops of the dispatcher in C++, so that inductor's C++ wrapper calls them without Python.
-`fuse_gelu_tables`, `fuse_dequant_linears` and `fuse_dwconv_norms` rewrite a converted PT2E graph to call the int8
-ones; `convnext.deploy.cpu.fast_cpu_model` switches a float model's blocks to the others. `available()` says whether
+`fuse_gelu_tables`, `fuse_dequant_linears`, `fuse_int8_mlps` and `fuse_dwconv_norms` rewrite a converted PT2E graph
+to call the int8 ones; `convnext.deploy.cpu.fast_cpu_model` switches a float model's blocks to the others. `available()` says whether
 this CPU (AMX-INT8, AMX-BF16, AVX512-VBMI) and compiler run them; everything else keeps oneDNN.
 """
 from __future__ import annotations
@@ -33,10 +34,10 @@ import torch.nn.functional as F
 
 from ..models.fast import depthwise_kernel_takes
 
-__all__ = ["available", "fuse_gelu_tables", "fuse_dequant_linears", "fuse_dwconv_norms", "dwconv_ln_quant", "dwconv_ln",
-           "RangeRecorder", "gelu_table", "grid_affine", "phi_cubics", "pack_weight", "pack_depthwise",
-           "qlinear_gelu_table", "qlinear_dequant", "qlinear_dequant_residual", "linear_gelu_bf16",
-           "linear_residual_bf16", "first_stream_in_bf16"]
+__all__ = ["available", "fuse_gelu_tables", "fuse_dequant_linears", "fuse_int8_mlps", "fuse_dwconv_norms",
+           "dwconv_ln_quant", "dwconv_ln", "RangeRecorder", "gelu_table", "grid_affine", "phi_cubics", "pack_weight",
+           "pack_depthwise", "qlinear_gelu_table", "qlinear_dequant", "qlinear_dequant_residual", "qmlp",
+           "linear_gelu_bf16", "linear_residual_bf16", "mlp_bf16", "first_stream_in_bf16"]
 
 # The AMX GEMM driver both kernels share (and `benchmarks/int8_gelu.py fused`, with other epilogues).
 GEMM_SRC = r"""

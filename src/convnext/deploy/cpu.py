@@ -8,8 +8,9 @@ cast once at the stem, and the depthwise convs, LayerNorms (fp32 statistics insi
 bf16 in and out), GELUs and both pointwise GEMMs all read and write bf16 channels-last tensors;
 only the logits are cast back to fp32. No autocast is involved, so nothing is re-cast per op.
 On CPUs where our kernels build (`convnext.deploy.amx_gelu`: AMX-BF16 / AMX-INT8, AVX512-VBMI), each
-block runs in three of them: depthwise conv + LayerNorm in one pass (fp32 or bf16), and in bf16 pwconv1 +
-bias + GELU and pwconv2 + bias + residual as AMX GEMMs with those in their stores.
+block runs in our kernels: depthwise conv + LayerNorm in one pass (fp32 or bf16), and in bf16 pwconv1 +
+bias + GELU and pwconv2 + bias + residual as AMX GEMMs with those in their stores, both in one pass
+(`convnext::mlp_bf16`, the 4C hidden kept in cache) where no GRN sits between them.
 
 Candidate paths, timed on the caller's batch size and resolution (interleaved rounds, median):
 
