@@ -339,6 +339,31 @@ def test_mlp_bf16_equals_the_two_gemms(m, c, ks1, threads):
 
 
 @needs_kernel
+@pytest.mark.parametrize("res_dtype", [torch.bfloat16, torch.float32])
+def test_one_pass_mlp_ops_fake_shapes_match_the_kernels(res_dtype):
+    """`torch.library.opcheck` on `convnext::mlp_bf16` and `convnext::qmlp`: the schema, and the fake
+    implementation torch.compile traces with (shape, dtype, strides) against the kernel's output."""
+    c, m = 64, 300
+    g = torch.Generator().manual_seed(0)
+    res = torch.randn(2, m, c, generator=g)
+    p1 = amx_gelu.pack_weight(torch.randn(4 * c, c, generator=g).bfloat16(), 64)
+    p2 = amx_gelu.pack_weight(torch.randn(c, 4 * c, generator=g).bfloat16(), 64)
+    checks = ("test_schema", "test_faketensor")
+    if res_dtype == torch.bfloat16:
+        torch.library.opcheck(torch.ops.convnext.mlp_bf16.default,
+                              (torch.randn(2, m, c, generator=g).bfloat16(), p1, torch.randn(4 * c), p2, torch.randn(c),
+                               res.bfloat16(), 64), test_utils=checks)
+    q1 = amx_gelu.pack_weight(torch.randint(-127, 128, (4 * c, c), dtype=torch.int8, generator=g), 64)
+    q2 = amx_gelu.pack_weight(torch.randint(-127, 128, (c, 4 * c), dtype=torch.int8, generator=g), 64)
+    table = torch.randint(0, 256, (256,), dtype=torch.uint8, generator=g)
+    xq = torch.randint(0, 256, (2, m, c), dtype=torch.uint8, generator=g)
+    for bf16 in (False, True):
+        torch.library.opcheck(torch.ops.convnext.qmlp.default,
+                              (xq, q1, torch.rand(4 * c), torch.randn(4 * c), table, 64, q2, torch.rand(c),
+                               torch.randn(c), res.to(res_dtype), 64, bf16), test_utils=checks)
+
+
+@needs_kernel
 def test_bf16_gemm_gelu_over_every_bf16_value():
     """The GELU in the bf16 GEMM's store (`phi_cubics`) on every normal bf16 input of |x| < 20 (identity weight):
     the bf16 rounding of exact GELU on [-4.5, 4.5) but for a few ties, 0 below (|GELU| < 1.6e-5 there), x above;
