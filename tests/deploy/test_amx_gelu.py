@@ -339,6 +339,17 @@ def test_mlp_bf16_equals_the_two_gemms(m, c, ks1, threads):
 
 
 @needs_kernel
+def test_fast_cpu_model_keeps_grn_between_the_two_gemms():
+    """ConvNeXt V2 (GRN between GELU and pwconv2, a statistic over the whole image): no block runs the one-pass MLP;
+    pwconv1 and pwconv2 stay two GEMMs of ours with GRN between them, logits as close to fp32 as bf16 allows."""
+    model, x, ref, fast, blocks = _fast_eager("convnextv2_pico", "bf16", 2)
+    assert blocks and all(b.fused_linears and b._pw2_ks and not b.fused_mlp for b in blocks)
+    assert "both in one pass" not in fast.describe()
+    got = fast(x)
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max() and torch.equal(got.argmax(1), ref.argmax(1))
+
+
+@needs_kernel
 @pytest.mark.parametrize("res_dtype", [torch.bfloat16, torch.float32])
 def test_one_pass_mlp_ops_fake_shapes_match_the_kernels(res_dtype):
     """`torch.library.opcheck` on `convnext::mlp_bf16` and `convnext::qmlp`: the schema, and the fake
