@@ -59,8 +59,6 @@ bool request_amx() {  // Linux: a process asks once for the AMX tile state
   return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
 }
 
-// One 32 x 32 block of accumulators: tiles 0-3 = C (2 x 2 of 16 x 16), 4-5 = A rows, 6-7 = B columns. Acc int32_t:
-// uint8 A x int8 B (AMX-INT8); float: bf16 A x bf16 B (AMX-BF16). ks: bytes of K per step.
 // Tiles 0-3 C (16 x 16 fp32 / int32), 4-5 A (16 rows of ks bytes), 6-7 B (ks/4 rows of 64 bytes). The compiler
 // barrier keeps the stores to cfg: GCC does not see the tile-config load read them (and dropped them here).
 static void tile_config(int64_t ks) {
@@ -76,8 +74,10 @@ static void tile_config(int64_t ks) {
 // does while the AMX unit multiplies.
 struct NoWork { void operator()(int64_t) const {} };
 
-// A's 16-row tiles: rows lda bytes apart, the second tile a_half bytes after the first, K steps a_step bytes apart
-// (a row-major A: lda = its row, a_half = 16 lda, a_step = ks; `pack_rows`: ks, 16 ks, 32 ks).
+// One 32 x 32 block of accumulators: tiles 0-3 = C (2 x 2 of 16 x 16), 4-5 = A rows, 6-7 = B columns. Acc int32_t:
+// uint8 A x int8 B (AMX-INT8); float: bf16 A x bf16 B (AMX-BF16). ks: bytes of K per step. A's 16-row tiles: rows
+// lda bytes apart, the second tile a_half bytes after the first, K steps a_step bytes apart (a row-major A: lda = its
+// row, a_half = 16 lda, a_step = ks; `pack_rows`: ks, 16 ks, 32 ks).
 template <typename Acc, typename Work = NoWork>
 static void block(const uint8_t* a0, int64_t lda, int64_t a_half, int64_t a_step, const uint8_t* B, int64_t nb,
                   int64_t KB, int64_t ks, Acc (*c)[16][16], const uint8_t* pf = nullptr, int64_t pf_first = 0,
@@ -164,9 +164,6 @@ template <> inline __m512 load16<at::BFloat16>(const at::BFloat16* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
 }
 
-// out[m, n] = scale[n] * acc + shift[n] in fp32 or bf16 (an int8 Linear whose output is read as floats: pwconv2)
-// With a residual [M, N] (fp32 or bf16), it is added before the one rounding, and the output dtype is torch's
-// promotion of the two: bf16 only where both are.
 // Rows [r0, r1) of a 32 x 32 int32 block c stored as scale[n] * acc + shift[n] (+ res) in fp32 or bf16: o and res
 // are whole [., ld] tensors (bytes), at the element offset of the block's first value; S, H at its first column.
 static inline void store_dequant(const int32_t (*c)[16][16], int64_t r0, int64_t r1, char* o, const char* res,
@@ -244,15 +241,23 @@ static inline void store_table(const int32_t (*c)[16][16], int64_t r0, int64_t r
   }
 }
 
+// An int8 pwconv2's residual: fp32 / bf16 [M, N]; whether it is bf16.
+static bool check_int8_residual(const torch::Tensor& residual, int64_t M, int64_t N) {
+  const bool res_bf16 = residual.scalar_type() == torch::kBFloat16;
+  TORCH_CHECK((res_bf16 || residual.scalar_type() == torch::kFloat) && residual.is_contiguous() &&
+              residual.dim() == 2 && residual.size(0) == M && residual.size(1) == N,
+              "AMX int8 GEMM: fp32 / bf16 [M, N] residual");
+  return res_bf16;
+}
+
+// out[m, n] = scale[n] * acc + shift[n] in fp32 or bf16 (an int8 Linear whose output is read as floats: pwconv2)
+// With a residual [M, N] (fp32 or bf16), it is added before the one rounding, and the output dtype is torch's
+// promotion of the two: bf16 only where both are.
 torch::Tensor qgemm_dequant(const torch::Tensor& a, const torch::Tensor& bp, const torch::Tensor& scale,
                             const torch::Tensor& shift, int64_t ks, bool bf16,
                             const torch::Tensor* residual = nullptr) {
   const int64_t M = a.size(0), N = bp.size(0) * 16;
-  const bool res_bf16 = residual && residual->scalar_type() == torch::kBFloat16;
-  if (residual)
-    TORCH_CHECK((res_bf16 || residual->scalar_type() == torch::kFloat) && residual->is_contiguous() &&
-                residual->dim() == 2 && residual->size(0) == M && residual->size(1) == N,
-                "AMX int8 GEMM: fp32 / bf16 [M, N] residual");
+  const bool res_bf16 = residual && check_int8_residual(*residual, M, N);
   const bool out_bf16 = bf16 && (!residual || res_bf16);
   auto out = torch::empty({M, N}, out_bf16 ? torch::kBFloat16 : torch::kFloat32);
   const float* S = scale.data_ptr<float>(); const float* H = shift.data_ptr<float>();
@@ -488,8 +493,8 @@ static inline PhiCubic load_phi() {
   return k;
 }
 
-// The stores of one 32 x 32 block of accumulators c (tiles 0, 1: rows 0-15; 2, 3: rows 16-31), its first `rows` rows,
-// to bf16 o (row stride ld elements, at the block's first column); bias at the block's first column.
+// The stores of one 32 x 32 block of accumulators c (tiles 0, 1: rows 0-15; 2, 3: rows 16-31), its rows [r0, r1), to
+// bf16 o (row stride ld elements, at the block's first column); bias at the block's first column.
 // GELU(c + bias):
 static inline void store_gelu(const float (*c)[16][16], int64_t r0, int64_t r1, uint16_t* o, int64_t ld,
                               const float* bias, const PhiCubic& k) {  // rows [r0, r1) of the 32
@@ -672,9 +677,7 @@ torch::Tensor qmlp(const torch::Tensor& a, const torch::Tensor& bp1, const torch
   TORCH_CHECK(bp1.element_size() == 1 && bp2.element_size() == 1 && H % 64 == 0 && N % 32 == 0 && ks2 == 64 &&
               ks1 % 4 == 0 && ks1 <= 64 && lda % ks1 == 0 && bp1.size(1) == lda / ks1 && bp2.size(1) == H / 64 &&
               table.numel() == 256, "AMX int8 MLP: shapes");
-  const bool res_bf16 = residual.scalar_type() == torch::kBFloat16, out_bf16 = bf16 && res_bf16;
-  TORCH_CHECK((res_bf16 || residual.scalar_type() == torch::kFloat) && residual.is_contiguous() && residual.dim() == 2 &&
-              residual.size(0) == M && residual.size(1) == N, "AMX int8 MLP: fp32 / bf16 [M, N] residual");
+  const bool res_bf16 = check_int8_residual(residual, M, N), out_bf16 = bf16 && res_bf16;
   if ((M + 31) / 32 < 2 * omp_get_max_threads())  // too few rows to share out: the two GEMMs split the weights instead
     return qgemm_dequant(qgemm_table(a, bp1, scale1, shift1, table, ks1), bp2, scale2, shift2, ks2, bf16, &residual);
   auto out = torch::empty({M, N}, out_bf16 ? torch::kBFloat16 : torch::kFloat32);
@@ -794,7 +797,7 @@ def _extension():
         return None
     from .cpu import quiet_library_notes
 
-    name = "convnext_amx_v43"
+    name = "convnext_amx_v44"
     try:
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
@@ -1245,9 +1248,7 @@ def fuse_int8_mlps(gm: torch.fx.GraphModule) -> int:
         gm.graph.erase_node(second)
         gm.graph.erase_node(first)
         fused += 1
-    if fused:
-        gm.recompile()
-    return fused
+    return _recompiled(gm, fused)
 
 
 def qmlp(x: torch.Tensor, w1: torch.Tensor, scale1: torch.Tensor, shift1: torch.Tensor, table: torch.Tensor, ks1: int,

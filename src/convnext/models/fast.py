@@ -286,7 +286,8 @@ def fused_dw_norm_applies(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module) -> 
 
 def bf16_linears_apply(x: torch.Tensor, linear: nn.Linear) -> bool:
     """Whether a block's pwconv1 + GELU and pwconv2 + residual may run as our bf16 AMX GEMMs
-    (`convnext::linear_gelu_bf16`, `convnext::linear_residual_bf16`): CPU inference in bf16, eager or under
+    (`convnext::linear_gelu_bf16`, `convnext::linear_residual_bf16`, or both in one `convnext::mlp_bf16`
+    pass): CPU inference in bf16, eager or under
     torch.compile, not while exporting or recording gradients. The caller checks that the module was
     switched to them (`fast_cpu_model` packs the weights where the kernels run)."""
     return x.dtype == torch.bfloat16 and linear.weight.dtype == torch.bfloat16 and _cpu_inference(
