@@ -65,6 +65,17 @@ def test_bf16_numerics_close_to_fp32(atto):
         assert rel < 0.03 and agree >= 0.9, (candidates, rel, agree)
 
 
+def test_non_square_inputs(atto):
+    """img_size as (H, W): timed on that shape; logits still those of the model."""
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        ref = atto(x)
+    fast = fast_cpu_model(atto, "fp32", batch=2, img_size=(64, 96), candidates=("eager", "jit"), repeats=1)
+    assert "64x96px" in fast.path
+    assert torch.allclose(fast(x), ref, atol=1e-4)
+
+
 def test_candidates_are_timed_and_the_fastest_kept(atto):
     fast = fast_cpu_model(atto, "bf16", batch=1, img_size=32, candidates=("eager", "jit"), repeats=1)
     assert set(fast.timings) == {"eager", "jit"}

@@ -258,7 +258,7 @@ def fast_cpu_model(
     model: nn.Module,
     dtype: str = "auto",
     batch: int = 16,
-    img_size: int = 224,
+    img_size: int | tuple[int, int] = 224,
     *,
     candidates: Sequence[str] | None = None,
     max_autotune: bool = False,
@@ -267,7 +267,7 @@ def fast_cpu_model(
     features: CpuFeatures | None = None,
     inplace: bool = False,
 ) -> CpuInferenceModel:
-    """The fastest CPU inference path of `model` for (batch, in_chans, img_size, img_size) inputs.
+    """The fastest CPU inference path of `model` for (batch, in_chans, H, W) inputs, (H, W) = img_size (an int: square).
 
     Args:
         model: a classification ConvNeXt (any nn.Module taking NCHW images works).
@@ -296,7 +296,8 @@ def fast_cpu_model(
     fused = _fuse_dw_norms(module)
     linears, one_pass = _fuse_linears(module) if chosen == "bf16" else (0, 0)
     in_chans = in_chans or getattr(model, "in_chans", 3)
-    example = torch.randn(batch, in_chans, img_size, img_size).to(_TORCH_DTYPES[chosen])
+    height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    example = torch.randn(batch, in_chans, height, width).to(_TORCH_DTYPES[chosen])
     example = example.contiguous(memory_format=torch.channels_last)
 
     runners: dict[str, Callable] = {}
@@ -327,7 +328,8 @@ def fast_cpu_model(
         path += f", pointwise convs of {linears} blocks in bf16 AMX GEMMs of ours (GELU / residual in their store"
         path += f"; of {one_pass}, both in one pass, the 4C hidden kept in cache)" if one_pass else ")"
     if len(timings) > 1:
-        path += f", fastest of {len(timings)} measured at batch {batch}, {img_size}px"
+        path += f", fastest of {len(timings)} measured at batch {batch}, "
+        path += f"{height}px" if height == width else f"{height}x{width}px"
     if kept:
         path += ", freed memory kept for reuse"
     if failures:
