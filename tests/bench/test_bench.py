@@ -63,6 +63,42 @@ def test_cli_writes_json_and_prints_ratio(tmp_path, capsys):
     assert report["config"]["cpu_paths"] == ["eager", "jit"] and "fastest of 2 measured" in report["ours_path"]
 
 
+def test_cli_draws_the_run(tmp_path, capsys):
+    out = tmp_path / "sub" / "bench.png"
+    rc = main(["bench", "--model", "convnext_atto", "--batch-size", "2", "--img-size", "32", "--repeats", "2",
+               "--warmup", "1", "--compare", "timm", "--dtype", "fp32", "--plot", str(out), "--no-progress"])
+    assert rc == 0 and f"wrote {out}" in capsys.readouterr().out
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_chart_bars_follow_the_report(tmp_path):
+    from convnext.bench.plot import _bars, panel_title, plot_reports
+
+    def result(ms):  # batch 4: img/s = 4000 / ms
+        return {"img_per_s": 4000 / ms[1], "latency_ms": ms[1], "latency_ms_min": ms[0], "latency_ms_max": ms[2]}
+
+    report = {"config": {"model": "convnext_tiny", "mode": "infer", "batch_size": 4, "img_size": 224,
+                         "dtype": "auto", "resolved_dtype": "bf16", "device": "cpu"},
+              "results": {"timm": result((180, 200, 250)), "ours": result((90, 100, 125)),
+                          "int8": result((50, 64, 80))},
+              "ratios": {"timm": {"speedup_per_round_median": 2.0, "speedup_per_round_min": 1.5,
+                                  "speedup_per_round_max": 2.5},
+                         "int8": {"speedup_per_round_median": 0.64, "speedup_per_round_min": 0.5,
+                                  "speedup_per_round_max": 0.8}},
+              "machine": {"cpu": "Some CPU", "torch_threads": 2, "torch": "2.x"}}
+    bars = _bars(report)
+    assert [b[0] for b in bars] == ["ours", "timm", "int8"]  # ours first, then the report's order
+    name, ips, slowest, fastest, label = bars[1]
+    assert (ips, slowest, fastest) == pytest.approx((20.0, 16.0, 4000 / 180))
+    assert "ours / timm 2.00x, 1.50..2.50" in label
+    assert "int8 / ours 1.56x, 1.25..2.00" in bars[2][4]  # our own int8 program: its speed-up over ours
+    assert panel_title(report) == "convnext_tiny infer, batch 4, 224px, auto -> bf16, cpu"
+    out = plot_reports([report, report], tmp_path / "two.svg", titles=["batch 4", "again"])
+    assert out.read_text().lstrip().startswith("<?xml") and "batch 4" in out.read_text()
+    with pytest.raises(ValueError, match="no timed implementation"):
+        plot_reports([{"results": {}}], tmp_path / "empty.png")
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -72,6 +108,7 @@ def test_cli_writes_json_and_prints_ratio(tmp_path, capsys):
         (["--model", "convnext_tinyy"], "--model: unknown model"),
         (["--mode", "data"], "--mode data needs --data"),
         (["--mode", "data", "--data", "/nonexistent.tar.gz"], "no such file"),
+        (["--plot", "chart.txt"], "--plot chart.txt: expected a file ending in .png"),
     ],
 )
 def test_cli_user_errors(argv, message, capsys):

@@ -113,7 +113,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     except KeyError as e:
         raise UserError(f"--model: {e.args[0]}") from None
     if spec.task != "classification":
+        if args.plot:
+            raise UserError("--plot: charts are drawn for classification models (dense models have no peers)")
         return _cmd_bench_dense(args)
+    if args.plot:
+        from .plot import check_plot_path
+
+        check_plot_path(args.plot)
     settings = dict(
         model=args.model, batch_size=args.batch_size or 16, img_size=args.img_size, mode=args.mode, dtype=args.dtype,
         channels_last=args.channels_last, compile=args.compile, compare=_parse_compare(args.compare),
@@ -137,6 +143,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return 1
     print(format_report(report))
     _write_json(args.json, report)
+    if args.plot:
+        from .plot import plot_reports
+
+        print(f"wrote {plot_reports([report], args.plot)}")
     return 0
 
 
@@ -198,6 +208,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(layer scale folded once)")
     p.add_argument("--tolerance", type=float, default=None, help="max |logit diff| allowed (default by dtype)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the full report as JSON")
+    p.add_argument("--plot", default=None, metavar="OUT",
+                   help="also draw the run as a chart (.png/.svg/.pdf/.jpg): img/s of each implementation, its "
+                   "spread over rounds and the speed-up ours / it")
     p.add_argument("--data", default=None,
                    help="--mode data: .tar(.gz) of JPEGs (e.g. cifar10-train-jpeg.tar.gz), an ImageFolder root or a "
                    "folder of images")
