@@ -231,3 +231,18 @@ def test_int8_calibration_reads_a_dataset_roots_val_split(images, tmp_path):
     assert source == "class names" and len(paths) == 12 and all(p.parent.parent.name == "val" for p in paths)
     (root / "extra").mkdir()  # not only split folders: read as a folder of classes
     assert image_root(root) == root
+
+
+def test_int8_report_flags_chance_level_fp32_accuracy():
+    """A checkpoint run on images it does not fit (another resolution, class order) scores at chance in fp32 too:
+    the report says so instead of printing a 0.00-point change as if all were well."""
+    from convnext.deploy.int8 import format_int8_report
+
+    r = dict(path="q.pt2", images_from="calib", calibration_images=80, eval_images=80, held_out=False, calibrate_s=1.0,
+             fp32_top1=10.0, int8_top1=10.0, top1_agreement=0.99, max_abs_logit_diff=0.02, max_abs_logit=4.0,
+             batch_size=16, fp32_img_per_s=100.0, fp32_path="fp32 eager", int8_img_per_s=300.0, compiled=True,
+             int8_mixed_bf16=True, img_size=224, num_classes=10)
+    assert "near chance (10.0% for 10 classes)" in format_int8_report(r) and "224px" in format_int8_report(r)
+    assert "near chance" not in format_int8_report({**r, "fp32_top1": 65.0})
+    assert "near chance" not in format_int8_report({**r, "eval_images": 12})  # too few images to tell
+    assert "near chance" not in format_int8_report({k: v for k, v in r.items() if k != "num_classes"})  # older report

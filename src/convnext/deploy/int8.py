@@ -439,7 +439,7 @@ def export_int8(
         "fused_gelu": int8_model.fused_gelu, "fused_dequant": int8_model.fused_dequant,
         "fused_norms": int8_model.fused_norms, "fused_residuals": int8_model.fused_residuals,
         "fused_mlps": int8_model.fused_mlps,
-        "bf16_stream": int8_model.bf16_stream,
+        "bf16_stream": int8_model.bf16_stream, "img_size": img_size, "num_classes": ref.shape[1],
     }
     if cpu_features().native_bf16:  # the path predict / eval run by default on this CPU: the speed to beat
         bf16 = fast_cpu_model(model, "bf16", batch_size, img_size, candidates=("eager", "jit"))
@@ -459,6 +459,11 @@ def format_int8_report(r: dict) -> str:
                   if r.get("labels_from") == "folder order" else "")
         lines.append(f"top-1 on {r['eval_images']} {where} images: fp32 {r['fp32_top1']:.2f}% -> int8 "
                      f"{r['int8_top1']:.2f}% (change {r['int8_top1'] - r['fp32_top1']:+.2f} points){source}")
+        classes = r.get("num_classes") or 0
+        if classes >= 2 and r["eval_images"] >= 4 * classes and r["fp32_top1"] <= 150 / classes:
+            lines.append(f"note: fp32 top-1 is near chance ({100 / classes:.1f}% for {classes} classes): check that "
+                         f"the images match the checkpoint (resolution {r.get('img_size')}px here, --img-size to "
+                         "change it; class folders in its class order)")
     else:
         lines.append("(no labels: the images' folders are neither the model's class names nor as many as its "
                      "classes; agreement only)")
