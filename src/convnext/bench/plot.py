@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["plot_reports", "panel_title", "check_plot_path", "PLOT_SUFFIXES"]
+__all__ = ["PLOT_SUFFIXES", "check_plot_path", "panel_title", "plot_reports"]
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf", ".jpg")
 
