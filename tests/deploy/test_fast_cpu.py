@@ -112,3 +112,25 @@ def test_compiled_path_compiles_a_new_batch_size_on_its_third_call(atto):
         out = fast(x)
         assert torch.allclose(out, ref, atol=1e-4)
         assert ((3, 3, 32, 32) in runner.compiled_shapes) == (call == 3), call
+
+
+def test_without_our_kernels_the_library_paths_run(atto, monkeypatch):
+    """A CPU or compiler where our AMX / AVX512 kernels do not build: bf16 and int8 run on oneDNN / inductor alone,
+    and their descriptions do not claim our kernels."""
+    from convnext.deploy import amx_gelu
+    from convnext.deploy.int8 import Int8Model, quantize_int8
+
+    monkeypatch.setattr(amx_gelu, "available", lambda: False)
+    torch.manual_seed(4)
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        ref = atto(x)
+    fast = fast_cpu_model(atto, "bf16", batch=4, img_size=64, candidates=("eager",))
+    out = fast(x)
+    assert "of ours" not in fast.path and fast.dtype == "bf16"
+    assert ((out - ref).norm() / ref.norm()).item() < 0.03
+    pytest.importorskip("torchao")
+    int8 = Int8Model(quantize_int8(atto, [x], 64), mixed_bf16=True, compile=False)
+    got = int8(x)
+    assert "our AMX" not in int8.describe() and int8.fused_gelu == 0 and int8.fused_norms == 0
+    assert ((got - ref).norm() / ref.norm()).item() < 0.1
