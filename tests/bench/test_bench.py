@@ -109,6 +109,7 @@ def test_chart_bars_follow_the_report(tmp_path):
         (["--mode", "data"], "--mode data needs --data"),
         (["--mode", "data", "--data", "/nonexistent.tar.gz"], "no such file"),
         (["--plot", "chart.txt"], "--plot chart.txt: expected a file ending in .png"),
+        (["--plot", "chart.png", "--mode", "data", "--data", "x.tar"], "--plot: charts are drawn for --mode infer"),
     ],
 )
 def test_cli_user_errors(argv, message, capsys):

@@ -104,6 +104,8 @@ def _bench_loaders(args: argparse.Namespace, sources, report: dict) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.mode == "data":
+        if args.plot:
+            raise UserError("--plot: charts are drawn for --mode infer / train runs, not --mode data")
         return _cmd_data(args)
     from ..models import get_spec
     from .runner import BenchConfig, OutputMismatch, format_report, run_benchmark
