@@ -3,8 +3,9 @@
 `plot_reports([report, ...], "bench.png")` draws one panel per report (the dict `run_benchmark` returns, or
 the JSON `convnext bench --json` writes): a horizontal bar per implementation at its median img/s, a whisker
 from its slowest to its fastest round, and the speed-up ours / that implementation (median of per-round ratios,
-as the text report gives it; for our int8 program, int8 / ours). `convnext bench --plot OUT` draws the run it just made; `benchmarks/plot_bench.py`
-draws saved JSON files side by side.
+as the text report gives it; for our int8 program, int8 / ours). `convnext bench --plot OUT` draws the run it just
+made; `benchmarks/plot_bench.py` draws saved JSON files side by side. The figure is drawn without pyplot, so the
+caller's matplotlib backend (a notebook's, say) is left as it is.
 """
 from __future__ import annotations
 
@@ -63,10 +64,7 @@ def _bars(report: dict) -> list[tuple[str, float, float, float, str]]:
 
 def plot_reports(reports: Sequence[dict], out: str | Path, *, titles: Sequence[str] | None = None) -> Path:
     """Write the chart of `reports` (one panel each) to `out` (.png, .svg or .pdf: matplotlib picks by suffix)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     if not reports:
         raise ValueError("plot_reports: no report to draw")
@@ -74,8 +72,8 @@ def plot_reports(reports: Sequence[dict], out: str | Path, *, titles: Sequence[s
     if not all(panels):
         raise ValueError("plot_reports: a report has no timed implementation ('results' is empty)")
     heights = [0.5 * len(p) + 1.1 for p in panels]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9.5, sum(heights)), squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
+    fig = Figure(figsize=(9.5, sum(heights)))
+    axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})
     for i, (ax, bars, report) in enumerate(zip(axes[:, 0], panels, reports)):
         names = [b[0] for b in bars][::-1]
         ips = [b[1] for b in bars][::-1]
@@ -100,5 +98,4 @@ def plot_reports(reports: Sequence[dict], out: str | Path, *, titles: Sequence[s
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return out
