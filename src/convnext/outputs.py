@@ -6,6 +6,8 @@
 - `output_names`: one output file per input image inside a folder, without collisions
   (`x/photo.jpg` and `y/photo.jpg` keep their relative paths).
 - `printable`: text from files (class names, paths) escaped before it reaches a terminal.
+- `chance_note`: a line for a top-1 that is no better than guessing (a checkpoint run at another
+  resolution, or on folders in another class order), printed by `eval` and the int8 export.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Any, Sequence
 
 from .errors import CheckpointError, UserError
 
-__all__ = ["check_output_path", "check_output_file", "output_names", "printable"]
+__all__ = ["check_output_path", "check_output_file", "output_names", "printable", "chance_note"]
 
 
 def check_output_path(path: str | os.PathLike, flag: str, *, force: bool = False, directory: bool = False) -> Path:
@@ -84,3 +86,18 @@ def printable(text: Any) -> str:
     forge extra result lines.
     """
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
+
+
+def chance_note(top1: float, classes: int, images: int, img_size: int | None = None) -> str | None:
+    """A note when `top1` (percent, on `images` labelled images of `classes` classes) is within guessing's reach,
+    else None. Guessing scores 100 / classes; "within reach" is at most 1.5x that plus two binomial standard
+    deviations of a guess's score on `images` images. Two-class and smaller tasks get no note (an honest weak
+    binary model can score near 50%)."""
+    if classes < 5 or images < 1:
+        return None
+    p = 1.0 / classes
+    if top1 > 100 * (1.5 * p + 2 * (p * (1 - p) / images) ** 0.5):
+        return None
+    size = f"resolution {img_size}px here, --img-size to change it; " if img_size else ""
+    return (f"note: top-1 {top1:.2f}% is near chance ({100 * p:.1f}% for {classes} classes): check that the images "
+            f"match the checkpoint ({size}class folders in its class order)")

@@ -191,6 +191,16 @@ def test_predict_json_of_images_with_one_name_in_two_folders(tmp_path, capsys):
     assert "already exists; pass --force" in capsys.readouterr().err
 
 
+def test_chance_note_only_near_guessing():
+    from convnext.outputs import chance_note
+
+    note = chance_note(10.0, 10, 80, 224)  # a CIFAR-10 checkpoint run at the wrong resolution: guessing
+    assert note.startswith("note: top-1 10.00% is near chance (10.0% for 10 classes)") and "224px" in note
+    assert chance_note(21.0, 10, 80) and not chance_note(23.0, 10, 80)  # 1.5 x 10% + 2 sd (6.7 points) on 80
+    assert chance_note(0.4, 1000, 256) and not chance_note(80.0, 1000, 256)  # ImageNet, 256 images
+    assert chance_note(50.0, 2, 1000) is None and chance_note(10.0, 10, 0) is None  # binary; no images
+
+
 def test_output_names_never_collide():
     from convnext.outputs import output_names
 

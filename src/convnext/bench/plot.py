@@ -21,11 +21,15 @@ _OWN = ("int8",)  # other forms of ours (`--compare int8`: our model as a PT2E i
 
 
 def check_plot_path(path: str, flag: str = "--plot") -> None:
-    """Raise UserError unless `path` ends in a suffix the chart can be written as (checked before a long run)."""
+    """A one-line error, before a long run, unless the chart can be written at `path`: one of `PLOT_SUFFIXES`, not a
+    directory, in a writable folder (`convnext.outputs.check_output_path`; an existing chart is replaced, as
+    `--json` replaces its file)."""
     from ..errors import UserError
+    from ..outputs import check_output_path
 
     if Path(path).suffix.lower() not in PLOT_SUFFIXES:
         raise UserError(f"{flag} {path}: expected a file ending in {', '.join(PLOT_SUFFIXES)}")
+    check_output_path(path, flag, force=True)
 
 
 def panel_title(report: dict) -> str:

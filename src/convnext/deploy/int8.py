@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..outputs import chance_note
 from .cpu import _COMPILE_AFTER_CALLS, freezing, prepare_eager, quiet_library_notes
 from .features import cpu_features
 
@@ -459,11 +460,9 @@ def format_int8_report(r: dict) -> str:
                   if r.get("labels_from") == "folder order" else "")
         lines.append(f"top-1 on {r['eval_images']} {where} images: fp32 {r['fp32_top1']:.2f}% -> int8 "
                      f"{r['int8_top1']:.2f}% (change {r['int8_top1'] - r['fp32_top1']:+.2f} points){source}")
-        classes = r.get("num_classes") or 0
-        if classes >= 2 and r["eval_images"] >= 4 * classes and r["fp32_top1"] <= 150 / classes:
-            lines.append(f"note: fp32 top-1 is near chance ({100 / classes:.1f}% for {classes} classes): check that "
-                         f"the images match the checkpoint (resolution {r.get('img_size')}px here, --img-size to "
-                         "change it; class folders in its class order)")
+        note = chance_note(r["fp32_top1"], r.get("num_classes") or 0, r["eval_images"], r.get("img_size"))
+        if note:
+            lines.append(note.replace("note: top-1", "note: fp32 top-1", 1))
     else:
         lines.append("(no labels: the images' folders are neither the model's class names nor as many as its "
                      "classes; agreement only)")

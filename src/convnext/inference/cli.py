@@ -119,7 +119,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _print_eval(loaded, args: argparse.Namespace, res: dict) -> None:
-    from ..outputs import printable
+    from ..outputs import chance_note, printable
 
     if loaded.task == "classification":
         if res.get("skipped_images"):  # as training reports them; --strict-images fails on the first instead
@@ -128,6 +128,10 @@ def _print_eval(loaded, args: argparse.Namespace, res: dict) -> None:
         top5 = f"  top-5 {res['top5']:.2f}%" if res.get("top5") is not None else ""  # hidden for <= 5 classes
         print(printable(f"{loaded.source} ({loaded.weights} weights) on {args.data} at {loaded.img_size}px, "
                         f"{res['images']} images: top-1 {res['top1']:.2f}%{top5}  loss {res['loss']:.4f}"))
+        note = chance_note(res["top1"], len(res.get("per_class", {}).get("accuracy", {})), res["images"],
+                           loaded.img_size)
+        if note:
+            print(f"convnext eval: {note}", file=sys.stderr)
         return
     head = f"{loaded.source} ({loaded.weights} weights, {loaded.task}) on {args.data}, {res['images']} images"
     if loaded.task == "detection":
