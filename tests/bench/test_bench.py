@@ -216,3 +216,15 @@ def test_auto_dtype_follows_the_cpu_features(monkeypatch):
     monkeypatch.setattr(features, "cpu_features", lambda: features.CpuFeatures(avx512_vnni=True, source="given"))
     cfg = BenchConfig(**TINY, dtype="auto")
     assert cfg.resolved_dtype == "fp32" and cfg.fast_cpu_path and cfg.default_tolerance == 1e-4
+
+
+def test_plot_path_checked_before_the_run(tmp_path):
+    from convnext.bench.plot import check_plot_path
+    from convnext.errors import UserError
+
+    (tmp_path / "d.png").mkdir()
+    with pytest.raises(UserError, match="is a directory"):
+        check_plot_path(str(tmp_path / "d.png"))
+    (tmp_path / "old.png").write_bytes(b"x")
+    check_plot_path(str(tmp_path / "old.png"))  # replaced, as --json replaces its file
+    check_plot_path(str(tmp_path / "new" / "sub" / "c.svg"))  # folders are made
