@@ -44,13 +44,15 @@ def check_output_path(path: str | os.PathLike, flag: str, *, force: bool = False
     return p
 
 
-def check_output_file(path: str | os.PathLike, flag: str, suffixes: Sequence[str], *, force: bool = False) -> Path:
+def check_output_file(path: str | os.PathLike, flag: str, suffixes: Sequence[str], *, force: bool = False,
+                      hint: str = "") -> Path:
     """`check_output_path` for a file of one of `suffixes` (".png", ".json"): a path without
-    an extension, or with another one (a `.pt` checkpoint given as `--output`), is refused by name."""
+    an extension, or with another one (a `.pt` checkpoint given as `--output`), is refused by name;
+    `hint` (" (a folder for several images)") ends that message."""
     p = Path(path).expanduser()
     if p.suffix.lower() not in suffixes:
         what = f"has no extension" if not p.suffix else f"is a {p.suffix} file"
-        raise UserError(f"{flag} {p}: {what}; expected {' or '.join(suffixes)} (a folder for several images)")
+        raise UserError(f"{flag} {p}: {what}; expected {' or '.join(suffixes)}{hint}")
     return check_output_path(p, flag, force=force)
 
 

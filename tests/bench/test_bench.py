@@ -108,7 +108,7 @@ def test_chart_bars_follow_the_report(tmp_path):
         (["--model", "convnext_tinyy"], "--model: unknown model"),
         (["--mode", "data"], "--mode data needs --data"),
         (["--mode", "data", "--data", "/nonexistent.tar.gz"], "no such file"),
-        (["--plot", "chart.txt"], "--plot chart.txt: expected a file ending in .png"),
+        (["--plot", "chart.txt"], "--plot chart.txt: is a .txt file; expected .png or .svg or .pdf or .jpg"),
         (["--plot", "chart.png", "--mode", "data", "--data", "x.tar"], "--plot: charts are drawn for --mode infer"),
     ],
 )

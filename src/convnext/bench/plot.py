@@ -22,14 +22,11 @@ _OWN = ("int8",)  # other forms of ours (`--compare int8`: our model as a PT2E i
 
 def check_plot_path(path: str, flag: str = "--plot") -> None:
     """A one-line error, before a long run, unless the chart can be written at `path`: one of `PLOT_SUFFIXES`, not a
-    directory, in a writable folder (`convnext.outputs.check_output_path`; an existing chart is replaced, as
+    directory, in a writable folder (`convnext.outputs.check_output_file`; an existing chart is replaced, as
     `--json` replaces its file)."""
-    from ..errors import UserError
-    from ..outputs import check_output_path
+    from ..outputs import check_output_file
 
-    if Path(path).suffix.lower() not in PLOT_SUFFIXES:
-        raise UserError(f"{flag} {path}: expected a file ending in {', '.join(PLOT_SUFFIXES)}")
-    check_output_path(path, flag, force=True)
+    check_output_file(path, flag, PLOT_SUFFIXES, force=True)
 
 
 def panel_title(report: dict) -> str:

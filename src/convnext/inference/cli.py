@@ -182,7 +182,8 @@ def _predict_outputs(args: argparse.Namespace, paths: list[str]) -> dict[str, li
         if value is None:
             continue
         if len(paths) == 1 and not Path(value).is_dir():
-            out[flag] = [check_output_file(value, flag, (suffix,), force=args.force)]
+            out[flag] = [check_output_file(value, flag, (suffix,), force=args.force,
+                                           hint=" (a folder for several images)")]
         else:
             folder = Path(value)
             if folder.exists() and not folder.is_dir():
