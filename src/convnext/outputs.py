@@ -90,16 +90,16 @@ def printable(text: Any) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
 
 
-def chance_note(top1: float, classes: int, images: int, img_size: int | None = None) -> str | None:
+def chance_note(top1: float, classes: int, images: int, img_size: int | None = None, what: str = "top-1") -> str | None:
     """A note when `top1` (percent, on `images` labelled images of `classes` classes) is within guessing's reach,
     else None. Guessing scores 100 / classes; "within reach" is at most 1.5x that plus two binomial standard
-    deviations of a guess's score on `images` images. Two-class and smaller tasks get no note (an honest weak
-    binary model can score near 50%)."""
+    deviations of a guess's score on `images` images. Tasks of fewer than 5 classes get no note (an honest weak
+    model of 2-4 classes can score near guessing). `what` names the figure ("fp32 top-1")."""
     if classes < 5 or images < 1:
         return None
     p = 1.0 / classes
     if top1 > 100 * (1.5 * p + 2 * (p * (1 - p) / images) ** 0.5):
         return None
     size = f"resolution {img_size}px here, --img-size to change it; " if img_size else ""
-    return (f"note: top-1 {top1:.2f}% is near chance ({100 * p:.1f}% for {classes} classes): check that the images "
+    return (f"note: {what} {top1:.2f}% is near chance ({100 * p:.1f}% for {classes} classes): check that the images "
             f"match the checkpoint ({size}class folders in its class order)")

@@ -46,7 +46,7 @@ def test_export_openvino_cli(ckpt, tmp_path, capsys):
 def test_export_int8_measures_on_the_data(ckpt, images, tmp_path):
     pytest.importorskip("torchao")
     from convnext.data.transforms import eval_transform
-    from convnext.deploy.int8 import export_int8, format_int8_report, load_int8
+    from convnext.deploy.int8 import _labelled_images, export_int8, format_int8_report, load_int8
 
     model = create_model("convnext_atto", num_classes=3)
     model.load_state_dict(torch.load(ckpt, weights_only=True))
@@ -54,6 +54,8 @@ def test_export_int8_measures_on_the_data(ckpt, images, tmp_path):
                     classes=CLASSES, calib_images=6, eval_images=6, batch_size=4, compile=False)
     assert r["held_out"] and r["calibration_images"] == 6 and r["eval_images"] == 6
     assert r["fp32_top1"] is not None and 0 <= r["int8_top1"] <= 100  # folder names are the classes: top-1
+    held_out = _labelled_images(images, CLASSES, 3)[0][6:12]  # the 6 images after the 6 calibrated on
+    assert r["eval_classes"] == len({p.parent.name for p in held_out})  # classes present, as `convnext eval` counts
     assert 0 <= r["top1_agreement"] <= 1 and r["int8_img_per_s"] > 0
     text = format_int8_report(r)
     assert "change" in text and "LayerNorm, GELU" in text and "every Linear (pwconv1, pwconv2, head)" in text
@@ -241,8 +243,9 @@ def test_int8_report_flags_chance_level_fp32_accuracy():
     r = dict(path="q.pt2", images_from="calib", calibration_images=80, eval_images=80, held_out=False, calibrate_s=1.0,
              fp32_top1=10.0, int8_top1=10.0, top1_agreement=0.99, max_abs_logit_diff=0.02, max_abs_logit=4.0,
              batch_size=16, fp32_img_per_s=100.0, fp32_path="fp32 eager", int8_img_per_s=300.0, compiled=True,
-             int8_mixed_bf16=True, img_size=224, num_classes=10)
-    assert "near chance (10.0% for 10 classes)" in format_int8_report(r) and "224px" in format_int8_report(r)
+             int8_mixed_bf16=True, img_size=224, eval_classes=10)
+    assert "note: fp32 top-1 10.00% is near chance (10.0% for 10 classes)" in format_int8_report(r)
+    assert "224px" in format_int8_report(r)
     assert "near chance" not in format_int8_report({**r, "fp32_top1": 65.0})
-    assert "near chance" not in format_int8_report({**r, "num_classes": 2, "fp32_top1": 50.0})  # binary: no note
-    assert "near chance" not in format_int8_report({k: v for k, v in r.items() if k != "num_classes"})  # older report
+    assert "near chance" not in format_int8_report({**r, "eval_classes": 2, "fp32_top1": 50.0})  # binary: no note
+    assert "near chance" not in format_int8_report({k: v for k, v in r.items() if k != "eval_classes"})  # older report

@@ -440,7 +440,7 @@ def export_int8(
         "fused_gelu": int8_model.fused_gelu, "fused_dequant": int8_model.fused_dequant,
         "fused_norms": int8_model.fused_norms, "fused_residuals": int8_model.fused_residuals,
         "fused_mlps": int8_model.fused_mlps,
-        "bf16_stream": int8_model.bf16_stream, "img_size": img_size, "num_classes": ref.shape[1],
+        "bf16_stream": int8_model.bf16_stream, "img_size": img_size,
     }
     if cpu_features().native_bf16:  # the path predict / eval run by default on this CPU: the speed to beat
         bf16 = fast_cpu_model(model, "bf16", batch_size, img_size, candidates=("eager", "jit"))
@@ -448,6 +448,7 @@ def export_int8(
     if eval_labels is not None:
         report["fp32_top1"] = 100 * (ref.argmax(1) == eval_labels).float().mean().item()
         report["int8_top1"] = 100 * (got.argmax(1) == eval_labels).float().mean().item()
+        report["eval_classes"] = len(set(eval_labels.tolist()))  # as `convnext eval` counts them: classes present
     return report
 
 
@@ -460,9 +461,10 @@ def format_int8_report(r: dict) -> str:
                   if r.get("labels_from") == "folder order" else "")
         lines.append(f"top-1 on {r['eval_images']} {where} images: fp32 {r['fp32_top1']:.2f}% -> int8 "
                      f"{r['int8_top1']:.2f}% (change {r['int8_top1'] - r['fp32_top1']:+.2f} points){source}")
-        note = chance_note(r["fp32_top1"], r.get("num_classes") or 0, r["eval_images"], r.get("img_size"))
+        note = chance_note(r["fp32_top1"], r.get("eval_classes") or 0, r["eval_images"], r.get("img_size"),
+                           what="fp32 top-1")
         if note:
-            lines.append(note.replace("note: top-1", "note: fp32 top-1", 1))
+            lines.append(note)
     else:
         lines.append("(no labels: the images' folders are neither the model's class names nor as many as its "
                      "classes; agreement only)")
