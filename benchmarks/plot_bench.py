@@ -8,8 +8,23 @@ from different processes are not compared on one axis.
 """
 import argparse
 import json
+import sys
 
 from convnext.bench.plot import check_plot_path, plot_reports
+from convnext.errors import UserError
+
+
+def read_report(path: str) -> dict:
+    """A `convnext bench --json` report, or a one-line error naming the file."""
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except (OSError, ValueError) as e:  # missing, unreadable, not JSON
+        raise UserError(f"{path}: {e}") from None
+    results = report.get("results") if isinstance(report, dict) else None
+    if not isinstance(results, dict) or not all(isinstance(r, dict) and "img_per_s" in r for r in results.values()):
+        raise UserError(f"{path}: not a `convnext bench --json` report of a timed run (no 'results' with img/s)")
+    return report
 
 
 def main() -> None:
@@ -18,12 +33,12 @@ def main() -> None:
     p.add_argument("--out", required=True, help="chart file (.png, .svg, .pdf, .jpg)")
     p.add_argument("--titles", nargs="*", default=None, help="one title per panel (default: model, batch, dtype)")
     args = p.parse_args()
-    check_plot_path(args.out, "--out")
-    reports = []
-    for path in args.reports:
-        with open(path) as f:
-            reports.append(json.load(f))
-    print(f"wrote {plot_reports(reports, args.out, titles=args.titles)}")
+    try:
+        check_plot_path(args.out, "--out")
+        reports = [read_report(path) for path in args.reports]
+        print(f"wrote {plot_reports(reports, args.out, titles=args.titles)}")
+    except (UserError, ValueError) as e:
+        sys.exit(f"plot_bench: {e}")
 
 
 if __name__ == "__main__":
