@@ -212,7 +212,8 @@ def test_auto_dtype_follows_the_cpu_features(monkeypatch):
     assert cfg.resolved_dtype == "bf16" and cfg.fast_cpu_path and cfg.default_tolerance == 0.1
     assert not BenchConfig(**TINY, dtype="auto", mode="train").fast_cpu_path  # training: bf16 autocast
     assert BenchConfig(**TINY, dtype="fp32").resolved_dtype == "fp32"
-    assert not BenchConfig(**TINY, dtype="fp32").fast_cpu_path  # exact fp32: ours as built
+    assert BenchConfig(**TINY, dtype="fp32").fast_cpu_path  # exact fp32: fast_cpu_model's fp32 eager path
+    assert not BenchConfig(**TINY, dtype="fp32", optimize_ours=True).fast_cpu_path  # as built + folded
     monkeypatch.setattr(features, "cpu_features", lambda: features.CpuFeatures(avx512_vnni=True, source="given"))
     cfg = BenchConfig(**TINY, dtype="auto")
     assert cfg.resolved_dtype == "fp32" and cfg.fast_cpu_path and cfg.default_tolerance == 1e-4

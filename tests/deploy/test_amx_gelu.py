@@ -450,3 +450,99 @@ def test_fast_cpu_model_bf16_runs_the_pointwise_convs_in_our_gemms(variant, seco
     with mock.patch.object(torch.ops.convnext, "linear_gelu_bf16", side_effect=counting("linear_gelu_bf16")):
         fast.module(xg).float().sum().backward()
     assert calls["linear_gelu_bf16"] == 0 and xg.grad is not None
+
+
+def _fp32_block_mlp(m: int, c: int, hidden: int, seed: int):
+    """(x, residual, (W1, b1), (W2, b2)) of one block's MLP on m rows of c channels; fp32."""
+    g = torch.Generator().manual_seed(seed)
+    x, res = torch.randn(m, c, generator=g), torch.randn(m, c, generator=g)
+    w1, b1 = torch.randn(hidden, c, generator=g) * c ** -0.5, torch.randn(hidden, generator=g)
+    w2, b2 = torch.randn(c, hidden, generator=g) * hidden ** -0.5, torch.randn(c, generator=g)
+    return x, res, (w1, b1), (w2, b2)
+
+
+@needs_kernel
+@pytest.mark.parametrize("m,c,hidden,threads", [(3136, 96, 384, 2), (784, 768, 3072, 2), (49, 768, 3072, 2),
+                                                 (300, 40, 160, 3), (77, 48, 192, 1), (5, 80, 100, 2), (1, 64, 256, 2)])
+def test_mlp_fp32_is_fp32_arithmetic(m, c, hidden, threads):
+    """`mlp_fp32` against the same block in float64: no further from it than torch's own fp32 ops are, but for
+    the order of the sums (a small multiple of their error). Rows split into equal tiles per thread, too few rows
+    to share out (the weights' panels split instead), channel counts that are not multiples of 32 (the last
+    panel masked), a hidden width that is not one either; 1-3 threads."""
+    x, res, (w1, b1), (w2, b2) = _fp32_block_mlp(m, c, hidden, m + c)
+    p1, q1 = amx_gelu.pack_fp32(w1, b1)
+    p2, q2 = amx_gelu.pack_fp32(w2, b2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = amx_gelu.mlp_fp32(x.view(1, m, c), p1, q1, p2, q2, res.view(1, m, c))
+        torch_fp32 = res + F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+    finally:
+        torch.set_num_threads(before)
+    assert got.shape == (1, m, c) and got.dtype == torch.float32
+    exact = res.double() + F.linear(F.gelu(F.linear(x.double(), w1.double(), b1.double())), w2.double(),
+                                    b2.double())
+    err, yardstick = (got[0].double() - exact).abs().max(), (torch_fp32.double() - exact).abs().max()
+    assert err <= 4 * yardstick + 2e-6, (err, yardstick)
+
+
+@needs_kernel
+def test_mlp_fp32_gelu_is_erf_gelu_to_fp32_precision():
+    """Identity weights, no bias, zero residual: the kernel's output is its GELU (`phi_quintics`) of each input,
+    over [-12, 12] and a few extremes: within 2e-7 max(1, |x|) of float64 erf GELU, 0 far below, x far above."""
+    xs = torch.cat([torch.linspace(-12, 12, 32 * 4001), torch.tensor([-1e4, -50.0, 50.0, 1e4] * 8)]).view(-1, 32)
+    eye, zeros = torch.eye(32), torch.zeros(32)
+    p1, q1 = amx_gelu.pack_fp32(eye, zeros)
+    p2, q2 = amx_gelu.pack_fp32(eye, zeros)
+    y = amx_gelu.mlp_fp32(xs, p1, q1, p2, q2, torch.zeros_like(xs)).double()
+    xd = xs.double()
+    assert ((y - F.gelu(xd)).abs() <= 2e-7 * xd.abs().clamp(min=1)).all()
+    assert (y[xd < -6] == 0).all() and torch.equal(y[xd > 6], xd[xd > 6])
+
+
+@needs_kernel
+def test_mlp_fp32_op_fake_shape_matches_the_kernel():
+    """`torch.library.opcheck` on `convnext::mlp_fp32`: the schema and the fake implementation torch.compile traces
+    with, against the kernel's output."""
+    x, res, (w1, b1), (w2, b2) = _fp32_block_mlp(300, 64, 256, 0)
+    p1, q1 = amx_gelu.pack_fp32(w1, b1)
+    p2, q2 = amx_gelu.pack_fp32(w2, b2)
+    torch.library.opcheck(torch.ops.convnext.mlp_fp32.default, (x.view(2, 150, 64), p1, q1, p2, q2,
+                                                                 res.view(2, 150, 64)),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@needs_kernel
+def test_fast_cpu_model_fp32_runs_each_block_mlp_in_one_pass_at_inference_only():
+    """fp32: every block's pwconv1 + GELU + pwconv2 + residual is one `convnext::mlp_fp32` call, logits equal to the
+    model's up to fp32 rounding; the packed weights are not saved; recording gradients, export and GRN (V2) keep the
+    standard ops; CONVNEXT_NO_FUSED_MLP turns it off."""
+    from convnext.deploy.cpu import fast_cpu_model
+    from convnext.models.layers import Block
+
+    model, x, ref, fast, blocks = _fast_eager("convnext_pico", "fp32", 2)
+    assert all(b.fused_mlp_fp32 for b in blocks)
+    assert not any(b.fused_mlp_fp32 for b in model.modules() if isinstance(b, Block))  # a copy was switched
+    assert not any("_pw" in k for k in fast.module.state_dict())
+    assert f"pointwise convs of {len(blocks)} blocks in one fp32 pass of ours" in fast.describe()
+    calls = []
+    op = torch.ops.convnext.mlp_fp32
+    with torch.no_grad(), mock.patch.object(torch.ops.convnext, "mlp_fp32",
+                                            side_effect=lambda *a: calls.append(1) or op(*a)):
+        got = fast(x)
+    assert len(calls) == len(blocks)
+    assert torch.allclose(got, ref, atol=1e-5 * ref.abs().max(), rtol=1e-5)
+    xg = x.clone().to(memory_format=torch.channels_last).requires_grad_()
+    calls.clear()
+    with mock.patch.object(torch.ops.convnext, "mlp_fp32", side_effect=lambda *a: calls.append(1) or op(*a)):
+        fast.module(xg).sum().backward()
+    assert not calls and xg.grad is not None
+    program = torch.export.export(fast.module, (x.to(memory_format=torch.channels_last),))
+    assert not any("mlp_fp32" in str(n.target) for n in program.graph.nodes)
+    with mock.patch.dict("os.environ", {"CONVNEXT_NO_FUSED_MLP": "1"}):
+        plain = fast_cpu_model(model, "fp32", 2, 64, candidates=("eager",))
+    assert not any(b.fused_mlp_fp32 for b in plain.module.modules() if isinstance(b, Block))
+    assert "fp32 pass of ours" not in plain.describe()
+    _, _, ref2, v2, v2_blocks = _fast_eager("convnextv2_pico", "fp32", 2)
+    assert v2_blocks and not any(b.fused_mlp_fp32 for b in v2_blocks)
+    assert torch.allclose(v2(x), ref2, atol=1e-4)

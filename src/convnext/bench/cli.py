@@ -182,14 +182,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="auto",
                    help="auto (default): bf16 where the CPU has AMX-BF16/AVX512-BF16, else fp32; on CPU inference "
                    "ours then runs convnext.deploy.fast_cpu_model (bf16 end to end, or fp32 with layer scale "
-                   "folded) and the peers run under autocast. fp32: exact fp32, ours as built. bf16: as auto's bf16. "
+                   "folded) and the peers run under autocast. fp32: exact fp32, ours on CPU via fast_cpu_model's fp32 "
+                   "eager path (layer scale folded, our one-pass kernels where they run). bf16: as auto's bf16. "
                    "fp16: autocast")
     p.add_argument("--channels-last", action="store_true", help="models and input in channels_last memory format")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every implementation (ours on CPU with --dtype auto/bf16: the compiled path only)")
     p.add_argument("--cpu-paths", default=None, metavar="LIST",
-                   help="CPU inference with --dtype auto/bf16: the paths of ours timed before the run, the fastest "
-                   "kept (comma-separated among eager, compile, jit; default all: compiling takes tens of seconds)")
+                   help="CPU inference: the paths of ours timed before the run, the fastest kept (comma-separated "
+                   "among eager, compile, jit; default all with --dtype auto/bf16, eager with fp32: compiling "
+                   "takes tens of seconds)")
     p.add_argument("--allocator", choices=("kept", "default"), default="kept",
                    help="CPU: kept (default): freed memory kept for reuse, as ours sets up (convnext.memory); "
                    "default: the C library's settings. Process-wide: every implementation of the run gets it")
@@ -206,8 +208,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed rounds")
     p.add_argument("--iters", type=int, default=1, help="steps per implementation per round")
     p.add_argument("--optimize-ours", action="store_true",
-                   help="infer: apply convnext.models.inference.optimize_for_inference to ours "
-                   "(layer scale folded once)")
+                   help="infer: ours as built with convnext.models.inference.optimize_for_inference applied "
+                   "(layer scale folded once; on CPU with --dtype fp32 instead of fast_cpu_model's path)")
     p.add_argument("--tolerance", type=float, default=None, help="max |logit diff| allowed (default by dtype)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the full report as JSON")
     p.add_argument("--plot", default=None, metavar="OUT",

@@ -37,7 +37,8 @@ from ..models.fast import depthwise_kernel_takes
 __all__ = ["available", "fuse_gelu_tables", "fuse_dequant_linears", "fuse_int8_mlps", "fuse_dwconv_norms",
            "dwconv_ln_quant", "dwconv_ln", "RangeRecorder", "gelu_table", "grid_affine", "phi_cubics", "pack_weight",
            "pack_depthwise", "qlinear_gelu_table", "qlinear_dequant", "qlinear_dequant_residual", "qmlp",
-           "linear_gelu_bf16", "linear_residual_bf16", "mlp_bf16", "first_stream_in_bf16"]
+           "linear_gelu_bf16", "linear_residual_bf16", "mlp_bf16", "first_stream_in_bf16", "phi_quintics",
+           "pack_fp32", "mlp_fp32"]
 
 # The AMX GEMM driver both kernels share (and `benchmarks/int8_gelu.py fused`, with other epilogues).
 GEMM_SRC = r"""
@@ -697,6 +698,190 @@ torch::Tensor qmlp(const torch::Tensor& a, const torch::Tensor& bp1, const torch
   return out;
 }
 
+// ---- fp32 (AVX-512 FMA): a block's pwconv1 + exact GELU + pwconv2 + bias + residual in one pass ----
+// Weights `pack_fp32` [ceil(N/32)][K][32] (zero-padded columns), biases padded to match. Each thread takes an equal
+// share of the rows, in equal tiles of up to 112 rows (`fmlp_tile_rows`): pwconv1 + bias into the tile's 4C hidden
+// (kept in the core's L2), GELU over each 32-column panel of it while in L1, then pwconv2 + bias + residual to the
+// output. One micro-kernel: MR rows x 32 columns of fp32 accumulators (MR <= 14: 28 registers), K in steps of one,
+// each step two weight vectors and MR broadcasts of A; partial sums added every 256 steps of K (rounding error of
+// long sums); the first row group of each panel prefetches the next panel's weights into L2.
+alignas(64) static float g_phi5[192];  // `phi_quintics`, set once when the extension is loaded
+
+void set_phi_quintics(torch::Tensor coef) {
+  TORCH_CHECK(coef.scalar_type() == torch::kFloat && coef.is_contiguous() && coef.numel() == 192, "GELU quintics");
+  std::memcpy(g_phi5, coef.data_ptr<float>(), sizeof(g_phi5));
+}
+
+// x * Phi(x), Phi a quintic in each of 32 intervals of [-6, 6), coefficients g_phi5[d * 32 + interval] of f^d, f the
+// offset in the interval; 0 below -6 (|GELU| < 6e-9 there), the last interval's end above (Phi(6) = 1 - 1e-9).
+struct PhiQuintic { __m512 c[6][2]; };
+
+static inline PhiQuintic load_phi5() {
+  PhiQuintic k;
+  for (int d = 0; d < 6; ++d) { k.c[d][0] = _mm512_load_ps(g_phi5 + 32 * d); k.c[d][1] = _mm512_load_ps(g_phi5 + 32 * d + 16); }
+  return k;
+}
+
+static inline __m512 gelu_fp32(__m512 x, const PhiQuintic& k) {
+  __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(32.0f / 12.0f), _mm512_set1_ps(16.0f));
+  t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(31.999998f));
+  const __m512i i = _mm512_cvttps_epi32(t);
+  const __m512 f = _mm512_sub_ps(t, _mm512_cvtepi32_ps(i));
+  __m512 p = _mm512_permutex2var_ps(k.c[5][0], i, k.c[5][1]);
+  for (int d = 4; d >= 0; --d) p = _mm512_fmadd_ps(p, f, _mm512_permutex2var_ps(k.c[d][0], i, k.c[d][1]));
+  return _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-6.0f), _CMP_NLT_UQ), x, p);  // 0 below -6
+}
+
+constexpr int FMR = 14;       // rows per micro-kernel
+constexpr int64_t FKB = 256;  // steps of K between partial sums
+
+static inline float* aligned64(float* p) {  // the first 64-byte boundary at or after p (16 floats of room needed)
+  return (float*)(((uintptr_t)p + 63) & ~(uintptr_t)63);
+}
+
+// acc[r][0..1] = bias + sum_k A[r * lda + k] * B[k][0..31] for r < MR; then epi(acc).
+template <int MR, bool PF, class Epi>
+static inline __attribute__((always_inline)) void fkern(const float* A, int64_t lda, const float* B, int64_t K,
+                                                        const float* bias, const float* pf, Epi&& epi) {
+  __m512 acc[MR][2], sum[MR][2];
+  const __m512 b0 = _mm512_loadu_ps(bias), b1 = _mm512_loadu_ps(bias + 16);
+  for (int64_t k0 = 0; k0 < K; k0 += FKB) {
+    for (int r = 0; r < MR; ++r) {
+      acc[r][0] = k0 ? _mm512_setzero_ps() : b0;
+      acc[r][1] = k0 ? _mm512_setzero_ps() : b1;
+    }
+    const int64_t k1 = std::min(K, k0 + FKB);
+    for (int64_t k = k0; k < k1; ++k) {
+      const __m512 v0 = _mm512_loadu_ps(B + k * 32), v1 = _mm512_loadu_ps(B + k * 32 + 16);
+      if (PF) {  // the next panel's weights on their way to L2 while this one computes
+        _mm_prefetch((const char*)(pf + k * 32), _MM_HINT_T1);
+        _mm_prefetch((const char*)(pf + k * 32 + 16), _MM_HINT_T1);
+      }
+      #pragma GCC unroll 14
+      for (int r = 0; r < MR; ++r) {
+        const __m512 a = _mm512_set1_ps(A[r * lda + k]);
+        acc[r][0] = _mm512_fmadd_ps(a, v0, acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(a, v1, acc[r][1]);
+      }
+    }
+    for (int r = 0; r < MR; ++r) {
+      sum[r][0] = k0 ? _mm512_add_ps(sum[r][0], acc[r][0]) : acc[r][0];
+      sum[r][1] = k0 ? _mm512_add_ps(sum[r][1], acc[r][1]) : acc[r][1];
+    }
+  }
+  epi(sum);
+}
+
+// Rows [0, rows) of one 32-column panel: the micro-kernel over groups of FMR rows, the last group shorter.
+// epi(acc, first row, MR) stores.
+template <class Epi>
+static void fpanel(const float* A, int64_t lda, const float* B, int64_t K, const float* bias, int64_t rows,
+                   const float* next, Epi&& epi) {
+  int64_t r = 0;
+  if (next && rows >= FMR) {  // the first row group prefetches the next panel's weights (K x 32), if any
+    fkern<FMR, true>(A, lda, B, K, bias, next, [&](auto& acc) { epi(acc, 0, FMR); });
+    r = FMR;
+  }
+  for (; r + FMR <= rows; r += FMR)
+    fkern<FMR, false>(A + r * lda, lda, B, K, bias, nullptr, [&](auto& acc) { epi(acc, r, FMR); });
+  const int64_t left = rows - r;
+  const float* a = A + r * lda;
+  switch (left) {
+#define FMLP_TAIL(n) case n: fkern<n, false>(a, lda, B, K, bias, nullptr, [&](auto& acc) { epi(acc, r, n); }); break;
+    FMLP_TAIL(1) FMLP_TAIL(2) FMLP_TAIL(3) FMLP_TAIL(4) FMLP_TAIL(5) FMLP_TAIL(6) FMLP_TAIL(7)
+    FMLP_TAIL(8) FMLP_TAIL(9) FMLP_TAIL(10) FMLP_TAIL(11) FMLP_TAIL(12) FMLP_TAIL(13)
+#undef FMLP_TAIL
+    default: break;
+  }
+}
+
+// pwconv1 + bias + GELU of `rows` rows of x (ldx) for panel p, into h (row stride ldh, the panel's first column).
+static inline void fmlp_first(const float* x, int64_t ldx, int64_t C, const float* w1, const float* b1, int64_t p,
+                              int64_t rows, float* h, int64_t ldh, const PhiQuintic& phi, bool last) {
+  const float* w = w1 + p * C * 32;
+  fpanel(x, ldx, w, C, b1 + p * 32, rows, last ? nullptr : w + C * 32, [&](auto& acc, int64_t r, int mr) {
+    for (int i = 0; i < mr; ++i) {
+      float* o = h + (r + i) * ldh;
+      _mm512_storeu_ps(o, acc[i][0]);
+      _mm512_storeu_ps(o + 16, acc[i][1]);
+    }
+  });
+  for (int64_t i = 0; i < rows; ++i) {  // GELU over the panel while it is in L1
+    float* o = h + i * ldh;
+    _mm512_storeu_ps(o, gelu_fp32(_mm512_loadu_ps(o), phi));
+    _mm512_storeu_ps(o + 16, gelu_fp32(_mm512_loadu_ps(o + 16), phi));
+  }
+}
+
+// pwconv2 + bias + residual of `rows` hidden rows (ldh, H4 of them used) for panel p: out, residual [rows][N].
+static inline void fmlp_second(const float* h, int64_t ldh, int64_t H4, const float* w2, const float* b2, int64_t p,
+                               int64_t rows, const float* res, float* out, int64_t N, bool last) {
+  const int64_t n0 = p * 32, valid = std::min<int64_t>(32, N - n0);
+  const __mmask16 m0 = valid >= 16 ? 0xFFFF : (__mmask16)((1u << valid) - 1);
+  const __mmask16 m1 = valid >= 32 ? 0xFFFF : valid <= 16 ? 0 : (__mmask16)((1u << (valid - 16)) - 1);
+  const float* w = w2 + p * H4 * 32;
+  fpanel(h, ldh, w, H4, b2 + n0, rows, last ? nullptr : w + H4 * 32, [&](auto& acc, int64_t r, int mr) {
+    for (int i = 0; i < mr; ++i) {
+      const int64_t at = (r + i) * N + n0;
+      _mm512_mask_storeu_ps(out + at, m0, _mm512_add_ps(acc[i][0], _mm512_maskz_loadu_ps(m0, res + at)));
+      _mm512_mask_storeu_ps(out + at + 16, m1, _mm512_add_ps(acc[i][1], _mm512_maskz_loadu_ps(m1, res + at + 16)));
+    }
+  });
+}
+
+// Rows per tile: the hidden tile (rows x padded 4C fp32) within about 700 KiB of the core's L2, a multiple of FMR,
+// at most 112.
+static int64_t fmlp_tile_rows(int64_t H4p) {
+  return std::max<int64_t>(FMR, std::min<int64_t>(112, (700 * 1024 / (H4p * 4)) / FMR * FMR));
+}
+
+torch::Tensor fmlp(const torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1, const torch::Tensor& w2,
+                   const torch::Tensor& b2, const torch::Tensor& residual) {
+  TORCH_CHECK(x.scalar_type() == torch::kFloat && x.dim() == 2 && x.is_contiguous(), "fp32 MLP: fp32 [M, C] input");
+  const int64_t M = x.size(0), C = x.size(1), H4p = w1.size(0) * 32, H4 = w2.size(1), N = residual.size(1);
+  TORCH_CHECK(w1.scalar_type() == torch::kFloat && w2.scalar_type() == torch::kFloat && w1.is_contiguous() &&
+              w2.is_contiguous() && w1.dim() == 3 && w2.dim() == 3 && w1.size(1) == C && w1.size(2) == 32 &&
+              w2.size(2) == 32 && H4 <= H4p && H4 > H4p - 32 && w2.size(0) == (N + 31) / 32, "fp32 MLP: packed weights");
+  TORCH_CHECK(b1.scalar_type() == torch::kFloat && b2.scalar_type() == torch::kFloat && b1.is_contiguous() &&
+              b2.is_contiguous() && b1.numel() == H4p && b2.numel() == w2.size(0) * 32, "fp32 MLP: padded fp32 biases");
+  TORCH_CHECK(residual.scalar_type() == torch::kFloat && residual.dim() == 2 && residual.is_contiguous() &&
+              residual.size(0) == M, "fp32 MLP: fp32 [M, N] residual");
+  auto out = torch::empty({M, N}, x.options());
+  if (M == 0) return out;
+  const float *X = x.data_ptr<float>(), *W1 = w1.data_ptr<float>(), *W2 = w2.data_ptr<float>();
+  const float *B1 = b1.data_ptr<float>(), *B2 = b2.data_ptr<float>(), *R = residual.data_ptr<float>();
+  float* O = out.data_ptr<float>();
+  const PhiQuintic phi = load_phi5();
+  const int64_t threads = omp_get_max_threads(), P1 = H4p / 32, P2 = w2.size(0);
+  if ((M + FMR - 1) / FMR < 2 * threads) {  // too few rows to share out: each GEMM splits its weight's panels instead
+    std::vector<float> hidden(M * H4p + 16);
+    float* Hd = aligned64(hidden.data());
+    #pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < P1; ++p) fmlp_first(X, C, C, W1, B1, p, M, Hd + p * 32, H4p, phi, true);
+    #pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < P2; ++p) fmlp_second(Hd, H4p, H4, W2, B2, p, M, R, O, N, true);
+    return out;
+  }
+  const int64_t mt = fmlp_tile_rows(H4p);
+  #pragma omp parallel
+  {
+    static thread_local std::vector<float> hidden;
+    if ((int64_t)hidden.size() < mt * H4p + 16) hidden.resize(mt * H4p + 16);
+    float* Hd = aligned64(hidden.data());
+    const int64_t T = omp_get_num_threads(), share = (M + T - 1) / T;
+    const int64_t begin = std::min(M, omp_get_thread_num() * share), end = std::min(M, begin + share);
+    const int64_t tiles = (end - begin + mt - 1) / mt, each = tiles ? (end - begin + tiles - 1) / tiles : 1;
+    for (int64_t r0 = begin; r0 < end; r0 += each) {  // equal tiles: a short one would stream the weights for little
+      const int64_t rows = std::min(each, end - r0);
+      for (int64_t p = 0; p < P1; ++p)
+        fmlp_first(X + r0 * C, C, C, W1, B1, p, rows, Hd + p * 32, H4p, phi, p + 1 == P1);
+      for (int64_t p = 0; p < P2; ++p)
+        fmlp_second(Hd, H4p, H4, W2, B2, p, rows, R + r0 * N, O + r0 * N, N, p + 1 == P2);
+    }
+  }
+  return out;
+}
+
 // ---- the ops, registered with the dispatcher: torch.compile's C++ wrapper calls them without Python in between ----
 static torch::Tensor rows_of(const torch::Tensor& x) { return x.reshape({-1, x.size(-1)}).contiguous(); }
 
@@ -727,6 +912,11 @@ torch::Tensor qmlp_op(const torch::Tensor& x, const torch::Tensor& w1, const tor
                       bool bf16) {
   return with_lead(qmlp(rows_of(x), w1, scale1, shift1, table, ks1, w2, scale2, shift2, rows_of(residual), ks2, bf16),
                    residual);
+}
+
+torch::Tensor mlp_fp32_op(const torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1,
+                          const torch::Tensor& w2, const torch::Tensor& b2, const torch::Tensor& residual) {
+  return with_lead(fmlp(rows_of(x), w1, b1, w2, b2, rows_of(residual)), residual);
 }
 
 torch::Tensor dwconv_ln_op(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
@@ -764,6 +954,7 @@ TORCH_LIBRARY_FRAGMENT(convnext, m) {
   m.def("linear_gelu_bf16(Tensor x, Tensor packed, Tensor bias, int ks) -> Tensor");
   m.def("linear_residual_bf16(Tensor x, Tensor packed, Tensor bias, Tensor residual, int ks) -> Tensor");
   m.def("mlp_bf16(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor residual, int ks) -> Tensor");
+  m.def("mlp_fp32(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor residual) -> Tensor");
   m.def("qmlp(Tensor x, Tensor w1, Tensor scale1, Tensor shift1, Tensor table, int ks1, Tensor w2, Tensor scale2, "
         "Tensor shift2, Tensor residual, int ks2, bool bf16) -> Tensor");
   m.def("qlinear_gelu_table(Tensor x, Tensor packed, Tensor scale, Tensor shift, Tensor table, int ks) -> Tensor");
@@ -779,6 +970,7 @@ TORCH_LIBRARY_IMPL(convnext, CPU, m) {
   m.impl("linear_gelu_bf16", &linear_gelu_bf16_op);
   m.impl("linear_residual_bf16", &linear_residual_bf16_op);
   m.impl("mlp_bf16", &mlp_bf16_op);
+  m.impl("mlp_fp32", &mlp_fp32_op);
   m.impl("qmlp", &qmlp_op);
   m.impl("qlinear_gelu_table", &qlinear_gelu_table_op);
   m.impl("qlinear_dequant", &qlinear_dequant_op);
@@ -797,7 +989,7 @@ def _extension():
         return None
     from .cpu import quiet_library_notes
 
-    name = "convnext_amx_v44"
+    name = "convnext_amx_v57"
     try:
         with quiet_library_notes():  # the CUDA_HOME note of a CUDA build without a GPU
             from torch.utils.cpp_extension import load_inline
@@ -806,13 +998,14 @@ def _extension():
                 print("convnext: compiling our CPU kernels (AMX / AVX512), once for this machine: about 30 s ...",
                       file=sys.stderr, flush=True)
             ext = load_inline(name, cpp_sources=_SRC,
-                              functions=["set_phi_cubics", "request_amx"],
+                              functions=["set_phi_cubics", "set_phi_quintics", "request_amx"],
                               extra_cflags=["-O3", "-march=native", "-mamx-tile", "-mamx-int8", "-mamx-bf16",
                                             "-fopenmp"],
                               extra_ldflags=["-fopenmp"])
         if not ext.request_amx():
             return None
         ext.set_phi_cubics(phi_cubics())
+        ext.set_phi_quintics(phi_quintics())
         _register_fakes()
         return ext
     except Exception:  # noqa: BLE001 - no compiler, no AMX support in it: oneDNN's post-op stays
@@ -915,6 +1108,32 @@ def phi_cubics() -> torch.Tensor:
     return coef.float().contiguous()
 
 
+@functools.cache
+def phi_quintics() -> torch.Tensor:
+    """fp32 [6][32]: Phi on [-6, 6) as a quintic in each of 32 equal intervals (as `phi_cubics`, 64 Chebyshev points
+    per interval). The fp32 MLP's GELU is x * Phi(x) with them (0 below -6, where |GELU| < 6e-9; the offset
+    clamped to the last interval above 6): |error| <= 1e-7 |x| before fp32 rounding, the order of oneDNN's erf
+    approximation."""
+    f = (1 - torch.cos(torch.linspace(0, math.pi, 64, dtype=torch.float64))) / 2
+    powers = torch.stack([f ** d for d in range(6)], 1)  # (64, 6)
+    coef = torch.empty(6, 32, dtype=torch.float64)
+    for i in range(32):
+        x = -6 + (i + f) * 12 / 32
+        phi = 0.5 * (1 + torch.special.erf(x / math.sqrt(2)))
+        coef[:, i] = torch.linalg.lstsq(powers, phi[:, None]).solution[:, 0]
+    return coef.float().contiguous()
+
+
+def pack_fp32(weight: torch.Tensor, bias: torch.Tensor | None, width: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Linear's (N, K) weight and (N,) bias for `mlp_fp32`: fp32 [ceil(N/width)][K][width] (`width` output
+    channels of one K step side by side, zero-padded to a multiple of it) and the bias zero-padded to match."""
+    n, k = weight.shape
+    pad = -n % width
+    w = F.pad(weight.detach().float(), (0, 0, 0, pad))
+    b = F.pad(bias.detach().float(), (0, pad)) if bias is not None else torch.zeros(n + pad)
+    return w.view((n + pad) // width, width, k).transpose(1, 2).contiguous(), b.contiguous()
+
+
 def _gemm_out(x: torch.Tensor, packed: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The (..., N) output of one of our GEMMs on x (..., K) with a `pack_weight` weight (N = 16 x its rows)."""
     return x.new_empty((*x.shape[:-1], packed.shape[0] * 16), dtype=dtype)
@@ -938,6 +1157,10 @@ def _register_fakes() -> None:
     @torch.library.register_fake("convnext::mlp_bf16")
     def _(x, w1, b1, w2, b2, residual, ks):
         return residual.new_empty(residual.shape)  # contiguous, as the op returns it
+
+    @torch.library.register_fake("convnext::mlp_fp32")
+    def _(x, w1, b1, w2, b2, residual):
+        return residual.new_empty(residual.shape)
 
     @torch.library.register_fake("convnext::qmlp")
     def _(x, w1, scale1, shift1, table, ks1, w2, scale2, shift2, residual, ks2, bf16):
@@ -999,6 +1222,15 @@ def mlp_bf16(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tens
     each thread's cache. Both weights `pack_weight`-ed with the same `ks`; `residual` bf16 (..., N). The op
     `convnext::mlp_bf16` (C++)."""
     return _ops().mlp_bf16(x, w1, b1, w2, b2, residual, ks)
+
+
+def mlp_fp32(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+             residual: torch.Tensor) -> torch.Tensor:
+    """fp32 (..., C) -> fp32 (..., N): residual + GELU(x W1^T + b1) W2^T + b2 in one pass of AVX-512 FMAs, the
+    (..., 4C) hidden kept in each thread's cache; exact fp32 arithmetic up to the summation order and GELU's
+    `phi_quintics` (within 1e-7 |x| of erf GELU). (w1, b1), (w2, b2): `pack_fp32`; `residual` fp32 (..., N). The
+    op `convnext::mlp_fp32` (C++)."""
+    return _ops().mlp_fp32(x, w1, b1, w2, b2, residual)
 
 
 def grid_affine(in_scale: float, in_zp: int, w: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,

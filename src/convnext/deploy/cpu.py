@@ -10,11 +10,14 @@ only the logits are cast back to fp32. No autocast is involved, so nothing is re
 On CPUs where our kernels build (`convnext.deploy.amx_gelu`: AMX-BF16 / AMX-INT8, AVX512-VBMI), each
 block runs in our kernels: depthwise conv + LayerNorm in one pass (fp32 or bf16), and in bf16 pwconv1 +
 bias + GELU and pwconv2 + bias + residual as AMX GEMMs with those in their stores, both in one pass
-(`convnext::mlp_bf16`, the 4C hidden kept in cache) where no GRN sits between them.
+(`convnext::mlp_bf16`, the 4C hidden kept in cache) where no GRN sits between them. In fp32 the same one
+pass runs on AVX-512 FMAs (`convnext::mlp_fp32`: exact fp32 arithmetic, within fp32 rounding of the model
+as built).
 
 Candidate paths, timed on the caller's batch size and resolution (interleaved rounds, median):
 
-- "eager": the module itself, channels-last, under no_grad (fp32: our oneDNN-fused Linears).
+- "eager": the module itself, channels-last, under no_grad (fp32 where our kernels do not run: our
+  oneDNN-fused Linears).
 - "compile": `torch.compile` with inductor's CPU backend, `freezing=True` (weights become constants,
   so inductor pre-packs them for oneDNN / AMX GEMMs: `cpp.weight_prepack`), kernels called from
   inductor's generated C++ wrapper (no Python per kernel), and, with `max_autotune=True`,
@@ -254,6 +257,27 @@ def _fuse_linears(module: nn.Module) -> tuple[int, int]:
     return switched, one_pass
 
 
+def _fuse_fp32_mlps(module: nn.Module) -> int:
+    """Switch every ConvNeXt block of an fp32 `module` without GRN to our one-pass fp32 MLP kernel (pwconv1 + GELU +
+    pwconv2 + bias + residual, `convnext::mlp_fp32`) where our kernels run, unless CONVNEXT_NO_FUSED_MLP is set;
+    how many."""
+    from ..models.layers import Block
+    from . import amx_gelu
+
+    blocks = [m for m in module.modules() if isinstance(m, Block) and m.pwconv1.weight.dtype == torch.float32
+              and isinstance(m.grn, nn.Identity)]
+    if not blocks or os.environ.get("CONVNEXT_NO_FUSED_MLP") or not amx_gelu.available():
+        return 0
+    for block in blocks:
+        fold_layer_scale(block)  # done by `prepare_eager` already: the kernel reads no gamma
+        for i, linear in ((1, block.pwconv1), (2, block.pwconv2)):
+            weight, bias = amx_gelu.pack_fp32(linear.weight, linear.bias)
+            block.register_buffer(f"_pw{i}_w", weight, persistent=False)
+            block.register_buffer(f"_pw{i}_b", bias, persistent=False)
+        block.fused_mlp_fp32 = True
+    return len(blocks)
+
+
 def fast_cpu_model(
     model: nn.Module,
     dtype: str = "auto",
@@ -295,6 +319,7 @@ def fast_cpu_model(
     module = prepare_eager(model, chosen, inplace=inplace)
     fused = _fuse_dw_norms(module)
     linears, one_pass = _fuse_linears(module) if chosen == "bf16" else (0, 0)
+    fp32_mlps = _fuse_fp32_mlps(module) if chosen == "fp32" else 0
     in_chans = in_chans or getattr(model, "in_chans", 3)
     height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     example = torch.randn(batch, in_chans, height, width).to(_TORCH_DTYPES[chosen])
@@ -316,7 +341,7 @@ def fast_cpu_model(
         raise RuntimeError(f"no CPU inference path could be built: {failures}")
     timings = _measure(runners, example, repeats) if len(runners) > 1 else {}
     best = min(timings, key=timings.get) if timings else next(iter(runners))
-    words = {"eager": "eager channels-last" + ("" if fused or linears else " (oneDNN kernels)"),
+    words = {"eager": "eager channels-last" + ("" if fused or linears or fp32_mlps else " (oneDNN kernels)"),
              "compile": "torch.compile inductor CPU, freezing + weight prepack"
                         + (", C++ wrapper" if getattr(runners.get("compile"), "cpp_wrapper", False) else "")
                         + (", max-autotune" if max_autotune else ""),
@@ -327,6 +352,9 @@ def fast_cpu_model(
     if linears and best != "jit":
         path += f", pointwise convs of {linears} blocks in bf16 AMX GEMMs of ours (GELU / residual in their store"
         path += f"; of {one_pass}, both in one pass, the 4C hidden kept in cache)" if one_pass else ")"
+    if fp32_mlps and best != "jit":
+        path += (f", pointwise convs of {fp32_mlps} blocks in one fp32 pass of ours (AVX-512 FMA; GELU and residual "
+                 "in its stores, the 4C hidden kept in cache)")
     if len(timings) > 1:
         path += f", fastest of {len(timings)} measured at batch {batch}, "
         path += f"{height}px" if height == width else f"{height}x{width}px"
@@ -342,8 +370,9 @@ def model_for_dtype(model: nn.Module, dtype: str, device, batch_size: int, img_s
     """(the module to run, a line saying what runs) for `convnext predict` / `eval --dtype`.
 
     On CPU with "auto" on a CPU with native bf16, or with "bf16": `fast_cpu_model` (eager and
-    TorchScript-oneDNN timed; with `compile` also inductor). "fp32", and "auto" elsewhere: the model
-    as it is (exact fp32, today's eager path). Other devices, other tasks, or an --amp run: as it is.
+    TorchScript-oneDNN timed; with `compile` also inductor). "fp32", and "auto" elsewhere: `fast_cpu_model`'s
+    exact fp32 eager path (layer scale folded, our one-pass kernels where they run; with `compile` inductor's
+    is timed too). Other devices, other tasks, or an --amp run: as it is.
     """
     from ..errors import UserError
 
@@ -356,9 +385,9 @@ def model_for_dtype(model: nn.Module, dtype: str, device, batch_size: int, img_s
                             "use --amp bf16")
         return model, ""
     chosen, reason = select_dtype(dtype, "cpu")
-    if chosen == "fp32":
-        kept_words = ", freed memory kept for reuse" if kept else ""
-        return model, f"CPU inference: fp32 eager, the model as built{kept_words}; {reason}"
-    candidates = CANDIDATES if compile else ("eager", "jit")
+    if chosen == "fp32":  # exact fp32: our eager path (our kernels where they run), or inductor's with --compile
+        candidates = ("eager", "compile") if compile else ("eager",)
+    else:
+        candidates = CANDIDATES if compile else ("eager", "jit")
     fast = fast_cpu_model(model, dtype, batch_size, img_size, candidates=candidates, inplace=True)
     return fast, fast.describe()

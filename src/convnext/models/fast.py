@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["to_channels_last", "linear_gelu", "layer_scaled_linear", "add_residual_", "depthwise_conv", "fuses_residual",
-           "depthwise_kernel_takes", "fused_dw_norm_applies", "bf16_linears_apply", "onednn_fusion_enabled",
+           "depthwise_kernel_takes", "fused_dw_norm_applies", "bf16_linears_apply", "fp32_mlp_applies",
+           "onednn_fusion_enabled",
            "fast_depthwise_grad_enabled"]
 
 # Switch for every oneDNN path below (benchmarks and tests flip it to compare).
@@ -292,6 +293,15 @@ def bf16_linears_apply(x: torch.Tensor, linear: nn.Linear) -> bool:
     switched to them (`fast_cpu_model` packs the weights where the kernels run)."""
     return x.dtype == torch.bfloat16 and linear.weight.dtype == torch.bfloat16 and _cpu_inference(
         x, (linear.weight,))
+
+
+def fp32_mlp_applies(x: torch.Tensor, linear: nn.Linear) -> bool:
+    """Whether a block's pwconv1 + GELU + pwconv2 + residual may run as our one-pass fp32 kernel
+    (`convnext::mlp_fp32`): CPU inference in fp32 outside autocast, eager or under torch.compile, not while
+    exporting or recording gradients. The caller checks that the module was switched to it (`fast_cpu_model`
+    packs the weights where the kernel runs)."""
+    return (x.dtype == torch.float32 and linear.weight.dtype == torch.float32 and _cpu_inference(x, (linear.weight,))
+            and (torch.compiler.is_compiling() or not torch.is_autocast_enabled("cpu")))
 
 
 def add_residual_(branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:

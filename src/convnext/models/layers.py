@@ -14,6 +14,7 @@ from .fast import (
     bf16_linears_apply,
     depthwise_conv,
     fused_dw_norm_applies,
+    fp32_mlp_applies,
     fuses_residual,
     layer_scaled_linear,
     linear_gelu,
@@ -101,6 +102,9 @@ class Block(nn.Module):
     fused_linears = False
     # ... and both as one `convnext::mlp_bf16` call (no GRN in between); set by `fast_cpu_model`
     fused_mlp = False
+    # fp32 CPU inference: both pointwise convs, GELU and the residual as one `convnext::mlp_fp32` call (no GRN in
+    # between), on weights `fast_cpu_model` packs into the same buffers (fp32 layout)
+    fused_mlp_fp32 = False
 
     def __init__(
         self,
@@ -142,6 +146,11 @@ class Block(nn.Module):
         else:
             x = depthwise_conv(x, self.dwconv)  # fast weight gradient when training on CPU
             x = self.norm(x.permute(0, 2, 3, 1))  # (B, H, W, C): the permute is a free view in channels_last
+        if self.fused_mlp_fp32 and not self._drops() and fp32_mlp_applies(x, self.pwconv1):
+            # fp32 CPU inference prepared by `fast_cpu_model`: one pass of ours, the 4C hidden kept in cache
+            x = torch.ops.convnext.mlp_fp32(x, self._pw1_w, self._pw1_b, self._pw2_w, self._pw2_b,
+                                            shortcut.permute(0, 2, 3, 1))
+            return x.permute(0, 3, 1, 2)  # (B, C, H, W), channels_last strides
         if self.fused_linears and bf16_linears_apply(x, self.pwconv1):
             # bf16 CPU inference prepared by `fast_cpu_model`: both pointwise convs in AMX GEMMs of ours
             if self.fused_mlp and not self._drops():  # both in one pass, the 4C hidden kept in cache
