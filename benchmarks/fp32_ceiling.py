@@ -4,9 +4,10 @@
 
 For each stage's block shapes (224 px input) it times, with freed memory kept (`convnext.memory`, as `convnext bench`
 runs), medians of `--rounds` rounds:
-- one block's MLP as our fp32 model runs it (oneDNN matmuls: pwconv1 + bias + erf-GELU post-op, pwconv2 + bias +
-  residual post-op), the same two matmuls over row chunks of 1-8k rows (hidden kept in cache), and MKL's `addmm`
-  with separate GELU / bias / residual passes (timm's order of work);
+- one block's MLP as our fp32 model as built runs it (oneDNN matmuls: pwconv1 + bias + erf-GELU post-op, pwconv2 +
+  bias + residual post-op), the same two matmuls over row chunks of 1-8k rows (hidden kept in cache), MKL's `addmm`
+  with separate GELU / bias / residual passes (timm's order of work), and our one-pass kernel (`convnext::mlp_fp32`,
+  what `fast_cpu_model(model, "fp32")` and `--dtype fp32` run, where it builds);
 - each GEMM alone through MKL (`torch.mm`) and oneDNN (with and without the GELU post-op), in GMAC/s;
 - the depthwise 7x7 conv + LayerNorm as oneDNN + `F.layer_norm` and as our one-pass kernel (where it builds).
 The per-forward totals weight each shape by its block count (3, 3, 9, 3). The FMA rate printed is
@@ -51,8 +52,9 @@ def _our_kernels():
         return None
 
 
-def mlp_times(m: int, c: int, rounds: int) -> dict[str, float]:
-    """ms of one block's MLP over m rows of c channels: as ours runs it, in row chunks, in timm's order."""
+def mlp_times(m: int, c: int, rounds: int, ours) -> dict[str, float]:
+    """ms of one block's MLP over m rows of c channels: as ours as built runs it, in row chunks, in timm's order,
+    in our one-pass kernel."""
     linear = torch.ops.mkldnn._linear_pointwise
     x, res = torch.randn(m, c), torch.randn(m, c)
     w1, b1 = torch.randn(4 * c, c) * c**-0.5, torch.randn(4 * c) * 0.1
@@ -78,6 +80,11 @@ def mlp_times(m: int, c: int, rounds: int) -> dict[str, float]:
     for step in (1024, 4096, 8192):
         if 2 * step <= m:
             times[f"onednn, row chunks of {step}"] = median_ms(chunked(step), rounds)
+    if ours is not None:
+        from convnext.deploy import amx_gelu
+
+        (p1, q1), (p2, q2) = amx_gelu.pack_fp32(w1, b1), amx_gelu.pack_fp32(w2, b2)
+        times["ours, one pass (mlp_fp32)"] = median_ms(lambda: ours.mlp_fp32(x, p1, q1, p2, q2, res), rounds)
     return times
 
 
@@ -131,7 +138,7 @@ def main() -> None:
                      **gemm_rates("pwconv2", torch.randn(m, 4 * c), torch.randn(c, 4 * c), torch.randn(c),
                                   args.rounds, gelu=False)}
             row = {"stage_side": side, "channels": c, "blocks": blocks, "rows": m,
-                   "mlp_ms": mlp_times(m, c, args.rounds), "gemms": gemms,
+                   "mlp_ms": mlp_times(m, c, args.rounds, ours), "gemms": gemms,
                    "dw_norm_ms": dw_norm_times(args.batch_size, side, c, args.rounds, ours)}
             for group in ("mlp_ms", "dw_norm_ms"):
                 for k, v in row[group].items():
