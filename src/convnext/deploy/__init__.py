@@ -2,7 +2,8 @@
 
 - `cpu_features()`, `select_dtype()`: what the CPU multiplies natively and the precision "auto" picks.
 - `fast_cpu_model(model, dtype="auto", batch, img_size)`: channels-last bf16 end to end where the
-  CPU has AMX-BF16 / AVX512-BF16 (else fp32), the fastest of eager / inductor / TorchScript-oneDNN.
+  CPU has AMX-BF16 / AVX512-BF16 (else fp32), the fastest of eager / inductor / TorchScript-oneDNN; on AMX
+  CPUs each block runs in our kernels (`amx_gelu`), in fp32 too (exact fp32 arithmetic).
 - `quantize_int8`, `save_int8`, `load_int8`: static int8 through PT2E with the x86 inductor quantizer.
 - `export_onnx`, `export_openvino`, `OnnxRuntimeModule`, `OpenVINOModule`: the deployment runtimes;
   `RuntimeGraph`: an exported .onnx / OpenVINO .xml classifier file as a module (what `convnext.load` returns

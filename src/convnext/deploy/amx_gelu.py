@@ -1,5 +1,5 @@
-"""Our CPU kernels for ConvNeXt's blocks: AMX GEMMs for the pointwise convolutions (int8 and bf16) and an AVX512
-pass for the depthwise convolution + LayerNorm.
+"""Our CPU kernels for ConvNeXt's blocks: AMX GEMMs for the pointwise convolutions (int8 and bf16), an AVX512 FMA
+pass for both pointwise convolutions in exact fp32, and an AVX512 pass for the depthwise convolution + LayerNorm.
 
 oneDNN's matmul takes GELU as an erf post-op that costs up to more than the GEMM it follows (stage 1 of ConvNeXt-T,
 int8: 5.1-5.3 ms against 2.1-2.3 ms without it; `benchmarks/int8_gelu.py`). Here GELU is applied in the GEMM's store:
@@ -15,6 +15,8 @@ Both run on one driver: 2 x 2 AMX tiles per 32 x 32 block, K in steps of up to 6
 through a zero-padded copy, each block's stores run during the next block's tile products. `mlp_bf16` / `qmlp`: a
 block's two pointwise convs in one pass with equal outputs, the 4C hidden kept in each thread's cache. `dwconv_ln` /
 `dwconv_ln_quant`: a block's depthwise 7 x 7 conv and LayerNorm (and the uint8 rounding pwconv1 reads) in one pass.
+`mlp_fp32`: a block's pwconv1 + bias + erf GELU + pwconv2 + bias + residual in exact fp32 arithmetic (AVX512 FMA,
+the 4C hidden kept in the core's L2, GELU as x * Phi(x) with `phi_quintics`), the path of `--dtype fp32`.
 
 The kernels are compiled (`torch.utils.cpp_extension.load_inline`, once per machine, cached) at first use and
 registered as `convnext::` ops of the dispatcher in C++, so that inductor's C++ wrapper calls them without Python.
