@@ -115,8 +115,8 @@ def test_compiled_path_compiles_a_new_batch_size_on_its_third_call(atto):
 
 
 def test_without_our_kernels_the_library_paths_run(atto, monkeypatch):
-    """A CPU or compiler where our AMX / AVX512 kernels do not build: bf16 and int8 run on oneDNN / inductor alone,
-    and their descriptions do not claim our kernels."""
+    """A CPU or compiler where our AMX / AVX512 kernels do not build: bf16, fp32 and int8 run on oneDNN / inductor
+    alone, and their descriptions do not claim our kernels."""
     from convnext.deploy import amx_gelu
     from convnext.deploy.int8 import Int8Model, quantize_int8
 
@@ -129,6 +129,9 @@ def test_without_our_kernels_the_library_paths_run(atto, monkeypatch):
     out = fast(x)
     assert "of ours" not in fast.path and fast.dtype == "bf16"
     assert ((out - ref).norm() / ref.norm()).item() < 0.03
+    exact = fast_cpu_model(atto, "fp32", batch=4, img_size=64, candidates=("eager",))  # oneDNN's fused Linears
+    assert "of ours" not in exact.path and "oneDNN kernels" in exact.path
+    assert torch.allclose(exact(x), ref, atol=1e-4)
     pytest.importorskip("torchao")
     int8 = Int8Model(quantize_int8(atto, [x], 64), mixed_bf16=True, compile=False)
     got = int8(x)
