@@ -229,6 +229,15 @@ def test_depthwise_norm_float_kernel_matches_conv_then_layernorm(dtype):
     assert torch.allclose(got.float(), ref, rtol=tol, atol=tol)
 
 
+def _calls_to(name: str, run):
+    """(what run() returns, how many times it called the op `torch.ops.convnext.<name>`)."""
+    calls = []
+    op = getattr(torch.ops.convnext, name)
+    with mock.patch.object(torch.ops.convnext, name, side_effect=lambda *a: calls.append(1) or op(*a)):
+        out = run()
+    return out, len(calls)
+
+
 def _fast_eager(variant: str, dtype: str, batch: int):
     """(model with spread layer scales, a 64 px batch, its fp32 logits, `fast_cpu_model` of it in `dtype` on the
     eager path, the prepared model's blocks)."""
@@ -254,19 +263,14 @@ def test_fast_cpu_model_runs_dwconv_and_layernorm_in_one_pass_at_inference_only(
                                                             if isinstance(b, Block))  # a copy was switched
     assert not any("_dw_norm" in k for k in fast.module.state_dict())  # the packed parameters are not saved
     assert f"depthwise conv + LayerNorm of {len(blocks)} blocks in one pass of ours" in fast.describe()
-    calls = []
-    op = torch.ops.convnext.dwconv_ln
-    with torch.no_grad(), mock.patch.object(torch.ops.convnext, "dwconv_ln",
-                                            side_effect=lambda *a: calls.append(1) or op(*a)):
-        got = fast(x)
-    assert len(calls) == len(blocks)
+    with torch.no_grad():
+        got, calls = _calls_to("dwconv_ln", lambda: fast(x))
+    assert calls == len(blocks)
     assert torch.allclose(got, ref, atol=1e-5, rtol=1e-5)  # fp32: equal up to summation order
     # training, or recording gradients: the textbook ops (our kernel has no backward)
     fused = fast.module
     xg = x.clone().to(memory_format=torch.channels_last).requires_grad_()
-    calls.clear()
-    with mock.patch.object(torch.ops.convnext, "dwconv_ln", side_effect=lambda *a: calls.append(1) or op(*a)):
-        fused(xg).sum().backward()
+    _, calls = _calls_to("dwconv_ln", lambda: fused(xg).sum().backward())
     assert not calls and xg.grad is not None
     # torch.export (the int8 path's capture) sees the standard ops
     program = torch.export.export(fused, (x.to(memory_format=torch.channels_last),))
@@ -525,17 +529,12 @@ def test_fast_cpu_model_fp32_runs_each_block_mlp_in_one_pass_at_inference_only()
     assert not any(b.fused_mlp_fp32 for b in model.modules() if isinstance(b, Block))  # a copy was switched
     assert not any("_pw" in k for k in fast.module.state_dict())
     assert f"pointwise convs of {len(blocks)} blocks in one fp32 pass of ours" in fast.describe()
-    calls = []
-    op = torch.ops.convnext.mlp_fp32
-    with torch.no_grad(), mock.patch.object(torch.ops.convnext, "mlp_fp32",
-                                            side_effect=lambda *a: calls.append(1) or op(*a)):
-        got = fast(x)
-    assert len(calls) == len(blocks)
+    with torch.no_grad():
+        got, calls = _calls_to("mlp_fp32", lambda: fast(x))
+    assert calls == len(blocks)
     assert torch.allclose(got, ref, atol=1e-5 * ref.abs().max(), rtol=1e-5)
     xg = x.clone().to(memory_format=torch.channels_last).requires_grad_()
-    calls.clear()
-    with mock.patch.object(torch.ops.convnext, "mlp_fp32", side_effect=lambda *a: calls.append(1) or op(*a)):
-        fast.module(xg).sum().backward()
+    _, calls = _calls_to("mlp_fp32", lambda: fast.module(xg).sum().backward())
     assert not calls and xg.grad is not None
     program = torch.export.export(fast.module, (x.to(memory_format=torch.channels_last),))
     assert not any("mlp_fp32" in str(n.target) for n in program.graph.nodes)

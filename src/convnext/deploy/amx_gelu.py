@@ -1095,35 +1095,33 @@ def dwconv_ln_quant(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, n
     return _ops().dwconv_ln_quant(x, weight, bias, norm_weight, norm_bias, eps, inv_scale, zp)
 
 
-@functools.cache
-def phi_cubics() -> torch.Tensor:
-    """fp32 [4][32]: the standard normal CDF Phi on [-4.5, 4.5) as a cubic in each of 32 equal intervals,
-    coefficient [d][i] of f^d, f in [0, 1) the offset within interval i (least squares on 64 Chebyshev points
-    per interval, in float64). The bf16 GEMM's GELU is x * Phi(x) with them: |error| <= 1.2e-6 |x|."""
+def _phi_pieces(degree: int, lo: float, hi: float) -> torch.Tensor:
+    """fp32 [degree + 1][32]: the standard normal CDF Phi on [lo, hi) as a polynomial of `degree` in each of 32 equal
+    intervals, coefficient [d][i] of f^d, f in [0, 1) the offset within interval i (least squares on 64 Chebyshev
+    points per interval, in float64)."""
     f = (1 - torch.cos(torch.linspace(0, math.pi, 64, dtype=torch.float64))) / 2
-    powers = torch.stack([f ** d for d in range(4)], 1)  # (64, 4)
-    coef = torch.empty(4, 32, dtype=torch.float64)
+    powers = torch.stack([f ** d for d in range(degree + 1)], 1)  # (64, degree + 1)
+    coef = torch.empty(degree + 1, 32, dtype=torch.float64)
     for i in range(32):
-        x = -4.5 + (i + f) * 9 / 32
+        x = lo + (i + f) * (hi - lo) / 32
         phi = 0.5 * (1 + torch.special.erf(x / math.sqrt(2)))
         coef[:, i] = torch.linalg.lstsq(powers, phi[:, None]).solution[:, 0]
     return coef.float().contiguous()
+
+
+@functools.cache
+def phi_cubics() -> torch.Tensor:
+    """fp32 [4][32]: Phi on [-4.5, 4.5) as a cubic in each of 32 equal intervals (`_phi_pieces`). The bf16 GEMM's
+    GELU is x * Phi(x) with them: |error| <= 1.2e-6 |x|."""
+    return _phi_pieces(3, -4.5, 4.5)
 
 
 @functools.cache
 def phi_quintics() -> torch.Tensor:
-    """fp32 [6][32]: Phi on [-6, 6) as a quintic in each of 32 equal intervals (as `phi_cubics`, 64 Chebyshev points
-    per interval). The fp32 MLP's GELU is x * Phi(x) with them (0 below -6, where |GELU| < 6e-9; the offset
-    clamped to the last interval above 6): |error| <= 1e-7 |x| before fp32 rounding, the order of oneDNN's erf
-    approximation."""
-    f = (1 - torch.cos(torch.linspace(0, math.pi, 64, dtype=torch.float64))) / 2
-    powers = torch.stack([f ** d for d in range(6)], 1)  # (64, 6)
-    coef = torch.empty(6, 32, dtype=torch.float64)
-    for i in range(32):
-        x = -6 + (i + f) * 12 / 32
-        phi = 0.5 * (1 + torch.special.erf(x / math.sqrt(2)))
-        coef[:, i] = torch.linalg.lstsq(powers, phi[:, None]).solution[:, 0]
-    return coef.float().contiguous()
+    """fp32 [6][32]: Phi on [-6, 6) as a quintic in each of 32 equal intervals (`_phi_pieces`). The fp32 MLP's GELU
+    is x * Phi(x) with them (0 below -6, where |GELU| < 6e-9; the offset clamped to the last interval above 6):
+    |error| <= 1e-7 |x| before fp32 rounding, the order of oneDNN's erf approximation."""
+    return _phi_pieces(5, -6.0, 6.0)
 
 
 def pack_fp32(weight: torch.Tensor, bias: torch.Tensor | None, width: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
