@@ -182,16 +182,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="auto",
                    help="auto (default): bf16 where the CPU has AMX-BF16/AVX512-BF16, else fp32; on CPU inference "
                    "ours then runs convnext.deploy.fast_cpu_model (bf16 end to end, or fp32 with layer scale "
-                   "folded) and the peers run under autocast. fp32: exact fp32, ours on CPU via fast_cpu_model's fp32 "
-                   "eager path (layer scale folded, our one-pass kernels where they run). bf16: as auto's bf16. "
+                   "folded) and the peers run under autocast. fp32: exact fp32, ours on CPU via fast_cpu_model in fp32 "
+                   "(layer scale folded, our one-pass kernels where they run). bf16: as auto's bf16. "
                    "fp16: autocast")
     p.add_argument("--channels-last", action="store_true", help="models and input in channels_last memory format")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every implementation (ours on CPU with --dtype auto/bf16: the compiled path only)")
     p.add_argument("--cpu-paths", default=None, metavar="LIST",
                    help="CPU inference: the paths of ours timed before the run, the fastest kept (comma-separated "
-                   "among eager, compile, jit; default all with --dtype auto/bf16, eager with fp32: compiling "
-                   "takes tens of seconds)")
+                   "among eager, compile, jit; default all: compiling takes tens of seconds)")
     p.add_argument("--allocator", choices=("kept", "default"), default="kept",
                    help="CPU: kept (default): freed memory kept for reuse, as ours sets up (convnext.memory); "
                    "default: the C library's settings. Process-wide: every implementation of the run gets it")

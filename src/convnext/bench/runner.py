@@ -63,7 +63,7 @@ class BenchConfig:
     tf32: bool = False  # allow TF32 matmuls/convs on CUDA (the paper's A100 setting)
     tolerance: float | None = None  # max |diff| of logits; None: the dtype's default
     optimize_ours: bool = False  # infer mode: apply `optimize_for_inference` to ours (layer scale folded once)
-    cpu_paths: tuple[str, ...] | None = None  # CPU inference: fast_cpu_model's candidates (None: all; fp32: eager)
+    cpu_paths: tuple[str, ...] | None = None  # CPU inference: fast_cpu_model's candidates (None: all)
     num_classes: int = 1000
     seed: int = 0
     # CPU: "kept" (convnext.memory.keep_freed_memory, what ours sets up) or "default" (the C library's);
@@ -93,7 +93,7 @@ class BenchConfig:
 
     @property
     def fast_cpu_path(self) -> bool:
-        """Ours runs `convnext.deploy.fast_cpu_model`: CPU inference (in fp32 its exact eager path, unless
+        """Ours runs `convnext.deploy.fast_cpu_model`: CPU inference (in fp32 its exact fp32 paths, unless
         --optimize-ours asks for the model as built with `optimize_for_inference` only)."""
         if self.mode != "infer" or self.device != "cpu":
             return False
@@ -345,8 +345,6 @@ def _prepare(cfg: BenchConfig, device: torch.device, implementations: list[Imple
 
         ours = implementations[0]
         candidates = ("compile",) if cfg.compile else cfg.cpu_paths
-        if candidates is None and cfg.resolved_dtype == "fp32":
-            candidates = ("eager",)  # exact fp32: our eager path; --cpu-paths times others
         if progress and (candidates is None or "compile" in candidates):
             tqdm.write(f"timing ours' {cfg.resolved_dtype} CPU paths ({', '.join(candidates or CANDIDATES)}; "
                        "compiling can take minutes)...", file=sys.stderr)
