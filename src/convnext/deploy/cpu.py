@@ -377,14 +377,14 @@ def model_for_dtype(model: nn.Module, dtype: str, device, batch_size: int, img_s
     from ..errors import UserError
 
     device_type = getattr(device, "type", str(device).split(":")[0])
-    # Every task on CPU: detection / segmentation activations are larger still.
-    kept = device_type == "cpu" and keep_freed_memory()
+    if device_type == "cpu":  # every task on CPU: detection / segmentation activations are larger still
+        keep_freed_memory()
     if device_type != "cpu" or task != "classification" or amp != "off":
         if dtype == "bf16" and amp == "off":
             raise UserError(f"--dtype bf16: the bf16 path is for classifiers on CPU (here {task} on {device_type}); "
                             "use --amp bf16")
         return model, ""
-    chosen, reason = select_dtype(dtype, "cpu")
+    chosen = select_dtype(dtype, "cpu")[0]  # fast_cpu_model says why, in its description
     if chosen == "fp32":  # exact fp32: our eager path (our kernels where they run), or inductor's with --compile
         candidates = ("eager", "compile") if compile else ("eager",)
     else:
