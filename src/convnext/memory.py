@@ -2,7 +2,7 @@
 
 glibc's malloc serves every request above `M_MMAP_THRESHOLD` (dynamic, at most 32 MiB) with
 fresh `mmap` pages and unmaps them on free. ConvNeXt's widest activation, the 4C-wide output of
-stage 1's pwconv1, is 16 x 56 x 56 x 384 values at batch 16 (38.5 MiB in bf16, 77 MiB in fp32),
+stage 1's pwconv1, is 16 x 56 x 56 x 384 values at batch 16 (38.5 MB in bf16, 77 MB in fp32),
 so each forward pass asked the kernel for those pages again: every 4 KiB page is faulted in and
 zeroed before the GEMM writes it. Measured on a 2-core AMX VM (ConvNeXt-T, batch 16, 224 px,
 `benchmarks/page_faults.py`): 28,227 minor page faults per bf16 forward (126,422 in fp32) and 0 with
